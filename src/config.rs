@@ -1,0 +1,886 @@
+//! The config file: its raw TOML schema, and `validate`, the only way to get a [`Config`].
+//!
+//! Parsing and validation are pure (text in, `Config` or errors out). Every error names
+//! the file, the key path and the reason, in the form ops grep for:
+//! `config/cohort.toml: routes[0].canary_percent: 100.5 is above 100`.
+
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use http::HeaderName;
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+use crate::cohort::BasisPoints;
+
+pub const DEFAULT_CONFIG_PATH: &str = "config/cohort.toml";
+pub const DEFAULT_OVERRIDE_HEADER: &str = "x-cohort-variant";
+pub const DEFAULT_OVERRIDE_COOKIE: &str = "cohort_variant";
+pub const DEFAULT_VARIANT_HEADER: &str = "x-cohort-variant";
+pub const COHORT_ID_COOKIE: &str = "cohort_id";
+
+// ---------------------------------------------------------------------------------------
+// Errors
+// ---------------------------------------------------------------------------------------
+
+/// One problem in a config file: where it is and what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigIssue {
+    /// Key path such as `routes[0].canary_percent`; empty for whole-file problems.
+    pub key: String,
+    pub reason: String,
+}
+
+/// Every problem found in one config file. Displayed one `FILE: key: reason` per line.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    pub issues: Vec<ConfigIssue>,
+}
+
+impl ConfigError {
+    fn single(file: &Path, key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
+        ConfigError {
+            file: file.to_path_buf(),
+            issues: vec![ConfigIssue {
+                key: key.into(),
+                reason: reason.into(),
+            }],
+        }
+    }
+
+    /// An error about the file as a whole (unreadable, not TOML).
+    pub fn file(file: &Path, reason: impl Into<String>) -> ConfigError {
+        ConfigError::single(file, "", reason)
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, issue) in self.issues.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            if issue.key.is_empty() {
+                write!(f, "{}: {}", self.file.display(), issue.reason)?;
+            } else {
+                write!(
+                    f,
+                    "{}: {}: {}",
+                    self.file.display(),
+                    issue.key,
+                    issue.reason
+                )?;
+            }
+        }
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Raw schema: what serde reads. Unknown keys are errors.
+// ---------------------------------------------------------------------------------------
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    listen: RawListen,
+    #[serde(default)]
+    admin: RawAdmin,
+    state_dir: Option<String>,
+    #[serde(default)]
+    routes: Vec<RawRoute>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawListen {
+    #[serde(default = "default_listen_address")]
+    address: String,
+    #[serde(default)]
+    workers: usize,
+    drain_timeout: Option<String>,
+    variant_header: Option<String>,
+    #[serde(default)]
+    access_log: bool,
+    tls: Option<RawServerTls>,
+}
+
+impl Default for RawListen {
+    fn default() -> Self {
+        RawListen {
+            address: default_listen_address(),
+            workers: 0,
+            drain_timeout: None,
+            variant_header: None,
+            access_log: false,
+            tls: None,
+        }
+    }
+}
+
+fn default_listen_address() -> String {
+    "0.0.0.0:8080".to_owned()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAdmin {
+    #[serde(default = "default_admin_address")]
+    address: String,
+    token_file: Option<String>,
+}
+
+impl Default for RawAdmin {
+    fn default() -> Self {
+        RawAdmin {
+            address: default_admin_address(),
+            token_file: None,
+        }
+    }
+}
+
+fn default_admin_address() -> String {
+    "127.0.0.1:9901".to_owned()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)] // read by the TLS feature; accepted now so the schema is stable
+struct RawServerTls {
+    cert: String,
+    key: String,
+    client_ca: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRoute {
+    name: String,
+    host: Option<String>,
+    tls: Option<RawServerTls>,
+    #[serde(default = "default_path_prefix")]
+    path_prefix: String,
+    #[serde(default)]
+    sticky: Vec<String>,
+    salt: Option<String>,
+    #[serde(default)]
+    canary_percent: Percent,
+    stable: Option<RawVariant>,
+    canary: Option<RawVariant>,
+    #[serde(rename = "override")]
+    override_: Option<RawOverride>,
+    #[serde(default)]
+    timeouts: RawTimeouts,
+    rollout: Option<toml::Value>,
+    guard: Option<toml::Value>,
+}
+
+fn default_path_prefix() -> String {
+    "/".to_owned()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawVariant {
+    #[serde(default)]
+    endpoints: Vec<String>,
+    protocol: Option<String>,
+    tls: Option<toml::Value>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawOverride {
+    header: Option<String>,
+    cookie: Option<String>,
+    #[serde(default)]
+    trusted: Vec<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTimeouts {
+    connect: Option<String>,
+    request: Option<String>,
+}
+
+/// A percentage as written in TOML: an integer (`10`) or a float (`2.5`).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Percent(pub f64);
+
+impl<'de> Deserialize<'de> for Percent {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = Percent;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a number from 0 to 100")
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Percent, E> {
+                Ok(Percent(v as f64))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Percent, E> {
+                Ok(Percent(v as f64))
+            }
+            fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Percent, E> {
+                Ok(Percent(v))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Validated runtime config
+// ---------------------------------------------------------------------------------------
+
+/// A fully validated config. Built only by [`parse`].
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Config {
+    /// The file it came from; relative paths in it resolve against its directory.
+    #[serde(skip)]
+    pub source: PathBuf,
+    pub listen: Listen,
+    pub admin: Admin,
+    pub state_dir: Option<PathBuf>,
+    pub routes: Vec<Route>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Listen {
+    pub address: SocketAddr,
+    /// Proxy worker threads; 0 = one per CPU the process may use.
+    pub workers: usize,
+    #[serde(serialize_with = "ser_duration")]
+    pub drain_timeout: Duration,
+    /// Response header naming the variant; `None` when set to `""`.
+    #[serde(serialize_with = "ser_opt_header")]
+    pub variant_header: Option<HeaderName>,
+    pub access_log: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Admin {
+    pub address: SocketAddr,
+    pub token_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Route {
+    pub name: String,
+    /// Lowercase, without port.
+    pub host: Option<String>,
+    pub path_prefix: String,
+    pub sticky: Vec<StickySource>,
+    pub salt: String,
+    #[serde(rename = "canary_percent", serialize_with = "ser_percent")]
+    pub canary_bp: BasisPoints,
+    pub stable: Upstream,
+    pub canary: Upstream,
+    #[serde(rename = "override")]
+    pub override_: Option<Override>,
+    pub timeouts: Timeouts,
+}
+
+/// Where a cohort key may come from, in the route's order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StickySource {
+    Header(HeaderName),
+    Cookie(String),
+    Ip,
+}
+
+impl fmt::Display for StickySource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StickySource::Header(name) => write!(f, "header:{name}"),
+            StickySource::Cookie(name) => write!(f, "cookie:{name}"),
+            StickySource::Ip => f.write_str("ip"),
+        }
+    }
+}
+
+impl Serialize for StickySource {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// One variant's upstream: its endpoints, tried round robin.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Upstream {
+    pub endpoints: Vec<Endpoint>,
+}
+
+/// An `http://host:port` endpoint. The host is resolved when connecting, so
+/// docker-compose service names and DNS changes work.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Endpoint {
+    pub host: String,
+    pub port: u16,
+}
+
+impl Endpoint {
+    /// `host:port`, with IPv6 literals bracketed; also the pool key.
+    pub fn authority(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+}
+
+impl fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "http://{}", self.authority())
+    }
+}
+
+impl Serialize for Endpoint {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Override {
+    #[serde(serialize_with = "ser_header")]
+    pub header: HeaderName,
+    pub cookie: String,
+    #[serde(serialize_with = "ser_nets")]
+    pub trusted: Vec<IpNet>,
+}
+
+impl Override {
+    pub fn trusts(&self, peer: IpAddr) -> bool {
+        let peer = canonical_ip(peer);
+        self.trusted.iter().any(|net| net.contains(&peer))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Timeouts {
+    #[serde(serialize_with = "ser_duration")]
+    pub connect: Duration,
+    /// Time allowed until the upstream's response headers arrive.
+    #[serde(serialize_with = "ser_duration")]
+    pub request: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            connect: Duration::from_secs(1),
+            request: Duration::from_secs(30),
+        }
+    }
+}
+
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// IPv4-mapped IPv6 addresses (`::ffff:192.0.2.7`) are treated as the IPv4 address.
+pub fn canonical_ip(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6
+            .to_ipv4_mapped()
+            .map(IpAddr::V4)
+            .unwrap_or(IpAddr::V6(v6)),
+        v4 => v4,
+    }
+}
+
+fn ser_duration<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(&humantime::format_duration(*d))
+}
+
+fn ser_header<S: serde::Serializer>(h: &HeaderName, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(h.as_str())
+}
+
+fn ser_opt_header<S: serde::Serializer>(h: &Option<HeaderName>, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(h.as_ref().map_or("", HeaderName::as_str))
+}
+
+fn ser_percent<S: serde::Serializer>(bp: &BasisPoints, s: S) -> Result<S::Ok, S::Error> {
+    if bp.get() % 100 == 0 {
+        s.serialize_u64(u64::from(bp.get() / 100))
+    } else {
+        s.serialize_f64(bp.percent())
+    }
+}
+
+fn ser_nets<S: serde::Serializer>(nets: &[IpNet], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(nets.iter().map(ToString::to_string))
+}
+
+// ---------------------------------------------------------------------------------------
+// Parsing and validation
+// ---------------------------------------------------------------------------------------
+
+/// Parses and validates config text. `file` names it in errors and anchors relative paths.
+pub fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
+    let raw = parse_raw(text, file)?;
+    let mut v = Validator {
+        file,
+        issues: Vec::new(),
+    };
+    let config = v.config(raw);
+    if v.issues.is_empty() {
+        Ok(config)
+    } else {
+        Err(ConfigError {
+            file: file.to_path_buf(),
+            issues: v.issues,
+        })
+    }
+}
+
+fn parse_raw(text: &str, file: &Path) -> Result<RawConfig, ConfigError> {
+    let de = toml::Deserializer::parse(text).map_err(|e| toml_error(text, file, "", &e))?;
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let key = e.path().to_string();
+        let key = if key == "." { String::new() } else { key };
+        toml_error(text, file, &key, e.inner())
+    })
+}
+
+fn toml_error(text: &str, file: &Path, key: &str, e: &toml::de::Error) -> ConfigError {
+    let line = e
+        .span()
+        .map(|span| text[..span.start.min(text.len())].matches('\n').count() + 1);
+    let reason = match line {
+        Some(line) => format!("{} (line {line})", e.message().trim_end()),
+        None => e.message().trim_end().to_owned(),
+    };
+    ConfigError::single(file, key, reason)
+}
+
+struct Validator<'a> {
+    file: &'a Path,
+    issues: Vec<ConfigIssue>,
+}
+
+impl Validator<'_> {
+    fn fail(&mut self, key: impl Into<String>, reason: impl Into<String>) {
+        self.issues.push(ConfigIssue {
+            key: key.into(),
+            reason: reason.into(),
+        });
+    }
+
+    fn config(&mut self, raw: RawConfig) -> Config {
+        let listen = self.listen(raw.listen);
+        let admin = self.admin(raw.admin);
+        let state_dir = raw.state_dir.map(|dir| self.resolve(&dir));
+        if raw.routes.is_empty() {
+            self.fail("routes", "at least one [[routes]] entry is required");
+        }
+        let mut names: Vec<String> = Vec::with_capacity(raw.routes.len());
+        let mut routes: Vec<Route> = Vec::with_capacity(raw.routes.len());
+        for (i, raw_route) in raw.routes.into_iter().enumerate() {
+            let key = format!("routes[{i}]");
+            let name = raw_route.name.trim().to_owned();
+            if names.contains(&name) {
+                self.fail(
+                    format!("{key}.name"),
+                    format!("duplicate route name {name:?}"),
+                );
+            }
+            names.push(name);
+            routes.extend(self.route(&key, raw_route));
+        }
+        Config {
+            source: self.file.to_path_buf(),
+            listen,
+            admin,
+            state_dir,
+            routes,
+        }
+    }
+
+    fn resolve(&self, path: &str) -> PathBuf {
+        let path = Path::new(path);
+        if path.is_absolute() {
+            path.to_path_buf()
+        } else {
+            self.file
+                .parent()
+                .unwrap_or_else(|| Path::new(""))
+                .join(path)
+        }
+    }
+
+    fn listen(&mut self, raw: RawListen) -> Listen {
+        let address = self.socket_addr("listen.address", &raw.address);
+        let drain_timeout = raw
+            .drain_timeout
+            .map(|d| self.duration("listen.drain_timeout", &d))
+            .unwrap_or(DEFAULT_DRAIN_TIMEOUT);
+        let variant_header = match raw.variant_header.as_deref() {
+            None => Some(HeaderName::from_static(DEFAULT_VARIANT_HEADER)),
+            Some("") => None,
+            Some(name) => self.header_name("listen.variant_header", name),
+        };
+        if raw.tls.is_some() {
+            self.fail(
+                "listen.tls",
+                "TLS termination is not available in this version of cohort yet",
+            );
+        }
+        Listen {
+            address,
+            workers: raw.workers,
+            drain_timeout,
+            variant_header,
+            access_log: raw.access_log,
+        }
+    }
+
+    fn admin(&mut self, raw: RawAdmin) -> Admin {
+        Admin {
+            address: self.socket_addr("admin.address", &raw.address),
+            token_file: raw.token_file.map(|f| self.resolve(&f)),
+        }
+    }
+
+    fn route(&mut self, key: &str, raw: RawRoute) -> Option<Route> {
+        let before = self.issues.len();
+        let name = raw.name.trim().to_owned();
+        if name.is_empty() {
+            self.fail(format!("{key}.name"), "must not be empty");
+        } else if !name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        {
+            self.fail(
+                format!("{key}.name"),
+                format!("{name:?} may contain only letters, digits, '-', '_' and '.'"),
+            );
+        }
+        let host = raw.host.and_then(|h| self.host(&format!("{key}.host"), &h));
+        if raw.tls.is_some() {
+            self.fail(
+                format!("{key}.tls"),
+                "TLS termination is not available in this version of cohort yet",
+            );
+        }
+        if !raw.path_prefix.starts_with('/') {
+            self.fail(
+                format!("{key}.path_prefix"),
+                format!("{:?} must start with '/'", raw.path_prefix),
+            );
+        }
+        let sticky = raw
+            .sticky
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| self.sticky(&format!("{key}.sticky[{i}]"), s))
+            .collect();
+        let salt = match raw.salt {
+            Some(salt) if !salt.is_empty() => salt,
+            Some(_) => {
+                self.fail(format!("{key}.salt"), "must not be empty");
+                String::new()
+            }
+            None => {
+                self.fail(
+                    format!("{key}.salt"),
+                    "is required (pick a new one per rollout, e.g. \"checkout-v2\")",
+                );
+                String::new()
+            }
+        };
+        let canary_bp = match BasisPoints::from_percent(raw.canary_percent.0) {
+            Ok(bp) => bp,
+            Err(e) => {
+                self.fail(format!("{key}.canary_percent"), e.to_string());
+                BasisPoints::ZERO
+            }
+        };
+        let stable = match raw.stable {
+            Some(v) => {
+                let upstream = self.upstream(&format!("{key}.stable"), v);
+                if upstream.endpoints.is_empty() {
+                    self.fail(
+                        format!("{key}.stable.endpoints"),
+                        "needs at least one endpoint",
+                    );
+                }
+                upstream
+            }
+            None => {
+                self.fail(format!("{key}.stable"), "is required");
+                Upstream { endpoints: vec![] }
+            }
+        };
+        let canary = match raw.canary {
+            Some(v) => self.upstream(&format!("{key}.canary"), v),
+            None => Upstream { endpoints: vec![] },
+        };
+        if canary.endpoints.is_empty() && canary_bp > BasisPoints::ZERO {
+            self.fail(
+                format!("{key}.canary.endpoints"),
+                format!(
+                    "needs at least one endpoint while canary_percent is {canary_bp} (only 0 may go without)"
+                ),
+            );
+        }
+        let override_ = raw
+            .override_
+            .map(|o| self.override_(&format!("{key}.override"), o));
+        let timeouts = self.timeouts(&format!("{key}.timeouts"), raw.timeouts);
+        if raw.rollout.is_some() {
+            self.fail(
+                format!("{key}.rollout"),
+                "progressive rollouts are not available in this version of cohort yet",
+            );
+        }
+        if raw.guard.is_some() {
+            self.fail(
+                format!("{key}.guard"),
+                "guards are not available in this version of cohort yet",
+            );
+        }
+        (self.issues.len() == before).then_some(Route {
+            name,
+            host,
+            path_prefix: raw.path_prefix,
+            sticky,
+            salt,
+            canary_bp,
+            stable,
+            canary,
+            override_,
+            timeouts,
+        })
+    }
+
+    fn host(&mut self, key: &str, host: &str) -> Option<String> {
+        let host = host.trim().to_ascii_lowercase();
+        let ipv6_literal = host.starts_with('[') && host.ends_with(']');
+        if host.is_empty() || host.contains(['/', ' ']) || (host.contains(':') && !ipv6_literal) {
+            self.fail(
+                key,
+                format!("{host:?} must be a bare host name without port or path"),
+            );
+            return None;
+        }
+        Some(host)
+    }
+
+    fn sticky(&mut self, key: &str, source: &str) -> Option<StickySource> {
+        if source == "ip" {
+            return Some(StickySource::Ip);
+        }
+        if let Some(name) = source.strip_prefix("header:") {
+            return self.header_name(key, name).map(StickySource::Header);
+        }
+        if let Some(name) = source.strip_prefix("cookie:") {
+            if name.is_empty() || !name.bytes().all(is_cookie_name_byte) {
+                self.fail(key, format!("{name:?} is not a valid cookie name"));
+                return None;
+            }
+            return Some(StickySource::Cookie(name.to_owned()));
+        }
+        self.fail(
+            key,
+            format!(
+                "unknown sticky source {source:?} (use \"header:NAME\", \"cookie:NAME\" or \"ip\")"
+            ),
+        );
+        None
+    }
+
+    fn upstream(&mut self, key: &str, raw: RawVariant) -> Upstream {
+        match raw.protocol.as_deref() {
+            None | Some("http1") => {}
+            Some("h2") | Some("h2c") => self.fail(
+                format!("{key}.protocol"),
+                "HTTP/2 to upstreams is not available in this version of cohort yet",
+            ),
+            Some(other) => self.fail(
+                format!("{key}.protocol"),
+                format!("unknown protocol {other:?} (use \"http1\", \"h2\" or \"h2c\")"),
+            ),
+        }
+        if raw.tls.is_some() {
+            self.fail(
+                format!("{key}.tls"),
+                "TLS to upstreams is not available in this version of cohort yet",
+            );
+        }
+        let endpoints = raw
+            .endpoints
+            .iter()
+            .enumerate()
+            .filter_map(|(i, url)| self.endpoint(&format!("{key}.endpoints[{i}]"), url))
+            .collect();
+        Upstream { endpoints }
+    }
+
+    fn endpoint(&mut self, key: &str, url: &str) -> Option<Endpoint> {
+        let uri: http::Uri = match url.parse() {
+            Ok(uri) => uri,
+            Err(e) => {
+                self.fail(key, format!("{url:?} is not a URL: {e}"));
+                return None;
+            }
+        };
+        match uri.scheme_str() {
+            Some("http") => {}
+            Some("https") => {
+                self.fail(
+                    key,
+                    format!("{url:?}: https:// upstreams are not available in this version of cohort yet"),
+                );
+                return None;
+            }
+            _ => {
+                self.fail(
+                    key,
+                    format!(
+                        "{url:?} must be an absolute http:// URL such as \"http://127.0.0.1:9001\""
+                    ),
+                );
+                return None;
+            }
+        }
+        let Some(authority) = uri.authority() else {
+            self.fail(key, format!("{url:?} has no host"));
+            return None;
+        };
+        if uri.path() != "/" && !uri.path().is_empty() || uri.query().is_some() {
+            self.fail(
+                key,
+                format!(
+                    "{url:?}: endpoints carry no path; the request path goes upstream unchanged"
+                ),
+            );
+            return None;
+        }
+        let host = authority
+            .host()
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_ascii_lowercase();
+        if host.is_empty() {
+            self.fail(key, format!("{url:?} has no host"));
+            return None;
+        }
+        Some(Endpoint {
+            host,
+            port: authority.port_u16().unwrap_or(80),
+        })
+    }
+
+    fn override_(&mut self, key: &str, raw: RawOverride) -> Override {
+        let header = match raw.header.as_deref() {
+            None => HeaderName::from_static(DEFAULT_OVERRIDE_HEADER),
+            Some(name) => self
+                .header_name(&format!("{key}.header"), name)
+                .unwrap_or(HeaderName::from_static(DEFAULT_OVERRIDE_HEADER)),
+        };
+        let cookie = raw
+            .cookie
+            .unwrap_or_else(|| DEFAULT_OVERRIDE_COOKIE.to_owned());
+        if cookie.is_empty() || !cookie.bytes().all(is_cookie_name_byte) {
+            self.fail(
+                format!("{key}.cookie"),
+                format!("{cookie:?} is not a valid cookie name"),
+            );
+        }
+        let trusted = raw
+            .trusted
+            .iter()
+            .enumerate()
+            .filter_map(|(i, cidr)| {
+                let parsed = cidr
+                    .parse::<IpNet>()
+                    .or_else(|_| cidr.parse::<IpAddr>().map(IpNet::from));
+                match parsed {
+                    Ok(net) => Some(net.trunc()),
+                    Err(_) => {
+                        self.fail(
+                            format!("{key}.trusted[{i}]"),
+                            format!(
+                                "{cidr:?} is not a CIDR such as \"10.0.0.0/8\" or an IP address"
+                            ),
+                        );
+                        None
+                    }
+                }
+            })
+            .collect();
+        Override {
+            header,
+            cookie,
+            trusted,
+        }
+    }
+
+    fn timeouts(&mut self, key: &str, raw: RawTimeouts) -> Timeouts {
+        let defaults = Timeouts::default();
+        Timeouts {
+            connect: raw
+                .connect
+                .map(|d| self.positive_duration(&format!("{key}.connect"), &d))
+                .unwrap_or(defaults.connect),
+            request: raw
+                .request
+                .map(|d| self.positive_duration(&format!("{key}.request"), &d))
+                .unwrap_or(defaults.request),
+        }
+    }
+
+    fn socket_addr(&mut self, key: &str, text: &str) -> SocketAddr {
+        text.parse().unwrap_or_else(|_| {
+            self.fail(
+                key,
+                format!("{text:?} is not an IP address with port, such as \"0.0.0.0:8080\""),
+            );
+            SocketAddr::from(([0, 0, 0, 0], 0))
+        })
+    }
+
+    fn duration(&mut self, key: &str, text: &str) -> Duration {
+        humantime::parse_duration(text).unwrap_or_else(|e| {
+            self.fail(
+                key,
+                format!("{text:?} is not a duration such as \"500ms\" or \"30s\": {e}"),
+            );
+            Duration::ZERO
+        })
+    }
+
+    fn positive_duration(&mut self, key: &str, text: &str) -> Duration {
+        let before = self.issues.len();
+        let d = self.duration(key, text);
+        if d.is_zero() && self.issues.len() == before {
+            self.fail(key, "must be greater than zero");
+        }
+        d
+    }
+
+    fn header_name(&mut self, key: &str, name: &str) -> Option<HeaderName> {
+        match HeaderName::from_bytes(name.trim().as_bytes()) {
+            Ok(h) if !name.trim().is_empty() => Some(h),
+            _ => {
+                self.fail(key, format!("{name:?} is not a valid header name"));
+                None
+            }
+        }
+    }
+}
+
+/// RFC 6265 cookie-name characters (an HTTP token).
+fn is_cookie_name_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+#[cfg(test)]
+mod tests;

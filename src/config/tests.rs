@@ -1,0 +1,287 @@
+use super::*;
+
+const FILE: &str = "config/cohort.toml";
+
+fn parse_ok(text: &str) -> Config {
+    match parse(text, Path::new(FILE)) {
+        Ok(config) => config,
+        Err(e) => panic!("expected a valid config, got:\n{e}"),
+    }
+}
+
+fn parse_err(text: &str) -> String {
+    match parse(text, Path::new(FILE)) {
+        Ok(_) => panic!("expected an error for:\n{text}"),
+        Err(e) => e.to_string(),
+    }
+}
+
+const MINIMAL: &str = r#"
+[[routes]]
+name = "default"
+salt = "s1"
+stable = { endpoints = ["http://127.0.0.1:9001"] }
+"#;
+
+#[test]
+fn minimal_config_gets_documented_defaults() {
+    let c = parse_ok(MINIMAL);
+    assert_eq!(c.listen.address, "0.0.0.0:8080".parse().unwrap());
+    assert_eq!(c.admin.address, "127.0.0.1:9901".parse().unwrap());
+    assert_eq!(c.listen.workers, 0);
+    assert_eq!(c.listen.drain_timeout, Duration::from_secs(30));
+    assert_eq!(
+        c.listen.variant_header.as_ref().map(HeaderName::as_str),
+        Some("x-cohort-variant")
+    );
+    let r = &c.routes[0];
+    assert_eq!(r.path_prefix, "/");
+    assert_eq!(r.canary_bp, BasisPoints::ZERO);
+    assert!(r.sticky.is_empty());
+    assert!(r.canary.endpoints.is_empty());
+    assert_eq!(r.timeouts, Timeouts::default());
+}
+
+#[test]
+fn full_route_is_compiled() {
+    let c = parse_ok(
+        r#"
+[listen]
+address = "127.0.0.1:0"
+workers = 2
+drain_timeout = "5s"
+variant_header = ""
+access_log = true
+
+[[routes]]
+name = "shop"
+host = "Shop.Example.com"
+path_prefix = "/api"
+sticky = ["header:X-User-Id", "cookie:session", "ip"]
+salt = "checkout-v2"
+canary_percent = 2.5
+stable = { endpoints = ["http://stable:9001", "http://[::1]:9003"] }
+canary = { endpoints = ["http://canary"] }
+override = { trusted = ["10.0.0.0/8", "127.0.0.1"] }
+timeouts = { connect = "250ms", request = "2s" }
+"#,
+    );
+    assert_eq!(c.listen.variant_header, None);
+    assert_eq!(c.listen.drain_timeout, Duration::from_secs(5));
+    let r = &c.routes[0];
+    assert_eq!(r.host.as_deref(), Some("shop.example.com"));
+    assert_eq!(
+        r.sticky,
+        vec![
+            StickySource::Header(HeaderName::from_static("x-user-id")),
+            StickySource::Cookie("session".into()),
+            StickySource::Ip
+        ]
+    );
+    assert_eq!(r.canary_bp.get(), 250);
+    assert_eq!(r.stable.endpoints[0].authority(), "stable:9001");
+    assert_eq!(r.stable.endpoints[1].authority(), "[::1]:9003");
+    assert_eq!(r.canary.endpoints[0].authority(), "canary:80");
+    let o = r.override_.as_ref().unwrap();
+    assert_eq!(o.header.as_str(), "x-cohort-variant");
+    assert_eq!(o.cookie, "cohort_variant");
+    assert!(o.trusts("10.1.2.3".parse().unwrap()));
+    assert!(o.trusts("::ffff:10.1.2.3".parse().unwrap()));
+    assert!(o.trusts("127.0.0.1".parse().unwrap()));
+    assert!(!o.trusts("127.0.0.2".parse().unwrap()));
+    assert_eq!(r.timeouts.connect, Duration::from_millis(250));
+    assert_eq!(r.timeouts.request, Duration::from_secs(2));
+}
+
+#[test]
+fn errors_name_file_key_and_reason() {
+    let err = parse_err(&MINIMAL.replace("salt = \"s1\"", "salt = \"s1\"\ncanary_percent = 100.5"));
+    assert_eq!(
+        err,
+        "config/cohort.toml: routes[0].canary_percent: 100.5 is above 100"
+    );
+}
+
+#[test]
+fn every_problem_is_reported_at_once() {
+    let err = parse_err(
+        r#"
+[[routes]]
+name = "a"
+sticky = ["header:x-user-id", "query:id"]
+canary_percent = 0.001
+stable = { endpoints = ["ftp://x"] }
+canary = { endpoints = [] }
+
+[[routes]]
+name = "a"
+salt = "s"
+stable = { endpoints = ["http://127.0.0.1:1"] }
+"#,
+    );
+    for expected in [
+        "routes[0].sticky[1]: unknown sticky source \"query:id\"",
+        "routes[0].salt: is required",
+        "routes[0].canary_percent: 0.001 is finer than the 0.01 step",
+        "routes[0].stable.endpoints[0]: \"ftp://x\" must be an absolute http:// URL",
+        "routes[1].name: duplicate route name \"a\"",
+    ] {
+        assert!(err.contains(expected), "missing {expected:?} in:\n{err}");
+    }
+    assert!(err.lines().all(|l| l.starts_with("config/cohort.toml: ")));
+}
+
+#[test]
+fn unknown_keys_are_rejected_with_their_path() {
+    let err = parse_err(&MINIMAL.replace("salt = \"s1\"", "salt = \"s1\"\ncanary_procent = 5"));
+    assert!(
+        err.starts_with(
+            "config/cohort.toml: routes[0].canary_procent: unknown field `canary_procent`"
+        ),
+        "{err}"
+    );
+    let err = parse_err(&format!("[listen]\nadress = \"x\"\n{MINIMAL}"));
+    assert!(
+        err.contains("listen.adress: unknown field `adress`"),
+        "{err}"
+    );
+}
+
+#[test]
+fn wrong_types_name_the_key() {
+    let err =
+        parse_err(&MINIMAL.replace("salt = \"s1\"", "salt = \"s1\"\ncanary_percent = \"ten\""));
+    assert!(
+        err.starts_with("config/cohort.toml: routes[0].canary_percent: "),
+        "{err}"
+    );
+}
+
+#[test]
+fn toml_syntax_errors_carry_a_line() {
+    let err = parse_err("[[routes]\nname = 1");
+    assert!(err.starts_with("config/cohort.toml: "), "{err}");
+    assert!(err.contains("(line 1)"), "{err}");
+}
+
+#[test]
+fn canary_needs_endpoints_only_when_it_gets_traffic() {
+    let err = parse_err(&MINIMAL.replace("salt = \"s1\"", "salt = \"s1\"\ncanary_percent = 5"));
+    assert!(
+        err.contains(
+            "routes[0].canary.endpoints: needs at least one endpoint while canary_percent is 5"
+        ),
+        "{err}"
+    );
+}
+
+#[test]
+fn bad_values_are_rejected() {
+    for (patch, expected) in [
+        (
+            "path_prefix = \"api\"",
+            "routes[0].path_prefix: \"api\" must start with '/'",
+        ),
+        (
+            "host = \"a.com:8080\"",
+            "routes[0].host: \"a.com:8080\" must be a bare host",
+        ),
+        (
+            "override = { trusted = [\"10.0.0.0/33\"] }",
+            "routes[0].override.trusted[0]: \"10.0.0.0/33\" is not a CIDR",
+        ),
+        (
+            "timeouts = { connect = \"soon\" }",
+            "routes[0].timeouts.connect: \"soon\" is not a duration",
+        ),
+        (
+            "timeouts = { request = \"0s\" }",
+            "routes[0].timeouts.request: must be greater than zero",
+        ),
+        (
+            "sticky = [\"cookie:\"]",
+            "routes[0].sticky[0]: \"\" is not a valid cookie name",
+        ),
+        (
+            "sticky = [\"header:bad header\"]",
+            "routes[0].sticky[0]: \"bad header\" is not a valid header name",
+        ),
+        ("name2 = 1", "routes[0].name2: unknown field `name2`"),
+    ] {
+        let err = parse_err(&MINIMAL.replace("salt = \"s1\"", &format!("salt = \"s1\"\n{patch}")));
+        assert!(
+            err.contains(expected),
+            "for {patch}: missing {expected:?} in:\n{err}"
+        );
+    }
+    let err = parse_err(&format!("[listen]\naddress = \"localhost\"\n{MINIMAL}"));
+    assert!(
+        err.contains("listen.address: \"localhost\" is not an IP address with port"),
+        "{err}"
+    );
+    let err = parse_err(&MINIMAL.replace("name = \"default\"", "name = \"a b\""));
+    assert!(
+        err.contains("routes[0].name: \"a b\" may contain only"),
+        "{err}"
+    );
+    let err = parse_err("");
+    assert!(
+        err.contains("routes: at least one [[routes]] entry is required"),
+        "{err}"
+    );
+}
+
+#[test]
+fn missing_stable_is_reported_once() {
+    let err = parse_err("[[routes]]\nname = \"x\"\nsalt = \"s\"\n");
+    assert_eq!(err, "config/cohort.toml: routes[0].stable: is required");
+    let err = parse_err("[[routes]]\nname = \"x\"\nsalt = \"s\"\nstable = { endpoints = [] }\n");
+    assert_eq!(
+        err,
+        "config/cohort.toml: routes[0].stable.endpoints: needs at least one endpoint"
+    );
+}
+
+#[test]
+fn integer_and_float_percentages_are_equivalent() {
+    let a = parse_ok(&MINIMAL.replace(
+        "salt = \"s1\"",
+        "salt = \"s1\"\ncanary_percent = 10\ncanary = { endpoints = [\"http://c:1\"] }",
+    ));
+    let b = parse_ok(&MINIMAL.replace(
+        "salt = \"s1\"",
+        "salt = \"s1\"\ncanary_percent = 10.0\ncanary = { endpoints = [\"http://c:1\"] }",
+    ));
+    assert_eq!(a.routes[0].canary_bp, b.routes[0].canary_bp);
+}
+
+#[test]
+fn relative_paths_resolve_against_the_config_directory() {
+    let c = parse(
+        &format!("state_dir = \"state\"\n[admin]\ntoken_file = \"secrets/token\"\n{MINIMAL}"),
+        Path::new("/etc/cohort/cohort.toml"),
+    )
+    .unwrap();
+    assert_eq!(c.state_dir, Some(PathBuf::from("/etc/cohort/state")));
+    assert_eq!(
+        c.admin.token_file,
+        Some(PathBuf::from("/etc/cohort/secrets/token"))
+    );
+}
+
+#[test]
+fn effective_config_serializes_as_written() {
+    let c = parse_ok(&MINIMAL.replace("salt = \"s1\"", "salt = \"s1\"\ncanary_percent = 2.5\nsticky = [\"header:x-user-id\", \"ip\"]\ncanary = { endpoints = [\"http://c:1\"] }"));
+    let json = serde_json::to_value(&c).unwrap();
+    let route = &json["routes"][0];
+    assert_eq!(route["canary_percent"], serde_json::json!(2.5));
+    assert_eq!(
+        route["sticky"],
+        serde_json::json!(["header:x-user-id", "ip"])
+    );
+    assert_eq!(
+        route["stable"]["endpoints"],
+        serde_json::json!(["http://127.0.0.1:9001"])
+    );
+    assert_eq!(route["timeouts"]["connect"], serde_json::json!("1s"));
+}

@@ -1,0 +1,4 @@
+//! cohort: a sidecar reverse proxy for staged rollouts.
+pub mod cohort;
+pub mod config;
+pub mod router;

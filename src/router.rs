@@ -1,0 +1,292 @@
+//! Routing decisions, pure: request head + peer address + routes → route, variant, source.
+//!
+//! No I/O and no clock: the random key for first-time clients is passed in, so
+//! every decision here is reproducible in a unit test.
+
+use std::fmt::{self, Write as _};
+use std::net::IpAddr;
+
+use http::header::{COOKIE, HOST};
+use http::{HeaderMap, HeaderValue, Uri};
+
+use crate::cohort::{self, BasisPoints, Variant};
+use crate::config::{canonical_ip, Override, Route, StickySource, COHORT_ID_COOKIE};
+
+/// Routes ordered for matching: host routes first, then host-less ones; each group by
+/// longest `path_prefix` first, ties in file order (DESIGN §1.2).
+#[derive(Debug, Clone, Default)]
+pub struct RouteTable {
+    with_host: Vec<usize>,
+    without_host: Vec<usize>,
+}
+
+impl RouteTable {
+    pub fn new(routes: &[Route]) -> RouteTable {
+        let mut with_host: Vec<usize> = Vec::new();
+        let mut without_host: Vec<usize> = Vec::new();
+        for (i, route) in routes.iter().enumerate() {
+            if route.host.is_some() {
+                with_host.push(i);
+            } else {
+                without_host.push(i);
+            }
+        }
+        // A stable sort keeps file order among equal prefix lengths.
+        let by_prefix_len = |i: &usize| std::cmp::Reverse(routes[*i].path_prefix.len());
+        with_host.sort_by_key(by_prefix_len);
+        without_host.sort_by_key(by_prefix_len);
+        RouteTable {
+            with_host,
+            without_host,
+        }
+    }
+
+    /// Index of the route for this host (any case, port allowed) and path, if any.
+    pub fn find(&self, routes: &[Route], host: Option<&str>, path: &str) -> Option<usize> {
+        if let Some(host) = host.map(strip_port).filter(|h| !h.is_empty()) {
+            let found = self.with_host.iter().copied().find(|&i| {
+                let route = &routes[i];
+                route
+                    .host
+                    .as_deref()
+                    .is_some_and(|h| h.eq_ignore_ascii_case(host))
+                    && path.starts_with(route.path_prefix.as_str())
+            });
+            if found.is_some() {
+                return found;
+            }
+        }
+        self.without_host
+            .iter()
+            .copied()
+            .find(|&i| path.starts_with(routes[i].path_prefix.as_str()))
+    }
+}
+
+/// The request's host: the `Host` header, else the URI authority (HTTP/2 `:authority`).
+pub fn request_host<'a>(uri: &'a Uri, headers: &'a HeaderMap) -> Option<&'a str> {
+    headers
+        .get(HOST)
+        .and_then(|v| v.to_str().ok())
+        .or_else(|| uri.authority().map(|a| a.as_str()))
+}
+
+/// `example.com:8080` → `example.com`; `[::1]:8080` → `[::1]`.
+fn strip_port(host: &str) -> &str {
+    if host.starts_with('[') {
+        return match host.find(']') {
+            Some(end) => &host[..=end],
+            None => host,
+        };
+    }
+    match host.rfind(':') {
+        Some(colon) if host[colon + 1..].bytes().all(|b| b.is_ascii_digit()) => &host[..colon],
+        _ => host,
+    }
+}
+
+/// Where a request's variant came from: the `source` label of `cohort_assignments_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum AssignSource {
+    Header,
+    Cookie,
+    Ip,
+    Random,
+    Override,
+}
+
+impl AssignSource {
+    pub const ALL: [AssignSource; 5] = [
+        AssignSource::Header,
+        AssignSource::Cookie,
+        AssignSource::Ip,
+        AssignSource::Random,
+        AssignSource::Override,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AssignSource::Header => "header",
+            AssignSource::Cookie => "cookie",
+            AssignSource::Ip => "ip",
+            AssignSource::Random => "random",
+            AssignSource::Override => "override",
+        }
+    }
+
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// A peer address in canonical text form, on the stack (the longest IPv6 text is 45 bytes).
+pub struct IpText {
+    buf: [u8; 48],
+    len: usize,
+}
+
+impl IpText {
+    pub fn new(ip: IpAddr) -> IpText {
+        let mut text = IpText {
+            buf: [0; 48],
+            len: 0,
+        };
+        // Display of an IpAddr never exceeds the buffer, so this cannot fail.
+        let _ = write!(text, "{}", canonical_ip(ip));
+        text
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+}
+
+impl fmt::Write for IpText {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        let end = self.len + s.len();
+        if end > self.buf.len() {
+            return Err(fmt::Error);
+        }
+        self.buf[self.len..end].copy_from_slice(s.as_bytes());
+        self.len = end;
+        Ok(())
+    }
+}
+
+/// A cohort key found in the request, borrowed where possible.
+pub enum CohortKey<'a> {
+    Borrowed(&'a [u8]),
+    Ip(IpText),
+}
+
+impl CohortKey<'_> {
+    pub fn as_bytes(&self) -> &[u8] {
+        match self {
+            CohortKey::Borrowed(bytes) => bytes,
+            CohortKey::Ip(text) => text.as_bytes(),
+        }
+    }
+}
+
+/// The first present, non-empty key among the route's sources, then `cookie:cohort_id`.
+pub fn find_key<'a>(
+    sticky: &[StickySource],
+    headers: &'a HeaderMap,
+    peer: IpAddr,
+) -> Option<(CohortKey<'a>, AssignSource)> {
+    for source in sticky {
+        match source {
+            StickySource::Header(name) => {
+                if let Some(value) = headers.get(name).map(|v| trim(v.as_bytes())) {
+                    if !value.is_empty() {
+                        return Some((CohortKey::Borrowed(value), AssignSource::Header));
+                    }
+                }
+            }
+            StickySource::Cookie(name) => {
+                if let Some(value) = cookie(headers, name).filter(|v| !v.is_empty()) {
+                    return Some((CohortKey::Borrowed(value), AssignSource::Cookie));
+                }
+            }
+            StickySource::Ip => return Some((CohortKey::Ip(IpText::new(peer)), AssignSource::Ip)),
+        }
+    }
+    cookie(headers, COHORT_ID_COOKIE)
+        .filter(|v| !v.is_empty())
+        .map(|v| (CohortKey::Borrowed(v), AssignSource::Cookie))
+}
+
+/// The raw value of the first cookie called `name` across all `Cookie` headers.
+pub fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a [u8]> {
+    headers.get_all(COOKIE).iter().find_map(|header| {
+        header.as_bytes().split(|&b| b == b';').find_map(|pair| {
+            let pair = trim(pair);
+            let eq = pair.iter().position(|&b| b == b'=')?;
+            (trim(&pair[..eq]) == name.as_bytes()).then(|| trim(&pair[eq + 1..]))
+        })
+    })
+}
+
+fn trim(bytes: &[u8]) -> &[u8] {
+    bytes.trim_ascii()
+}
+
+/// The variant a trusted request forces through the override header or cookie.
+/// Untrusted peers get `None` whatever they send.
+pub fn forced_variant(ovr: &Override, headers: &HeaderMap, peer: IpAddr) -> Option<Variant> {
+    if !ovr.trusts(peer) {
+        return None;
+    }
+    headers
+        .get(&ovr.header)
+        .and_then(|v| Variant::from_name(trim(v.as_bytes())))
+        .or_else(|| cookie(headers, &ovr.cookie).and_then(Variant::from_name))
+}
+
+/// What the router decided for one request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    pub variant: Variant,
+    pub source: AssignSource,
+    /// The key's bucket, when a key was hashed (not for overrides).
+    pub bucket: Option<u16>,
+    /// A freshly drawn `cohort_id` the response must set, for clients that sent no key.
+    pub new_cohort_id: Option<String>,
+}
+
+/// Assigns a variant for `route` at canary share `canary`.
+///
+/// `draw_key` is called only when the request carries no key at all.
+pub fn decide(
+    route: &Route,
+    canary: BasisPoints,
+    headers: &HeaderMap,
+    peer: IpAddr,
+    draw_key: impl FnOnce() -> String,
+) -> Decision {
+    if let Some(variant) = route
+        .override_
+        .as_ref()
+        .and_then(|o| forced_variant(o, headers, peer))
+    {
+        return Decision {
+            variant,
+            source: AssignSource::Override,
+            bucket: None,
+            new_cohort_id: None,
+        };
+    }
+    match find_key(&route.sticky, headers, peer) {
+        Some((key, source)) => {
+            let (bucket, variant) = cohort::assign(&route.salt, key.as_bytes(), canary);
+            Decision {
+                variant,
+                source,
+                bucket: Some(bucket),
+                new_cohort_id: None,
+            }
+        }
+        None => {
+            let key = draw_key();
+            let (bucket, variant) = cohort::assign(&route.salt, key.as_bytes(), canary);
+            Decision {
+                variant,
+                source: AssignSource::Random,
+                bucket: Some(bucket),
+                new_cohort_id: Some(key),
+            }
+        }
+    }
+}
+
+/// The `Set-Cookie` value that keeps a first-time client in its cohort.
+pub fn cohort_id_cookie(key: &str, secure: bool) -> Option<HeaderValue> {
+    let secure = if secure { "; Secure" } else { "" };
+    HeaderValue::from_str(&format!(
+        "{COHORT_ID_COOKIE}={key}; Path=/; Max-Age=31536000; HttpOnly; SameSite=Lax{secure}"
+    ))
+    .ok()
+}
+
+#[cfg(test)]
+mod tests;

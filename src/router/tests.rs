@@ -1,0 +1,280 @@
+use std::path::Path;
+
+use http::HeaderName;
+
+use super::*;
+use crate::config;
+
+fn routes(text: &str) -> Vec<Route> {
+    config::parse(text, Path::new("test.toml"))
+        .unwrap_or_else(|e| panic!("{e}"))
+        .routes
+}
+
+fn route_block(name: &str, extra: &str) -> String {
+    format!(
+        "[[routes]]\nname = \"{name}\"\nsalt = \"s\"\nstable = {{ endpoints = [\"http://127.0.0.1:1\"] }}\n{extra}\n"
+    )
+}
+
+fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+    let mut map = HeaderMap::new();
+    for (name, value) in pairs {
+        map.append(
+            HeaderName::from_bytes(name.as_bytes()).unwrap(),
+            HeaderValue::from_str(value).unwrap(),
+        );
+    }
+    map
+}
+
+const PEER: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 7));
+
+#[test]
+fn longest_prefix_wins_and_ties_keep_file_order() {
+    let rs = routes(
+        &[
+            route_block("root", "path_prefix = \"/\""),
+            route_block("api", "path_prefix = \"/api\""),
+            route_block("api-v2", "path_prefix = \"/api/v2\""),
+            route_block("api-dup", "path_prefix = \"/api\""),
+        ]
+        .concat(),
+    );
+    let table = RouteTable::new(&rs);
+    let name = |path: &str| table.find(&rs, None, path).map(|i| rs[i].name.as_str());
+    assert_eq!(name("/"), Some("root"));
+    assert_eq!(name("/apix"), Some("api"), "byte prefix, as documented");
+    assert_eq!(name("/api/v2/users"), Some("api-v2"));
+    assert_eq!(name("/api/v1"), Some("api"));
+    assert_eq!(name("/other"), Some("root"));
+}
+
+#[test]
+fn host_routes_come_first_case_insensitive_without_port() {
+    let rs = routes(
+        &[
+            route_block("any", "path_prefix = \"/\""),
+            route_block(
+                "shop",
+                "host = \"shop.example.com\"\npath_prefix = \"/checkout\"",
+            ),
+            route_block("v6", "host = \"[::1]\""),
+        ]
+        .concat(),
+    );
+    let table = RouteTable::new(&rs);
+    let name =
+        |host: Option<&str>, path: &str| table.find(&rs, host, path).map(|i| rs[i].name.as_str());
+    assert_eq!(
+        name(Some("SHOP.example.com:8443"), "/checkout/1"),
+        Some("shop")
+    );
+    assert_eq!(
+        name(Some("shop.example.com"), "/about"),
+        Some("any"),
+        "falls back to host-less routes"
+    );
+    assert_eq!(name(Some("other.example.com"), "/checkout"), Some("any"));
+    assert_eq!(name(None, "/checkout"), Some("any"));
+    assert_eq!(name(Some("[::1]:8080"), "/x"), Some("v6"));
+}
+
+#[test]
+fn no_route_means_none() {
+    let rs = routes(&route_block("api", "path_prefix = \"/api\""));
+    let table = RouteTable::new(&rs);
+    assert_eq!(table.find(&rs, None, "/"), None);
+    assert_eq!(table.find(&rs, Some("x"), "/ap"), None);
+}
+
+#[test]
+fn host_comes_from_host_header_or_authority() {
+    let uri: Uri = "http://from-authority:81/x".parse().unwrap();
+    assert_eq!(
+        request_host(&uri, &HeaderMap::new()),
+        Some("from-authority:81")
+    );
+    assert_eq!(
+        request_host(&uri, &headers(&[("host", "from-header")])),
+        Some("from-header")
+    );
+    let origin: Uri = "/x".parse().unwrap();
+    assert_eq!(request_host(&origin, &HeaderMap::new()), None);
+}
+
+#[test]
+fn key_sources_are_tried_in_order() {
+    let rs = routes(&route_block(
+        "r",
+        "sticky = [\"header:x-user-id\", \"cookie:session\", \"ip\"]",
+    ));
+    let sticky = &rs[0].sticky;
+    let key = |h: &HeaderMap| {
+        find_key(sticky, h, PEER)
+            .map(|(k, s)| (String::from_utf8(k.as_bytes().to_vec()).unwrap(), s))
+    };
+    assert_eq!(
+        key(&headers(&[
+            ("x-user-id", "  alice "),
+            ("cookie", "session=s1")
+        ])),
+        Some(("alice".into(), AssignSource::Header))
+    );
+    assert_eq!(
+        key(&headers(&[
+            ("x-user-id", "   "),
+            ("cookie", "a=1; session=s1")
+        ])),
+        Some(("s1".into(), AssignSource::Cookie)),
+        "an empty header is skipped"
+    );
+    assert_eq!(
+        key(&HeaderMap::new()),
+        Some(("192.0.2.7".into(), AssignSource::Ip))
+    );
+}
+
+#[test]
+fn first_header_value_is_the_key() {
+    let rs = routes(&route_block("r", "sticky = [\"header:x-user-id\"]"));
+    let h = headers(&[("x-user-id", "first"), ("x-user-id", "second")]);
+    let (key, _) = find_key(&rs[0].sticky, &h, PEER).unwrap();
+    assert_eq!(key.as_bytes(), b"first");
+}
+
+#[test]
+fn cookies_are_found_across_split_headers() {
+    let h = headers(&[
+        ("cookie", "a=1; b=2"),
+        ("cookie", "session=abc=def; session=later"),
+    ]);
+    assert_eq!(
+        cookie(&h, "session"),
+        Some(&b"abc=def"[..]),
+        "raw value, first occurrence"
+    );
+    assert_eq!(cookie(&h, "b"), Some(&b"2"[..]));
+    assert_eq!(cookie(&h, "sess"), None, "names match exactly");
+    assert_eq!(cookie(&headers(&[("cookie", "garbage; x")]), "x"), None);
+}
+
+#[test]
+fn cohort_id_cookie_is_tried_after_the_route_sources() {
+    let rs = routes(&route_block("r", "sticky = [\"header:x-user-id\"]"));
+    let h = headers(&[("cookie", "cohort_id=abc123")]);
+    let (key, source) = find_key(&rs[0].sticky, &h, PEER).unwrap();
+    assert_eq!(
+        (key.as_bytes(), source),
+        (&b"abc123"[..], AssignSource::Cookie)
+    );
+    let h = headers(&[("cookie", "cohort_id=abc123"), ("x-user-id", "u1")]);
+    let (key, source) = find_key(&rs[0].sticky, &h, PEER).unwrap();
+    assert_eq!((key.as_bytes(), source), (&b"u1"[..], AssignSource::Header));
+}
+
+#[test]
+fn ip_keys_are_canonical_text() {
+    assert_eq!(
+        IpText::new("2001:0db8:0:0::1".parse().unwrap()).as_bytes(),
+        b"2001:db8::1"
+    );
+    assert_eq!(
+        IpText::new("::ffff:192.0.2.7".parse().unwrap()).as_bytes(),
+        b"192.0.2.7"
+    );
+    let longest: IpAddr = "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff".parse().unwrap();
+    assert_eq!(IpText::new(longest).as_bytes().len(), 39);
+}
+
+#[test]
+fn keyless_clients_get_a_random_key_and_a_cookie() {
+    let rs = routes(&route_block(
+        "r",
+        "canary_percent = 50\ncanary = { endpoints = [\"http://c:1\"] }",
+    ));
+    let d = decide(&rs[0], rs[0].canary_bp, &HeaderMap::new(), PEER, || {
+        "drawn".to_owned()
+    });
+    assert_eq!(d.source, AssignSource::Random);
+    assert_eq!(d.new_cohort_id.as_deref(), Some("drawn"));
+    assert_eq!(d.bucket, Some(cohort::bucket("s", b"drawn")));
+    // The same key sent back as the cookie lands in the same variant, without a new cookie.
+    let again = decide(
+        &rs[0],
+        rs[0].canary_bp,
+        &headers(&[("cookie", "cohort_id=drawn")]),
+        PEER,
+        || unreachable!("a returning client must not draw a new key"),
+    );
+    assert_eq!((again.variant, again.new_cohort_id), (d.variant, None));
+}
+
+#[test]
+fn decision_follows_the_bucket() {
+    let rs = routes(&route_block("r", "sticky = [\"header:x-user-id\"]\ncanary_percent = 10\ncanary = { endpoints = [\"http://c:1\"] }"));
+    // checkout-v2/alice is a README vector; here the salt is "s".
+    let b = cohort::bucket("s", b"alice");
+    let d = decide(
+        &rs[0],
+        BasisPoints::from_raw(b + 1).unwrap(),
+        &headers(&[("x-user-id", "alice")]),
+        PEER,
+        String::new,
+    );
+    assert_eq!((d.variant, d.bucket), (Variant::Canary, Some(b)));
+    let d = decide(
+        &rs[0],
+        BasisPoints::from_raw(b).unwrap(),
+        &headers(&[("x-user-id", "alice")]),
+        PEER,
+        String::new,
+    );
+    assert_eq!(d.variant, Variant::Stable);
+}
+
+#[test]
+fn overrides_work_only_from_trusted_peers() {
+    let rs = routes(&route_block(
+        "r",
+        "override = { trusted = [\"192.0.2.0/24\"] }\ncanary = { endpoints = [\"http://c:1\"] }",
+    ));
+    let forced = headers(&[("x-cohort-variant", "canary")]);
+    let d = decide(&rs[0], BasisPoints::ZERO, &forced, PEER, || "k".into());
+    assert_eq!(
+        (d.variant, d.source),
+        (Variant::Canary, AssignSource::Override)
+    );
+    let cookie_forced = headers(&[("cookie", "cohort_variant=canary")]);
+    let d = decide(&rs[0], BasisPoints::ZERO, &cookie_forced, PEER, || {
+        "k".into()
+    });
+    assert_eq!(
+        (d.variant, d.source),
+        (Variant::Canary, AssignSource::Override)
+    );
+    let untrusted: IpAddr = "198.51.100.1".parse().unwrap();
+    let d = decide(&rs[0], BasisPoints::ZERO, &forced, untrusted, || "k".into());
+    assert_eq!(
+        (d.variant, d.source),
+        (Variant::Stable, AssignSource::Random)
+    );
+    let nonsense = headers(&[("x-cohort-variant", "blue")]);
+    let d = decide(&rs[0], BasisPoints::ZERO, &nonsense, PEER, || "k".into());
+    assert_eq!(
+        d.source,
+        AssignSource::Random,
+        "unknown variant names are ignored"
+    );
+}
+
+#[test]
+fn set_cookie_has_the_documented_attributes() {
+    let plain = cohort_id_cookie("abc", false).unwrap();
+    assert_eq!(
+        plain,
+        "cohort_id=abc; Path=/; Max-Age=31536000; HttpOnly; SameSite=Lax"
+    );
+    let tls = cohort_id_cookie("abc", true).unwrap();
+    assert!(tls.to_str().unwrap().ends_with("; Secure"));
+}
