@@ -422,6 +422,13 @@ fn ser_nets<S: serde::Serializer>(nets: &[IpNet], s: S) -> Result<S::Ok, S::Erro
 // Parsing and validation
 // ---------------------------------------------------------------------------------------
 
+/// Reads and validates a config file: the one function of this module that does I/O.
+pub fn load(file: &Path) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(file)
+        .map_err(|e| ConfigError::file(file, format!("cannot read the file: {e}")))?;
+    parse(&text, file)
+}
+
 /// Parses and validates config text. `file` names it in errors and anchors relative paths.
 pub fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
     let raw = parse_raw(text, file)?;

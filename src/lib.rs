@@ -1,4 +1,21 @@
 //! cohort: a sidecar reverse proxy for staged rollouts.
+//!
+//! The pure core ([`cohort`], [`config`], [`router`], [`window`]) decides; the shell
+//! ([`server`], [`listener`], [`proxy`], [`upstream`], [`admin`], [`metrics`]) does I/O.
+
+pub mod admin;
 pub mod cohort;
 pub mod config;
+pub mod demo;
+pub mod headers;
+pub mod listener;
+pub mod metrics;
+pub mod proxy;
 pub mod router;
+pub mod server;
+pub mod signals;
+pub mod snapshot;
+pub mod upstream;
+pub mod window;
+
+pub use server::{start, Running, StartError};

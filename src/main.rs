@@ -1,1 +1,189 @@
-fn main() {}
+//! The `cohort` command line: parse arguments, load config, run. Nothing else.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use cohort::cohort::assign;
+use cohort::config::{self, DEFAULT_CONFIG_PATH};
+use cohort::snapshot::canary_share;
+
+#[derive(Parser)]
+#[command(
+    name = "cohort",
+    version,
+    about = "A sidecar reverse proxy for staged rollouts: sticky hashed cohorts, per-variant metrics."
+)]
+struct Cli {
+    /// Config file (TOML).
+    #[arg(short, long, global = true, default_value = DEFAULT_CONFIG_PATH)]
+    config: PathBuf,
+    /// Log format on stderr; the level comes from RUST_LOG (default info).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve (the default).
+    Run,
+    /// Validate the config and print the effective routes.
+    Check,
+    /// Show which variant a cohort key gets on a route.
+    Assign {
+        #[arg(long)]
+        route: String,
+        #[arg(long)]
+        key: String,
+    },
+    /// Start built-in demo upstreams and the proxy on loopback, and show the split.
+    Demo {
+        /// Stop after this long (e.g. "5s"); runs until Ctrl-C without it.
+        #[arg(long, value_parser = parse_duration)]
+        duration: Option<Duration>,
+    },
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text).map_err(|e| format!("{text:?} is not a duration: {e}"))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    match cli.command.unwrap_or(Command::Run) {
+        Command::Run => run(&cli.config),
+        Command::Check => check(&cli.config),
+        Command::Assign { route, key } => assign_key(&cli.config, &route, &key),
+        Command::Demo { duration } => in_runtime(cohort::demo::run(duration)),
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn load_or_report(path: &std::path::Path) -> Option<config::Config> {
+    match config::load(path) {
+        Ok(config) => Some(config),
+        Err(e) => {
+            eprintln!("{e}");
+            None
+        }
+    }
+}
+
+fn run(path: &std::path::Path) -> ExitCode {
+    let Some(config) = load_or_report(path) else {
+        return ExitCode::from(1);
+    };
+    in_runtime(async move {
+        let running = match cohort::start(config).await {
+            Ok(running) => running,
+            Err(e) => {
+                tracing::error!("{e}");
+                return ExitCode::from(1);
+            }
+        };
+        cohort::signals::wait_for_stop().await;
+        tracing::info!("stop signal received: draining in-flight requests");
+        running.begin_shutdown();
+        tokio::select! {
+            _ = running.wait() => {
+                tracing::info!("drained; bye");
+                ExitCode::SUCCESS
+            }
+            _ = cohort::signals::wait_for_stop() => {
+                tracing::warn!("second stop signal: exiting without waiting for the drain");
+                ExitCode::from(1)
+            }
+        }
+    })
+}
+
+fn in_runtime(work: impl std::future::Future<Output = ExitCode>) -> ExitCode {
+    // The control plane (admin listener, signals, demo) needs little: one thread.
+    // The proxy runs on its own worker threads.
+    match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime.block_on(work),
+        Err(e) => {
+            eprintln!("cannot start the tokio runtime: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn check(path: &std::path::Path) -> ExitCode {
+    let Some(config) = load_or_report(path) else {
+        return ExitCode::from(1);
+    };
+    println!(
+        "{}: ok; listen {}, admin {}, {} route(s)",
+        path.display(),
+        config.listen.address,
+        config.admin.address,
+        config.routes.len()
+    );
+    for route in &config.routes {
+        let list = |endpoints: &[config::Endpoint]| {
+            endpoints
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let sticky: Vec<String> = route.sticky.iter().map(ToString::to_string).collect();
+        println!(
+            "route {:?}: host={} path_prefix={} canary={}% salt={:?} sticky=[{}] stable=[{}] canary=[{}]",
+            route.name,
+            route.host.as_deref().unwrap_or("*"),
+            route.path_prefix,
+            canary_share(route),
+            route.salt,
+            sticky.join(", "),
+            list(&route.stable.endpoints),
+            list(&route.canary.endpoints),
+        );
+    }
+    ExitCode::SUCCESS
+}
+
+fn assign_key(path: &std::path::Path, route_name: &str, key: &str) -> ExitCode {
+    let Some(config) = load_or_report(path) else {
+        return ExitCode::from(1);
+    };
+    let Some(route) = config.routes.iter().find(|r| r.name == route_name) else {
+        let names: Vec<&str> = config.routes.iter().map(|r| r.name.as_str()).collect();
+        eprintln!(
+            "{}: no route named {route_name:?} (routes: {})",
+            path.display(),
+            names.join(", ")
+        );
+        return ExitCode::from(1);
+    };
+    let (bucket, variant) = assign(&route.salt, key.as_bytes(), canary_share(route));
+    println!("route={route_name} key={key} bucket={bucket} variant={variant}");
+    ExitCode::SUCCESS
+}

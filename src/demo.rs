@@ -1,0 +1,211 @@
+//! `cohort demo`: two built-in upstreams and the proxy on loopback, a little traffic,
+//! and the live split printed, so a newcomer sees cohort work with nothing installed.
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::{BodyExt, Empty, Full};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpListener;
+
+use crate::config;
+
+const SALT: &str = "demo-v1";
+const CANARY_PERCENT: u32 = 20;
+const USERS: usize = 1000;
+
+/// Runs the demo until Ctrl-C, or for `duration`.
+pub async fn run(duration: Option<Duration>) -> ExitCode {
+    match demo(duration).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("demo failed: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn demo(duration: Option<Duration>) -> anyhow::Result<()> {
+    let deadline = duration.map(|d| Instant::now() + d);
+    let stable = start_upstream("stable").await?;
+    let canary = start_upstream("canary").await?;
+    let proxy = free_or_ephemeral(8080);
+    let admin = free_or_ephemeral(9901);
+    let text = format!(
+        r#"
+[listen]
+address = "{proxy}"
+workers = 1
+drain_timeout = "2s"
+
+[admin]
+address = "{admin}"
+
+[[routes]]
+name = "demo"
+path_prefix = "/"
+sticky = ["header:x-user-id", "cookie:session"]
+salt = "{SALT}"
+canary_percent = {CANARY_PERCENT}
+stable = {{ endpoints = ["http://{stable}"] }}
+canary = {{ endpoints = ["http://{canary}"] }}
+override = {{ trusted = ["127.0.0.0/8", "::1/128"] }}
+"#
+    );
+    let config = config::parse(&text, Path::new("<built-in demo config>"))?;
+    let running = crate::start(config).await?;
+    let proxy = running.proxy_addr();
+    let admin = running.admin_addr();
+
+    println!("cohort demo");
+    println!("  stable upstream  http://{stable}   canary upstream  http://{canary}");
+    println!("  proxy            http://{proxy}/   route \"demo\", canary_percent = {CANARY_PERCENT}, salt = \"{SALT}\"");
+    println!();
+
+    let mut client = DemoClient::connect(proxy).await?;
+    let mut split: BTreeMap<String, usize> = BTreeMap::new();
+    for user in 0..USERS {
+        let variant = client.get(&format!("user-{user}"), None).await?;
+        *split.entry(variant).or_default() += 1;
+    }
+    let canary_count = split.get("canary").copied().unwrap_or(0);
+    println!(
+        "sent {USERS} requests, one per x-user-id: stable {}, canary {} ({:.1} % canary; the setting is {CANARY_PERCENT} %)",
+        split.get("stable").copied().unwrap_or(0),
+        canary_count,
+        canary_count as f64 * 100.0 / USERS as f64
+    );
+    let alice: Vec<String> = {
+        let mut seen = Vec::new();
+        for _ in 0..5 {
+            seen.push(client.get("alice", None).await?);
+        }
+        seen
+    };
+    println!("sticky: user \"alice\" five times -> {}", alice.join(", "));
+    let forced = client.get("alice", Some("canary")).await?;
+    println!("override: alice with x-cohort-variant: canary from 127.0.0.1 -> {forced}");
+    println!();
+    println!("try it:");
+    println!("  curl -si -H 'x-user-id: alice' http://{proxy}/");
+    println!("  curl -s 'http://{admin}/assign?route=demo&key=alice'");
+    println!("  curl -s http://{admin}/routes");
+    println!("  curl -s http://{admin}/metrics | grep cohort_requests_total");
+    println!("  status page: http://{admin}/   metrics: http://{admin}/metrics");
+    println!();
+    match duration {
+        Some(d) => println!(
+            "live traffic for {}; the split so far:",
+            humantime::format_duration(d)
+        ),
+        None => println!("live traffic until Ctrl-C; the split so far:"),
+    }
+
+    let mut user = USERS;
+    let mut last_print = Instant::now();
+    loop {
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            break;
+        }
+        let key = format!("user-{user}");
+        let variant = tokio::select! {
+            v = client.get(&key, None) => v?,
+            _ = crate::signals::wait_for_stop() => break,
+        };
+        *split.entry(variant).or_default() += 1;
+        user += 1;
+        if last_print.elapsed() >= Duration::from_secs(1) {
+            print_split(&split);
+            last_print = Instant::now();
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    print_split(&split);
+    running.shutdown().await;
+    Ok(())
+}
+
+fn print_split(split: &BTreeMap<String, usize>) {
+    let stable = split.get("stable").copied().unwrap_or(0);
+    let canary = split.get("canary").copied().unwrap_or(0);
+    let total = (stable + canary).max(1);
+    println!(
+        "  stable {stable:>6}  canary {canary:>6}  ({:.1} % canary)",
+        canary as f64 * 100.0 / total as f64
+    );
+}
+
+/// `127.0.0.1:port` if that port is free now, else an ephemeral port.
+fn free_or_ephemeral(port: u16) -> SocketAddr {
+    let preferred = SocketAddr::from(([127, 0, 0, 1], port));
+    match std::net::TcpListener::bind(preferred) {
+        Ok(_) => preferred,
+        Err(_) => SocketAddr::from(([127, 0, 0, 1], 0)),
+    }
+}
+
+/// A built-in upstream that answers every request with its own name.
+async fn start_upstream(name: &'static str) -> anyhow::Result<SocketAddr> {
+    let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let service =
+                hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| async move {
+                    let body = format!("hello from {name} (path {})\n", req.uri().path());
+                    Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(body))))
+                });
+            tokio::spawn(async move {
+                let _ = auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    Ok(addr)
+}
+
+/// One keep-alive HTTP/1.1 connection to the proxy.
+struct DemoClient {
+    addr: SocketAddr,
+    sender: hyper::client::conn::http1::SendRequest<Empty<Bytes>>,
+}
+
+impl DemoClient {
+    async fn connect(addr: SocketAddr) -> anyhow::Result<DemoClient> {
+        let stream = tokio::net::TcpStream::connect(addr).await?;
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+        tokio::spawn(conn);
+        Ok(DemoClient { addr, sender })
+    }
+
+    /// Sends one GET as `user` and returns the variant the proxy reported.
+    async fn get(&mut self, user: &str, force: Option<&str>) -> anyhow::Result<String> {
+        if self.sender.ready().await.is_err() {
+            *self = DemoClient::connect(self.addr).await?;
+        }
+        let mut req = Request::builder()
+            .uri("/")
+            .header("host", self.addr.to_string())
+            .header("x-user-id", user);
+        if let Some(variant) = force {
+            req = req.header("x-cohort-variant", variant);
+        }
+        let resp = self.sender.send_request(req.body(Empty::new())?).await?;
+        let variant = resp
+            .headers()
+            .get("x-cohort-variant")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("none")
+            .to_owned();
+        resp.into_body().collect().await?;
+        Ok(variant)
+    }
+}

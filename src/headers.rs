@@ -1,0 +1,267 @@
+//! Header hygiene between client and upstream: hop-by-hop removal (RFC 9110 §7.6.1)
+//! and the `X-Forwarded-*` family.
+
+use std::net::IpAddr;
+
+use http::header::{
+    CONNECTION, COOKIE, HOST, PROXY_AUTHENTICATE, PROXY_AUTHORIZATION, TE, TRAILER,
+    TRANSFER_ENCODING, UPGRADE,
+};
+use http::{HeaderMap, HeaderName, HeaderValue};
+
+use crate::router::IpText;
+
+pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+pub static X_COHORT_VARIANT: HeaderName = HeaderName::from_static("x-cohort-variant");
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// Whether the request asks to switch protocols (WebSocket): `Connection: upgrade`
+/// plus an `Upgrade` header.
+pub fn is_upgrade_request(headers: &HeaderMap) -> bool {
+    headers.contains_key(UPGRADE) && connection_has_token(headers, "upgrade")
+}
+
+fn connection_has_token(headers: &HeaderMap, token: &str) -> bool {
+    headers.get_all(CONNECTION).iter().any(|value| {
+        value
+            .as_bytes()
+            .split(|&b| b == b',')
+            .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
+    })
+}
+
+/// Removes hop-by-hop headers: `Connection` and every header it names, plus the fixed
+/// list of DESIGN §1.7. `TE: trailers` survives (gRPC needs it). With `keep_upgrade`,
+/// `Upgrade` survives and `Connection: upgrade` is put back, so a WebSocket handshake
+/// reaches the other side.
+pub fn remove_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    if headers.contains_key(CONNECTION) {
+        // Collect first: the names borrow from the map we are about to change.
+        let named: Vec<HeaderName> = headers
+            .get_all(CONNECTION)
+            .iter()
+            .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+            .filter_map(|t| HeaderName::from_bytes(t.trim_ascii()).ok())
+            .collect();
+        for name in named {
+            if keep_upgrade && name == UPGRADE {
+                continue;
+            }
+            headers.remove(&name);
+        }
+        headers.remove(CONNECTION);
+    }
+    for name in [
+        &KEEP_ALIVE,
+        &PROXY_CONNECTION,
+        &TRANSFER_ENCODING,
+        &TRAILER,
+        &PROXY_AUTHORIZATION,
+        &PROXY_AUTHENTICATE,
+    ] {
+        headers.remove(name);
+    }
+    let te_trailers_only = headers
+        .get(TE)
+        .is_some_and(|v| v.as_bytes().trim_ascii().eq_ignore_ascii_case(b"trailers"));
+    if !te_trailers_only {
+        headers.remove(TE);
+    }
+    if keep_upgrade && headers.contains_key(UPGRADE) {
+        headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+    } else {
+        headers.remove(UPGRADE);
+    }
+}
+
+/// Appends the peer to `X-Forwarded-For` (folding earlier values into one line) and sets
+/// `X-Forwarded-Proto` and `X-Forwarded-Host`.
+pub fn set_forwarded(
+    headers: &mut HeaderMap,
+    peer: IpAddr,
+    proto: &'static str,
+    host: Option<HeaderValue>,
+) {
+    let peer = IpText::new(peer);
+    let xff = match headers.get(&X_FORWARDED_FOR) {
+        None => HeaderValue::from_bytes(peer.as_bytes()).ok(),
+        Some(_) => {
+            let mut joined: Vec<u8> = Vec::with_capacity(64);
+            for value in headers.get_all(&X_FORWARDED_FOR) {
+                joined.extend_from_slice(value.as_bytes());
+                joined.extend_from_slice(b", ");
+            }
+            joined.extend_from_slice(peer.as_bytes());
+            HeaderValue::from_bytes(&joined).ok()
+        }
+    };
+    if let Some(xff) = xff {
+        headers.insert(X_FORWARDED_FOR.clone(), xff);
+    }
+    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
+    match host {
+        Some(host) => {
+            headers.insert(X_FORWARDED_HOST.clone(), host);
+        }
+        None => {
+            headers.remove(&X_FORWARDED_HOST);
+        }
+    }
+}
+
+/// HTTP/2 clients may split `Cookie` into one header per cookie; an HTTP/1.1 hop
+/// must get them folded back into one line, joined by `; ` (RFC 9113 §8.2.3).
+pub fn fold_cookies(headers: &mut HeaderMap) {
+    let mut values = headers.get_all(COOKIE).iter();
+    let (Some(first), Some(_)) = (values.next(), values.next()) else {
+        return;
+    };
+    let mut joined: Vec<u8> = first.as_bytes().to_vec();
+    for value in headers.get_all(COOKIE).iter().skip(1) {
+        joined.extend_from_slice(b"; ");
+        joined.extend_from_slice(value.as_bytes());
+    }
+    if let Ok(value) = HeaderValue::from_bytes(&joined) {
+        headers.insert(COOKIE, value);
+    }
+}
+
+/// HTTP/2 clients send `:authority` instead of `Host`; an HTTP/1.1 upstream needs `Host`.
+pub fn ensure_host(headers: &mut HeaderMap, authority: Option<&str>) {
+    if headers.contains_key(HOST) {
+        return;
+    }
+    if let Some(value) = authority.and_then(|a| HeaderValue::from_str(a).ok()) {
+        headers.insert(HOST, value);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut m = HeaderMap::new();
+        for (k, v) in pairs {
+            m.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        m
+    }
+
+    fn names(m: &HeaderMap) -> Vec<&str> {
+        let mut n: Vec<&str> = m.keys().map(HeaderName::as_str).collect();
+        n.sort_unstable();
+        n
+    }
+
+    #[test]
+    fn removes_fixed_list_and_connection_named_headers_case_insensitively() {
+        let mut m = map(&[
+            ("Connection", "Keep-Alive, X-Secret-Hop"),
+            ("connection", "x-other"),
+            ("keep-alive", "timeout=5"),
+            ("x-secret-hop", "1"),
+            ("X-Other", "1"),
+            ("proxy-connection", "keep-alive"),
+            ("transfer-encoding", "chunked"),
+            ("te", "gzip"),
+            ("trailer", "x-checksum"),
+            ("upgrade", "websocket"),
+            ("proxy-authorization", "Basic x"),
+            ("proxy-authenticate", "Basic"),
+            ("x-end-to-end", "kept"),
+            ("content-type", "text/plain"),
+        ]);
+        remove_hop_by_hop(&mut m, false);
+        assert_eq!(names(&m), ["content-type", "x-end-to-end"]);
+    }
+
+    #[test]
+    fn te_trailers_is_kept_for_grpc() {
+        let mut m = map(&[("te", "trailers")]);
+        remove_hop_by_hop(&mut m, false);
+        assert_eq!(m.get(TE).unwrap(), "trailers");
+        let mut m = map(&[("te", "trailers, deflate")]);
+        remove_hop_by_hop(&mut m, false);
+        assert!(m.get(TE).is_none());
+    }
+
+    #[test]
+    fn upgrade_survives_on_upgrade_requests() {
+        let mut m = map(&[
+            ("connection", "Upgrade, x-hop"),
+            ("upgrade", "websocket"),
+            ("x-hop", "1"),
+            ("sec-websocket-key", "abc"),
+        ]);
+        assert!(is_upgrade_request(&m));
+        remove_hop_by_hop(&mut m, true);
+        assert_eq!(m.get(UPGRADE).unwrap(), "websocket");
+        assert_eq!(m.get(CONNECTION).unwrap(), "upgrade");
+        assert!(m.get("x-hop").is_none());
+        assert!(m.get("sec-websocket-key").is_some());
+    }
+
+    #[test]
+    fn upgrade_needs_both_headers() {
+        assert!(!is_upgrade_request(&map(&[("upgrade", "websocket")])));
+        assert!(!is_upgrade_request(&map(&[("connection", "upgrade")])));
+        assert!(is_upgrade_request(&map(&[
+            ("connection", "keep-alive, UPGRADE"),
+            ("upgrade", "h2c")
+        ])));
+    }
+
+    #[test]
+    fn forwarded_for_is_appended_and_others_set() {
+        let mut m = map(&[
+            ("x-forwarded-for", "203.0.113.1"),
+            ("x-forwarded-for", "198.51.100.2"),
+            ("x-forwarded-proto", "https"),
+        ]);
+        set_forwarded(
+            &mut m,
+            "::ffff:192.0.2.7".parse().unwrap(),
+            "http",
+            Some(HeaderValue::from_static("shop.example.com")),
+        );
+        assert_eq!(m.get_all(&X_FORWARDED_FOR).iter().count(), 1);
+        assert_eq!(
+            m.get(&X_FORWARDED_FOR).unwrap(),
+            "203.0.113.1, 198.51.100.2, 192.0.2.7"
+        );
+        assert_eq!(m.get(&X_FORWARDED_PROTO).unwrap(), "http");
+        assert_eq!(m.get(&X_FORWARDED_HOST).unwrap(), "shop.example.com");
+
+        let mut fresh = HeaderMap::new();
+        set_forwarded(&mut fresh, "2001:db8::1".parse().unwrap(), "http", None);
+        assert_eq!(fresh.get(&X_FORWARDED_FOR).unwrap(), "2001:db8::1");
+        assert!(fresh.get(&X_FORWARDED_HOST).is_none());
+    }
+
+    #[test]
+    fn split_cookies_are_folded_into_one_line() {
+        let mut m = map(&[("cookie", "a=1"), ("cookie", "b=2; c=3")]);
+        fold_cookies(&mut m);
+        assert_eq!(m.get_all(COOKIE).iter().count(), 1);
+        assert_eq!(m.get(COOKIE).unwrap(), "a=1; b=2; c=3");
+        let mut single = map(&[("cookie", "a=1")]);
+        fold_cookies(&mut single);
+        assert_eq!(single.get(COOKIE).unwrap(), "a=1");
+    }
+
+    #[test]
+    fn host_is_filled_from_authority_only_when_missing() {
+        let mut m = HeaderMap::new();
+        ensure_host(&mut m, Some("a.example:8080"));
+        assert_eq!(m.get(HOST).unwrap(), "a.example:8080");
+        ensure_host(&mut m, Some("b.example"));
+        assert_eq!(m.get(HOST).unwrap(), "a.example:8080");
+    }
+}

@@ -1,0 +1,445 @@
+//! One request's journey: pick route → pick variant → pick endpoint → forward →
+//! record once when the response leaves.
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::header::{CONTENT_TYPE, HOST, SET_COOKIE};
+use http::uri::PathAndQuery;
+use http::{HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+
+use crate::cohort::Variant;
+use crate::headers::{self, X_COHORT_VARIANT};
+use crate::metrics::Metrics;
+use crate::router::{self, AssignSource, Decision};
+use crate::snapshot::{canary_share, SharedSnapshot, Snapshot};
+use crate::upstream::{Lease, Pool, UpstreamError};
+
+/// What every request on one worker shares.
+pub struct ProxyContext {
+    pub snapshot: SharedSnapshot,
+    pub metrics: Arc<Metrics>,
+    pub pool: Pool,
+    /// `http` or `https`: the listener's scheme, for `X-Forwarded-Proto` and cookies.
+    pub scheme: &'static str,
+}
+
+/// Proxies one request. Never fails: every problem becomes a response.
+pub async fn handle(
+    ctx: &ProxyContext,
+    mut req: Request<Incoming>,
+    peer: SocketAddr,
+) -> Response<ProxyBody> {
+    let start = Instant::now();
+    let snap = ctx.snapshot.load_full();
+    let host = router::request_host(req.uri(), req.headers());
+    let Some(index) = snap.table.find(&snap.config.routes, host, req.uri().path()) else {
+        ctx.metrics.unrouted(StatusCode::NOT_FOUND.as_u16());
+        return local_response(StatusCode::NOT_FOUND, "no route matches this request\n");
+    };
+    let (route, state) = snap.route(index);
+    let decision = router::decide(
+        route,
+        canary_share(route),
+        req.headers(),
+        peer.ip(),
+        draw_key,
+    );
+    let variant = decision.variant;
+    let variant_metrics = state.metrics.variant(variant);
+    variant_metrics.assigned(decision.source);
+    variant_metrics.started();
+    let access_log = snap
+        .config
+        .listen
+        .access_log
+        .then(|| Box::new(AccessLog::new(&req, peer, &decision)));
+    // From here on the request is counted exactly once, even if the client leaves.
+    let mut pending = Pending(Some(Completion {
+        snap: snap.clone(),
+        route: index,
+        variant,
+        status: 499,
+        start,
+        cut: false,
+        access_log,
+    }));
+
+    let upgrade = req.version() == Version::HTTP_11 && headers::is_upgrade_request(req.headers());
+    let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    let upstream_req = prepare_upstream_request(req, route, &decision, peer, ctx.scheme);
+
+    let mut endpoints = state.endpoints(variant);
+    let result = match endpoints.next() {
+        None => Err(UpstreamError::NoEndpoints),
+        Some((endpoint, authority)) => {
+            match ctx
+                .pool
+                .send(endpoint, authority, upstream_req, &route.timeouts)
+                .await
+            {
+                Ok(ok) => Ok(ok),
+                // Nothing reached the first endpoint: one retry on another endpoint of
+                // the same variant. Never the other variant; that would corrupt the
+                // experiment.
+                Err((first_error, Some(req))) if first_error.nothing_sent() => {
+                    match endpoints.next().filter(|(e, _)| e != endpoint) {
+                        Some((endpoint, authority)) => ctx
+                            .pool
+                            .send(endpoint, authority, req, &route.timeouts)
+                            .await
+                            .map_err(|(e, _)| e),
+                        None => Err(first_error),
+                    }
+                }
+                Err((e, _)) => Err(e),
+            }
+        }
+    };
+
+    let mut response = match result {
+        Ok((mut resp, lease)) => {
+            let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+            headers::remove_hop_by_hop(resp.headers_mut(), switching && upgrade);
+            match downstream_upgrade {
+                Some(downstream) if switching => {
+                    let upstream = hyper::upgrade::on(&mut resp);
+                    tokio::spawn(tunnel(downstream, upstream));
+                    drop(lease);
+                    resp.map(|_| ProxyBody::empty())
+                }
+                _ => resp.map(|body| ProxyBody::upstream(body, lease)),
+            }
+        }
+        Err(e) => {
+            let kind = e.kind();
+            variant_metrics.upstream_error(kind);
+            tracing::debug!(route = %route.name, %variant, error = %e, "upstream request failed");
+            let status = match kind {
+                crate::metrics::UpstreamErrorKind::Timeout => StatusCode::GATEWAY_TIMEOUT,
+                _ => StatusCode::BAD_GATEWAY,
+            };
+            local_response(status, error_body(&e))
+        }
+    };
+
+    decorate_response(&mut response, &snap, variant, &decision, ctx.scheme);
+    let mut completion = pending.take();
+    completion.status = response.status().as_u16();
+    if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+        // A tunnel has no end the metrics could wait for: count it when the 101 leaves.
+        completion.finish();
+    } else {
+        response.body_mut().completion = Some(completion);
+    }
+    response
+}
+
+/// Rewrites the client's request for the upstream hop (DESIGN §1.7).
+fn prepare_upstream_request(
+    req: Request<Incoming>,
+    route: &crate::config::Route,
+    decision: &Decision,
+    peer: SocketAddr,
+    scheme: &'static str,
+) -> Request<Incoming> {
+    let (mut parts, body) = req.into_parts();
+    let upgrade = parts.version == Version::HTTP_11 && headers::is_upgrade_request(&parts.headers);
+    let authority = parts
+        .uri
+        .authority()
+        .and_then(|a| HeaderValue::from_str(a.as_str()).ok());
+    let headers = &mut parts.headers;
+    headers::remove_hop_by_hop(headers, upgrade);
+    if let Some(ovr) = &route.override_ {
+        if !ovr.trusts(peer.ip()) {
+            headers.remove(&ovr.header);
+        }
+    }
+    if let Some(authority) = &authority {
+        if !headers.contains_key(HOST) {
+            headers.insert(HOST, authority.clone());
+        }
+    }
+    let forwarded_host = headers.get(HOST).cloned();
+    headers::set_forwarded(headers, peer.ip(), scheme, forwarded_host);
+    headers::fold_cookies(headers);
+    headers.insert(
+        X_COHORT_VARIANT.clone(),
+        HeaderValue::from_static(decision.variant.as_str()),
+    );
+    // HTTP/1.1 upstreams get origin-form targets; an HTTP/2 or absolute-form request
+    // carries scheme and authority in its URI, which `Host` now holds instead.
+    if parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
+        let path = parts
+            .uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"));
+        parts.uri = Uri::from(path);
+    }
+    parts.version = Version::HTTP_11;
+    Request::from_parts(parts, body)
+}
+
+fn decorate_response(
+    response: &mut Response<ProxyBody>,
+    snap: &Snapshot,
+    variant: Variant,
+    decision: &Decision,
+    scheme: &str,
+) {
+    let headers = response.headers_mut();
+    if let Some(name) = &snap.config.listen.variant_header {
+        headers.insert(name.clone(), HeaderValue::from_static(variant.as_str()));
+    }
+    if let Some(key) = &decision.new_cohort_id {
+        if let Some(cookie) = router::cohort_id_cookie(key, scheme == "https") {
+            headers.append(SET_COOKIE, cookie);
+        }
+    }
+}
+
+/// A fresh random cohort key for a client that sent none: 128 random bits in hex.
+fn draw_key() -> String {
+    format!("{:032x}", fastrand::u128(..))
+}
+
+fn error_body(e: &UpstreamError) -> &'static str {
+    use crate::metrics::UpstreamErrorKind as K;
+    match e.kind() {
+        K::Connect => "upstream unavailable: connection failed\n",
+        K::Timeout => "upstream timed out\n",
+        K::Reset => "upstream closed the connection before a complete response\n",
+        K::Tls => "upstream TLS handshake failed\n",
+        K::Protocol => "upstream sent an invalid response\n",
+    }
+}
+
+pub fn local_response(status: StatusCode, body: &'static str) -> Response<ProxyBody> {
+    let mut resp = Response::new(ProxyBody::local(Bytes::from_static(body.as_bytes())));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    resp
+}
+
+/// Copies bytes both ways once both sides have switched protocols.
+async fn tunnel(downstream: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
+    let (downstream, upstream) = match tokio::try_join!(downstream, upstream) {
+        Ok(pair) => pair,
+        Err(e) => {
+            tracing::debug!(error = %e, "protocol upgrade failed");
+            return;
+        }
+    };
+    let mut downstream = TokioIo::new(downstream);
+    let mut upstream = TokioIo::new(upstream);
+    if let Err(e) = tokio::io::copy_bidirectional(&mut downstream, &mut upstream).await {
+        tracing::debug!(error = %e, "upgraded connection ended with an error");
+    }
+}
+
+/// Details kept for the access log line, only when `listen.access_log` is on.
+struct AccessLog {
+    method: Method,
+    path: String,
+    peer: SocketAddr,
+    source: AssignSource,
+}
+
+impl AccessLog {
+    fn new(req: &Request<Incoming>, peer: SocketAddr, decision: &Decision) -> AccessLog {
+        AccessLog {
+            method: req.method().clone(),
+            path: req.uri().path().to_owned(),
+            peer,
+            source: decision.source,
+        }
+    }
+}
+
+/// Everything needed to count one request once.
+struct Completion {
+    snap: Arc<Snapshot>,
+    route: usize,
+    variant: Variant,
+    status: u16,
+    start: Instant,
+    /// The upstream cut the response body after its headers.
+    cut: bool,
+    access_log: Option<Box<AccessLog>>,
+}
+
+impl Completion {
+    fn finish(self) {
+        let elapsed = self.start.elapsed();
+        let (route, state) = self.snap.route(self.route);
+        state
+            .metrics
+            .variant(self.variant)
+            .finished(self.status, elapsed, self.cut);
+        if let Some(log) = self.access_log {
+            tracing::info!(
+                target: "cohort::access",
+                route = %route.name,
+                variant = %self.variant,
+                source = log.source.as_str(),
+                method = %log.method,
+                path = %log.path,
+                status = self.status,
+                duration_ms = elapsed.as_secs_f64() * 1000.0,
+                peer = %log.peer,
+            );
+        }
+    }
+}
+
+/// Counts a request as 499 if its future is dropped before a response exists
+/// (the client went away while cohort waited for the upstream).
+struct Pending(Option<Completion>);
+
+impl Pending {
+    fn take(&mut self) -> Completion {
+        // `take` is called once, on the only path that leaves `handle` with a response.
+        match self.0.take() {
+            Some(c) => c,
+            None => unreachable!("a request's completion is taken once"),
+        }
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        if let Some(completion) = self.0.take() {
+            completion.finish();
+        }
+    }
+}
+
+/// The response body sent to the client: the upstream's, streamed, or cohort's own.
+/// It records the request's metrics when it ends, fails or is dropped, and hands
+/// the upstream connection back to the pool once the body was read to its end.
+pub struct ProxyBody {
+    inner: Inner,
+    completion: Option<Completion>,
+}
+
+enum Inner {
+    Upstream {
+        body: Incoming,
+        lease: Option<Lease>,
+    },
+    Local(Option<Bytes>),
+}
+
+impl ProxyBody {
+    fn upstream(body: Incoming, lease: Lease) -> ProxyBody {
+        ProxyBody {
+            inner: Inner::Upstream {
+                body,
+                lease: Some(lease),
+            },
+            completion: None,
+        }
+    }
+
+    pub fn local(bytes: Bytes) -> ProxyBody {
+        ProxyBody {
+            inner: Inner::Local(Some(bytes)),
+            completion: None,
+        }
+    }
+
+    pub fn empty() -> ProxyBody {
+        ProxyBody {
+            inner: Inner::Local(None),
+            completion: None,
+        }
+    }
+
+    fn finish(&mut self) {
+        if let Some(c) = self.completion.take() {
+            c.finish();
+        }
+    }
+
+    fn return_connection(&mut self) {
+        if let Inner::Upstream { lease, .. } = &mut self.inner {
+            if let Some(lease) = lease.take() {
+                Pool::give_back(lease);
+            }
+        }
+    }
+}
+
+impl Body for ProxyBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = &mut *self;
+        let polled = match &mut this.inner {
+            Inner::Local(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+            Inner::Upstream { body, .. } => Pin::new(body).poll_frame(cx),
+        };
+        match &polled {
+            Poll::Ready(None) => {
+                this.return_connection();
+                this.finish();
+            }
+            Poll::Ready(Some(Err(_))) => {
+                // The upstream cut the body after its headers: the client's stream is
+                // cut too (hyper closes it), and the request keeps its status.
+                if let Some(c) = &mut this.completion {
+                    c.cut = true;
+                    let (_, state) = c.snap.route(c.route);
+                    state
+                        .metrics
+                        .variant(c.variant)
+                        .upstream_error(crate::metrics::UpstreamErrorKind::Reset);
+                }
+                this.finish();
+            }
+            _ => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.inner {
+            Inner::Local(bytes) => bytes.is_none(),
+            Inner::Upstream { body, .. } => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.inner {
+            Inner::Local(Some(bytes)) => SizeHint::with_exact(bytes.len() as u64),
+            Inner::Local(None) => SizeHint::with_exact(0),
+            Inner::Upstream { body, .. } => body.size_hint(),
+        }
+    }
+}
+
+impl Drop for ProxyBody {
+    fn drop(&mut self) {
+        // hyper may skip polling a body that says it is already at its end.
+        if self.is_end_stream() {
+            self.return_connection();
+        }
+        self.finish();
+    }
+}

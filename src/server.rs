@@ -1,0 +1,160 @@
+//! A running cohort instance: binds its listeners, starts the workers and the admin
+//! listener, and shuts down gracefully. Tests run instances in-process through this.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use tokio::sync::watch;
+
+use crate::admin;
+use crate::config::Config;
+use crate::listener;
+use crate::metrics::Metrics;
+use crate::proxy::ProxyContext;
+use crate::snapshot::{SharedSnapshot, Snapshot};
+use crate::upstream::Pool;
+
+/// State shared by the workers, the admin listener and (later) reloads.
+pub struct State {
+    pub snapshot: SharedSnapshot,
+    pub metrics: Arc<Metrics>,
+    /// True once listening with a valid config; false from the moment shutdown begins.
+    pub ready: AtomicBool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot listen on {key} = {addr}: {source}")]
+    Bind {
+        key: &'static str,
+        addr: SocketAddr,
+        source: io::Error,
+    },
+    #[error("cannot start worker threads: {0}")]
+    Workers(io::Error),
+}
+
+/// A started instance. Drop it only after [`Running::shutdown`] or [`Running::wait`].
+pub struct Running {
+    proxy_addr: SocketAddr,
+    admin_addr: SocketAddr,
+    state: Arc<State>,
+    stop: watch::Sender<bool>,
+    workers: Vec<std::thread::JoinHandle<()>>,
+    admin: tokio::task::JoinHandle<()>,
+}
+
+/// Binds the listeners and starts serving `config`. Must run inside a tokio runtime,
+/// which then hosts the admin listener; the proxy runs on its own worker threads.
+pub async fn start(config: Config) -> Result<Running, StartError> {
+    let metrics = Arc::new(Metrics::new());
+    let proxy_socket =
+        listener::bind(config.listen.address).map_err(|source| StartError::Bind {
+            key: "listen.address",
+            addr: config.listen.address,
+            source,
+        })?;
+    let admin_socket = listener::bind(config.admin.address).map_err(|source| StartError::Bind {
+        key: "admin.address",
+        addr: config.admin.address,
+        source,
+    })?;
+    let bound = |s: &std::net::TcpListener, key, addr| {
+        s.local_addr()
+            .map_err(|source| StartError::Bind { key, addr, source })
+    };
+    let proxy_addr = bound(&proxy_socket, "listen.address", config.listen.address)?;
+    let admin_addr = bound(&admin_socket, "admin.address", config.admin.address)?;
+    let admin_listener =
+        tokio::net::TcpListener::from_std(admin_socket).map_err(|source| StartError::Bind {
+            key: "admin.address",
+            addr: config.admin.address,
+            source,
+        })?;
+
+    let workers = listener::worker_count(config.listen.workers);
+    let drain = config.listen.drain_timeout;
+    let snapshot = Snapshot::build(Arc::new(config), 1, &metrics);
+    let state = Arc::new(State {
+        snapshot: Arc::new(ArcSwap::from_pointee(snapshot)),
+        metrics,
+        ready: AtomicBool::new(false),
+    });
+
+    let (stop, stop_rx) = watch::channel(false);
+    let mut handles = Vec::with_capacity(workers);
+    for id in 0..workers {
+        let spawned = proxy_socket.try_clone().and_then(|socket| {
+            let ctx = ProxyContext {
+                snapshot: state.snapshot.clone(),
+                metrics: state.metrics.clone(),
+                pool: Pool::new(),
+                scheme: "http",
+            };
+            listener::spawn_worker(id, socket, ctx, stop_rx.clone(), drain)
+        });
+        match spawned {
+            Ok(handle) => handles.push(handle),
+            Err(e) => {
+                let _ = stop.send(true);
+                return Err(StartError::Workers(e));
+            }
+        }
+    }
+    drop(proxy_socket);
+    drop(stop_rx);
+    let admin = tokio::spawn(admin::serve(admin_listener, state.clone()));
+    state.ready.store(true, Ordering::SeqCst);
+    tracing::info!(proxy = %proxy_addr, admin = %admin_addr, workers, "cohort is serving");
+    Ok(Running {
+        proxy_addr,
+        admin_addr,
+        state,
+        stop,
+        workers: handles,
+        admin,
+    })
+}
+
+impl Running {
+    pub fn proxy_addr(&self) -> SocketAddr {
+        self.proxy_addr
+    }
+
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_addr
+    }
+
+    pub fn state(&self) -> &Arc<State> {
+        &self.state
+    }
+
+    /// Starts a graceful shutdown: `/readyz` answers 503 at once, the listener stops
+    /// accepting, and in-flight requests get up to `listen.drain_timeout`.
+    pub fn begin_shutdown(&self) {
+        self.state.ready.store(false, Ordering::SeqCst);
+        let _ = self.stop.send(true);
+    }
+
+    /// Waits until every worker has drained, then stops the admin listener.
+    pub async fn wait(self) {
+        let workers = self.workers;
+        let _ = tokio::task::spawn_blocking(move || {
+            for worker in workers {
+                let _ = worker.join();
+            }
+        })
+        .await;
+        self.admin.abort();
+        let _ = self.admin.await;
+    }
+
+    /// [`Running::begin_shutdown`] then [`Running::wait`].
+    pub async fn shutdown(self) {
+        self.begin_shutdown();
+        self.wait().await;
+    }
+}

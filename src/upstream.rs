@@ -1,0 +1,299 @@
+//! Upstream connections: one pool per worker thread, keyed by endpoint, HTTP/1.1
+//! keep-alive with hyper's low-level client connections.
+//!
+//! A worker's pool is touched only by its own thread, so its mutex is never contended;
+//! it exists to keep the request future `Send`. Connections are reused newest first,
+//! so a quiet pool shrinks by itself as old connections pass the idle timeout.
+
+use std::collections::{HashMap, VecDeque};
+use std::io;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+use crate::config::{Endpoint, Timeouts};
+use crate::metrics::UpstreamErrorKind;
+
+/// A pooled connection idle longer than this is closed rather than reused. It is kept
+/// below the common upstream keep-alive timeouts (Node.js closes after 5 s) so cohort
+/// rarely races an upstream that is closing the same connection.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(4);
+
+/// Idle connections kept per endpoint and worker.
+pub const MAX_IDLE_PER_ENDPOINT: usize = 1024;
+
+/// Why a request got no response from its upstream.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("no endpoints configured for this variant")]
+    NoEndpoints,
+    #[error("cannot resolve {authority}: {source}")]
+    Resolve {
+        authority: String,
+        source: io::Error,
+    },
+    #[error("connecting to {authority} failed: {source}")]
+    Connect {
+        authority: String,
+        source: io::Error,
+    },
+    #[error("connecting to {authority} timed out after {after:?}")]
+    ConnectTimeout { authority: String, after: Duration },
+    #[error("no response headers from {authority} within {after:?}")]
+    ResponseTimeout { authority: String, after: Duration },
+    #[error("HTTP handshake with {authority} failed: {source}")]
+    Handshake {
+        authority: String,
+        source: hyper::Error,
+    },
+    #[error("{authority} closed or reset the connection: {source}")]
+    Reset {
+        authority: String,
+        source: hyper::Error,
+    },
+    #[error("{authority} sent an invalid HTTP response: {source}")]
+    Protocol {
+        authority: String,
+        source: hyper::Error,
+    },
+}
+
+impl UpstreamError {
+    /// The metric label and, through it, the status code (DESIGN §1 failure table).
+    pub fn kind(&self) -> UpstreamErrorKind {
+        match self {
+            UpstreamError::NoEndpoints
+            | UpstreamError::Resolve { .. }
+            | UpstreamError::Connect { .. }
+            | UpstreamError::Handshake { .. } => UpstreamErrorKind::Connect,
+            UpstreamError::ConnectTimeout { .. } | UpstreamError::ResponseTimeout { .. } => {
+                UpstreamErrorKind::Timeout
+            }
+            UpstreamError::Reset { .. } => UpstreamErrorKind::Reset,
+            UpstreamError::Protocol { .. } => UpstreamErrorKind::Protocol,
+        }
+    }
+
+    /// Whether nothing reached the upstream, so another endpoint may be tried.
+    pub fn nothing_sent(&self) -> bool {
+        matches!(
+            self,
+            UpstreamError::Resolve { .. }
+                | UpstreamError::Connect { .. }
+                | UpstreamError::ConnectTimeout { .. }
+                | UpstreamError::Handshake { .. }
+        )
+    }
+}
+
+struct IdleConnection {
+    sender: SendRequest<Incoming>,
+    since: Instant,
+}
+
+/// A worker's upstream connections.
+#[derive(Clone, Default)]
+pub struct Pool {
+    idle: Arc<Mutex<HashMap<String, VecDeque<IdleConnection>>>>,
+}
+
+/// A connection lent to one request; give it back with [`Pool::give_back`] once the
+/// response body has been read to its end.
+pub struct Lease {
+    pool: Pool,
+    authority: Arc<str>,
+    sender: SendRequest<Incoming>,
+}
+
+impl Pool {
+    pub fn new() -> Pool {
+        Pool::default()
+    }
+
+    fn take_idle(&self, authority: &str) -> Option<SendRequest<Incoming>> {
+        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        let queue = idle.get_mut(authority)?;
+        let now = Instant::now();
+        while let Some(conn) = queue.pop_back() {
+            if conn.sender.is_closed() || now.duration_since(conn.since) > IDLE_TIMEOUT {
+                continue;
+            }
+            return Some(conn.sender);
+        }
+        // Everything left is older than what we popped; nothing reusable remains.
+        queue.clear();
+        None
+    }
+
+    /// Returns a connection whose last response was read completely.
+    pub fn give_back(lease: Lease) {
+        if lease.sender.is_closed() {
+            return;
+        }
+        let mut idle = lease
+            .pool
+            .idle
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let queue = idle.entry(lease.authority.to_string()).or_default();
+        if queue.len() >= MAX_IDLE_PER_ENDPOINT {
+            // Drop the oldest: it is the likeliest to be closed by the upstream.
+            queue.pop_front();
+        }
+        queue.push_back(IdleConnection {
+            sender: lease.sender,
+            since: Instant::now(),
+        });
+    }
+
+    /// Sends `req` to `endpoint`, on an idle connection if one is alive, else a new one.
+    ///
+    /// On a connect-stage failure the request comes back untouched in the error tuple,
+    /// so the caller may try another endpoint.
+    pub async fn send(
+        &self,
+        endpoint: &Endpoint,
+        authority: &Arc<str>,
+        mut req: Request<Incoming>,
+        timeouts: &Timeouts,
+    ) -> Result<(Response<Incoming>, Lease), (UpstreamError, Option<Request<Incoming>>)> {
+        // Idle connections first; one the upstream closed meanwhile hands the request
+        // back unsent, and the next one is tried.
+        while let Some(mut sender) = self.take_idle(authority) {
+            if !sender.is_ready() && sender.ready().await.is_err() {
+                continue;
+            }
+            match self.exchange(&mut sender, authority, req, timeouts).await {
+                Ok(resp) => return Ok((resp, self.lease(authority, sender))),
+                Err(Exchange::NotSent(back)) => req = back,
+                Err(Exchange::Failed(e)) => return Err((e, None)),
+            }
+        }
+        let mut sender = match connect(endpoint, authority, timeouts.connect).await {
+            Ok(sender) => sender,
+            Err(e) => return Err((e, Some(req))),
+        };
+        match self.exchange(&mut sender, authority, req, timeouts).await {
+            Ok(resp) => Ok((resp, self.lease(authority, sender))),
+            Err(Exchange::NotSent(back)) => Err((
+                UpstreamError::Connect {
+                    authority: authority.to_string(),
+                    source: io::Error::new(
+                        io::ErrorKind::ConnectionAborted,
+                        "the new connection closed before the request was written",
+                    ),
+                },
+                Some(back),
+            )),
+            Err(Exchange::Failed(e)) => Err((e, None)),
+        }
+    }
+
+    fn lease(&self, authority: &Arc<str>, sender: SendRequest<Incoming>) -> Lease {
+        Lease {
+            pool: self.clone(),
+            authority: authority.clone(),
+            sender,
+        }
+    }
+
+    async fn exchange(
+        &self,
+        sender: &mut SendRequest<Incoming>,
+        authority: &str,
+        req: Request<Incoming>,
+        timeouts: &Timeouts,
+    ) -> Result<Response<Incoming>, Exchange> {
+        match tokio::time::timeout(timeouts.request, sender.try_send_request(req)).await {
+            Err(_) => Err(Exchange::Failed(UpstreamError::ResponseTimeout {
+                authority: authority.to_owned(),
+                after: timeouts.request,
+            })),
+            Ok(Ok(resp)) => Ok(resp),
+            Ok(Err(mut e)) => match e.take_message() {
+                Some(req) => Err(Exchange::NotSent(req)),
+                None => Err(Exchange::Failed(classify(authority, e.into_error()))),
+            },
+        }
+    }
+}
+
+// A short-lived return value: boxing the request would cost an allocation per request.
+#[allow(clippy::large_enum_variant)]
+enum Exchange {
+    /// The connection was unusable; the request was not written and comes back.
+    NotSent(Request<Incoming>),
+    Failed(UpstreamError),
+}
+
+fn classify(authority: &str, e: hyper::Error) -> UpstreamError {
+    let authority = authority.to_owned();
+    if e.is_parse() || e.is_parse_status() || e.is_parse_too_large() {
+        UpstreamError::Protocol {
+            authority,
+            source: e,
+        }
+    } else {
+        UpstreamError::Reset {
+            authority,
+            source: e,
+        }
+    }
+}
+
+/// Resolves (per connect, so DNS changes and compose service names work), connects
+/// with a deadline, and runs the HTTP/1.1 handshake.
+async fn connect(
+    endpoint: &Endpoint,
+    authority: &str,
+    timeout: Duration,
+) -> Result<SendRequest<Incoming>, UpstreamError> {
+    let stream = tokio::time::timeout(timeout, open_tcp(endpoint, authority))
+        .await
+        .map_err(|_| UpstreamError::ConnectTimeout {
+            authority: authority.to_owned(),
+            after: timeout,
+        })??;
+    let (sender, conn) = http1::Builder::new()
+        .handshake(TokioIo::new(stream))
+        .await
+        .map_err(|source| UpstreamError::Handshake {
+            authority: authority.to_owned(),
+            source,
+        })?;
+    tokio::spawn(async move {
+        // Errors here surface on the request that was using the connection.
+        let _ = conn.with_upgrades().await;
+    });
+    Ok(sender)
+}
+
+async fn open_tcp(endpoint: &Endpoint, authority: &str) -> Result<TcpStream, UpstreamError> {
+    let addrs = tokio::net::lookup_host((endpoint.host.as_str(), endpoint.port))
+        .await
+        .map_err(|source| UpstreamError::Resolve {
+            authority: authority.to_owned(),
+            source,
+        })?;
+    let mut last_error =
+        io::Error::new(io::ErrorKind::NotFound, "the name resolved to no addresses");
+    for addr in addrs {
+        match TcpStream::connect(addr).await {
+            Ok(stream) => {
+                // Small requests and responses should leave at once, not wait for an ACK.
+                let _ = stream.set_nodelay(true);
+                return Ok(stream);
+            }
+            Err(e) => last_error = e,
+        }
+    }
+    Err(UpstreamError::Connect {
+        authority: authority.to_owned(),
+        source: last_error,
+    })
+}

@@ -1,0 +1,190 @@
+//! A sliding one-minute window of one (route, variant)'s outcomes: requests, errors and
+//! a duration histogram in 60 one-second slots of fixed size (no allocation per request,
+//! bounded memory). It feeds `/routes` and the status figures; the clock is passed in.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+use crate::metrics::DURATION_BUCKETS;
+
+pub const WINDOW_SECONDS: u64 = 60;
+const SLOTS: usize = WINDOW_SECONDS as usize;
+/// One count per finite bucket, plus the `+Inf` overflow.
+const HISTOGRAM_LEN: usize = DURATION_BUCKETS.len() + 1;
+
+#[derive(Default)]
+struct Slot {
+    /// The second this slot holds, plus one (0 marks a never-used slot).
+    second: AtomicU64,
+    requests: AtomicU64,
+    errors: AtomicU64,
+    histogram: [AtomicU64; HISTOGRAM_LEN],
+}
+
+/// Figures over the window.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct WindowStats {
+    pub requests: u64,
+    pub errors: u64,
+    /// Requests per second over the window.
+    pub rate: f64,
+    /// errors / requests, `None` without requests.
+    pub error_ratio: Option<f64>,
+    /// Interpolated from the histogram buckets as Prometheus' `histogram_quantile` does.
+    pub p99_seconds: Option<f64>,
+}
+
+pub struct Window {
+    slots: Box<[Slot]>,
+}
+
+impl Default for Window {
+    fn default() -> Self {
+        Window {
+            slots: (0..SLOTS).map(|_| Slot::default()).collect(),
+        }
+    }
+}
+
+impl Window {
+    /// Records one finished request at `now` (whole seconds of any monotonic clock).
+    /// An error is a 5xx status or a response the upstream cut.
+    pub fn record(&self, now: u64, error: bool, seconds: f64) {
+        let slot = &self.slots[(now % WINDOW_SECONDS) as usize];
+        let tag = now + 1;
+        let held = slot.second.load(Relaxed);
+        if held != tag
+            && slot
+                .second
+                .compare_exchange(held, tag, Relaxed, Relaxed)
+                .is_ok()
+        {
+            // This thread moved the slot to a new second: clear the old second's counts.
+            // A request recorded by another worker in the same instant may be lost;
+            // these figures are for people and guards, not for billing.
+            slot.requests.store(0, Relaxed);
+            slot.errors.store(0, Relaxed);
+            for bucket in &slot.histogram {
+                bucket.store(0, Relaxed);
+            }
+        }
+        slot.requests.fetch_add(1, Relaxed);
+        if error {
+            slot.errors.fetch_add(1, Relaxed);
+        }
+        let bucket = DURATION_BUCKETS
+            .iter()
+            .position(|&upper| seconds <= upper)
+            .unwrap_or(DURATION_BUCKETS.len());
+        slot.histogram[bucket].fetch_add(1, Relaxed);
+    }
+
+    /// Figures over the seconds `(now - 60, now]`.
+    pub fn stats(&self, now: u64) -> WindowStats {
+        let oldest = now.saturating_sub(WINDOW_SECONDS - 1) + 1;
+        let mut requests = 0;
+        let mut errors = 0;
+        let mut histogram = [0u64; HISTOGRAM_LEN];
+        for slot in self.slots.iter() {
+            let tag = slot.second.load(Relaxed);
+            if tag < oldest || tag > now + 1 {
+                continue;
+            }
+            requests += slot.requests.load(Relaxed);
+            errors += slot.errors.load(Relaxed);
+            for (sum, bucket) in histogram.iter_mut().zip(&slot.histogram) {
+                *sum += bucket.load(Relaxed);
+            }
+        }
+        // Before a full minute has passed, the rate is over the time there was.
+        let span = (now + 1).min(WINDOW_SECONDS) as f64;
+        WindowStats {
+            requests,
+            errors,
+            rate: requests as f64 / span,
+            error_ratio: (requests > 0).then(|| errors as f64 / requests as f64),
+            p99_seconds: quantile(0.99, &histogram),
+        }
+    }
+}
+
+/// The q-quantile of bucket counts (non-cumulative, last = +Inf), interpolated linearly
+/// within the bucket as Prometheus' `histogram_quantile` does: a quantile in the first
+/// bucket interpolates from 0, one in the `+Inf` bucket answers the highest finite bound.
+pub fn quantile(q: f64, counts: &[u64; HISTOGRAM_LEN]) -> Option<f64> {
+    let total: u64 = counts.iter().sum();
+    if total == 0 {
+        return None;
+    }
+    let rank = q * total as f64;
+    let mut cumulative = 0u64;
+    for (i, &count) in counts.iter().enumerate() {
+        let below = cumulative;
+        cumulative += count;
+        if (cumulative as f64) >= rank && count > 0 {
+            let Some(&upper) = DURATION_BUCKETS.get(i) else {
+                return DURATION_BUCKETS.last().copied();
+            };
+            let lower = if i == 0 { 0.0 } else { DURATION_BUCKETS[i - 1] };
+            let into = (rank - below as f64) / count as f64;
+            return Some(lower + (upper - lower) * into);
+        }
+    }
+    DURATION_BUCKETS.last().copied()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_requests_errors_and_rate_over_the_last_minute() {
+        let w = Window::default();
+        for s in 100..160 {
+            w.record(s, s % 10 == 0, 0.002);
+        }
+        let stats = w.stats(159);
+        assert_eq!((stats.requests, stats.errors), (60, 6));
+        assert!((stats.rate - 1.0).abs() < 1e-9);
+        assert_eq!(stats.error_ratio, Some(0.1));
+        // A minute later, the old seconds no longer count.
+        assert_eq!(w.stats(219).requests, 0);
+        assert_eq!(w.stats(160).requests, 59);
+    }
+
+    #[test]
+    fn a_reused_slot_forgets_its_old_second() {
+        let w = Window::default();
+        w.record(5, true, 0.001);
+        w.record(65, false, 0.001);
+        let stats = w.stats(65);
+        assert_eq!((stats.requests, stats.errors), (1, 0));
+    }
+
+    #[test]
+    fn p99_interpolates_like_histogram_quantile() {
+        // 100 requests in the 1ms..2.5ms bucket: the 99th is at 99 % of that bucket.
+        let mut counts = [0u64; HISTOGRAM_LEN];
+        counts[2] = 100;
+        let p99 = quantile(0.99, &counts).unwrap();
+        assert!((p99 - (0.001 + 0.0015 * 0.99)).abs() < 1e-12, "{p99}");
+        // Everything in the first bucket interpolates from zero.
+        let mut first = [0u64; HISTOGRAM_LEN];
+        first[0] = 10;
+        assert!((quantile(0.5, &first).unwrap() - 0.00025).abs() < 1e-12);
+        // The +Inf bucket answers the highest finite bound.
+        let mut slow = [0u64; HISTOGRAM_LEN];
+        slow[HISTOGRAM_LEN - 1] = 5;
+        assert_eq!(quantile(0.99, &slow), Some(10.0));
+        assert_eq!(quantile(0.99, &[0; HISTOGRAM_LEN]), None);
+    }
+
+    #[test]
+    fn p99_of_a_window_sees_the_slow_tail() {
+        let w = Window::default();
+        for i in 0..1000 {
+            w.record(10, false, if i < 980 { 0.003 } else { 0.7 });
+        }
+        let p99 = w.stats(10).p99_seconds.unwrap();
+        assert!(p99 > 0.5 && p99 <= 1.0, "{p99}");
+    }
+}
