@@ -8,14 +8,16 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http::header::CONTENT_TYPE;
 use http::{HeaderValue, Method, Request, Response, StatusCode};
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use serde_json::{json, Value};
+use subtle::ConstantTimeEq;
 use tokio::net::TcpListener;
 
-use crate::cohort::{self, Variant};
+use crate::cohort::{self, BasisPoints, Variant};
+use crate::reload::{ChangeError, Control};
 use crate::server::State;
 use crate::snapshot::{canary_share, Snapshot};
 
@@ -23,7 +25,7 @@ const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
 const JSON: &str = "application/json";
 
 /// Serves the admin API until the task is aborted.
-pub async fn serve(listener: TcpListener, state: Arc<State>) {
+pub async fn serve(listener: TcpListener, state: Arc<State>, control: Arc<Control>) {
     let upkeep_state = state.clone();
     // The exporter's histogram buffers need draining now and then even if nobody scrapes.
     let upkeep = tokio::spawn(async move {
@@ -45,9 +47,11 @@ pub async fn serve(listener: TcpListener, state: Arc<State>) {
             }
         };
         let state = state.clone();
+        let control = control.clone();
         let service = hyper::service::service_fn(move |req| {
             let state = state.clone();
-            async move { Ok::<_, Infallible>(route(&state, req)) }
+            let control = control.clone();
+            async move { Ok::<_, Infallible>(route(&state, &control, req).await) }
         });
         let conn = builder
             .serve_connection(TokioIo::new(stream), service)
@@ -66,13 +70,21 @@ impl Drop for AbortOnDrop {
     }
 }
 
-fn route(state: &State, req: Request<Incoming>) -> Response<Full<Bytes>> {
-    let path = req.uri().path();
+async fn route(state: &State, control: &Control, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    if let Some(rest) = req.uri().path().strip_prefix("/routes/") {
+        let rest = rest.to_owned();
+        return change(state, control, &rest, req).await;
+    }
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return text(StatusCode::METHOD_NOT_ALLOWED, "only GET is served here\n");
     }
     let snap = state.snapshot.load_full();
-    match path {
+    match req.uri().path() {
+        "/" => with_type(
+            StatusCode::OK,
+            "text/html; charset=utf-8",
+            crate::status_page::render(&routes_json(&snap)),
+        ),
         "/metrics" => with_type(StatusCode::OK, PROMETHEUS_TEXT, state.metrics.render()),
         "/healthz" => text(StatusCode::OK, "ok\n"),
         "/readyz" => {
@@ -94,40 +106,189 @@ fn route(state: &State, req: Request<Incoming>) -> Response<Full<Bytes>> {
 
 /// Each route's split, salt and endpoints, with per-variant figures over the last minute.
 pub fn routes_json(snap: &Snapshot) -> Value {
-    let routes: Vec<Value> = snap
-        .config
-        .routes
-        .iter()
-        .zip(&snap.routes)
-        .map(|(route, state)| {
-            let variant = |v: Variant| {
-                let upstream = match v {
-                    Variant::Stable => &route.stable,
-                    Variant::Canary => &route.canary,
-                };
-                let stats = state.metrics.variant(v).window_stats();
-                json!({
-                    "endpoints": upstream.endpoints,
-                    "requests": stats.requests,
-                    "request_rate": stats.rate,
-                    "error_ratio": stats.error_ratio,
-                    "p99_seconds": stats.p99_seconds,
-                })
-            };
-            let share = canary_share(route);
-            json!({
-                "name": route.name,
-                "host": route.host,
-                "path_prefix": route.path_prefix,
-                "canary_percent": share.percent(),
-                "salt": route.salt,
-                "sticky": route.sticky,
-                "stable": variant(Variant::Stable),
-                "canary": variant(Variant::Canary),
-            })
-        })
+    let routes: Vec<Value> = (0..snap.routes.len())
+        .map(|i| route_json(snap, i))
         .collect();
     json!({ "generation": snap.generation, "routes": routes })
+}
+
+/// One route of `/routes`, also the answer to a change of that route.
+fn route_json(snap: &Snapshot, index: usize) -> Value {
+    let (route, state) = snap.route(index);
+    let variant = |v: Variant| {
+        let upstream = match v {
+            Variant::Stable => &route.stable,
+            Variant::Canary => &route.canary,
+        };
+        let stats = state.metrics.variant(v).window_stats();
+        json!({
+            "endpoints": upstream.endpoints,
+            "requests": stats.requests,
+            "request_rate": stats.rate,
+            "error_ratio": stats.error_ratio,
+            "p99_seconds": stats.p99_seconds,
+        })
+    };
+    let share = canary_share(route);
+    json!({
+        "name": route.name,
+        "host": route.host,
+        "path_prefix": route.path_prefix,
+        "canary_percent": share.percent(),
+        "salt": route.salt,
+        "sticky": route.sticky,
+        "stable": variant(Variant::Stable),
+        "canary": variant(Variant::Canary),
+    })
+}
+
+/// Largest request body the admin API reads.
+const MAX_BODY: usize = 64 * 1024;
+
+/// `PUT /routes/{name}/canary` and `POST /routes/{name}/rollback`.
+async fn change(
+    state: &State,
+    control: &Control,
+    rest: &str,
+    req: Request<Incoming>,
+) -> Response<Full<Bytes>> {
+    let (name, action) = match rest.split_once('/') {
+        Some((name, action)) if !name.is_empty() => (percent_decode(name), action),
+        _ => return text(StatusCode::NOT_FOUND, "unknown admin path\n"),
+    };
+    let expected_method = match action {
+        "canary" => Method::PUT,
+        "rollback" => Method::POST,
+        _ => return text(StatusCode::NOT_FOUND, "unknown admin path\n"),
+    };
+    if req.method() != expected_method {
+        return text_owned(
+            StatusCode::METHOD_NOT_ALLOWED,
+            format!("use {expected_method} /routes/{{name}}/{action}\n"),
+        );
+    }
+    if let Err(refusal) = authorize(state, req.headers()) {
+        return refusal.response();
+    }
+    let bp = if action == "canary" {
+        match read_percent(req).await {
+            Ok(bp) => bp,
+            Err(reason) => return text_owned(StatusCode::BAD_REQUEST, format!("{reason}\n")),
+        }
+    } else {
+        BasisPoints::ZERO
+    };
+    match control.set_canary(&name, bp).await {
+        Ok(_) => {
+            let snap = state.snapshot.load_full();
+            match snap.config.routes.iter().position(|r| r.name == name) {
+                Some(index) => json_response(StatusCode::OK, &route_json(&snap, index)),
+                None => text(StatusCode::INTERNAL_SERVER_ERROR, "route vanished\n"),
+            }
+        }
+        Err(e) => {
+            let status = match &e {
+                ChangeError::UnknownRoute(_) => StatusCode::NOT_FOUND,
+                ChangeError::ReadOnly(_) | ChangeError::Conflict(_) => StatusCode::CONFLICT,
+                ChangeError::Write(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            };
+            tracing::warn!(route = %name, error = %e, "admin change refused");
+            text_owned(status, format!("{e}\n"))
+        }
+    }
+}
+
+/// Why a change was refused before it was looked at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Refusal {
+    /// A token is configured and the request's is missing or wrong.
+    Unauthorized,
+    /// No token is configured and the admin listener is off loopback.
+    Forbidden,
+}
+
+impl Refusal {
+    fn response(self) -> Response<Full<Bytes>> {
+        match self {
+            Refusal::Unauthorized => {
+                let mut resp = text(
+                    StatusCode::UNAUTHORIZED,
+                    "missing or wrong token: send Authorization: Bearer <token>\n",
+                );
+                resp.headers_mut().insert(
+                    http::header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer"),
+                );
+                resp
+            }
+            Refusal::Forbidden => text(
+                StatusCode::FORBIDDEN,
+                "set admin.token_file to allow changes from the network\n",
+            ),
+        }
+    }
+}
+
+/// Token rules of DESIGN §4: with a token, `Authorization: Bearer <token>` compared in
+/// constant time; without one, changes only through a loopback admin listener.
+fn authorize(state: &State, headers: &http::HeaderMap) -> Result<(), Refusal> {
+    match state.admin_token() {
+        Some(token) => {
+            let presented = headers
+                .get(http::header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "))
+                .map(str::trim)
+                .unwrap_or("");
+            if bool::from(presented.as_bytes().ct_eq(token.as_bytes())) {
+                Ok(())
+            } else {
+                Err(Refusal::Unauthorized)
+            }
+        }
+        None if state
+            .snapshot
+            .load()
+            .config
+            .admin
+            .address
+            .ip()
+            .is_loopback() =>
+        {
+            Ok(())
+        }
+        None => Err(Refusal::Forbidden),
+    }
+}
+
+/// Reads `{"percent": N}` from the body.
+async fn read_percent(req: Request<Incoming>) -> Result<BasisPoints, String> {
+    let body = http_body_util::Limited::new(req.into_body(), MAX_BODY)
+        .collect()
+        .await
+        .map_err(|e| format!("cannot read the body: {e}"))?
+        .to_bytes();
+    parse_percent_body(&body)
+}
+
+/// `{"percent": 25}` → 2500 bp, with the reason when it is anything else.
+pub fn parse_percent_body(body: &[u8]) -> Result<BasisPoints, String> {
+    let value: Value = serde_json::from_slice(body)
+        .map_err(|e| format!("the body must be JSON like {{\"percent\": 25}}: {e}"))?;
+    let object = value
+        .as_object()
+        .ok_or("the body must be a JSON object like {\"percent\": 25}")?;
+    if let Some(unknown) = object.keys().find(|k| *k != "percent") {
+        return Err(format!(
+            "unknown field {unknown:?}; only \"percent\" is accepted"
+        ));
+    }
+    let percent = object
+        .get("percent")
+        .ok_or("missing field \"percent\"")?
+        .as_f64()
+        .ok_or("\"percent\" must be a number from 0 to 100")?;
+    BasisPoints::from_percent(percent).map_err(|e| format!("percent: {e}"))
 }
 
 fn assign(snap: &Snapshot, query: &str) -> Response<Full<Bytes>> {
@@ -229,6 +390,30 @@ fn with_type(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn percent_bodies_are_checked() {
+        assert_eq!(
+            parse_percent_body(br#"{"percent": 25}"#),
+            Ok(BasisPoints::from_raw(2500).unwrap())
+        );
+        assert_eq!(
+            parse_percent_body(br#"{"percent": 2.5}"#),
+            Ok(BasisPoints::from_raw(250).unwrap())
+        );
+        for (body, reason) in [
+            (&br#"{"percent": 100.5}"#[..], "percent: 100.5 is above 100"),
+            (br#"{"percent": 0.001}"#, "finer than the 0.01 step"),
+            (br#"{"percent": "10"}"#, "must be a number"),
+            (br#"{"pct": 10}"#, "unknown field \"pct\""),
+            (br#"{}"#, "missing field \"percent\""),
+            (br#"[10]"#, "must be a JSON object"),
+            (b"percent=10", "must be JSON"),
+        ] {
+            let err = parse_percent_body(body).unwrap_err();
+            assert!(err.contains(reason), "{err:?} lacks {reason:?}");
+        }
+    }
 
     #[test]
     fn query_pairs_are_decoded() {

@@ -9,12 +9,13 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::{Request, Response};
-use http_body_util::{BodyExt, Empty, Full};
+use http::{Method, Request, Response};
+use http_body_util::Full;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 
+use crate::client::Connection;
 use crate::config;
 
 const SALT: &str = "demo-v1";
@@ -172,40 +173,29 @@ async fn start_upstream(name: &'static str) -> anyhow::Result<SocketAddr> {
     Ok(addr)
 }
 
-/// One keep-alive HTTP/1.1 connection to the proxy.
-struct DemoClient {
-    addr: SocketAddr,
-    sender: hyper::client::conn::http1::SendRequest<Empty<Bytes>>,
-}
+/// The demo's client: one keep-alive connection to the proxy.
+struct DemoClient(Connection);
 
 impl DemoClient {
     async fn connect(addr: SocketAddr) -> anyhow::Result<DemoClient> {
-        let stream = tokio::net::TcpStream::connect(addr).await?;
-        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-        tokio::spawn(conn);
-        Ok(DemoClient { addr, sender })
+        Ok(DemoClient(Connection::open(&addr.to_string()).await?))
     }
 
     /// Sends one GET as `user` and returns the variant the proxy reported.
     async fn get(&mut self, user: &str, force: Option<&str>) -> anyhow::Result<String> {
-        if self.sender.ready().await.is_err() {
-            *self = DemoClient::connect(self.addr).await?;
-        }
-        let mut req = Request::builder()
-            .uri("/")
-            .header("host", self.addr.to_string())
-            .header("x-user-id", user);
+        let mut headers = vec![("x-user-id", user)];
         if let Some(variant) = force {
-            req = req.header("x-cohort-variant", variant);
+            headers.push(("x-cohort-variant", variant));
         }
-        let resp = self.sender.send_request(req.body(Empty::new())?).await?;
-        let variant = resp
-            .headers()
+        let answer = self
+            .0
+            .send(Method::GET, "/", &headers, Bytes::new())
+            .await?;
+        Ok(answer
+            .headers
             .get("x-cohort-variant")
             .and_then(|v| v.to_str().ok())
             .unwrap_or("none")
-            .to_owned();
-        resp.into_body().collect().await?;
-        Ok(variant)
+            .to_owned())
     }
 }

@@ -4,6 +4,7 @@
 //! ([`server`], [`listener`], [`proxy`], [`upstream`], [`admin`], [`metrics`]) does I/O.
 
 pub mod admin;
+pub mod client;
 pub mod cohort;
 pub mod config;
 pub mod demo;
@@ -11,11 +12,15 @@ pub mod headers;
 pub mod listener;
 pub mod metrics;
 pub mod proxy;
+pub mod reload;
 pub mod router;
 pub mod server;
 pub mod signals;
 pub mod snapshot;
+pub mod status_page;
+pub mod status_table;
 pub mod upstream;
 pub mod window;
+pub mod writeback;
 
 pub use server::{start, Running, StartError};

@@ -6,7 +6,11 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
-use cohort::cohort::assign;
+use bytes::Bytes;
+use http::Method;
+
+use cohort::client;
+use cohort::cohort::{assign, BasisPoints};
 use cohort::config::{self, DEFAULT_CONFIG_PATH};
 use cohort::snapshot::canary_share;
 
@@ -46,12 +50,50 @@ enum Command {
         #[arg(long)]
         key: String,
     },
+    /// Set a route's canary percentage on a running instance (written back to its file).
+    Set {
+        route: String,
+        /// 0..100 in 0.01 steps: `10`, `2.5` or `2.5%`.
+        #[arg(value_parser = parse_percent)]
+        percent: BasisPoints,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Set a route's canary percentage to 0 on a running instance.
+    Rollback {
+        route: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Show each route's split and per-variant figures of a running instance.
+    Status {
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
     /// Start built-in demo upstreams and the proxy on loopback, and show the split.
     Demo {
         /// Stop after this long (e.g. "5s"); runs until Ctrl-C without it.
         #[arg(long, value_parser = parse_duration)]
         duration: Option<Duration>,
     },
+}
+
+#[derive(clap::Args)]
+struct AdminArgs {
+    /// Admin listener of the running instance.
+    #[arg(long, default_value = "http://127.0.0.1:9901")]
+    admin: String,
+    /// File holding the admin token (admin.token_file of that instance).
+    #[arg(long)]
+    token_file: Option<PathBuf>,
+}
+
+fn parse_percent(text: &str) -> Result<BasisPoints, String> {
+    let number = text.trim().trim_end_matches('%').trim();
+    let percent: f64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a percentage such as 10, 2.5 or 2.5%"))?;
+    BasisPoints::from_percent(percent).map_err(|e| e.to_string())
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -66,6 +108,13 @@ fn main() -> ExitCode {
         Command::Check => check(&cli.config),
         Command::Assign { route, key } => assign_key(&cli.config, &route, &key),
         Command::Demo { duration } => in_runtime(cohort::demo::run(duration)),
+        Command::Set {
+            route,
+            percent,
+            admin,
+        } => in_runtime(change(admin, route, Some(percent))),
+        Command::Rollback { route, admin } => in_runtime(change(admin, route, None)),
+        Command::Status { admin } => in_runtime(status(admin)),
     }
 }
 
@@ -186,4 +235,101 @@ fn assign_key(path: &std::path::Path, route_name: &str, key: &str) -> ExitCode {
     let (bucket, variant) = assign(&route.salt, key.as_bytes(), canary_share(route));
     println!("route={route_name} key={key} bucket={bucket} variant={variant}");
     ExitCode::SUCCESS
+}
+
+/// `cohort set` (with a percentage) and `cohort rollback` (without).
+async fn change(admin: AdminArgs, route: String, percent: Option<BasisPoints>) -> ExitCode {
+    let token = match admin.token_file.as_deref().map(read_token).transpose() {
+        Ok(token) => token,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(1);
+        }
+    };
+    let bearer = token.map(|t| format!("Bearer {t}"));
+    let mut headers = vec![("content-type", "application/json")];
+    if let Some(bearer) = &bearer {
+        headers.push(("authorization", bearer.as_str()));
+    }
+    let encoded = encode_path_segment(&route);
+    let (method, path, body) = match percent {
+        Some(bp) => (
+            Method::PUT,
+            format!("/routes/{encoded}/canary"),
+            format!("{{\"percent\": {bp}}}"),
+        ),
+        None => (
+            Method::POST,
+            format!("/routes/{encoded}/rollback"),
+            String::new(),
+        ),
+    };
+    match client::call(&admin.admin, method, &path, &headers, Bytes::from(body)).await {
+        Ok(answer) if answer.status.is_success() => {
+            let state: serde_json::Value = serde_json::from_slice(&answer.body).unwrap_or_default();
+            println!(
+                "route {route}: canary {}%",
+                state["canary_percent"]
+                    .as_f64()
+                    .and_then(|p| BasisPoints::from_percent(p).ok())
+                    .map_or_else(|| "?".to_owned(), |bp| bp.to_string())
+            );
+            ExitCode::SUCCESS
+        }
+        Ok(answer) => {
+            eprintln!("{}: {}", answer.status, answer.text().trim_end());
+            ExitCode::from(1)
+        }
+        Err(e) => {
+            eprintln!("{e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn status(admin: AdminArgs) -> ExitCode {
+    match client::call(&admin.admin, Method::GET, "/routes", &[], Bytes::new()).await {
+        Ok(answer) if answer.status.is_success() => {
+            match serde_json::from_slice::<serde_json::Value>(&answer.body) {
+                Ok(routes) => {
+                    print!("{}", cohort::status_table::table(&routes));
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("{}: /routes did not answer JSON: {e}", admin.admin);
+                    ExitCode::from(1)
+                }
+            }
+        }
+        Ok(answer) => {
+            eprintln!("{}: {}", answer.status, answer.text().trim_end());
+            ExitCode::from(1)
+        }
+        Err(e) => {
+            eprintln!("{e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn read_token(path: &std::path::Path) -> Result<String, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read the token file {}: {e}", path.display()))?;
+    let token = text.trim();
+    if token.is_empty() {
+        return Err(format!("the token file {} is empty", path.display()));
+    }
+    Ok(token.to_owned())
+}
+
+/// Route names are letters, digits, `-`, `_` and `.` (validated), so they go into a
+/// path as they are; anything else is percent-encoded for safety.
+fn encode_path_segment(segment: &str) -> String {
+    segment
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use tokio::sync::watch;
 
 use crate::admin;
@@ -14,6 +14,7 @@ use crate::config::Config;
 use crate::listener;
 use crate::metrics::Metrics;
 use crate::proxy::ProxyContext;
+use crate::reload::{self, Control, ReloadError};
 use crate::snapshot::{SharedSnapshot, Snapshot};
 use crate::upstream::Pool;
 
@@ -23,6 +24,18 @@ pub struct State {
     pub metrics: Arc<Metrics>,
     /// True once listening with a valid config; false from the moment shutdown begins.
     pub ready: AtomicBool,
+    /// The bearer token mutating admin calls need, when `admin.token_file` is set.
+    admin_token: ArcSwapOption<String>,
+}
+
+impl State {
+    pub fn admin_token(&self) -> Option<Arc<String>> {
+        self.admin_token.load_full()
+    }
+
+    pub fn set_admin_token(&self, token: Option<String>) {
+        self.admin_token.store(token.map(Arc::new));
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -35,6 +48,8 @@ pub enum StartError {
     },
     #[error("cannot start worker threads: {0}")]
     Workers(io::Error),
+    #[error("{0}")]
+    Token(#[from] ReloadError),
 }
 
 /// A started instance. Drop it only after [`Running::shutdown`] or [`Running::wait`].
@@ -44,12 +59,15 @@ pub struct Running {
     state: Arc<State>,
     stop: watch::Sender<bool>,
     workers: Vec<std::thread::JoinHandle<()>>,
-    admin: tokio::task::JoinHandle<()>,
+    /// The admin listener, file watcher and SIGHUP handler.
+    control_tasks: Vec<tokio::task::JoinHandle<()>>,
+    control: Arc<Control>,
 }
 
 /// Binds the listeners and starts serving `config`. Must run inside a tokio runtime,
 /// which then hosts the admin listener; the proxy runs on its own worker threads.
 pub async fn start(config: Config) -> Result<Running, StartError> {
+    let admin_token = reload::read_token(&config)?;
     let metrics = Arc::new(Metrics::new());
     let proxy_socket =
         listener::bind(config.listen.address).map_err(|source| StartError::Bind {
@@ -77,11 +95,19 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
 
     let workers = listener::worker_count(config.listen.workers);
     let drain = config.listen.drain_timeout;
+    let config_path = config.source.clone();
+    if admin_token.is_none() && !config.admin.address.ip().is_loopback() {
+        tracing::warn!(
+            admin = %config.admin.address,
+            "the admin listener is off loopback without admin.token_file: changes through it are refused (403)"
+        );
+    }
     let snapshot = Snapshot::build(Arc::new(config), 1, &metrics);
     let state = Arc::new(State {
         snapshot: Arc::new(ArcSwap::from_pointee(snapshot)),
         metrics,
         ready: AtomicBool::new(false),
+        admin_token: ArcSwapOption::new(admin_token.map(Arc::new)),
     });
 
     let (stop, stop_rx) = watch::channel(false);
@@ -106,7 +132,19 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     }
     drop(proxy_socket);
     drop(stop_rx);
-    let admin = tokio::spawn(admin::serve(admin_listener, state.clone()));
+    // The file as it is now; later file events that leave it unchanged are no reloads.
+    let initial_text = std::fs::read_to_string(&config_path).ok();
+    let watchable = initial_text.is_some();
+    let control = Arc::new(Control::new(state.clone(), config_path, initial_text));
+    let mut control_tasks = vec![tokio::spawn(admin::serve(
+        admin_listener,
+        state.clone(),
+        control.clone(),
+    ))];
+    if watchable {
+        control_tasks.extend(reload::watch(control.clone()));
+        control_tasks.extend(reload::on_sighup(control.clone()));
+    }
     state.ready.store(true, Ordering::SeqCst);
     tracing::info!(proxy = %proxy_addr, admin = %admin_addr, workers, "cohort is serving");
     Ok(Running {
@@ -115,7 +153,8 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         state,
         stop,
         workers: handles,
-        admin,
+        control_tasks,
+        control,
     })
 }
 
@@ -130,6 +169,11 @@ impl Running {
 
     pub fn state(&self) -> &Arc<State> {
         &self.state
+    }
+
+    /// Applies config changes: what file events, SIGHUP and the admin API call.
+    pub fn control(&self) -> &Arc<Control> {
+        &self.control
     }
 
     /// Starts a graceful shutdown: `/readyz` answers 503 at once, the listener stops
@@ -148,8 +192,10 @@ impl Running {
             }
         })
         .await;
-        self.admin.abort();
-        let _ = self.admin.await;
+        for task in self.control_tasks {
+            task.abort();
+            let _ = task.await;
+        }
     }
 
     /// [`Running::begin_shutdown`] then [`Running::wait`].

@@ -1,0 +1,307 @@
+//! Live control: file watch, SIGHUP and admin API changes → read → validate → swap.
+//!
+//! Every change goes through [`Control`], one at a time. A new config is parsed and
+//! fully validated before the one `ArcSwap` store; an invalid one is logged, counted
+//! and dropped while the old one keeps serving. In-flight requests finish on the
+//! snapshot they loaded.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, Mutex};
+
+use crate::cohort::BasisPoints;
+use crate::config::{self, Config, ConfigError};
+use crate::server::State;
+use crate::snapshot::Snapshot;
+use crate::writeback::{self, EditError, WriteError};
+
+/// File events are applied this long after the last event of a burst...
+pub const DEBOUNCE_QUIET: Duration = Duration::from_millis(100);
+/// ...and never later than this after its first.
+pub const DEBOUNCE_MAX: Duration = Duration::from_millis(500);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trigger {
+    File,
+    Signal,
+    Api,
+}
+
+impl Trigger {
+    fn as_str(self) -> &'static str {
+        match self {
+            Trigger::File => "file",
+            Trigger::Signal => "signal",
+            Trigger::Api => "api",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// A new generation is serving.
+    Applied { generation: u64 },
+    /// The config equals the running one; the generation stays.
+    Unchanged { generation: u64 },
+    /// A file event without a content change (an editor's swap file, say): not a reload.
+    Skipped,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error("{0}")]
+    Invalid(#[from] ConfigError),
+    #[error("{file}: admin.token_file: {reason}")]
+    Token { file: PathBuf, reason: String },
+}
+
+/// Why an admin API change was refused; each maps to one status code.
+#[derive(Debug, thiserror::Error)]
+pub enum ChangeError {
+    #[error("no route named {0:?}")]
+    UnknownRoute(String),
+    #[error("{0}")]
+    ReadOnly(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    Write(String),
+}
+
+/// The one place changes are applied.
+pub struct Control {
+    state: Arc<State>,
+    path: PathBuf,
+    /// Serializes changes and remembers the file text last read or written, so file
+    /// events that do not change the content are not reloads.
+    last_text: Mutex<Option<String>>,
+}
+
+impl Control {
+    pub fn new(state: Arc<State>, path: PathBuf, initial_text: Option<String>) -> Control {
+        Control {
+            state,
+            path,
+            last_text: Mutex::new(initial_text),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Re-reads the config file and applies it if it is valid.
+    pub async fn reload(&self, trigger: Trigger) -> Result<Outcome, ReloadError> {
+        let mut last_text = self.last_text.lock().await;
+        let text = match std::fs::read_to_string(&self.path) {
+            Ok(text) => text,
+            Err(e) => {
+                let error = ConfigError::file(&self.path, format!("cannot read the file: {e}"));
+                return Err(self.rejected(trigger, error.into()));
+            }
+        };
+        if trigger == Trigger::File && last_text.as_deref() == Some(text.as_str()) {
+            return Ok(Outcome::Skipped);
+        }
+        // Remembered even when invalid, so one broken save is reported once, not on
+        // every unrelated event in the directory.
+        *last_text = Some(text.clone());
+        let config = match config::parse(&text, &self.path) {
+            Ok(config) => config,
+            Err(e) => return Err(self.rejected(trigger, e.into())),
+        };
+        self.apply(config, trigger)
+            .map_err(|e| self.rejected(trigger, e))
+    }
+
+    fn rejected(&self, trigger: Trigger, error: ReloadError) -> ReloadError {
+        self.state.metrics.reload(false);
+        tracing::error!(
+            trigger = trigger.as_str(),
+            "config rejected; the previous config keeps serving:\n{error}"
+        );
+        error
+    }
+
+    /// Validated config → token → swap. Start-only settings keep their running values.
+    fn apply(&self, mut config: Config, trigger: Trigger) -> Result<Outcome, ReloadError> {
+        let token = read_token(&config)?;
+        let current = self.state.snapshot.load_full();
+        keep_start_only_settings(&current.config, &mut config);
+        self.state.set_admin_token(token);
+        self.state.metrics.reload(true);
+        if *current.config == config {
+            tracing::info!(
+                trigger = trigger.as_str(),
+                generation = current.generation,
+                "config unchanged"
+            );
+            return Ok(Outcome::Unchanged {
+                generation: current.generation,
+            });
+        }
+        let generation = current.generation + 1;
+        let snapshot = Snapshot::build(Arc::new(config), generation, &self.state.metrics);
+        self.state.snapshot.store(Arc::new(snapshot));
+        tracing::info!(trigger = trigger.as_str(), generation, "config applied");
+        Ok(Outcome::Applied { generation })
+    }
+
+    /// Sets a route's canary share: edit the file text, validate, write it back
+    /// atomically, apply. Nothing changes unless every step succeeds.
+    pub async fn set_canary(&self, route: &str, bp: BasisPoints) -> Result<Outcome, ChangeError> {
+        let mut last_text = self.last_text.lock().await;
+        if self.state.snapshot.load().route_by_name(route).is_none() {
+            return Err(ChangeError::UnknownRoute(route.to_owned()));
+        }
+        let text = std::fs::read_to_string(&self.path)
+            .map_err(|e| ChangeError::Write(format!("cannot read {}: {e}", self.path.display())))?;
+        let edited = writeback::set_canary_percent(&text, route, bp).map_err(|e| match e {
+            EditError::NoSuchRoute(_) | EditError::NotToml(_) => ChangeError::Conflict(format!(
+                "{}: {e}; the file differs from the running config",
+                self.path.display()
+            )),
+        })?;
+        let config = config::parse(&edited, &self.path).map_err(|e| {
+            ChangeError::Conflict(format!(
+                "the change does not validate against the file on disk; fix the file first:\n{e}"
+            ))
+        })?;
+        // The token must be readable before anything is written.
+        read_token(&config).map_err(|e| ChangeError::Conflict(e.to_string()))?;
+        writeback::write_atomically(&self.path, &edited).map_err(|e| match e {
+            WriteError::ReadOnly { .. } => ChangeError::ReadOnly(e.to_string()),
+            WriteError::Io { .. } => ChangeError::Write(e.to_string()),
+        })?;
+        *last_text = Some(edited);
+        self.apply(config, Trigger::Api)
+            .map_err(|e| ChangeError::Write(e.to_string()))
+    }
+}
+
+/// Settings read at start only: a reload that changes them warns, and keeps them.
+fn keep_start_only_settings(running: &Config, new: &mut Config) {
+    let warn = |key: &str| {
+        tracing::warn!(
+            key,
+            "this setting is read at start only; restart cohort to apply it"
+        );
+    };
+    if new.listen.address != running.listen.address {
+        warn("listen.address");
+        new.listen.address = running.listen.address;
+    }
+    if new.listen.workers != running.listen.workers {
+        warn("listen.workers");
+        new.listen.workers = running.listen.workers;
+    }
+    if new.admin.address != running.admin.address {
+        warn("admin.address");
+        new.admin.address = running.admin.address;
+    }
+    if new.state_dir != running.state_dir {
+        warn("state_dir");
+        new.state_dir.clone_from(&running.state_dir);
+    }
+}
+
+/// The admin token: the file's content with surrounding whitespace trimmed.
+pub fn read_token(config: &Config) -> Result<Option<String>, ReloadError> {
+    let Some(file) = &config.admin.token_file else {
+        return Ok(None);
+    };
+    let error = |reason: String| ReloadError::Token {
+        file: config.source.clone(),
+        reason,
+    };
+    let text = std::fs::read_to_string(file)
+        .map_err(|e| error(format!("cannot read {}: {e}", file.display())))?;
+    let token = text.trim();
+    if token.is_empty() {
+        return Err(error(format!("{} is empty", file.display())));
+    }
+    Ok(Some(token.to_owned()))
+}
+
+/// Watches the config file's directory (so editor renames and Kubernetes ConfigMap
+/// `..data` symlink swaps are seen) and reloads after each debounced burst of events.
+/// Returns `None` when the file cannot be watched (it does not exist, say).
+pub fn watch(control: Arc<Control>) -> Option<tokio::task::JoinHandle<()>> {
+    use notify::{RecursiveMode, Watcher};
+    let dir = match control.path().parent() {
+        Some(d) if d.as_os_str().is_empty() => PathBuf::from("."),
+        Some(d) => d.to_path_buf(),
+        None => PathBuf::from("."),
+    };
+    let (tx, rx) = mpsc::unbounded_channel::<()>();
+    let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        if let Ok(event) = event {
+            if !matches!(event.kind, notify::EventKind::Access(_)) {
+                let _ = tx.send(());
+            }
+        }
+    });
+    let mut watcher = match watcher {
+        Ok(w) => w,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot watch the config file; use SIGHUP or the admin API to reload");
+            return None;
+        }
+    };
+    if let Err(e) = watcher.watch(&dir, RecursiveMode::NonRecursive) {
+        tracing::warn!(dir = %dir.display(), error = %e, "cannot watch the config directory; use SIGHUP or the admin API to reload");
+        return None;
+    }
+    Some(tokio::spawn(async move {
+        // The watcher lives as long as this task.
+        let _watcher = watcher;
+        debounce_loop(rx, control).await;
+    }))
+}
+
+async fn debounce_loop(mut events: mpsc::UnboundedReceiver<()>, control: Arc<Control>) {
+    while events.recv().await.is_some() {
+        let first = tokio::time::Instant::now();
+        let latest = first + DEBOUNCE_MAX;
+        let mut quiet_until = first + DEBOUNCE_QUIET;
+        loop {
+            let wake = quiet_until.min(latest);
+            tokio::select! {
+                more = events.recv() => match more {
+                    Some(()) => quiet_until = tokio::time::Instant::now() + DEBOUNCE_QUIET,
+                    None => return,
+                },
+                _ = tokio::time::sleep_until(wake) => break,
+            }
+        }
+        // Errors are logged and counted inside; the old config keeps serving.
+        let _ = control.reload(Trigger::File).await;
+    }
+}
+
+/// Reloads on every SIGHUP.
+pub fn on_sighup(control: Arc<Control>) -> Option<tokio::task::JoinHandle<()>> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut hangups = match signal(SignalKind::hangup()) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGHUP");
+                return None;
+            }
+        };
+        Some(tokio::spawn(async move {
+            while hangups.recv().await.is_some() {
+                let _ = control.reload(Trigger::Signal).await;
+            }
+        }))
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = control;
+        None
+    }
+}

@@ -1,0 +1,681 @@
+//! The HTML status page at `/` on the admin listener, and the figures it shares with the
+//! `cohort status` table ([`crate::status_table`]): both read the `/routes` document.
+//!
+//! The page is one self-contained HTML document (inline CSS, no script, no external
+//! asset) that reloads itself every 5 s. Every string that comes from config (route
+//! names, hosts, salts, sticky sources, endpoints) is HTML-escaped. The document is read
+//! defensively: a missing or mistyped field shows as "–" instead of failing, so the page
+//! also renders a `/routes` document from an older or newer cohort.
+
+use std::fmt::Write as _;
+
+use serde_json::Value;
+
+use crate::cohort::BasisPoints;
+
+/// Seconds between the page's own reloads (`<meta http-equiv="refresh">`).
+pub const REFRESH_SECONDS: u32 = 5;
+
+/// Shown where a figure does not exist (no traffic in the window, or a missing field).
+pub const NONE: &str = "–";
+
+/// An error ratio above this is highlighted (1 %).
+pub const ERROR_RATIO_ALERT: f64 = 0.01;
+
+// ---------------------------------------------------------------------------------------
+// The figures, read from the `/routes` document
+// ---------------------------------------------------------------------------------------
+
+/// The whole `/routes` document.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Overview {
+    pub generation: Option<u64>,
+    pub routes: Vec<RouteView>,
+}
+
+/// One route of the `/routes` document.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct RouteView {
+    pub name: String,
+    pub host: Option<String>,
+    pub path_prefix: String,
+    /// The canary share; `None` if the document's number is not a valid percentage.
+    pub canary_share: Option<BasisPoints>,
+    pub salt: String,
+    pub sticky: Vec<String>,
+    pub stable: VariantView,
+    pub canary: VariantView,
+}
+
+/// One variant's endpoints and its figures over the last minute.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub(crate) struct VariantView {
+    pub endpoints: Vec<String>,
+    pub requests: Option<u64>,
+    /// Requests per second.
+    pub request_rate: Option<f64>,
+    /// errors / requests; `None` without traffic.
+    pub error_ratio: Option<f64>,
+    /// `None` without traffic.
+    pub p99_seconds: Option<f64>,
+}
+
+impl RouteView {
+    /// The stable share: everything the canary does not get.
+    pub fn stable_share(&self) -> Option<BasisPoints> {
+        let canary = self.canary_share?;
+        BasisPoints::from_raw(BasisPoints::FULL.get() - canary.get())
+    }
+
+    /// `(variant name, its share, its figures)`, stable first.
+    pub fn variants(&self) -> [(&'static str, Option<BasisPoints>, &VariantView); 2] {
+        [
+            ("stable", self.stable_share(), &self.stable),
+            ("canary", self.canary_share, &self.canary),
+        ]
+    }
+}
+
+impl Overview {
+    pub fn from_json(doc: &Value) -> Overview {
+        Overview {
+            generation: doc.get("generation").and_then(Value::as_u64),
+            routes: doc
+                .get("routes")
+                .and_then(Value::as_array)
+                .map(|routes| routes.iter().map(RouteView::from_json).collect())
+                .unwrap_or_default(),
+        }
+    }
+}
+
+impl RouteView {
+    fn from_json(route: &Value) -> RouteView {
+        RouteView {
+            name: string(route, "name"),
+            host: route.get("host").and_then(Value::as_str).map(str::to_owned),
+            path_prefix: string(route, "path_prefix"),
+            canary_share: route
+                .get("canary_percent")
+                .and_then(Value::as_f64)
+                .and_then(|p| BasisPoints::from_percent(p).ok()),
+            salt: string(route, "salt"),
+            sticky: strings(route.get("sticky")),
+            stable: VariantView::from_json(route.get("stable")),
+            canary: VariantView::from_json(route.get("canary")),
+        }
+    }
+}
+
+impl VariantView {
+    fn from_json(variant: Option<&Value>) -> VariantView {
+        let Some(variant) = variant else {
+            return VariantView::default();
+        };
+        let number = |key: &str| {
+            variant
+                .get(key)
+                .and_then(Value::as_f64)
+                .filter(|x| x.is_finite())
+        };
+        VariantView {
+            endpoints: strings(variant.get("endpoints")),
+            requests: variant.get("requests").and_then(Value::as_u64),
+            request_rate: number("request_rate"),
+            error_ratio: number("error_ratio"),
+            p99_seconds: number("p99_seconds"),
+        }
+    }
+
+    /// Whether the error ratio is above [`ERROR_RATIO_ALERT`].
+    pub fn alarming(&self) -> bool {
+        self.error_ratio.is_some_and(|r| r > ERROR_RATIO_ALERT)
+    }
+}
+
+fn string(value: &Value, key: &str) -> String {
+    value
+        .get(key)
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned()
+}
+
+fn strings(value: Option<&Value>) -> Vec<String> {
+    value
+        .and_then(Value::as_array)
+        .map(|items| {
+            items
+                .iter()
+                .filter_map(Value::as_str)
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+// ---------------------------------------------------------------------------------------
+// Number formats shared with the table
+// ---------------------------------------------------------------------------------------
+
+/// `x` with at most `decimals` decimals, trailing zeros removed: `2.50` → `2.5`, `3.00` → `3`.
+fn trimmed(x: f64, decimals: usize) -> String {
+    let text = format!("{x:.decimals$}");
+    if text.contains('.') {
+        text.trim_end_matches('0').trim_end_matches('.').to_owned()
+    } else {
+        text
+    }
+}
+
+/// About three significant digits, and never a rounded-away nonzero value.
+fn figure(x: f64) -> String {
+    if x == 0.0 {
+        "0".to_owned()
+    } else if x < 0.01 {
+        "<0.01".to_owned()
+    } else if x < 10.0 {
+        trimmed(x, 2)
+    } else if x < 100.0 {
+        trimmed(x, 1)
+    } else {
+        trimmed(x, 0)
+    }
+}
+
+/// Requests per second: `12.3`, `0.05`; [`NONE`] when unknown.
+pub(crate) fn rate_text(rate: Option<f64>) -> String {
+    rate.map_or_else(|| NONE.to_owned(), figure)
+}
+
+/// An error ratio as a percentage without the sign: `0.025` → `2.5`; [`NONE`] without traffic.
+pub(crate) fn error_percent_text(ratio: Option<f64>) -> String {
+    ratio.map_or_else(|| NONE.to_owned(), |r| figure(r * 100.0))
+}
+
+/// A p99 in milliseconds without the unit: `0.0045` → `4.5`; [`NONE`] without traffic.
+pub(crate) fn p99_ms_text(seconds: Option<f64>) -> String {
+    seconds.map_or_else(
+        || NONE.to_owned(),
+        |s| {
+            let ms = s * 1000.0;
+            if ms > 0.0 && ms < 1.0 {
+                trimmed(ms, 3)
+            } else {
+                figure(ms)
+            }
+        },
+    )
+}
+
+/// A share in its shortest exact form (`2.5`, `0.25`, `100`); [`NONE`] when unknown.
+pub(crate) fn share_text(share: Option<BasisPoints>) -> String {
+    share.map_or_else(|| NONE.to_owned(), |bp| bp.to_string())
+}
+
+// ---------------------------------------------------------------------------------------
+// HTML
+// ---------------------------------------------------------------------------------------
+
+/// Escapes text for HTML element content and quoted attribute values.
+pub fn escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+const STYLE: &str = "\
+:root{--stable:#2563eb;--stable-bg:#dbeafe;--canary:#d97706;--canary-bg:#fef3c7;\
+--bad:#b91c1c;--bad-bg:#fee2e2;--ink:#111827;--muted:#6b7280;--line:#e5e7eb}
+*{box-sizing:border-box}
+body{margin:0;padding:24px 32px;background:#f3f4f6;color:var(--ink);\
+font:15px/1.45 system-ui,-apple-system,'Segoe UI',Roboto,'DejaVu Sans',sans-serif}
+header{display:flex;align-items:baseline;gap:24px;max-width:1200px;margin:0 auto 16px}
+h1{font-size:22px;margin:0}
+header .gen{font-size:15px}
+header .note{margin-left:auto;color:var(--muted);font-size:13px}
+.route{max-width:1200px;margin:0 auto 18px;background:#fff;border:1px solid var(--line);\
+border-radius:10px;padding:16px 20px;box-shadow:0 1px 2px rgba(0,0,0,.05)}
+.top{display:flex;align-items:baseline;gap:16px;flex-wrap:wrap}
+h2{font-size:20px;margin:0;word-break:break-all}
+.match{color:var(--muted)}
+.meta{display:flex;gap:6px 22px;flex-wrap:wrap;margin:8px 0 12px;color:var(--muted);font-size:13px}
+.meta b{font-weight:600;color:var(--ink)}
+code{font:13px/1.3 ui-monospace,'DejaVu Sans Mono',Menlo,monospace;color:var(--ink);\
+background:#f3f4f6;border-radius:4px;padding:1px 5px;word-break:break-all}
+.legend{display:flex;justify-content:space-between;font-size:14px;margin-bottom:4px}
+.legend .pct{font-size:20px;font-weight:700;font-variant-numeric:tabular-nums}
+.legend .s{color:var(--stable)}
+.legend .c{color:var(--canary);text-align:right}
+.bar{display:flex;height:14px;border-radius:7px;overflow:hidden;background:var(--line)}
+.bar .s{background:var(--stable)}
+.bar .c{background:var(--canary);min-width:4px;border-left:2px solid #fff}
+.bar .c.zero{min-width:0;border-left:0}
+.alert{background:var(--bad-bg);color:var(--bad);border-radius:999px;padding:1px 12px;\
+font-size:13px;font-weight:600}
+table{width:100%;border-collapse:collapse;margin-top:14px;table-layout:fixed}
+col.variant{width:12%}col.rate{width:10%}col.err{width:12%}col.p99{width:11%}col.requests{width:14%}
+th,td{text-align:left;padding:7px 10px;border-bottom:1px solid var(--line);vertical-align:top}
+thead th{font-size:12px;font-weight:600;text-transform:uppercase;letter-spacing:.04em;\
+color:var(--muted);border-bottom:2px solid var(--line)}
+td.num,th.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
+td.num{font-size:17px;font-weight:600}
+td .unit{font-size:12px;font-weight:400;color:var(--muted);margin-left:2px}
+tbody tr:last-child td,tbody tr:last-child th{border-bottom:0}
+tbody th{white-space:nowrap;font-weight:600}
+tr.stable th{border-left:5px solid var(--stable)}
+tr.canary th{border-left:5px solid var(--canary)}
+.tag{display:inline-block;border-radius:999px;padding:1px 10px;font-size:13px}
+tr.stable .tag{background:var(--stable-bg);color:var(--stable)}
+tr.canary .tag{background:var(--canary-bg);color:#92400e}
+td.bad{color:var(--bad)}
+td.bad .err{background:var(--bad-bg);border-radius:4px;padding:0 6px}
+td.none{color:var(--muted);font-weight:400}
+.eps code{display:inline-block;margin:0 4px 3px 0}
+.empty{color:var(--muted)}
+";
+
+/// Renders the status page from the `/routes` JSON document.
+pub fn render(routes: &Value) -> String {
+    let overview = Overview::from_json(routes);
+    let mut html = String::with_capacity(4096 + overview.routes.len() * 3072);
+    html.push_str("<!doctype html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n");
+    let _ = writeln!(
+        html,
+        "<meta http-equiv=\"refresh\" content=\"{REFRESH_SECONDS}\">"
+    );
+    html.push_str("<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n");
+    html.push_str("<title>cohort status</title>\n<style>\n");
+    html.push_str(STYLE);
+    html.push_str("</style>\n</head>\n<body>\n<header><h1>cohort</h1>");
+    let generation = overview
+        .generation
+        .map_or_else(|| NONE.to_owned(), |g| g.to_string());
+    let _ = write!(
+        html,
+        "<span class=\"gen\">config generation <b id=\"generation\">{generation}</b></span>"
+    );
+    let count = overview.routes.len();
+    let _ = writeln!(
+        html,
+        "<span class=\"note\">{count} route{} · figures over the last minute · refreshes every {REFRESH_SECONDS} s</span></header>",
+        if count == 1 { "" } else { "s" }
+    );
+    if overview.routes.is_empty() {
+        html.push_str("<section class=\"route empty\">No routes configured.</section>\n");
+    }
+    for route in &overview.routes {
+        route_card(&mut html, route);
+    }
+    html.push_str("</body>\n</html>\n");
+    html
+}
+
+fn route_card(html: &mut String, route: &RouteView) {
+    let name = escape(&route.name);
+    let host = route
+        .host
+        .as_deref()
+        .map_or_else(|| "any host".to_owned(), escape);
+    let _ = write!(
+        html,
+        "<section class=\"route\" data-route=\"{name}\">\n<div class=\"top\"><h2>{name}</h2>\
+         <span class=\"match\">{host} · path <code>{}</code></span>",
+        escape(&route.path_prefix)
+    );
+    // The one thing to notice first: which variants fail more than 1 % of requests.
+    let alarming: Vec<&str> = route
+        .variants()
+        .iter()
+        .filter(|(_, _, figures)| figures.alarming())
+        .map(|(variant, _, _)| *variant)
+        .collect();
+    if !alarming.is_empty() {
+        let _ = write!(
+            html,
+            "<span class=\"alert\">error rate above 1 %: {}</span>",
+            alarming.join(", ")
+        );
+    }
+    html.push_str("</div>\n");
+    let sticky = if route.sticky.is_empty() {
+        NONE.to_owned()
+    } else {
+        route
+            .sticky
+            .iter()
+            .map(|s| format!("<code>{}</code>", escape(s)))
+            .collect::<Vec<_>>()
+            .join(" → ")
+    };
+    let _ = writeln!(
+        html,
+        "<div class=\"meta\"><span>salt <code class=\"salt\">{}</code></span>\
+         <span>sticky {sticky}</span></div>",
+        escape(&route.salt)
+    );
+
+    // The split: big numbers over a two-colour bar.
+    let stable = share_text(route.stable_share());
+    let canary = share_text(route.canary_share);
+    let _ = writeln!(
+        html,
+        "<div class=\"legend\"><span class=\"s\">stable <span class=\"pct\">{stable}&nbsp;%</span></span>\
+         <span class=\"c\">canary <span class=\"pct\">{canary}&nbsp;%</span></span></div>"
+    );
+    match (route.stable_share(), route.canary_share) {
+        (Some(s), Some(c)) => {
+            let zero = if c.get() == 0 { " zero" } else { "" };
+            let _ = writeln!(
+                html,
+                "<div class=\"bar\" title=\"stable {s} %, canary {c} %\">\
+                 <div class=\"s\" style=\"flex:0 1 {s}%\"></div>\
+                 <div class=\"c{zero}\" style=\"flex:0 0 {c}%\"></div></div>"
+            );
+        }
+        _ => html.push_str("<div class=\"bar\"></div>\n"),
+    }
+
+    html.push_str(
+        "<table>\n<colgroup><col class=\"variant\"><col class=\"rate\"><col class=\"err\">\
+         <col class=\"p99\"><col class=\"requests\"><col></colgroup>\n<thead><tr><th>variant</th><th class=\"num\">req/s</th>\
+         <th class=\"num\">error rate</th><th class=\"num\">p99</th>\
+         <th class=\"num\">requests (1 min)</th><th>endpoints</th></tr></thead>\n<tbody>\n",
+    );
+    for (variant, _share, figures) in route.variants() {
+        variant_row(html, variant, figures);
+    }
+    html.push_str("</tbody>\n</table>\n</section>\n");
+}
+
+fn variant_row(html: &mut String, variant: &str, v: &VariantView) {
+    let _ = write!(
+        html,
+        "<tr class=\"{variant}\"><th><span class=\"tag\">{variant}</span></th>"
+    );
+    number_cell(html, "rate", &rate_text(v.request_rate), "", false);
+    number_cell(
+        html,
+        "err",
+        &error_percent_text(v.error_ratio),
+        "%",
+        v.alarming(),
+    );
+    number_cell(html, "p99", &p99_ms_text(v.p99_seconds), "ms", false);
+    let requests = v
+        .requests
+        .map_or_else(|| NONE.to_owned(), |n| n.to_string());
+    number_cell(html, "requests", &requests, "", false);
+    html.push_str("<td class=\"eps\">");
+    if v.endpoints.is_empty() {
+        html.push_str("<span class=\"empty\">none</span>");
+    }
+    for endpoint in &v.endpoints {
+        let _ = write!(html, "<code>{}</code>", escape(endpoint));
+    }
+    html.push_str("</td></tr>\n");
+}
+
+/// A right-aligned figure; the unit is left out when the figure is [`NONE`].
+fn number_cell(html: &mut String, class: &str, value: &str, unit: &str, bad: bool) {
+    let none = value == NONE;
+    let state = if none {
+        " none"
+    } else if bad {
+        " bad"
+    } else {
+        ""
+    };
+    let _ = write!(html, "<td class=\"num {class}{state}\">");
+    if bad {
+        html.push_str("<span class=\"err\">");
+    }
+    html.push_str(&escape(value));
+    if !none && !unit.is_empty() {
+        let _ = write!(html, "<span class=\"unit\">{unit}</span>");
+    }
+    if bad {
+        html.push_str("</span>");
+    }
+    html.push_str("</td>");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn variant(requests: u64, rate: f64, error_ratio: Value, p99: Value) -> Value {
+        json!({
+            "endpoints": ["http://127.0.0.1:9001"],
+            "requests": requests,
+            "request_rate": rate,
+            "error_ratio": error_ratio,
+            "p99_seconds": p99,
+        })
+    }
+
+    fn route(name: &str, percent: f64, salt: &str) -> Value {
+        json!({
+            "name": name,
+            "host": null,
+            "path_prefix": "/",
+            "canary_percent": percent,
+            "salt": salt,
+            "sticky": ["header:x-user-id", "ip"],
+            "stable": variant(120, 2.0, json!(0.0), json!(0.0045)),
+            "canary": variant(40, 0.6667, json!(0.025), json!(0.0123)),
+        })
+    }
+
+    fn doc(routes: Vec<Value>) -> Value {
+        json!({ "generation": 7, "routes": routes })
+    }
+
+    /// The `<tr>` of one variant in the card of one route.
+    fn row<'a>(html: &'a str, route: &str, variant: &str) -> &'a str {
+        let card_start = html
+            .find(&format!("data-route=\"{route}\""))
+            .expect("route card");
+        let card = &html[card_start..];
+        let card = &card[..card.find("</section>").expect("card end")];
+        let start = card
+            .find(&format!("<tr class=\"{variant}\">"))
+            .expect("variant row");
+        let row = &card[start..];
+        &row[..row.find("</tr>").expect("row end")]
+    }
+
+    #[test]
+    fn the_page_refreshes_itself_and_needs_nothing_else() {
+        let html = render(&doc(vec![route("checkout", 10.0, "s")]));
+        assert!(html.starts_with("<!doctype html>"));
+        assert!(html.contains("<meta http-equiv=\"refresh\" content=\"5\">"));
+        assert!(!html.contains("<script"), "no JavaScript");
+        assert!(!html.contains("src="), "no external asset");
+        assert!(!html.contains("href="), "no external asset");
+        assert!(html.contains("<b id=\"generation\">7</b>"));
+        assert!(html.ends_with("</html>\n"));
+    }
+
+    #[test]
+    fn config_strings_are_escaped() {
+        let mut r = route("a<b>&\"c\"", 10.0, "<script>alert('x')</script>");
+        r["host"] = json!("evil\"><i>.example");
+        r["path_prefix"] = json!("/<p>");
+        r["sticky"] = json!(["header:<x>"]);
+        r["canary"]["endpoints"] = json!(["http://h/<img src=x>"]);
+        let html = render(&doc(vec![r]));
+        assert!(!html.contains("<script>"));
+        assert!(!html.contains("<img"));
+        assert!(!html.contains("<i>"));
+        assert!(!html.contains("<p>"));
+        assert!(!html.contains("<x>"));
+        assert!(html.contains("<h2>a&lt;b&gt;&amp;&quot;c&quot;</h2>"));
+        assert!(html.contains("data-route=\"a&lt;b&gt;&amp;&quot;c&quot;\""));
+        assert!(html.contains("&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt;"));
+        assert!(html.contains("evil&quot;&gt;&lt;i&gt;.example"));
+        assert!(html.contains("<code>http://h/&lt;img src=x&gt;</code>"));
+        assert_eq!(escape("plain-text_1.2"), "plain-text_1.2");
+    }
+
+    #[test]
+    fn null_figures_show_a_dash() {
+        let mut r = route("idle", 10.0, "s");
+        r["canary"] = variant(0, 0.0, Value::Null, Value::Null);
+        let html = render(&doc(vec![r]));
+        let canary = row(&html, "idle", "canary");
+        assert!(
+            canary.contains("<td class=\"num err none\">–</td>"),
+            "{canary}"
+        );
+        assert!(
+            canary.contains("<td class=\"num p99 none\">–</td>"),
+            "{canary}"
+        );
+        assert!(canary.contains("<td class=\"num rate\">0</td>"), "{canary}");
+        assert!(!canary.contains("ms<"), "no unit next to a dash: {canary}");
+        // The stable variant still shows its figures.
+        let stable = row(&html, "idle", "stable");
+        assert!(
+            stable.contains(">4.5<span class=\"unit\">ms</span>"),
+            "{stable}"
+        );
+    }
+
+    #[test]
+    fn fractional_percentages_are_shown_exactly() {
+        for (percent, canary, stable) in [
+            (2.5, "2.5", "97.5"),
+            (0.25, "0.25", "99.75"),
+            (0.01, "0.01", "99.99"),
+            (10.0, "10", "90"),
+            (0.0, "0", "100"),
+            (100.0, "100", "0"),
+        ] {
+            let html = render(&doc(vec![route("r", percent, "s")]));
+            assert!(
+                html.contains(&format!(
+                    "canary <span class=\"pct\">{canary}&nbsp;%</span>"
+                )),
+                "{percent}: {html}"
+            );
+            assert!(
+                html.contains(&format!(
+                    "stable <span class=\"pct\">{stable}&nbsp;%</span>"
+                )),
+                "{percent}: {html}"
+            );
+            assert!(html.contains(&format!("flex:0 0 {canary}%")), "{percent}");
+            assert!(html.contains(&format!("flex:0 1 {stable}%")), "{percent}");
+        }
+    }
+
+    #[test]
+    fn error_rates_above_one_percent_are_highlighted() {
+        let mut r = route("r", 10.0, "s");
+        r["stable"]["error_ratio"] = json!(0.01); // exactly 1 %: not above
+        r["canary"]["error_ratio"] = json!(0.025);
+        let html = render(&doc(vec![r]));
+        let canary = row(&html, "r", "canary");
+        assert!(
+            canary.contains(
+                "<td class=\"num err bad\"><span class=\"err\">2.5<span class=\"unit\">%</span></span></td>"
+            ),
+            "{canary}"
+        );
+        let stable = row(&html, "r", "stable");
+        assert!(
+            stable.contains("<td class=\"num err\">1<span class=\"unit\">%</span></td>"),
+            "{stable}"
+        );
+        // The card's header names the failing variants, so a glance finds them.
+        assert!(html.contains("<span class=\"alert\">error rate above 1 %: canary</span>"));
+        let mut r = route("r", 10.0, "s");
+        r["stable"]["error_ratio"] = json!(0.5);
+        r["canary"]["error_ratio"] = json!(0.02);
+        let html = render(&doc(vec![r]));
+        assert!(html.contains("error rate above 1 %: stable, canary</span>"));
+        let mut r = route("r", 10.0, "s");
+        r["stable"]["error_ratio"] = json!(0.0);
+        r["canary"]["error_ratio"] = json!(0.01);
+        let html = render(&doc(vec![r]));
+        assert!(!html.contains("class=\"alert\""), "0 % and 1 %: {html}");
+    }
+
+    #[test]
+    fn two_routes_get_a_card_each_in_order() {
+        let mut second = route("search", 2.5, "search-v3");
+        second["host"] = json!("shop.example.com");
+        second["path_prefix"] = json!("/search");
+        let html = render(&doc(vec![route("checkout", 10.0, "checkout-v2"), second]));
+        assert_eq!(html.matches("<section class=\"route\"").count(), 2);
+        let first = html.find("<h2>checkout</h2>").expect("first card");
+        let second = html.find("<h2>search</h2>").expect("second card");
+        assert!(first < second, "file order is kept");
+        assert!(html.contains("2 routes"));
+        assert!(html.contains("shop.example.com · path <code>/search</code>"));
+        assert!(html.contains("any host · path <code>/</code>"));
+        assert!(html.contains("<code class=\"salt\">search-v3</code>"));
+        assert!(html.contains("<code>header:x-user-id</code> → <code>ip</code>"));
+        let canary = row(&html, "search", "canary");
+        assert!(canary.contains(">0.67<"), "{canary}");
+        assert!(
+            canary.contains(">12.3<span class=\"unit\">ms</span>"),
+            "{canary}"
+        );
+        assert!(
+            canary.contains("<td class=\"num requests\">40</td>"),
+            "{canary}"
+        );
+        assert!(
+            canary.contains("<code>http://127.0.0.1:9001</code>"),
+            "{canary}"
+        );
+    }
+
+    #[test]
+    fn no_routes_and_odd_documents_still_render() {
+        let html = render(&json!({ "generation": 1, "routes": [] }));
+        assert!(html.contains("No routes configured."));
+        assert!(html.contains("0 routes"));
+        // A document missing almost everything renders with dashes instead of failing.
+        let html = render(&json!({ "routes": [{ "name": "x", "canary_percent": "ten" }] }));
+        assert!(html.contains("<b id=\"generation\">–</b>"));
+        assert!(html.contains("canary <span class=\"pct\">–&nbsp;%</span>"));
+        assert!(html.contains("<span class=\"empty\">none</span>"));
+        let html = render(&Value::Null);
+        assert!(html.contains("No routes configured."));
+    }
+
+    #[test]
+    fn figures_are_formatted_compactly() {
+        assert_eq!(rate_text(Some(0.0)), "0");
+        assert_eq!(rate_text(Some(0.004)), "<0.01");
+        assert_eq!(rate_text(Some(0.0167)), "0.02");
+        assert_eq!(rate_text(Some(2.5)), "2.5");
+        assert_eq!(rate_text(Some(12.34)), "12.3");
+        assert_eq!(rate_text(Some(1234.6)), "1235");
+        assert_eq!(rate_text(None), NONE);
+        assert_eq!(error_percent_text(Some(0.025)), "2.5");
+        assert_eq!(error_percent_text(Some(0.0025)), "0.25");
+        assert_eq!(error_percent_text(Some(1.0 / 3.0)), "33.3");
+        assert_eq!(error_percent_text(Some(1.0)), "100");
+        assert_eq!(error_percent_text(Some(0.00001)), "<0.01");
+        assert_eq!(error_percent_text(None), NONE);
+        assert_eq!(p99_ms_text(Some(0.0045)), "4.5");
+        assert_eq!(p99_ms_text(Some(0.000495)), "0.495");
+        assert_eq!(p99_ms_text(Some(0.25)), "250");
+        assert_eq!(p99_ms_text(Some(10.0)), "10000");
+        assert_eq!(p99_ms_text(None), NONE);
+    }
+}
