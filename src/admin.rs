@@ -134,7 +134,7 @@ fn route_json(snap: &Snapshot, index: usize) -> Value {
         "name": route.name,
         "host": route.host,
         "path_prefix": route.path_prefix,
-        "canary_percent": share.percent(),
+        "canary_percent": percent_json(share),
         "salt": route.salt,
         "sticky": route.sticky,
         "stable": variant(Variant::Stable),
@@ -338,23 +338,39 @@ fn percent_decode(text: &str) -> String {
     while i < bytes.len() {
         match bytes[i] {
             b'+' => out.push(b' '),
-            b'%' if i + 2 < bytes.len() => {
-                let hex = std::str::from_utf8(&bytes[i + 1..i + 3])
-                    .ok()
-                    .and_then(|h| u8::from_str_radix(h, 16).ok());
-                match hex {
-                    Some(b) => {
-                        out.push(b);
-                        i += 2;
-                    }
-                    None => out.push(b'%'),
-                }
+            b'%' if i + 2 < bytes.len()
+                && bytes[i + 1].is_ascii_hexdigit()
+                && bytes[i + 2].is_ascii_hexdigit() =>
+            {
+                out.push(hex_value(bytes[i + 1]) << 4 | hex_value(bytes[i + 2]));
+                i += 2;
             }
             b => out.push(b),
         }
         i += 1;
     }
     String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The value of one ASCII hex digit (callers check `is_ascii_hexdigit` first).
+fn hex_value(digit: u8) -> u8 {
+    match digit {
+        b'0'..=b'9' => digit - b'0',
+        b'a'..=b'f' => digit - b'a' + 10,
+        _ => digit
+            .to_ascii_uppercase()
+            .wrapping_sub(b'A')
+            .wrapping_add(10),
+    }
+}
+
+/// A percentage as JSON: an integer when whole (`10`), else a float (`2.5`), as in `/config`.
+fn percent_json(bp: BasisPoints) -> Value {
+    if bp.get() % 100 == 0 {
+        json!(bp.get() / 100)
+    } else {
+        json!(bp.percent())
+    }
 }
 
 fn json_response(status: StatusCode, value: &Value) -> Response<Full<Bytes>> {
@@ -427,5 +443,7 @@ mod tests {
         );
         assert_eq!(query_pairs("key=100%"), vec![("key".into(), "100%".into())]);
         assert_eq!(query_pairs("key=%zz"), vec![("key".into(), "%zz".into())]);
+        assert_eq!(query_pairs("key=%+1"), vec![("key".into(), "% 1".into())]);
+        assert_eq!(query_pairs("k=%4a%4A"), vec![("k".into(), "JJ".into())]);
     }
 }

@@ -123,6 +123,7 @@ fn init_logging(format: LogFormat) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
@@ -145,6 +146,7 @@ fn run(path: &std::path::Path) -> ExitCode {
         return ExitCode::from(1);
     };
     in_runtime(async move {
+        let mut stops = cohort::signals::StopSignals::new();
         let running = match cohort::start(config).await {
             Ok(running) => running,
             Err(e) => {
@@ -152,7 +154,7 @@ fn run(path: &std::path::Path) -> ExitCode {
                 return ExitCode::from(1);
             }
         };
-        cohort::signals::wait_for_stop().await;
+        stops.next().await;
         tracing::info!("stop signal received: draining in-flight requests");
         running.begin_shutdown();
         tokio::select! {
@@ -160,9 +162,10 @@ fn run(path: &std::path::Path) -> ExitCode {
                 tracing::info!("drained; bye");
                 ExitCode::SUCCESS
             }
-            _ = cohort::signals::wait_for_stop() => {
+            _ = stops.next() => {
                 tracing::warn!("second stop signal: exiting without waiting for the drain");
-                ExitCode::from(1)
+                // Dropping the runtime would wait for the draining workers; leave now.
+                std::process::exit(1)
             }
         }
     })

@@ -66,7 +66,7 @@ pub async fn handle(
         snap: snap.clone(),
         route: index,
         variant,
-        status: 499,
+        status: 200,
         start,
         cut: false,
         access_log,

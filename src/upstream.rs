@@ -7,14 +7,19 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::io;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use http::{Request, Response};
+use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
+use tokio::sync::oneshot;
 
 use crate::config::{Endpoint, Timeouts};
 use crate::metrics::UpstreamErrorKind;
@@ -92,7 +97,7 @@ impl UpstreamError {
 }
 
 struct IdleConnection {
-    sender: SendRequest<Incoming>,
+    sender: SendRequest<SentBody>,
     since: Instant,
 }
 
@@ -107,7 +112,7 @@ pub struct Pool {
 pub struct Lease {
     pool: Pool,
     authority: Arc<str>,
-    sender: SendRequest<Incoming>,
+    sender: SendRequest<SentBody>,
 }
 
 impl Pool {
@@ -115,7 +120,7 @@ impl Pool {
         Pool::default()
     }
 
-    fn take_idle(&self, authority: &str) -> Option<SendRequest<Incoming>> {
+    fn take_idle(&self, authority: &str) -> Option<SendRequest<SentBody>> {
         let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
         let queue = idle.get_mut(authority)?;
         let now = Instant::now();
@@ -194,7 +199,7 @@ impl Pool {
         }
     }
 
-    fn lease(&self, authority: &Arc<str>, sender: SendRequest<Incoming>) -> Lease {
+    fn lease(&self, authority: &Arc<str>, sender: SendRequest<SentBody>) -> Lease {
         Lease {
             pool: self.clone(),
             authority: authority.clone(),
@@ -202,24 +207,81 @@ impl Pool {
         }
     }
 
+    /// Sends one request and waits for its response head.
+    ///
+    /// `timeouts.request` bounds the wait for response headers only: its clock starts
+    /// once the request body has been handed to the connection in full, so an upload
+    /// that takes longer than the timeout is not cut off while it is still flowing.
     async fn exchange(
         &self,
-        sender: &mut SendRequest<Incoming>,
+        sender: &mut SendRequest<SentBody>,
         authority: &str,
         req: Request<Incoming>,
         timeouts: &Timeouts,
     ) -> Result<Response<Incoming>, Exchange> {
-        match tokio::time::timeout(timeouts.request, sender.try_send_request(req)).await {
-            Err(_) => Err(Exchange::Failed(UpstreamError::ResponseTimeout {
+        let (sent_tx, sent_rx) = oneshot::channel();
+        let req = req.map(|body| SentBody {
+            inner: body,
+            sent: Some(sent_tx),
+        });
+        let response_timeout = async {
+            // Resolves when the body is finished with: read to its end, failed, or
+            // dropped by hyper (which never polls a body that is empty from the start).
+            let _ = sent_rx.await;
+            tokio::time::sleep(timeouts.request).await;
+        };
+        tokio::select! {
+            // An upstream may answer before the body is in (early 413); both orders work.
+            biased;
+            result = sender.try_send_request(req) => match result {
+                Ok(resp) => Ok(resp),
+                Err(mut e) => match e.take_message() {
+                    Some(req) => Err(Exchange::NotSent(req.map(SentBody::into_inner))),
+                    None => Err(Exchange::Failed(classify(authority, e.into_error()))),
+                },
+            },
+            () = response_timeout => Err(Exchange::Failed(UpstreamError::ResponseTimeout {
                 authority: authority.to_owned(),
                 after: timeouts.request,
             })),
-            Ok(Ok(resp)) => Ok(resp),
-            Ok(Err(mut e)) => match e.take_message() {
-                Some(req) => Err(Exchange::NotSent(req)),
-                None => Err(Exchange::Failed(classify(authority, e.into_error()))),
-            },
         }
+    }
+}
+
+/// The client's request body on its way upstream. It tells [`Pool::exchange`] when it
+/// is finished (by dropping its sender), which starts the wait for response headers.
+pub struct SentBody {
+    inner: Incoming,
+    sent: Option<oneshot::Sender<()>>,
+}
+
+impl SentBody {
+    fn into_inner(self) -> Incoming {
+        self.inner
+    }
+}
+
+impl Body for SentBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if matches!(polled, Poll::Ready(None | Some(Err(_)))) {
+            self.sent = None;
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
     }
 }
 
@@ -252,7 +314,7 @@ async fn connect(
     endpoint: &Endpoint,
     authority: &str,
     timeout: Duration,
-) -> Result<SendRequest<Incoming>, UpstreamError> {
+) -> Result<SendRequest<SentBody>, UpstreamError> {
     let stream = tokio::time::timeout(timeout, open_tcp(endpoint, authority))
         .await
         .map_err(|_| UpstreamError::ConnectTimeout {

@@ -1,0 +1,637 @@
+//! The `cohort` binary as users and scripts run it (DESIGN §6): `check`, `assign`,
+//! `demo`, and `run` (also the default) with its signal handling, exit codes and logs.
+//! Every child process is killed when its test ends, pass or fail.
+#[path = "support/process.rs"]
+mod process;
+mod support;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use cohort::cohort::{assign, BasisPoints};
+use http_body_util::Full;
+use process::{run_in, run_to_end, write_file, Cohort};
+use support::{get, route, FakeUpstream};
+
+const QUICK: Duration = Duration::from_secs(20);
+
+fn stdout_of(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn stderr_of(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn describe(out: &std::process::Output) -> String {
+    format!(
+        "exit {}\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        stdout_of(out),
+        stderr_of(out)
+    )
+}
+
+/// A valid config with two routes pointing at (unused) loopback ports.
+const TWO_ROUTES: &str = r#"
+[listen]
+address = "127.0.0.1:0"
+workers = 1
+
+[admin]
+address = "127.0.0.1:0"
+
+[[routes]]
+name = "web"
+path_prefix = "/"
+sticky = ["header:x-user-id", "cookie:session", "ip"]
+salt = "web-v1"
+canary_percent = 2.5
+stable = { endpoints = ["http://127.0.0.1:9001", "http://127.0.0.1:9003"] }
+canary = { endpoints = ["http://127.0.0.1:9002"] }
+
+[[routes]]
+name = "api"
+host = "api.example.com"
+path_prefix = "/v1"
+salt = "api-v7"
+canary_percent = 10
+stable = { endpoints = ["http://127.0.0.1:9101"] }
+canary = { endpoints = ["http://127.0.0.1:9102"] }
+"#;
+
+// ---------------------------------------------------------------------------------------
+// cohort check
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn check_prints_the_effective_routes_and_exits_0() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write_file(dir.path(), "cohort.toml", TWO_ROUTES);
+    let out = run_to_end(&["check", "-c", &file], QUICK);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    let stdout = stdout_of(&out);
+    let web = stdout
+        .lines()
+        .find(|l| l.contains("\"web\""))
+        .unwrap_or_else(|| panic!("no line for route web:\n{stdout}"));
+    for part in [
+        "canary=2.5%",
+        "salt=\"web-v1\"",
+        "path_prefix=/",
+        "header:x-user-id",
+        "cookie:session",
+        "http://127.0.0.1:9001",
+        "http://127.0.0.1:9003",
+        "http://127.0.0.1:9002",
+    ] {
+        assert!(web.contains(part), "{part:?} missing from {web:?}");
+    }
+    let api = stdout
+        .lines()
+        .find(|l| l.contains("\"api\""))
+        .unwrap_or_else(|| panic!("no line for route api:\n{stdout}"));
+    for part in [
+        "canary=10%",
+        "api.example.com",
+        "/v1",
+        "http://127.0.0.1:9101",
+    ] {
+        assert!(api.contains(part), "{part:?} missing from {api:?}");
+    }
+}
+
+#[test]
+fn check_accepts_the_shipped_config() {
+    let file = concat!(env!("CARGO_MANIFEST_DIR"), "/config/cohort.toml");
+    assert!(
+        Path::new(file).is_file(),
+        "the repository ships no config/cohort.toml (DESIGN §2 names it the default)"
+    );
+    let out = run_to_end(&["check", "-c", file], QUICK);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    assert!(
+        stdout_of(&out).lines().any(|l| l.starts_with("route ")),
+        "{}",
+        describe(&out)
+    );
+}
+
+#[test]
+fn check_without_c_reads_config_cohort_toml_in_the_working_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run_in(Some(dir.path()), &["check"], QUICK);
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    assert!(
+        stderr_of(&out).contains("config/cohort.toml"),
+        "{}",
+        describe(&out)
+    );
+    std::fs::create_dir(dir.path().join("config")).unwrap();
+    write_file(&dir.path().join("config"), "cohort.toml", TWO_ROUTES);
+    let out = run_in(Some(dir.path()), &["check"], QUICK);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+}
+
+#[test]
+fn check_reports_every_problem_as_file_key_reason_and_exits_1() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write_file(
+        dir.path(),
+        "bad.toml",
+        r#"
+[[routes]]
+name = "a"
+salt = "s"
+canary_percent = 100.5
+stable = { endpoints = ["http://127.0.0.1:1"] }
+canary = { endpoints = ["http://127.0.0.1:2"] }
+
+[[routes]]
+name = "a"
+sticky = ["bogus"]
+stable = { endpoints = ["ftp://nowhere"] }
+"#,
+    );
+    let out = run_to_end(&["check", "-c", &file], QUICK);
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    assert_eq!(stdout_of(&out), "", "nothing on stdout for a bad file");
+    let stderr = stderr_of(&out);
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(
+        lines.contains(&format!("{file}: routes[0].canary_percent: 100.5 is above 100").as_str()),
+        "{stderr}"
+    );
+    for key in [
+        "routes[1].name",
+        "routes[1].salt",
+        "routes[1].sticky[0]",
+        "routes[1].stable.endpoints[0]",
+    ] {
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.starts_with(&format!("{file}: {key}: "))),
+            "no `{file}: {key}: reason` line in:\n{stderr}"
+        );
+    }
+    for line in &lines {
+        let rest = line
+            .strip_prefix(&format!("{file}: "))
+            .unwrap_or_else(|| panic!("line does not name the file: {line:?}"));
+        let (_key, reason) = rest
+            .split_once(": ")
+            .unwrap_or_else(|| panic!("no `key: reason` in {line:?}"));
+        assert!(!reason.trim().is_empty(), "{line:?}");
+    }
+}
+
+#[test]
+fn check_names_the_key_of_an_unknown_field_and_the_line_of_a_syntax_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let unknown = write_file(
+        dir.path(),
+        "unknown.toml",
+        "[[routes]]\nname = \"a\"\nsalt = \"s\"\nstable = { endpoints = [\"http://127.0.0.1:1\"] }\ncanary_percnt = 5\n",
+    );
+    let out = run_to_end(&["check", "-c", &unknown], QUICK);
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    assert!(
+        stderr_of(&out).starts_with(&format!("{unknown}: routes[0].canary_percnt: ")),
+        "{}",
+        describe(&out)
+    );
+
+    let syntax = write_file(dir.path(), "syntax.toml", "[listen\naddress = 1\n");
+    let out = run_to_end(&["check", "-c", &syntax], QUICK);
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    assert!(
+        stderr_of(&out).starts_with(&format!("{syntax}: ")),
+        "{}",
+        describe(&out)
+    );
+}
+
+#[test]
+fn check_names_a_missing_or_unreadable_file_and_exits_1() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("missing.toml");
+    let missing = missing.to_str().unwrap();
+    // A directory and a non-UTF-8 file cannot be read as a config, even by root.
+    let directory = dir.path().join("a-directory.toml");
+    std::fs::create_dir(&directory).unwrap();
+    let binary = dir.path().join("binary.toml");
+    std::fs::write(&binary, [0xff, 0xfe, 0x00, 0x80]).unwrap();
+    for file in [
+        missing,
+        directory.to_str().unwrap(),
+        binary.to_str().unwrap(),
+    ] {
+        let out = run_to_end(&["check", "-c", file], QUICK);
+        assert_eq!(out.status.code(), Some(1), "{file}: {}", describe(&out));
+        assert!(
+            stderr_of(&out).starts_with(&format!("{file}: ")),
+            "the error names the file: {}",
+            describe(&out)
+        );
+        assert_eq!(stdout_of(&out), "");
+    }
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write_file(dir.path(), "cohort.toml", TWO_ROUTES);
+    let cases: [&[&str]; 7] = [
+        &["frobnicate"],
+        &["check", "--bogus"],
+        &["check", "-c"],
+        &["assign", "-c", &file, "--route", "web"],
+        &["assign", "-c", &file, "--key", "alice"],
+        &["demo", "--duration", "soon"],
+        &["--log-format", "xml", "check", "-c", &file],
+    ];
+    for args in cases {
+        let out = run_to_end(args, QUICK);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", describe(&out));
+        assert!(!stderr_of(&out).is_empty(), "{args:?} says what is wrong");
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// cohort assign
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn assign_prints_route_key_bucket_variant_like_the_library() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write_file(dir.path(), "cohort.toml", TWO_ROUTES);
+    let bp = BasisPoints::from_percent(2.5).unwrap();
+    let canary_key = (0..)
+        .map(|i| format!("u{i}"))
+        .find(|k| assign("web-v1", k.as_bytes(), bp).1.as_str() == "canary")
+        .unwrap();
+    let mut variants = Vec::new();
+    for key in ["alice", "bob", "user 42", "été", canary_key.as_str()] {
+        let out = run_to_end(
+            &["assign", "-c", &file, "--route", "web", "--key", key],
+            QUICK,
+        );
+        assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+        let (bucket, variant) = assign("web-v1", key.as_bytes(), bp);
+        assert_eq!(
+            stdout_of(&out),
+            format!("route=web key={key} bucket={bucket} variant={variant}\n")
+        );
+        variants.push(variant);
+    }
+    assert!(variants.iter().any(|v| v.as_str() == "canary"));
+    assert!(variants.iter().any(|v| v.as_str() == "stable"));
+    // The second route, with its own salt and percentage.
+    let out = run_to_end(
+        &["assign", "-c", &file, "--route", "api", "--key", "alice"],
+        QUICK,
+    );
+    let (bucket, variant) = assign("api-v7", b"alice", BasisPoints::from_percent(10.0).unwrap());
+    assert_eq!(
+        stdout_of(&out),
+        format!("route=api key=alice bucket={bucket} variant={variant}\n")
+    );
+}
+
+#[test]
+fn assign_on_an_unknown_route_or_a_bad_config_exits_1() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write_file(dir.path(), "cohort.toml", TWO_ROUTES);
+    let out = run_to_end(
+        &["assign", "-c", &file, "--route", "nope", "--key", "k"],
+        QUICK,
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    assert_eq!(stdout_of(&out), "");
+    assert!(stderr_of(&out).contains("nope"), "{}", describe(&out));
+
+    let bad = write_file(dir.path(), "bad.toml", "[[routes]]\nname = \"web\"\n");
+    let out = run_to_end(
+        &["assign", "-c", &bad, "--route", "web", "--key", "k"],
+        QUICK,
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    assert!(
+        stderr_of(&out).contains(&format!("{bad}: routes[0].")),
+        "{}",
+        describe(&out)
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// cohort demo
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn demo_runs_for_its_duration_prints_the_split_and_where_to_look() {
+    let started = Instant::now();
+    let out = run_to_end(&["demo", "--duration", "2s"], Duration::from_secs(30));
+    let took = started.elapsed();
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    assert!(
+        took >= Duration::from_millis(1900),
+        "stopped early: {took:?}"
+    );
+    let stdout = stdout_of(&out);
+    // The live split lines: `stable N  canary N  (x.y % canary)`.
+    let split_lines = stdout
+        .lines()
+        .filter(|l| {
+            let words: Vec<&str> = l.split_whitespace().collect();
+            words.len() >= 4
+                && words[0] == "stable"
+                && words[1].parse::<u64>().is_ok()
+                && words[2] == "canary"
+                && words[3].parse::<u64>().is_ok()
+                && l.contains("% canary")
+        })
+        .count();
+    assert!(split_lines >= 1, "no split line:\n{stdout}");
+    assert!(stdout.contains("proxy"), "{stdout}");
+    assert!(stdout.contains("http://127.0.0.1:"), "{stdout}");
+    assert!(stdout.contains("/metrics"), "{stdout}");
+    assert!(stdout.contains("/assign?route=demo"), "{stdout}");
+    assert!(stdout.contains("status page"), "{stdout}");
+}
+
+// ---------------------------------------------------------------------------------------
+// cohort run
+// ---------------------------------------------------------------------------------------
+
+/// A config serving one route at 0 % (everything to `stable`) on ephemeral ports.
+fn serve_config(dir: &Path, stable: &FakeUpstream, canary: &FakeUpstream, drain: &str) -> String {
+    let text = format!(
+        "[listen]\naddress = \"127.0.0.1:0\"\nworkers = 1\ndrain_timeout = \"{drain}\"\n\n[admin]\naddress = \"127.0.0.1:0\"\n\n{}",
+        route(
+            "r",
+            stable,
+            canary,
+            "sticky = [\"header:x-user-id\"]\ncanary_percent = 0"
+        )
+    );
+    write_file(dir, "cohort.toml", &text)
+}
+
+/// The status of a GET, or `None` if no HTTP answer came (connection refused or cut).
+async fn status_of(url: &str) -> Option<u16> {
+    status_within(url, Duration::from_secs(5)).await
+}
+
+/// [`status_of`], waiting up to `limit` for the answer.
+async fn status_within(url: &str, limit: Duration) -> Option<u16> {
+    let req = http::Request::get(url)
+        .body(Full::new(Bytes::new()))
+        .expect("request");
+    match tokio::time::timeout(limit, support::client().request(req)).await {
+        Ok(Ok(resp)) => Some(resp.status().as_u16()),
+        _ => None,
+    }
+}
+
+async fn wait_hits(upstream: &FakeUpstream, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while upstream.hits() < n {
+        assert!(
+            Instant::now() < deadline,
+            "the upstream never saw request {n}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+async fn refused_within(addr: SocketAddr, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    while tokio::net::TcpStream::connect(addr).await.is_ok() {
+        assert!(
+            Instant::now() < deadline,
+            "{addr} still accepts connections {limit:?} after the signal"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_the_in_flight_request_and_exits_0() {
+    let stable = FakeUpstream::start("stable").await;
+    let canary = FakeUpstream::start("canary").await;
+    stable.set_delay(Duration::from_secs(1));
+    let dir = tempfile::tempdir().unwrap();
+    let file = serve_config(dir.path(), &stable, &canary, "5s");
+    let mut cohort = Cohort::spawn(&["run", "-c", &file, "--log-format", "json"]);
+    let (proxy, admin) = cohort.wait_serving(QUICK).await;
+    assert_eq!(
+        status_of(&format!("http://{admin}/readyz")).await,
+        Some(200)
+    );
+
+    let url = format!("http://{proxy}/slow");
+    let in_flight = tokio::spawn(async move { get(&url, &[("x-user-id", "u")]).await });
+    wait_hits(&stable, 1).await;
+    let signalled = Instant::now();
+    cohort.signal("TERM");
+
+    // Not ready from the moment the drain begins (the admin listener still answers).
+    let deadline = Instant::now() + Duration::from_millis(800);
+    loop {
+        let ready = status_of(&format!("http://{admin}/readyz")).await;
+        if ready == Some(503) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "readyz still {ready:?} during the drain"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    refused_within(proxy, Duration::from_millis(800)).await;
+    assert!(!in_flight.is_finished(), "the upstream takes 1 s to answer");
+
+    let answer = in_flight.await.expect("request task");
+    assert_eq!((answer.status, answer.text().as_str()), (200, "stable"));
+    let status = cohort.exit_within(Duration::from_secs(5)).await;
+    let took = signalled.elapsed();
+    assert_eq!(status.code(), Some(0), "stderr:\n{}", cohort.stderr());
+    assert!(
+        took < Duration::from_secs(5),
+        "exit took {took:?}, past drain_timeout"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_subcommand_serves_like_run() {
+    let stable = FakeUpstream::start("stable").await;
+    let canary = FakeUpstream::start("canary").await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = serve_config(dir.path(), &stable, &canary, "5s");
+    let mut cohort = Cohort::spawn(&["-c", &file]);
+    let (proxy, admin) = cohort.wait_serving(QUICK).await;
+    let answer = get(&format!("http://{proxy}/"), &[("x-user-id", "u")]).await;
+    assert_eq!((answer.status, answer.variant()), (200, Some("stable")));
+    assert_eq!(
+        status_of(&format!("http://{admin}/healthz")).await,
+        Some(200)
+    );
+    cohort.signal("TERM");
+    let status = cohort.exit_within(Duration::from_secs(5)).await;
+    assert_eq!(status.code(), Some(0), "stderr:\n{}", cohort.stderr());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_sigterm_during_a_long_drain_exits_at_once() {
+    let stable = FakeUpstream::start("stable").await;
+    let canary = FakeUpstream::start("canary").await;
+    stable.set_delay(Duration::from_secs(30));
+    let dir = tempfile::tempdir().unwrap();
+    let file = serve_config(dir.path(), &stable, &canary, "60s");
+    let mut cohort = Cohort::spawn(&["run", "-c", &file, "--log-format", "json"]);
+    let (proxy, _admin) = cohort.wait_serving(QUICK).await;
+    let url = format!("http://{proxy}/stuck");
+    // The client waits as long as the upstream does: the drain stays open meanwhile.
+    let _in_flight =
+        tokio::spawn(async move { status_within(&url, Duration::from_secs(40)).await });
+    wait_hits(&stable, 1).await;
+
+    cohort.signal("TERM");
+    cohort
+        .wait_stderr("stop signal received", Duration::from_secs(5))
+        .await;
+    // The drain is now waiting on a request that takes 30 s (drain_timeout 60 s).
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        cohort.try_exit().is_none(),
+        "exited before the second signal"
+    );
+    let second = Instant::now();
+    cohort.signal("TERM");
+    let status = cohort.exit_within(Duration::from_secs(5)).await;
+    let took = second.elapsed();
+    assert!(
+        took < Duration::from_secs(2),
+        "the second signal took {took:?} to act"
+    );
+    assert!(
+        !status.success(),
+        "a cut drain is not a clean exit: {status}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_timeout_bounds_the_wait_for_a_stuck_request() {
+    let stable = FakeUpstream::start("stable").await;
+    let canary = FakeUpstream::start("canary").await;
+    stable.set_delay(Duration::from_secs(30));
+    let dir = tempfile::tempdir().unwrap();
+    let file = serve_config(dir.path(), &stable, &canary, "1s");
+    let mut cohort = Cohort::spawn(&["run", "-c", &file, "--log-format", "json"]);
+    let (proxy, _admin) = cohort.wait_serving(QUICK).await;
+    let url = format!("http://{proxy}/stuck");
+    let in_flight = tokio::spawn(async move { status_of(&url).await });
+    wait_hits(&stable, 1).await;
+
+    let signalled = Instant::now();
+    cohort.signal("TERM");
+    let status = cohort.exit_within(Duration::from_secs(6)).await;
+    let took = signalled.elapsed();
+    assert_eq!(status.code(), Some(0), "stderr:\n{}", cohort.stderr());
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(4),
+        "drain_timeout = 1s, exit after {took:?}"
+    );
+    assert_eq!(in_flight.await.unwrap(), None, "the stuck request was cut");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_format_json_writes_json_lines_to_stderr() {
+    let stable = FakeUpstream::start("stable").await;
+    let canary = FakeUpstream::start("canary").await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = serve_config(dir.path(), &stable, &canary, "5s");
+    let mut cohort = Cohort::spawn(&["--log-format", "json", "run", "-c", &file]);
+    let (proxy, _admin) = cohort.wait_serving(QUICK).await;
+    assert_eq!(status_of(&format!("http://{proxy}/")).await, Some(200));
+    cohort.signal("TERM");
+    let status = cohort.exit_within(Duration::from_secs(5)).await;
+    assert_eq!(status.code(), Some(0));
+    let (stdout, stderr) = cohort.take_output();
+    assert_eq!(stdout, "", "logs never go to stdout");
+    let mut messages = Vec::new();
+    for line in stderr.lines().filter(|l| !l.trim().is_empty()) {
+        let value: serde_json::Value = serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("not a JSON line ({e}): {line:?}"));
+        assert!(value["timestamp"].is_string(), "{line}");
+        assert!(value["level"].is_string(), "{line}");
+        messages.push(value["fields"]["message"].as_str().unwrap_or("").to_owned());
+    }
+    assert!(
+        messages.iter().any(|m| m == "cohort is serving"),
+        "{messages:?}"
+    );
+    assert!(
+        messages.len() >= 2,
+        "startup and shutdown are logged: {messages:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn text_logs_carry_no_colour_codes_when_stderr_is_not_a_terminal() {
+    let stable = FakeUpstream::start("stable").await;
+    let canary = FakeUpstream::start("canary").await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = serve_config(dir.path(), &stable, &canary, "5s");
+    let mut cohort = Cohort::spawn(&["run", "-c", &file]);
+    cohort.wait_serving(QUICK).await;
+    cohort.signal("TERM");
+    cohort.exit_within(Duration::from_secs(5)).await;
+    let (_, stderr) = cohort.take_output();
+    assert!(
+        !stderr.contains('\u{1b}'),
+        "escape codes in piped logs (kubectl logs, journald, files):\n{stderr:?}"
+    );
+}
+
+#[test]
+fn run_with_an_invalid_config_exits_1_naming_the_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = write_file(
+        dir.path(),
+        "bad.toml",
+        "[[routes]]\nname = \"r\"\nsalt = \"s\"\ncanary_percent = -1\nstable = { endpoints = [\"http://127.0.0.1:1\"] }\n",
+    );
+    let out = run_to_end(&["run", "-c", &bad], QUICK);
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    assert!(
+        stderr_of(&out).contains(&format!("{bad}: routes[0].canary_percent: ")),
+        "{}",
+        describe(&out)
+    );
+}
+
+#[test]
+fn run_exits_1_when_its_address_is_taken() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let file = write_file(
+        dir.path(),
+        "cohort.toml",
+        &format!(
+            "[listen]\naddress = \"{addr}\"\n[admin]\naddress = \"127.0.0.1:0\"\n[[routes]]\nname = \"r\"\nsalt = \"s\"\nstable = {{ endpoints = [\"http://127.0.0.1:1\"] }}\n"
+        ),
+    );
+    let out = run_to_end(&["run", "-c", &file], QUICK);
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    assert!(
+        process::strip_ansi(&stderr_of(&out)).contains("listen.address"),
+        "{}",
+        describe(&out)
+    );
+    drop(taken);
+}
