@@ -635,3 +635,161 @@ fn run_exits_1_when_its_address_is_taken() {
     );
     drop(taken);
 }
+
+/// Reads one series from a running instance's /metrics.
+async fn admin_series(admin: SocketAddr, name: &str, labels: &[(&str, &str)]) -> f64 {
+    let text = get(&format!("http://{admin}/metrics"), &[]).await.text();
+    support::series_value(&text, name, labels)
+}
+
+#[tokio::test]
+async fn sighup_reloads_the_config_file() {
+    let stable = FakeUpstream::start("stable").await;
+    let canary = FakeUpstream::start("canary").await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = serve_config(dir.path(), &stable, &canary, "5s");
+    let mut cohort = Cohort::spawn(&["run", "-c", &file]);
+    let (_proxy, admin) = cohort.wait_serving(QUICK).await;
+    // The file is unchanged, so no file event reloads it: only the signal can.
+    assert_eq!(
+        admin_series(admin, "cohort_config_reloads_total", &[("result", "ok")]).await,
+        0.0
+    );
+    cohort.signal("HUP");
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while admin_series(admin, "cohort_config_reloads_total", &[("result", "ok")]).await < 1.0 {
+        assert!(
+            Instant::now() < deadline,
+            "SIGHUP did not reload; stderr:\n{}",
+            cohort.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Unchanged config: the generation stays.
+    assert_eq!(
+        admin_series(admin, "cohort_config_generation", &[]).await,
+        1.0
+    );
+    cohort.signal("TERM");
+    assert_eq!(
+        cohort.exit_within(Duration::from_secs(5)).await.code(),
+        Some(0)
+    );
+}
+
+#[tokio::test]
+async fn set_rollback_and_status_talk_to_a_running_instance() {
+    let stable = FakeUpstream::start("stable").await;
+    let canary = FakeUpstream::start("canary").await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = serve_config(dir.path(), &stable, &canary, "5s");
+    let token_file = write_file(dir.path(), "token", "tok-123\n");
+    let text = std::fs::read_to_string(&file).unwrap().replace(
+        "[admin]\naddress = \"127.0.0.1:0\"",
+        "[admin]\naddress = \"127.0.0.1:0\"\ntoken_file = \"token\"",
+    );
+    std::fs::write(&file, text).unwrap();
+    let mut cohort = Cohort::spawn(&["run", "-c", &file]);
+    let (_proxy, admin) = cohort.wait_serving(QUICK).await;
+    let admin_url = format!("http://{admin}");
+
+    let out = run_to_end(
+        &[
+            "set",
+            "r",
+            "2.5%",
+            "--admin",
+            &admin_url,
+            "--token-file",
+            &token_file,
+        ],
+        QUICK,
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "route r: canary 2.5%\n"
+    );
+    assert!(std::fs::read_to_string(&file)
+        .unwrap()
+        .contains("canary_percent = 2.5"));
+
+    let out = run_to_end(&["status", "--admin", &admin_url], QUICK);
+    assert_eq!(out.status.code(), Some(0));
+    let table = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(table.starts_with("ROUTE"), "{table}");
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("r ") && l.contains("2.5") && l.contains("canary")),
+        "{table}"
+    );
+
+    // Without the token: refused, exit 1, the reason on stderr, nothing changed.
+    let out = run_to_end(&["set", "r", "50", "--admin", &admin_url], QUICK);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("401"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = run_to_end(
+        &[
+            "set",
+            "nope",
+            "5",
+            "--admin",
+            &admin_url,
+            "--token-file",
+            &token_file,
+        ],
+        QUICK,
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no route named \"nope\""));
+    let out = run_to_end(&["set", "r", "100.5", "--admin", &admin_url], QUICK);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "a bad percentage is a usage error"
+    );
+
+    let out = run_to_end(
+        &[
+            "rollback",
+            "r",
+            "--admin",
+            &admin_url,
+            "--token-file",
+            &token_file,
+        ],
+        QUICK,
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "route r: canary 0%\n");
+    assert!(std::fs::read_to_string(&file)
+        .unwrap()
+        .contains("canary_percent = 0"));
+
+    let out = run_to_end(&["status", "--admin", "http://127.0.0.1:1"], QUICK);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "an unreachable instance is a failed call"
+    );
+    cohort.signal("TERM");
+    assert_eq!(
+        cohort.exit_within(Duration::from_secs(5)).await.code(),
+        Some(0)
+    );
+}
