@@ -19,7 +19,7 @@ use tokio::net::TcpListener;
 use crate::cohort::{self, BasisPoints, Variant};
 use crate::reload::{ChangeError, Control};
 use crate::server::State;
-use crate::snapshot::{canary_share, Snapshot};
+use crate::snapshot::Snapshot;
 
 const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
 const JSON: &str = "application/json";
@@ -129,7 +129,35 @@ fn route_json(snap: &Snapshot, index: usize) -> Value {
             "p99_seconds": stats.p99_seconds,
         })
     };
-    let share = canary_share(route);
+    let share = state.share();
+    let rollout = route.rollout.as_ref().map(|r| {
+        let now = crate::guard::wall_now();
+        let position = r.position(now);
+        json!({
+            "state": state.rollout_state().as_str(),
+            "step": state.step(),
+            "steps": r.steps.iter().map(|bp| percent_json(*bp)).collect::<Vec<_>>(),
+            "start": r.start_text,
+            "step_every": humantime::format_duration(r.step_every).to_string(),
+            "scheduled_step": position.step,
+            "next_step_at": position.next_at.map(crate::rollout::format_rfc3339),
+        })
+    });
+    let guard = route.guard.as_ref().map(|g| {
+        let memory = state.guard_state();
+        let rolled_back = memory.and_then(|m| m.rolled_back()).map(
+            |r| json!({ "reason": r.reason.as_str(), "at": crate::rollout::format_rfc3339(r.at) }),
+        );
+        json!({
+            "action": match g.action {
+                crate::rollout::GuardAction::Rollback => "rollback",
+                crate::rollout::GuardAction::Hold => "hold",
+            },
+            "window": humantime::format_duration(g.window).to_string(),
+            "state": state.rollout_state().as_str(),
+            "rolled_back": rolled_back,
+        })
+    });
     json!({
         "name": route.name,
         "host": route.host,
@@ -139,13 +167,16 @@ fn route_json(snap: &Snapshot, index: usize) -> Value {
         "sticky": route.sticky,
         "stable": variant(Variant::Stable),
         "canary": variant(Variant::Canary),
+        "rollout": rollout,
+        "guard": guard,
     })
 }
 
 /// Largest request body the admin API reads.
 const MAX_BODY: usize = 64 * 1024;
 
-/// `PUT /routes/{name}/canary` and `POST /routes/{name}/rollback`.
+/// `PUT /routes/{name}/canary`, `POST /routes/{name}/rollback` and
+/// `POST /routes/{name}/resume`.
 async fn change(
     state: &State,
     control: &Control,
@@ -158,7 +189,7 @@ async fn change(
     };
     let expected_method = match action {
         "canary" => Method::PUT,
-        "rollback" => Method::POST,
+        "rollback" | "resume" => Method::POST,
         _ => return text(StatusCode::NOT_FOUND, "unknown admin path\n"),
     };
     if req.method() != expected_method {
@@ -170,16 +201,16 @@ async fn change(
     if let Err(refusal) = authorize(state, req.headers()) {
         return refusal.response();
     }
-    let bp = if action == "canary" {
-        match read_percent(req).await {
-            Ok(bp) => bp,
+    let result = match action {
+        "canary" => match read_percent(req).await {
+            Ok(bp) => control.set_canary(&name, bp).await.map(|_| ()),
             Err(reason) => return text_owned(StatusCode::BAD_REQUEST, format!("{reason}\n")),
-        }
-    } else {
-        BasisPoints::ZERO
+        },
+        "rollback" => control.rollback(&name).await,
+        _ => control.resume(&name).await,
     };
-    match control.set_canary(&name, bp).await {
-        Ok(_) => {
+    match result {
+        Ok(()) => {
             let snap = state.snapshot.load_full();
             match snap.config.routes.iter().position(|r| r.name == name) {
                 Some(index) => json_response(StatusCode::OK, &route_json(&snap, index)),
@@ -306,13 +337,14 @@ fn assign(snap: &Snapshot, query: &str) -> Response<Full<Bytes>> {
             "both query parameters are required: /assign?route=NAME&key=KEY\n",
         );
     };
-    let Some(route) = snap.route_by_name(&route_name) else {
+    let Some(index) = snap.route_index(&route_name) else {
         return text_owned(
             StatusCode::NOT_FOUND,
             format!("no route named {route_name:?}\n"),
         );
     };
-    let (bucket, variant) = cohort::assign(&route.salt, key.as_bytes(), canary_share(route));
+    let (route, state) = snap.route(index);
+    let (bucket, variant) = cohort::assign(&route.salt, key.as_bytes(), state.share());
     json_response(
         StatusCode::OK,
         &json!({ "route": route.name, "key": key, "bucket": bucket, "variant": variant.as_str() }),

@@ -14,6 +14,7 @@ use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
 use crate::cohort::BasisPoints;
+use crate::rollout::{self, Guard, GuardAction, Rollout};
 
 pub const DEFAULT_CONFIG_PATH: &str = "config/cohort.toml";
 pub const DEFAULT_OVERRIDE_HEADER: &str = "x-cohort-variant";
@@ -175,8 +176,29 @@ struct RawRoute {
     override_: Option<RawOverride>,
     #[serde(default)]
     timeouts: RawTimeouts,
-    rollout: Option<toml::Value>,
-    guard: Option<toml::Value>,
+    rollout: Option<RawRollout>,
+    guard: Option<RawGuard>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRollout {
+    /// RFC 3339, as a string or a TOML date-time.
+    start: toml::Value,
+    steps: Vec<Percent>,
+    step_every: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawGuard {
+    window: Option<String>,
+    min_requests: Option<u64>,
+    max_error_ratio: Option<f64>,
+    max_error_ratio_vs_stable: Option<f64>,
+    max_p99: Option<String>,
+    action: Option<String>,
+    on_rollback: Option<String>,
 }
 
 fn default_path_prefix() -> String {
@@ -284,7 +306,27 @@ pub struct Route {
     #[serde(rename = "override")]
     pub override_: Option<Override>,
     pub timeouts: Timeouts,
+    #[serde(serialize_with = "ser_rollout")]
+    pub rollout: Option<Rollout>,
+    #[serde(serialize_with = "ser_guard")]
+    pub guard: Option<Guard>,
 }
+
+impl Route {
+    /// What a guard's rollback belongs to: route name + salt (+ `start` for a rollout),
+    /// so a new rollout (new salt or start) starts clean.
+    pub fn rollout_identity(&self) -> String {
+        match &self.rollout {
+            Some(r) => format!("{}\u{0}{}\u{0}{}", self.name, self.salt, r.start_text),
+            None => format!("{}\u{0}{}", self.name, self.salt),
+        }
+    }
+}
+
+pub const DEFAULT_GUARD_WINDOW: Duration = Duration::from_secs(30);
+pub const DEFAULT_GUARD_MIN_REQUESTS: u64 = 50;
+/// Longest guard window: windows are bounded, fixed-size buckets.
+pub const MAX_GUARD_WINDOW: Duration = Duration::from_secs(3600);
 
 /// Where a cohort key may come from, in the route's order.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -411,6 +453,41 @@ fn ser_percent<S: serde::Serializer>(bp: &BasisPoints, s: S) -> Result<S::Ok, S:
         s.serialize_u64(u64::from(bp.get() / 100))
     } else {
         s.serialize_f64(bp.percent())
+    }
+}
+
+fn ser_rollout<S: serde::Serializer>(r: &Option<Rollout>, s: S) -> Result<S::Ok, S::Error> {
+    match r {
+        None => s.serialize_none(),
+        Some(r) => {
+            let steps: Vec<f64> = r.steps.iter().map(|bp| bp.percent()).collect();
+            serde::Serialize::serialize(
+                &serde_json::json!({
+                    "start": r.start_text,
+                    "steps": steps,
+                    "step_every": humantime::format_duration(r.step_every).to_string(),
+                }),
+                s,
+            )
+        }
+    }
+}
+
+fn ser_guard<S: serde::Serializer>(g: &Option<Guard>, s: S) -> Result<S::Ok, S::Error> {
+    match g {
+        None => s.serialize_none(),
+        Some(g) => serde::Serialize::serialize(
+            &serde_json::json!({
+                "window": humantime::format_duration(g.window).to_string(),
+                "min_requests": g.min_requests,
+                "max_error_ratio": g.max_error_ratio,
+                "max_error_ratio_vs_stable": g.max_error_ratio_vs_stable,
+                "max_p99": g.max_p99.map(|d| humantime::format_duration(d).to_string()),
+                "action": match g.action { GuardAction::Rollback => "rollback", GuardAction::Hold => "hold" },
+                "on_rollback": g.on_rollback,
+            }),
+            s,
+        ),
     }
 }
 
@@ -629,30 +706,33 @@ impl Validator<'_> {
             Some(v) => self.upstream(&format!("{key}.canary"), v),
             None => Upstream { endpoints: vec![] },
         };
-        if canary.endpoints.is_empty() && canary_bp > BasisPoints::ZERO {
-            self.fail(
-                format!("{key}.canary.endpoints"),
-                format!(
-                    "needs at least one endpoint while canary_percent is {canary_bp} (only 0 may go without)"
-                ),
-            );
+        let rollout = raw
+            .rollout
+            .and_then(|r| self.rollout(&format!("{key}.rollout"), r));
+        if canary.endpoints.is_empty() {
+            let widest = rollout
+                .as_ref()
+                .and_then(|r| r.steps.iter().max().copied())
+                .unwrap_or(canary_bp);
+            if widest > BasisPoints::ZERO {
+                let what = if rollout.is_some() {
+                    format!("the rollout reaches {widest}")
+                } else {
+                    format!("canary_percent is {canary_bp}")
+                };
+                self.fail(
+                    format!("{key}.canary.endpoints"),
+                    format!("needs at least one endpoint while {what} (only 0 may go without)"),
+                );
+            }
         }
         let override_ = raw
             .override_
             .map(|o| self.override_(&format!("{key}.override"), o));
         let timeouts = self.timeouts(&format!("{key}.timeouts"), raw.timeouts);
-        if raw.rollout.is_some() {
-            self.fail(
-                format!("{key}.rollout"),
-                "progressive rollouts are not available in this version of cohort yet",
-            );
-        }
-        if raw.guard.is_some() {
-            self.fail(
-                format!("{key}.guard"),
-                "guards are not available in this version of cohort yet",
-            );
-        }
+        let guard = raw
+            .guard
+            .and_then(|g| self.guard(&format!("{key}.guard"), g, rollout.is_some()));
         (self.issues.len() == before).then_some(Route {
             name,
             host,
@@ -664,6 +744,117 @@ impl Validator<'_> {
             canary,
             override_,
             timeouts,
+            rollout,
+            guard,
+        })
+    }
+
+    fn rollout(&mut self, key: &str, raw: RawRollout) -> Option<Rollout> {
+        let before = self.issues.len();
+        let start_text = match &raw.start {
+            toml::Value::String(text) => text.clone(),
+            toml::Value::Datetime(dt) => dt.to_string(),
+            other => other.to_string(),
+        };
+        let start = rollout::parse_rfc3339(&start_text)
+            .map_err(|e| self.fail(format!("{key}.start"), e))
+            .ok();
+        if raw.steps.is_empty() {
+            self.fail(format!("{key}.steps"), "needs at least one step");
+        }
+        let mut steps = Vec::with_capacity(raw.steps.len());
+        for (i, p) in raw.steps.iter().enumerate() {
+            match BasisPoints::from_percent(p.0) {
+                Ok(bp) => {
+                    if steps.last().is_some_and(|&prev| bp < prev) {
+                        self.fail(
+                            format!("{key}.steps[{i}]"),
+                            format!("{bp} is below the step before it; steps must not decrease"),
+                        );
+                    }
+                    steps.push(bp);
+                }
+                Err(e) => self.fail(format!("{key}.steps[{i}]"), e.to_string()),
+            }
+        }
+        let step_every = self.positive_duration(&format!("{key}.step_every"), &raw.step_every);
+        (self.issues.len() == before).then_some(Rollout {
+            start: start.unwrap_or_default(),
+            start_text,
+            steps,
+            step_every,
+        })
+    }
+
+    fn guard(&mut self, key: &str, raw: RawGuard, has_rollout: bool) -> Option<Guard> {
+        let before = self.issues.len();
+        let window = raw
+            .window
+            .map(|w| self.positive_duration(&format!("{key}.window"), &w))
+            .unwrap_or(DEFAULT_GUARD_WINDOW);
+        if window > MAX_GUARD_WINDOW {
+            self.fail(format!("{key}.window"), "must be at most 1h");
+        }
+        let mut ratio = |name: &str, value: Option<f64>| {
+            if let Some(v) = value {
+                if !(0.0..=1.0).contains(&v) {
+                    self.fail(
+                        format!("{key}.{name}"),
+                        format!("{v} is not a ratio from 0 to 1"),
+                    );
+                }
+            }
+            value
+        };
+        let max_error_ratio = ratio("max_error_ratio", raw.max_error_ratio);
+        let max_error_ratio_vs_stable =
+            ratio("max_error_ratio_vs_stable", raw.max_error_ratio_vs_stable);
+        let max_p99 = raw
+            .max_p99
+            .map(|d| self.positive_duration(&format!("{key}.max_p99"), &d));
+        if max_error_ratio.is_none() && max_error_ratio_vs_stable.is_none() && max_p99.is_none() {
+            self.fail(
+                key,
+                "needs at least one of max_error_ratio, max_error_ratio_vs_stable, max_p99",
+            );
+        }
+        let action = match raw.action.as_deref() {
+            None | Some("rollback") => GuardAction::Rollback,
+            Some("hold") if has_rollout => GuardAction::Hold,
+            Some("hold") => {
+                self.fail(
+                    format!("{key}.action"),
+                    "\"hold\" needs a [routes.rollout] to hold a step of; use \"rollback\"",
+                );
+                GuardAction::Rollback
+            }
+            Some(other) => {
+                self.fail(
+                    format!("{key}.action"),
+                    format!("unknown action {other:?} (use \"rollback\" or \"hold\")"),
+                );
+                GuardAction::Rollback
+            }
+        };
+        if let Some(url) = &raw.on_rollback {
+            let ok = url
+                .parse::<http::Uri>()
+                .is_ok_and(|u| u.scheme_str() == Some("http") && u.authority().is_some());
+            if !ok {
+                self.fail(
+                    format!("{key}.on_rollback"),
+                    format!("{url:?} must be an http:// URL such as \"http://127.0.0.1:9000/hooks/cohort\""),
+                );
+            }
+        }
+        (self.issues.len() == before).then_some(Guard {
+            window,
+            min_requests: raw.min_requests.unwrap_or(DEFAULT_GUARD_MIN_REQUESTS),
+            max_error_ratio,
+            max_error_ratio_vs_stable,
+            max_p99,
+            action,
+            on_rollback: raw.on_rollback,
         })
     }
 

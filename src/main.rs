@@ -12,7 +12,7 @@ use http::Method;
 use cohort::client;
 use cohort::cohort::{assign, BasisPoints};
 use cohort::config::{self, DEFAULT_CONFIG_PATH};
-use cohort::snapshot::canary_share;
+use cohort::guard::{offline_share, wall_now};
 
 #[derive(Parser)]
 #[command(
@@ -65,6 +65,11 @@ enum Command {
         #[command(flatten)]
         admin: AdminArgs,
     },
+    /// Progressive rollouts on a running instance.
+    Rollout {
+        #[command(subcommand)]
+        command: RolloutCommand,
+    },
     /// Show each route's split and per-variant figures of a running instance.
     Status {
         #[command(flatten)]
@@ -75,6 +80,16 @@ enum Command {
         /// Stop after this long (e.g. "5s"); runs until Ctrl-C without it.
         #[arg(long, value_parser = parse_duration)]
         duration: Option<Duration>,
+    },
+}
+
+#[derive(Subcommand)]
+enum RolloutCommand {
+    /// Clear a rollback (guard or manual) so the rollout follows its schedule again.
+    Resume {
+        route: String,
+        #[command(flatten)]
+        admin: AdminArgs,
     },
 }
 
@@ -112,8 +127,11 @@ fn main() -> ExitCode {
             route,
             percent,
             admin,
-        } => in_runtime(change(admin, route, Some(percent))),
-        Command::Rollback { route, admin } => in_runtime(change(admin, route, None)),
+        } => in_runtime(change(admin, route, Change::Set(percent))),
+        Command::Rollback { route, admin } => in_runtime(change(admin, route, Change::Rollback)),
+        Command::Rollout {
+            command: RolloutCommand::Resume { route, admin },
+        } => in_runtime(change(admin, route, Change::Resume)),
         Command::Status { admin } => in_runtime(status(admin)),
     }
 }
@@ -212,7 +230,7 @@ fn check(path: &std::path::Path) -> ExitCode {
             route.name,
             route.host.as_deref().unwrap_or("*"),
             route.path_prefix,
-            canary_share(route),
+            offline_share(route, &config, wall_now()),
             route.salt,
             sticky.join(", "),
             list(&route.stable.endpoints),
@@ -235,13 +253,23 @@ fn assign_key(path: &std::path::Path, route_name: &str, key: &str) -> ExitCode {
         );
         return ExitCode::from(1);
     };
-    let (bucket, variant) = assign(&route.salt, key.as_bytes(), canary_share(route));
+    let (bucket, variant) = assign(
+        &route.salt,
+        key.as_bytes(),
+        offline_share(route, &config, wall_now()),
+    );
     println!("route={route_name} key={key} bucket={bucket} variant={variant}");
     ExitCode::SUCCESS
 }
 
-/// `cohort set` (with a percentage) and `cohort rollback` (without).
-async fn change(admin: AdminArgs, route: String, percent: Option<BasisPoints>) -> ExitCode {
+/// What `set`, `rollback` and `rollout resume` ask of a running instance.
+enum Change {
+    Set(BasisPoints),
+    Rollback,
+    Resume,
+}
+
+async fn change(admin: AdminArgs, route: String, what: Change) -> ExitCode {
     let token = match admin.token_file.as_deref().map(read_token).transpose() {
         Ok(token) => token,
         Err(e) => {
@@ -255,23 +283,32 @@ async fn change(admin: AdminArgs, route: String, percent: Option<BasisPoints>) -
         headers.push(("authorization", bearer.as_str()));
     }
     let encoded = encode_path_segment(&route);
-    let (method, path, body) = match percent {
-        Some(bp) => (
+    let (method, path, body) = match what {
+        Change::Set(bp) => (
             Method::PUT,
             format!("/routes/{encoded}/canary"),
             format!("{{\"percent\": {bp}}}"),
         ),
-        None => (
+        Change::Rollback => (
             Method::POST,
             format!("/routes/{encoded}/rollback"),
+            String::new(),
+        ),
+        Change::Resume => (
+            Method::POST,
+            format!("/routes/{encoded}/resume"),
             String::new(),
         ),
     };
     match client::call(&admin.admin, method, &path, &headers, Bytes::from(body)).await {
         Ok(answer) if answer.status.is_success() => {
             let state: serde_json::Value = serde_json::from_slice(&answer.body).unwrap_or_default();
+            let rollout = state["rollout"]["state"]
+                .as_str()
+                .map(|s| format!(" (rollout {s})"))
+                .unwrap_or_default();
             println!(
-                "route {route}: canary {}%",
+                "route {route}: canary {}%{rollout}",
                 state["canary_percent"]
                     .as_f64()
                     .and_then(|p| BasisPoints::from_percent(p).ok())

@@ -15,6 +15,7 @@ use metrics_exporter_prometheus::{
 };
 
 use crate::cohort::Variant;
+use crate::rollout::{Figures, Reason, RolloutState};
 use crate::router::AssignSource;
 use crate::window::{Window, WindowStats};
 
@@ -28,6 +29,11 @@ pub const ASSIGNMENTS_TOTAL: &str = "cohort_assignments_total";
 pub const CONFIG_RELOADS_TOTAL: &str = "cohort_config_reloads_total";
 pub const CONFIG_GENERATION: &str = "cohort_config_generation";
 pub const TLS_HANDSHAKE_ERRORS_TOTAL: &str = "cohort_tls_handshake_errors_total";
+pub const ROLLBACKS_TOTAL: &str = "cohort_rollbacks_total";
+pub const ROLLOUT_STEP: &str = "cohort_rollout_step";
+pub const ROLLOUT_STATE: &str = "cohort_rollout_state";
+pub const GUARD_ERROR_RATIO: &str = "cohort_guard_error_ratio";
+pub const GUARD_P99_SECONDS: &str = "cohort_guard_p99_seconds";
 
 /// Histogram buckets of `cohort_request_duration_seconds`, in seconds (DESIGN §5).
 pub const DURATION_BUCKETS: [f64; 14] = [
@@ -172,8 +178,9 @@ impl Metrics {
         self.generation.set(generation as f64);
     }
 
-    /// Handles for one route; built when a snapshot is built.
-    pub fn route(&self, route: &str) -> RouteMetrics {
+    /// Handles for one route; built when a snapshot is built. `guarded` routes (with a
+    /// rollout or a guard) also get the rollout and guard series.
+    pub fn route(&self, route: &str, guarded: bool) -> RouteMetrics {
         let route_label = || Label::new("route", route.to_owned());
         let variant = |v: Variant| {
             let window = self
@@ -191,6 +198,32 @@ impl Metrics {
                 &METADATA,
             ),
             variants: [variant(Variant::Stable), variant(Variant::Canary)],
+            guarded: guarded.then(|| self.guarded(route)),
+        }
+    }
+
+    fn guarded(&self, route: &str) -> GuardedMetrics {
+        let labels = |extra: Option<(&'static str, &'static str)>| {
+            let mut labels = vec![Label::new("route", route.to_owned())];
+            labels.extend(extra.map(|(k, v)| Label::new(k, v)));
+            labels
+        };
+        let gauge = |name: &'static str, extra| {
+            self.recorder
+                .register_gauge(&Key::from_parts(name, labels(extra)), &METADATA)
+        };
+        GuardedMetrics {
+            rollbacks: Reason::ALL.map(|r| {
+                self.recorder.register_counter(
+                    &Key::from_parts(ROLLBACKS_TOTAL, labels(Some(("reason", r.as_str())))),
+                    &METADATA,
+                )
+            }),
+            step: gauge(ROLLOUT_STEP, None),
+            states: RolloutState::ALL.map(|s| gauge(ROLLOUT_STATE, Some(("state", s.as_str())))),
+            error_ratio: Variant::ALL
+                .map(|v| gauge(GUARD_ERROR_RATIO, Some(("variant", v.as_str())))),
+            p99: Variant::ALL.map(|v| gauge(GUARD_P99_SECONDS, Some(("variant", v.as_str())))),
         }
     }
 }
@@ -250,17 +283,75 @@ fn describe(r: &PrometheusRecorder) {
         TLS_HANDSHAKE_ERRORS_TOTAL,
         "Failed TLS handshakes with downstream clients.",
     );
+    counter(
+        ROLLBACKS_TOTAL,
+        "Canary rollbacks, by route and reason (error_ratio, error_ratio_vs_stable, p99, manual).",
+    );
+    gauge(
+        ROLLOUT_STEP,
+        "0-based index of the rollout step in force, by route (-1 before start).",
+    );
+    gauge(
+        ROLLOUT_STATE,
+        "Rollout state by route: 1 for the state in force (pending, ramping, holding, complete, rolled_back), 0 for the others.",
+    );
+    gauge(
+        GUARD_ERROR_RATIO,
+        "Error ratio the guard judged over its window, by route and variant.",
+    );
+    gauge(
+        GUARD_P99_SECONDS,
+        "p99 latency the guard judged over its window, by route and variant (interpolated from the histogram buckets).",
+    );
 }
 
 /// Handles of one route.
 pub struct RouteMetrics {
     pub weight: Gauge,
     variants: [VariantMetrics; 2],
+    guarded: Option<GuardedMetrics>,
+}
+
+/// Rollout and guard series of one route (DESIGN §7).
+struct GuardedMetrics {
+    rollbacks: [Counter; 4],
+    step: Gauge,
+    states: [Gauge; 5],
+    error_ratio: [Gauge; 2],
+    p99: [Gauge; 2],
 }
 
 impl RouteMetrics {
     pub fn variant(&self, v: Variant) -> &VariantMetrics {
         &self.variants[v.index()]
+    }
+
+    /// `cohort_rollout_step` (−1 before start) and the one-hot `cohort_rollout_state`.
+    pub fn rollout(&self, step: Option<usize>, state: RolloutState) {
+        if let Some(g) = &self.guarded {
+            g.step.set(step.map_or(-1.0, |s| s as f64));
+            for (gauge, s) in g.states.iter().zip(RolloutState::ALL) {
+                gauge.set(if s == state { 1.0 } else { 0.0 });
+            }
+        }
+    }
+
+    pub fn rolled_back(&self, reason: Reason) {
+        if let Some(g) = &self.guarded {
+            if let Some(i) = Reason::ALL.iter().position(|r| *r == reason) {
+                g.rollbacks[i].increment(1);
+            }
+        }
+    }
+
+    /// The figures the guard judged, as gauges (NaN-free: 0 without traffic).
+    pub fn guard_figures(&self, canary: &Figures, stable: &Figures) {
+        if let Some(g) = &self.guarded {
+            for (v, f) in [(Variant::Stable, stable), (Variant::Canary, canary)] {
+                g.error_ratio[v.index()].set(f.error_ratio.unwrap_or(0.0));
+                g.p99[v.index()].set(f.p99_seconds.unwrap_or(0.0));
+            }
+        }
     }
 }
 
@@ -330,6 +421,11 @@ impl VariantMetrics {
         self.duration.record(seconds);
         self.window
             .record(self.clock.now(), cut || status >= 500, seconds);
+    }
+
+    /// Whole seconds on the clock the windows run on.
+    pub fn clock_now(&self) -> u64 {
+        self.clock.now()
     }
 
     /// Figures over the last minute.

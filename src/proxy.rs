@@ -19,7 +19,7 @@ use crate::cohort::Variant;
 use crate::headers::{self, X_COHORT_VARIANT};
 use crate::metrics::Metrics;
 use crate::router::{self, AssignSource, Decision};
-use crate::snapshot::{canary_share, SharedSnapshot, Snapshot};
+use crate::snapshot::{SharedSnapshot, Snapshot};
 use crate::upstream::{Lease, Pool, UpstreamError};
 
 /// What every request on one worker shares.
@@ -45,13 +45,7 @@ pub async fn handle(
         return local_response(StatusCode::NOT_FOUND, "no route matches this request\n");
     };
     let (route, state) = snap.route(index);
-    let decision = router::decide(
-        route,
-        canary_share(route),
-        req.headers(),
-        peer.ip(),
-        draw_key,
-    );
+    let decision = router::decide(route, state.share(), req.headers(), peer.ip(), draw_key);
     let variant = decision.variant;
     let variant_metrics = state.metrics.variant(variant);
     variant_metrics.assigned(decision.source);
@@ -66,7 +60,8 @@ pub async fn handle(
         snap: snap.clone(),
         route: index,
         variant,
-        status: 200,
+        source: decision.source,
+        status: 499,
         start,
         cut: false,
         access_log,
@@ -273,6 +268,7 @@ struct Completion {
     snap: Arc<Snapshot>,
     route: usize,
     variant: Variant,
+    source: AssignSource,
     status: u16,
     start: Instant,
     /// The upstream cut the response body after its headers.
@@ -284,10 +280,7 @@ impl Completion {
     fn finish(self) {
         let elapsed = self.start.elapsed();
         let (route, state) = self.snap.route(self.route);
-        state
-            .metrics
-            .variant(self.variant)
-            .finished(self.status, elapsed, self.cut);
+        state.finished(self.variant, self.source, self.status, elapsed, self.cut);
         if let Some(log) = self.access_log {
             tracing::info!(
                 target: "cohort::access",

@@ -143,7 +143,13 @@ impl Control {
             });
         }
         let generation = current.generation + 1;
-        let snapshot = Snapshot::build(Arc::new(config), generation, &self.state.metrics);
+        let snapshot = Snapshot::build(
+            Arc::new(config),
+            generation,
+            &self.state.metrics,
+            &self.state.guards,
+            crate::guard::wall_now(),
+        );
         self.state.snapshot.store(Arc::new(snapshot));
         tracing::info!(trigger = trigger.as_str(), generation, "config applied");
         Ok(Outcome::Applied { generation })
@@ -153,8 +159,14 @@ impl Control {
     /// atomically, apply. Nothing changes unless every step succeeds.
     pub async fn set_canary(&self, route: &str, bp: BasisPoints) -> Result<Outcome, ChangeError> {
         let mut last_text = self.last_text.lock().await;
-        if self.state.snapshot.load().route_by_name(route).is_none() {
-            return Err(ChangeError::UnknownRoute(route.to_owned()));
+        match self.state.snapshot.load().route_by_name(route) {
+            None => return Err(ChangeError::UnknownRoute(route.to_owned())),
+            Some(r) if r.rollout.is_some() => {
+                return Err(ChangeError::Conflict(
+                    "route is under a rollout: its share follows [routes.rollout]; change the steps, or roll back".to_owned(),
+                ))
+            }
+            Some(_) => {}
         }
         let text = std::fs::read_to_string(&self.path)
             .map_err(|e| ChangeError::Write(format!("cannot read {}: {e}", self.path.display())))?;
@@ -178,6 +190,50 @@ impl Control {
         *last_text = Some(edited);
         self.apply(config, Trigger::Api)
             .map_err(|e| ChangeError::Write(e.to_string()))
+    }
+}
+
+impl Control {
+    /// `POST /routes/{name}/rollback`: on a rollout route, a guard rollback with reason
+    /// `manual` (remembered in `state_dir`, config file untouched, so it works on a
+    /// read-only ConfigMap); elsewhere, `canary_percent = 0` written back to the file.
+    pub async fn rollback(&self, route: &str) -> Result<(), ChangeError> {
+        let snap = self.state.snapshot.load_full();
+        let index = snap
+            .route_index(route)
+            .ok_or_else(|| ChangeError::UnknownRoute(route.to_owned()))?;
+        let (config_route, route_state) = snap.route(index);
+        if config_route.rollout.is_some() {
+            let _serial = self.last_text.lock().await;
+            crate::guard::manual_rollback(
+                config_route,
+                route_state,
+                crate::guard::wall_now(),
+                self.state.metrics.clock().now(),
+            );
+            return Ok(());
+        }
+        self.set_canary(route, BasisPoints::ZERO).await.map(|_| ())
+    }
+
+    /// `POST /routes/{name}/resume`: clears a rollback and empties the guard window.
+    pub async fn resume(&self, route: &str) -> Result<(), ChangeError> {
+        let _serial = self.last_text.lock().await;
+        let snap = self.state.snapshot.load_full();
+        let index = snap
+            .route_index(route)
+            .ok_or_else(|| ChangeError::UnknownRoute(route.to_owned()))?;
+        let (config_route, route_state) = snap.route(index);
+        let memory = route_state.guard_state().ok_or_else(|| {
+            ChangeError::Conflict("nothing to resume: the route has no rollout or guard".to_owned())
+        })?;
+        memory.resume().map_err(|e| match e {
+            crate::guard::ResumeError::NothingToResume => ChangeError::Conflict(e.to_string()),
+            crate::guard::ResumeError::Io { .. } => ChangeError::Write(e.to_string()),
+        })?;
+        tracing::info!(route, "rollback cleared by hand: the rollout resumes");
+        route_state.refresh(config_route, crate::guard::wall_now());
+        Ok(())
     }
 }
 

@@ -11,6 +11,7 @@ use tokio::sync::watch;
 
 use crate::admin;
 use crate::config::Config;
+use crate::guard::{self, Guards};
 use crate::listener;
 use crate::metrics::Metrics;
 use crate::proxy::ProxyContext;
@@ -26,6 +27,8 @@ pub struct State {
     pub ready: AtomicBool,
     /// The bearer token mutating admin calls need, when `admin.token_file` is set.
     admin_token: ArcSwapOption<String>,
+    /// Rollout and guard memory per rollout identity, across snapshots.
+    pub guards: Guards,
 }
 
 impl State {
@@ -102,12 +105,21 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             "the admin listener is off loopback without admin.token_file: changes through it are refused (403)"
         );
     }
-    let snapshot = Snapshot::build(Arc::new(config), 1, &metrics);
+    let guarded = config
+        .routes
+        .iter()
+        .any(|r| r.guard.is_some() || r.rollout.is_some());
+    if guarded && config.state_dir.is_none() {
+        tracing::warn!("no state_dir is set: a rollback will not survive a restart");
+    }
+    let guards = Guards::default();
+    let snapshot = Snapshot::build(Arc::new(config), 1, &metrics, &guards, guard::wall_now());
     let state = Arc::new(State {
         snapshot: Arc::new(ArcSwap::from_pointee(snapshot)),
         metrics,
         ready: AtomicBool::new(false),
         admin_token: ArcSwapOption::new(admin_token.map(Arc::new)),
+        guards,
     });
 
     let (stop, stop_rx) = watch::channel(false);
@@ -141,6 +153,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         state.clone(),
         control.clone(),
     ))];
+    control_tasks.push(tokio::spawn(guard::evaluate_forever(state.clone())));
     if watchable {
         control_tasks.extend(reload::watch(control.clone()));
         control_tasks.extend(reload::on_sighup(control.clone()));

@@ -4,15 +4,18 @@
 //! reloads happen meanwhile. Everything derived from the config (route table,
 //! metric handles, endpoint authorities) is computed here, once per config.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU16, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 
 use crate::cohort::{BasisPoints, Variant};
 use crate::config::{Config, Endpoint, Route};
+use crate::guard::{GuardState, Guards};
 use crate::metrics::{Metrics, RouteMetrics};
-use crate::router::RouteTable;
+use crate::rollout::{self, RolloutState, UnixMillis};
+use crate::router::{AssignSource, RouteTable};
 
 pub struct Snapshot {
     pub config: Arc<Config>,
@@ -25,6 +28,14 @@ pub struct Snapshot {
 pub struct RouteState {
     pub metrics: RouteMetrics,
     variants: [VariantEndpoints; 2],
+    /// The canary share in force, in basis points: `canary_percent`, or the rollout's
+    /// step (held, or 0 after a rollback). Requests read it; the evaluator writes it.
+    share: AtomicU16,
+    /// The rollout step in force, −1 before `start` or without a rollout.
+    step: AtomicI64,
+    rollout_state: AtomicU8,
+    /// Rollout/guard memory, for routes that have either.
+    guard: Option<Arc<GuardState>>,
 }
 
 /// A variant's endpoints with their pool keys, and the round-robin cursor.
@@ -34,13 +45,24 @@ struct VariantEndpoints {
 }
 
 impl Snapshot {
-    pub fn build(config: Arc<Config>, generation: u64, metrics: &Metrics) -> Snapshot {
+    /// Compiles `config`; `now` places rollout schedules, `guards` holds the memory of
+    /// each rollout identity across snapshots.
+    pub fn build(
+        config: Arc<Config>,
+        generation: u64,
+        metrics: &Metrics,
+        guards: &Guards,
+        now: UnixMillis,
+    ) -> Snapshot {
+        guards.retain(&config);
         let routes = config
             .routes
             .iter()
             .map(|route| {
-                let route_metrics = metrics.route(&route.name);
-                route_metrics.weight.set(route.canary_bp.ratio());
+                let route_metrics = metrics.route(
+                    &route.name,
+                    route.rollout.is_some() || route.guard.is_some(),
+                );
                 let endpoints = |v: Variant| VariantEndpoints {
                     endpoints: variant_upstream(route, v)
                         .iter()
@@ -48,10 +70,16 @@ impl Snapshot {
                         .collect(),
                     next: AtomicUsize::new(0),
                 };
-                RouteState {
+                let state = RouteState {
                     metrics: route_metrics,
                     variants: [endpoints(Variant::Stable), endpoints(Variant::Canary)],
-                }
+                    share: AtomicU16::new(route.canary_bp.get()),
+                    step: AtomicI64::new(-1),
+                    rollout_state: AtomicU8::new(0),
+                    guard: guards.for_route(route, config.state_dir.as_deref()),
+                };
+                state.refresh(route, now);
+                state
             })
             .collect();
         metrics.set_generation(generation);
@@ -70,6 +98,10 @@ impl Snapshot {
     pub fn route_by_name(&self, name: &str) -> Option<&Route> {
         self.config.routes.iter().find(|r| r.name == name)
     }
+
+    pub fn route_index(&self, name: &str) -> Option<usize> {
+        self.config.routes.iter().position(|r| r.name == name)
+    }
 }
 
 fn variant_upstream(route: &Route, variant: Variant) -> &[Endpoint] {
@@ -80,6 +112,80 @@ fn variant_upstream(route: &Route, variant: Variant) -> &[Endpoint] {
 }
 
 impl RouteState {
+    /// The canary share in force.
+    pub fn share(&self) -> BasisPoints {
+        BasisPoints::from_raw(self.share.load(Ordering::Relaxed)).unwrap_or(BasisPoints::ZERO)
+    }
+
+    /// The rollout step in force, if a rollout has started.
+    pub fn step(&self) -> Option<usize> {
+        usize::try_from(self.step.load(Ordering::Relaxed)).ok()
+    }
+
+    pub fn rollout_state(&self) -> RolloutState {
+        RolloutState::ALL
+            .get(usize::from(self.rollout_state.load(Ordering::Relaxed)))
+            .copied()
+            .unwrap_or(RolloutState::Complete)
+    }
+
+    pub fn guard_state(&self) -> Option<&Arc<GuardState>> {
+        self.guard.as_ref()
+    }
+
+    /// Recomputes the share in force from schedule, hold and rollback at `now`, and
+    /// publishes it to requests and gauges.
+    pub fn refresh(&self, route: &Route, now: UnixMillis) {
+        let (held, rolled_back) = self.guard.as_ref().map_or((None, false), |g| {
+            (g.held_step(), g.rolled_back().is_some())
+        });
+        let effective = rollout::effective(
+            route.rollout.as_ref(),
+            route.canary_bp,
+            now,
+            held,
+            rolled_back,
+        );
+        self.share.store(effective.share.get(), Ordering::Relaxed);
+        self.step.store(
+            effective
+                .step
+                .map_or(-1, |s| i64::try_from(s).unwrap_or(i64::MAX)),
+            Ordering::Relaxed,
+        );
+        let state_index = RolloutState::ALL
+            .iter()
+            .position(|s| *s == effective.state)
+            .unwrap_or(0);
+        self.rollout_state
+            .store(u8::try_from(state_index).unwrap_or(0), Ordering::Relaxed);
+        self.metrics.weight.set(effective.share.ratio());
+        if route.rollout.is_some() || route.guard.is_some() {
+            self.metrics.rollout(effective.step, effective.state);
+        }
+    }
+
+    /// Counts one finished request: metrics, the minute window, and the guard's window
+    /// (overrides excluded: a forced request says nothing about the cohort's health).
+    pub fn finished(
+        &self,
+        variant: Variant,
+        source: AssignSource,
+        status: u16,
+        elapsed: Duration,
+        cut: bool,
+    ) {
+        self.metrics.variant(variant).finished(status, elapsed, cut);
+        if let Some(guard) = &self.guard {
+            if source != AssignSource::Override {
+                let now = self.metrics.variant(variant).clock_now();
+                guard
+                    .window(variant)
+                    .record(now, cut || status >= 500, elapsed.as_secs_f64());
+            }
+        }
+    }
+
     /// Endpoints of `variant` in round-robin order starting at the next one, for one
     /// request: the first is used, the second is the retry after a connect failure.
     pub fn endpoints(&self, variant: Variant) -> impl Iterator<Item = &(Endpoint, Arc<str>)> {
@@ -92,12 +198,6 @@ impl RouteState {
         };
         (0..n).map(move |i| &v.endpoints[(start + i) % n])
     }
-}
-
-/// The route's canary share in force. One place, so later features (schedules,
-/// guards) change it for every reader at once.
-pub fn canary_share(route: &Route) -> BasisPoints {
-    route.canary_bp
 }
 
 /// The swap point shared by every worker, the admin listener and reloads.

@@ -8,6 +8,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -19,7 +20,6 @@ use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
-use tokio::sync::oneshot;
 
 use crate::config::{Endpoint, Timeouts};
 use crate::metrics::UpstreamErrorKind;
@@ -209,9 +209,11 @@ impl Pool {
 
     /// Sends one request and waits for its response head.
     ///
-    /// `timeouts.request` bounds the wait for response headers only: its clock starts
-    /// once the request body has been handed to the connection in full, so an upload
-    /// that takes longer than the timeout is not cut off while it is still flowing.
+    /// `timeouts.request` bounds waiting, never working: while the request body flows,
+    /// it bounds a stall (neither the client supplies a frame nor the upstream takes
+    /// one); once the body is sent, it bounds the wait for the response headers. So an
+    /// upload longer than the timeout goes through, and a stuck upstream still gets a
+    /// 504 in bounded time.
     async fn exchange(
         &self,
         sender: &mut SendRequest<SentBody>,
@@ -219,19 +221,22 @@ impl Pool {
         req: Request<Incoming>,
         timeouts: &Timeouts,
     ) -> Result<Response<Incoming>, Exchange> {
-        let (sent_tx, sent_rx) = oneshot::channel();
+        let progress = Arc::new(Progress::new());
         let req = req.map(|body| SentBody {
             inner: body,
-            sent: Some(sent_tx),
+            progress: MarkOnDrop(progress.clone()),
         });
-        let response_timeout = async {
-            // Resolves when the body is finished with: read to its end, failed, or
-            // dropped by hyper (which never polls a body that is empty from the start).
-            let _ = sent_rx.await;
-            tokio::time::sleep(timeouts.request).await;
+        let stalled = async {
+            loop {
+                let last = progress.last();
+                tokio::time::sleep_until((last + timeouts.request).into()).await;
+                if progress.last() == last {
+                    return;
+                }
+            }
         };
         tokio::select! {
-            // An upstream may answer before the body is in (early 413); both orders work.
+            // An upstream may answer before the body is in (an early 413); both work.
             biased;
             result = sender.try_send_request(req) => match result {
                 Ok(resp) => Ok(resp),
@@ -240,7 +245,7 @@ impl Pool {
                     None => Err(Exchange::Failed(classify(authority, e.into_error()))),
                 },
             },
-            () = response_timeout => Err(Exchange::Failed(UpstreamError::ResponseTimeout {
+            () = stalled => Err(Exchange::Failed(UpstreamError::ResponseTimeout {
                 authority: authority.to_owned(),
                 after: timeouts.request,
             })),
@@ -248,11 +253,47 @@ impl Pool {
     }
 }
 
-/// The client's request body on its way upstream. It tells [`Pool::exchange`] when it
-/// is finished (by dropping its sender), which starts the wait for response headers.
-pub struct SentBody {
+/// When a request last made progress upstream: sent, a body frame handed over, or
+/// its body finished with. Nanoseconds since `base`, so it fits one atomic.
+struct Progress {
+    base: Instant,
+    nanos: AtomicU64,
+}
+
+impl Progress {
+    fn new() -> Progress {
+        Progress {
+            base: Instant::now(),
+            nanos: AtomicU64::new(0),
+        }
+    }
+
+    fn mark(&self) {
+        // Saturates after 584 years; a request does not live that long.
+        let nanos = u64::try_from(self.base.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.nanos.store(nanos, Ordering::Relaxed);
+    }
+
+    fn last(&self) -> Instant {
+        self.base + Duration::from_nanos(self.nanos.load(Ordering::Relaxed))
+    }
+}
+
+/// The client's request body on its way upstream, marking [`Progress`] as hyper takes
+/// its frames and when it is finished with (read to its end, failed, or dropped:
+/// hyper never polls a body that is empty from the start).
+struct SentBody {
     inner: Incoming,
-    sent: Option<oneshot::Sender<()>>,
+    progress: MarkOnDrop,
+}
+
+/// Marks progress once more when the body is dropped.
+struct MarkOnDrop(Arc<Progress>);
+
+impl Drop for MarkOnDrop {
+    fn drop(&mut self) {
+        self.0.mark();
+    }
 }
 
 impl SentBody {
@@ -270,8 +311,8 @@ impl Body for SentBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        if matches!(polled, Poll::Ready(None | Some(Err(_)))) {
-            self.sent = None;
+        if polled.is_ready() {
+            self.progress.0.mark();
         }
         polled
     }

@@ -1,19 +1,21 @@
-//! A sliding one-minute window of one (route, variant)'s outcomes: requests, errors and
-//! a duration histogram in 60 one-second slots of fixed size (no allocation per request,
-//! bounded memory). It feeds `/routes` and the status figures; the clock is passed in.
+//! A sliding window of one (route, variant)'s outcomes: requests, errors and a duration
+//! histogram in a fixed number of fixed-width time slots (no allocation per request,
+//! bounded memory). The one-minute window feeds `/routes` and the status figures; guards
+//! judge their own windows. The clock is passed in.
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use crate::metrics::DURATION_BUCKETS;
 
 pub const WINDOW_SECONDS: u64 = 60;
-const SLOTS: usize = WINDOW_SECONDS as usize;
+/// Most slots a window has; longer windows get wider slots.
+pub const MAX_SLOTS: u64 = 60;
 /// One count per finite bucket, plus the `+Inf` overflow.
-const HISTOGRAM_LEN: usize = DURATION_BUCKETS.len() + 1;
+pub const HISTOGRAM_LEN: usize = DURATION_BUCKETS.len() + 1;
 
 #[derive(Default)]
 struct Slot {
-    /// The second this slot holds, plus one (0 marks a never-used slot).
+    /// The slot period this slot holds, plus one (0 marks a never-used slot).
     second: AtomicU64,
     requests: AtomicU64,
     errors: AtomicU64,
@@ -33,24 +35,49 @@ pub struct WindowStats {
     pub p99_seconds: Option<f64>,
 }
 
+/// Raw sums over a window.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Counts {
+    pub requests: u64,
+    pub errors: u64,
+    pub histogram: [u64; HISTOGRAM_LEN],
+}
+
 pub struct Window {
     slots: Box<[Slot]>,
+    /// Seconds per slot.
+    width: u64,
 }
 
 impl Default for Window {
+    /// The one-minute window: 60 one-second slots.
     fn default() -> Self {
-        Window {
-            slots: (0..SLOTS).map(|_| Slot::default()).collect(),
-        }
+        Window::covering(WINDOW_SECONDS)
     }
 }
 
 impl Window {
+    /// A window covering at least `seconds` (at least 1) in at most [`MAX_SLOTS`] slots.
+    pub fn covering(seconds: u64) -> Window {
+        let seconds = seconds.max(1);
+        let width = seconds.div_ceil(MAX_SLOTS);
+        let count = seconds.div_ceil(width);
+        Window {
+            slots: (0..count).map(|_| Slot::default()).collect(),
+            width,
+        }
+    }
+
+    fn len(&self) -> u64 {
+        self.slots.len() as u64
+    }
+
     /// Records one finished request at `now` (whole seconds of any monotonic clock).
     /// An error is a 5xx status or a response the upstream cut.
     pub fn record(&self, now: u64, error: bool, seconds: f64) {
-        let slot = &self.slots[(now % WINDOW_SECONDS) as usize];
-        let tag = now + 1;
+        let period = now / self.width;
+        let slot = &self.slots[(period % self.len()) as usize];
+        let tag = period + 1;
         let held = slot.second.load(Relaxed);
         if held != tag
             && slot
@@ -78,31 +105,44 @@ impl Window {
         slot.histogram[bucket].fetch_add(1, Relaxed);
     }
 
-    /// Figures over the seconds `(now - 60, now]`.
-    pub fn stats(&self, now: u64) -> WindowStats {
-        let oldest = now.saturating_sub(WINDOW_SECONDS - 1) + 1;
-        let mut requests = 0;
-        let mut errors = 0;
-        let mut histogram = [0u64; HISTOGRAM_LEN];
+    /// Sums over the slots of the last `len` periods, the current one included.
+    pub fn counts(&self, now: u64) -> Counts {
+        let period = now / self.width;
+        let oldest = period.saturating_sub(self.len() - 1) + 1;
+        let mut counts = Counts::default();
         for slot in self.slots.iter() {
             let tag = slot.second.load(Relaxed);
-            if tag < oldest || tag > now + 1 {
+            if tag < oldest || tag > period + 1 {
                 continue;
             }
-            requests += slot.requests.load(Relaxed);
-            errors += slot.errors.load(Relaxed);
-            for (sum, bucket) in histogram.iter_mut().zip(&slot.histogram) {
+            counts.requests += slot.requests.load(Relaxed);
+            counts.errors += slot.errors.load(Relaxed);
+            for (sum, bucket) in counts.histogram.iter_mut().zip(&slot.histogram) {
                 *sum += bucket.load(Relaxed);
             }
         }
-        // Before a full minute has passed, the rate is over the time there was.
-        let span = (now + 1).min(WINDOW_SECONDS) as f64;
+        counts
+    }
+
+    /// Forgets everything (a deliberate resume starts a fresh window).
+    pub fn clear(&self) {
+        for slot in self.slots.iter() {
+            slot.second.store(0, Relaxed);
+        }
+    }
+
+    /// Figures over the window ending at `now`.
+    pub fn stats(&self, now: u64) -> WindowStats {
+        let counts = self.counts(now);
+        // Before the window has filled, the rate is over the time there was.
+        let span = (now + 1).min(self.len() * self.width) as f64;
         WindowStats {
-            requests,
-            errors,
-            rate: requests as f64 / span,
-            error_ratio: (requests > 0).then(|| errors as f64 / requests as f64),
-            p99_seconds: quantile(0.99, &histogram),
+            requests: counts.requests,
+            errors: counts.errors,
+            rate: counts.requests as f64 / span,
+            error_ratio: (counts.requests > 0)
+                .then(|| counts.errors as f64 / counts.requests as f64),
+            p99_seconds: quantile(0.99, &counts.histogram),
         }
     }
 }
@@ -158,6 +198,23 @@ mod tests {
         w.record(65, false, 0.001);
         let stats = w.stats(65);
         assert_eq!((stats.requests, stats.errors), (1, 0));
+    }
+
+    #[test]
+    fn long_windows_use_wider_slots_and_stay_bounded() {
+        let w = Window::covering(300);
+        assert_eq!((w.len(), w.width), (60, 5));
+        for s in 0..300 {
+            w.record(1000 + s, false, 0.001);
+        }
+        assert_eq!(w.counts(1299).requests, 300);
+        // 30 s later the oldest 30 s (six slots) have left the window.
+        assert_eq!(w.counts(1329).requests, 270);
+        let short = Window::covering(30);
+        assert_eq!((short.len(), short.width), (30, 1));
+        short.record(5, true, 0.001);
+        short.clear();
+        assert_eq!(short.counts(5).requests, 0);
     }
 
     #[test]

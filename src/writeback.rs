@@ -97,6 +97,28 @@ pub fn write_atomically(path: &Path, text: &str) -> Result<(), WriteError> {
     })
 }
 
+/// Writes `text` to `path` atomically whether or not it exists yet (state files):
+/// a temp file beside it, then a rename. Creates the directory if needed.
+pub fn write_new_atomically(path: &Path, text: &str) -> Result<(), WriteError> {
+    let io_error = |source: io::Error| WriteError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let dir = path.parent().unwrap_or_else(|| Path::new("."));
+    fs::create_dir_all(dir).map_err(io_error)?;
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "state".to_owned());
+    let temp = dir.join(format!(".{name}.cohort-{}.tmp", std::process::id()));
+    let permissions = <fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o644);
+    let result = write_then_rename(&temp, path, text, permissions);
+    if result.is_err() {
+        let _ = fs::remove_file(&temp);
+    }
+    result.map_err(io_error)
+}
+
 fn write_then_rename(
     temp: &Path,
     target: &Path,

@@ -285,3 +285,73 @@ fn effective_config_serializes_as_written() {
     );
     assert_eq!(route["timeouts"]["connect"], serde_json::json!("1s"));
 }
+
+const ROLLOUT_ROUTE: &str = r#"
+[[routes]]
+name = "checkout"
+salt = "s1"
+stable = { endpoints = ["http://127.0.0.1:9001"] }
+canary = { endpoints = ["http://127.0.0.1:9002"] }
+"#;
+
+#[test]
+fn rollout_and_guard_are_compiled() {
+    let c = parse_ok(&format!(
+        "state_dir = \"state\"\n{ROLLOUT_ROUTE}[routes.rollout]\nstart = \"2026-12-01T09:00:00Z\"\nsteps = [1, 5, 25, 50, 100]\nstep_every = \"10m\"\n[routes.guard]\nwindow = \"30s\"\nmin_requests = 50\nmax_error_ratio = 0.05\nmax_error_ratio_vs_stable = 0.02\nmax_p99 = \"500ms\"\naction = \"hold\"\non_rollback = \"http://127.0.0.1:9000/hooks/cohort\"\n"
+    ));
+    let r = &c.routes[0];
+    let rollout = r.rollout.as_ref().unwrap();
+    assert_eq!(
+        rollout.steps.iter().map(|b| b.get()).collect::<Vec<_>>(),
+        [100, 500, 2500, 5000, 10_000]
+    );
+    assert_eq!(rollout.step_every, Duration::from_secs(600));
+    assert_eq!(rollout.start, 1_796_115_600_000);
+    let guard = r.guard.as_ref().unwrap();
+    assert_eq!(guard.action, crate::rollout::GuardAction::Hold);
+    assert_eq!(guard.max_p99, Some(Duration::from_millis(500)));
+    assert_eq!(
+        r.rollout_identity(),
+        "checkout\u{0}s1\u{0}2026-12-01T09:00:00Z"
+    );
+    // A TOML date-time works as well as a string.
+    let c = parse_ok(&format!("{ROLLOUT_ROUTE}[routes.rollout]\nstart = 2026-12-01T09:00:00Z\nsteps = [1]\nstep_every = \"1m\"\n"));
+    assert_eq!(
+        c.routes[0].rollout.as_ref().unwrap().start,
+        1_796_115_600_000
+    );
+    let json = serde_json::to_value(&c).unwrap();
+    assert_eq!(
+        json["routes"][0]["rollout"]["steps"],
+        serde_json::json!([1.0])
+    );
+}
+
+#[test]
+fn bad_rollouts_and_guards_are_rejected() {
+    for (extra, expected) in [
+        ("[routes.rollout]\nstart = \"soon\"\nsteps = [1]\nstep_every = \"1m\"", "routes[0].rollout.start: \"soon\" is not an RFC 3339 time"),
+        ("[routes.rollout]\nstart = \"2026-12-01T09:00:00Z\"\nsteps = [5, 1]\nstep_every = \"1m\"", "routes[0].rollout.steps[1]: 1 is below the step before it"),
+        ("[routes.rollout]\nstart = \"2026-12-01T09:00:00Z\"\nsteps = []\nstep_every = \"1m\"", "routes[0].rollout.steps: needs at least one step"),
+        ("[routes.rollout]\nstart = \"2026-12-01T09:00:00Z\"\nsteps = [101]\nstep_every = \"1m\"", "routes[0].rollout.steps[0]: 101 is above 100"),
+        ("[routes.rollout]\nstart = \"2026-12-01T09:00:00Z\"\nsteps = [1]\nstep_every = \"0s\"", "routes[0].rollout.step_every: must be greater than zero"),
+        ("[routes.guard]\nmax_error_ratio = 0.05\naction = \"hold\"", "routes[0].guard.action: \"hold\" needs a [routes.rollout]"),
+        ("[routes.guard]\nmin_requests = 5", "routes[0].guard: needs at least one of max_error_ratio"),
+        ("[routes.guard]\nmax_error_ratio = 1.5", "routes[0].guard.max_error_ratio: 1.5 is not a ratio from 0 to 1"),
+        ("[routes.guard]\nmax_error_ratio = 0.1\nwindow = \"2h\"", "routes[0].guard.window: must be at most 1h"),
+        ("[routes.guard]\nmax_error_ratio = 0.1\naction = \"panic\"", "routes[0].guard.action: unknown action \"panic\""),
+        ("[routes.guard]\nmax_error_ratio = 0.1\non_rollback = \"ftp://x\"", "routes[0].guard.on_rollback: \"ftp://x\" must be an http:// URL"),
+        ("[routes.guard]\nmax_error_ratio = 0.1\nmax_error_rate = 0.1", "routes[0].guard.max_error_rate: unknown field"),
+    ] {
+        let err = parse_err(&format!("{ROLLOUT_ROUTE}{extra}\n"));
+        assert!(err.contains(expected), "for {extra:?}: missing {expected:?} in:\n{err}");
+    }
+    // A rollout that reaches above 0 needs canary endpoints.
+    let err = parse_err("[[routes]]\nname = \"x\"\nsalt = \"s\"\nstable = { endpoints = [\"http://a:1\"] }\n[routes.rollout]\nstart = \"2026-12-01T09:00:00Z\"\nsteps = [0, 5]\nstep_every = \"1m\"\n");
+    assert!(
+        err.contains(
+            "routes[0].canary.endpoints: needs at least one endpoint while the rollout reaches 5"
+        ),
+        "{err}"
+    );
+}

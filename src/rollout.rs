@@ -1,0 +1,414 @@
+//! Progressive rollouts and their guard, the pure parts: the schedule as a function of
+//! (config, time), and the verdict as a function of bucket counts. No clocks are read
+//! here; callers pass the time in, so every replica computes the same step and tests
+//! run on a fake clock.
+
+use std::fmt;
+use std::time::Duration;
+
+use crate::cohort::BasisPoints;
+use crate::window::{quantile, Counts};
+
+/// Wall-clock time as milliseconds since the Unix epoch (UTC).
+pub type UnixMillis = i64;
+
+/// `[routes.rollout]`: ramp through `steps`, one every `step_every`, from `start`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rollout {
+    pub start: UnixMillis,
+    /// The `start` exactly as written, part of the rollout's identity.
+    pub start_text: String,
+    pub steps: Vec<BasisPoints>,
+    pub step_every: Duration,
+}
+
+/// Where a schedule stands at a given time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Position {
+    /// Index of the step in force; `None` before `start`.
+    pub step: Option<usize>,
+    /// When the next step begins; `None` on the last step.
+    pub next_at: Option<UnixMillis>,
+}
+
+impl Rollout {
+    /// The step in force at `now`: 0 before `start`, then `steps[floor((now − start) /
+    /// step_every)]`, the last step after that (DESIGN §7).
+    pub fn position(&self, now: UnixMillis) -> Position {
+        let every = self.step_every.as_millis().max(1) as i128;
+        if now < self.start {
+            return Position {
+                step: None,
+                next_at: Some(self.start),
+            };
+        }
+        let elapsed = i128::from(now) - i128::from(self.start);
+        let raw = elapsed / every;
+        let last = self.steps.len().saturating_sub(1);
+        let step = usize::try_from(raw).map_or(last, |s| s.min(last));
+        let next_at = (step < last).then(|| {
+            let at = i128::from(self.start) + (step as i128 + 1) * every;
+            i64::try_from(at).unwrap_or(i64::MAX)
+        });
+        Position {
+            step: Some(step),
+            next_at,
+        }
+    }
+
+    /// The scheduled canary share at `now`.
+    pub fn percent_at(&self, now: UnixMillis) -> BasisPoints {
+        self.share_of(self.position(now).step)
+    }
+
+    pub fn share_of(&self, step: Option<usize>) -> BasisPoints {
+        step.and_then(|s| self.steps.get(s).copied())
+            .unwrap_or(BasisPoints::ZERO)
+    }
+
+    pub fn last_step(&self) -> usize {
+        self.steps.len().saturating_sub(1)
+    }
+}
+
+/// What a guard does when its verdict fails.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GuardAction {
+    Rollback,
+    Hold,
+}
+
+/// `[routes.guard]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Guard {
+    pub window: Duration,
+    pub min_requests: u64,
+    pub max_error_ratio: Option<f64>,
+    pub max_error_ratio_vs_stable: Option<f64>,
+    pub max_p99: Option<Duration>,
+    pub action: GuardAction,
+    pub on_rollback: Option<String>,
+}
+
+/// Why a canary was rolled back: the `reason` label of `cohort_rollbacks_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Reason {
+    ErrorRatio,
+    ErrorRatioVsStable,
+    P99,
+    Manual,
+}
+
+impl Reason {
+    pub const ALL: [Reason; 4] = [
+        Reason::ErrorRatio,
+        Reason::ErrorRatioVsStable,
+        Reason::P99,
+        Reason::Manual,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::ErrorRatio => "error_ratio",
+            Reason::ErrorRatioVsStable => "error_ratio_vs_stable",
+            Reason::P99 => "p99",
+            Reason::Manual => "manual",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Reason> {
+        Reason::ALL.into_iter().find(|r| r.as_str() == text)
+    }
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Figures of one variant over the guard window.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Figures {
+    pub requests: u64,
+    pub errors: u64,
+    pub error_ratio: Option<f64>,
+    pub p99_seconds: Option<f64>,
+}
+
+impl Figures {
+    pub fn from_counts(counts: &Counts) -> Figures {
+        Figures {
+            requests: counts.requests,
+            errors: counts.errors,
+            error_ratio: (counts.requests > 0)
+                .then(|| counts.errors as f64 / counts.requests as f64),
+            p99_seconds: quantile(0.99, &counts.histogram),
+        }
+    }
+}
+
+/// The guard's judgement of one window.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Verdict {
+    /// Fewer canary requests than `min_requests`: no judgement.
+    TooFewRequests,
+    Pass,
+    Fail(Reason),
+}
+
+/// Judges the canary against the guard's thresholds, in a fixed order: error ratio,
+/// error ratio against stable, p99.
+pub fn verdict(guard: &Guard, canary: &Figures, stable: &Figures) -> Verdict {
+    if canary.requests < guard.min_requests.max(1) {
+        return Verdict::TooFewRequests;
+    }
+    let canary_ratio = canary.error_ratio.unwrap_or(0.0);
+    if guard.max_error_ratio.is_some_and(|max| canary_ratio > max) {
+        return Verdict::Fail(Reason::ErrorRatio);
+    }
+    let stable_ratio = stable.error_ratio.unwrap_or(0.0);
+    if guard
+        .max_error_ratio_vs_stable
+        .is_some_and(|max| canary_ratio - stable_ratio > max)
+    {
+        return Verdict::Fail(Reason::ErrorRatioVsStable);
+    }
+    if let (Some(max), Some(p99)) = (guard.max_p99, canary.p99_seconds) {
+        if p99 > max.as_secs_f64() {
+            return Verdict::Fail(Reason::P99);
+        }
+    }
+    Verdict::Pass
+}
+
+/// The five states of `cohort_rollout_state`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RolloutState {
+    Pending,
+    Ramping,
+    Holding,
+    Complete,
+    RolledBack,
+}
+
+impl RolloutState {
+    pub const ALL: [RolloutState; 5] = [
+        RolloutState::Pending,
+        RolloutState::Ramping,
+        RolloutState::Holding,
+        RolloutState::Complete,
+        RolloutState::RolledBack,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RolloutState::Pending => "pending",
+            RolloutState::Ramping => "ramping",
+            RolloutState::Holding => "holding",
+            RolloutState::Complete => "complete",
+            RolloutState::RolledBack => "rolled_back",
+        }
+    }
+}
+
+/// The share in force for a route, given its schedule position and guard memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Effective {
+    pub share: BasisPoints,
+    /// The step in force (the held one while holding); `None` before start or without
+    /// a rollout.
+    pub step: Option<usize>,
+    pub state: RolloutState,
+}
+
+/// Combines schedule, hold and rollback into the share in force (pure).
+///
+/// - rolled back → 0, whatever the schedule says;
+/// - holding at step h → `steps[h]` (never beyond the schedule's own step);
+/// - otherwise the schedule.
+///
+/// Without a rollout, `canary_percent` is the plan.
+pub fn effective(
+    rollout: Option<&Rollout>,
+    canary_percent: BasisPoints,
+    now: UnixMillis,
+    held_step: Option<usize>,
+    rolled_back: bool,
+) -> Effective {
+    let Some(rollout) = rollout else {
+        return Effective {
+            share: if rolled_back {
+                BasisPoints::ZERO
+            } else {
+                canary_percent
+            },
+            step: None,
+            state: if rolled_back {
+                RolloutState::RolledBack
+            } else {
+                RolloutState::Complete
+            },
+        };
+    };
+    let scheduled = rollout.position(now).step;
+    if rolled_back {
+        return Effective {
+            share: BasisPoints::ZERO,
+            step: scheduled,
+            state: RolloutState::RolledBack,
+        };
+    }
+    match (scheduled, held_step) {
+        (None, _) => Effective {
+            share: BasisPoints::ZERO,
+            step: None,
+            state: RolloutState::Pending,
+        },
+        (Some(now_step), Some(held)) if held < now_step => Effective {
+            share: rollout.share_of(Some(held)),
+            step: Some(held),
+            state: RolloutState::Holding,
+        },
+        (Some(now_step), Some(_)) => Effective {
+            share: rollout.share_of(Some(now_step)),
+            step: Some(now_step),
+            state: RolloutState::Holding,
+        },
+        (Some(now_step), None) => Effective {
+            share: rollout.share_of(Some(now_step)),
+            step: Some(now_step),
+            state: if now_step >= rollout.last_step() {
+                RolloutState::Complete
+            } else {
+                RolloutState::Ramping
+            },
+        },
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// RFC 3339 timestamps
+// ---------------------------------------------------------------------------------------
+
+/// Parses an RFC 3339 timestamp (`2026-12-01T09:00:00Z`, `2026-12-01T10:00:00.5+01:00`)
+/// into milliseconds since the Unix epoch.
+pub fn parse_rfc3339(text: &str) -> Result<UnixMillis, String> {
+    let bad = || format!("{text:?} is not an RFC 3339 time such as \"2026-12-01T09:00:00Z\"");
+    let b = text.as_bytes();
+    if b.len() < 20
+        || b[4] != b'-'
+        || b[7] != b'-'
+        || !matches!(b[10], b'T' | b't' | b' ')
+        || b[13] != b':'
+        || b[16] != b':'
+    {
+        return Err(bad());
+    }
+    let num = |range: std::ops::Range<usize>| -> Result<i64, String> {
+        let part = text.get(range).ok_or_else(bad)?;
+        if !part.bytes().all(|c| c.is_ascii_digit()) {
+            return Err(bad());
+        }
+        part.parse::<i64>().map_err(|_| bad())
+    };
+    let (year, month, day) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (hour, minute, second) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    if !(1..=12).contains(&month)
+        || day < 1
+        || day > days_in_month(year, month)
+        || hour > 23
+        || minute > 59
+        || second > 60
+    {
+        return Err(bad());
+    }
+    let mut rest = &text[19..];
+    let mut millis = 0i64;
+    if let Some(frac) = rest.strip_prefix('.') {
+        let digits = frac.bytes().take_while(u8::is_ascii_digit).count();
+        if digits == 0 {
+            return Err(bad());
+        }
+        let scaled: String = frac[..digits]
+            .chars()
+            .chain("000".chars())
+            .take(3)
+            .collect();
+        millis = scaled.parse().map_err(|_| bad())?;
+        rest = &frac[digits..];
+    }
+    let offset_minutes = match rest {
+        "Z" | "z" => 0,
+        _ if rest.len() == 6
+            && matches!(rest.as_bytes()[0], b'+' | b'-')
+            && rest.as_bytes()[3] == b':' =>
+        {
+            let hours = num(text.len() - 5..text.len() - 3)?;
+            let minutes = num(text.len() - 2..text.len())?;
+            if hours > 23 || minutes > 59 {
+                return Err(bad());
+            }
+            let sign = if rest.starts_with('-') { -1 } else { 1 };
+            sign * (hours * 60 + minutes)
+        }
+        _ => return Err(bad()),
+    };
+    let days = days_from_civil(year, month, day);
+    let seconds = days * 86_400 + hour * 3600 + minute * 60 + second.min(59) - offset_minutes * 60;
+    Ok(seconds * 1000 + millis)
+}
+
+/// Formats milliseconds since the epoch as RFC 3339 UTC (`2026-12-01T09:00:00Z`).
+pub fn format_rfc3339(millis: UnixMillis) -> String {
+    let seconds = millis.div_euclid(1000);
+    let days = seconds.div_euclid(86_400);
+    let of_day = seconds.rem_euclid(86_400);
+    let (year, month, day) = civil_from_days(days);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        of_day / 3600,
+        of_day % 3600 / 60,
+        of_day % 60
+    )
+}
+
+fn is_leap(year: i64) -> bool {
+    year % 4 == 0 && (year % 100 != 0 || year % 400 == 0)
+}
+
+fn days_in_month(year: i64, month: i64) -> i64 {
+    match month {
+        2 if is_leap(year) => 29,
+        2 => 28,
+        4 | 6 | 9 | 11 => 30,
+        _ => 31,
+    }
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
+fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+fn civil_from_days(days: i64) -> (i64, i64, i64) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,264 @@
+use super::*;
+use crate::window::Window;
+
+const MIN: i64 = 60_000;
+
+fn bp(p: f64) -> BasisPoints {
+    BasisPoints::from_percent(p).expect("percent")
+}
+
+fn ramp() -> Rollout {
+    Rollout {
+        start: parse_rfc3339("2026-12-01T09:00:00Z").expect("time"),
+        start_text: "2026-12-01T09:00:00Z".into(),
+        steps: [1.0, 5.0, 25.0, 50.0, 100.0].map(bp).to_vec(),
+        step_every: Duration::from_secs(600),
+    }
+}
+
+#[test]
+fn schedule_follows_the_design_formula() {
+    let r = ramp();
+    let at = |offset_ms: i64| r.position(r.start + offset_ms);
+    assert_eq!(
+        r.position(r.start - 1),
+        Position {
+            step: None,
+            next_at: Some(r.start)
+        }
+    );
+    assert_eq!(r.percent_at(r.start - 1), BasisPoints::ZERO);
+    assert_eq!(
+        at(0),
+        Position {
+            step: Some(0),
+            next_at: Some(r.start + 10 * MIN)
+        }
+    );
+    assert_eq!(at(10 * MIN - 1).step, Some(0));
+    assert_eq!(at(10 * MIN).step, Some(1));
+    assert_eq!(r.percent_at(r.start + 25 * MIN), bp(25.0));
+    assert_eq!(
+        at(40 * MIN),
+        Position {
+            step: Some(4),
+            next_at: None
+        }
+    );
+    assert_eq!(
+        at(400 * 24 * 60 * MIN).step,
+        Some(4),
+        "the last step after that"
+    );
+    assert_eq!(r.percent_at(i64::MAX), bp(100.0));
+}
+
+#[test]
+fn the_schedule_only_ever_widens() {
+    let r = ramp();
+    let mut last = BasisPoints::ZERO;
+    for t in (r.start - MIN..r.start + 60 * MIN).step_by(7_919) {
+        let now = r.percent_at(t);
+        assert!(now >= last, "{now} < {last} at {t}");
+        last = now;
+    }
+}
+
+#[test]
+fn two_replicas_with_clocks_two_seconds_apart_disagree_only_near_a_boundary() {
+    let r = ramp();
+    let skew = 2_000;
+    for t in (r.start - MIN..r.start + 60 * MIN).step_by(500) {
+        let (a, b) = (r.position(t).step, r.position(t + skew).step);
+        if a != b {
+            // They differ only in the 2 s before a step boundary, and by one step.
+            let boundary = r.position(t).next_at.expect("a boundary follows");
+            assert!(boundary > t && boundary <= t + skew, "t={t}");
+            assert_eq!(
+                b.map(|s| s as i64),
+                a.map_or(Some(0), |s| Some(s as i64 + 1))
+            );
+        }
+    }
+}
+
+fn guard() -> Guard {
+    Guard {
+        window: Duration::from_secs(30),
+        min_requests: 50,
+        max_error_ratio: Some(0.05),
+        max_error_ratio_vs_stable: Some(0.02),
+        max_p99: Some(Duration::from_millis(500)),
+        action: GuardAction::Rollback,
+        on_rollback: None,
+    }
+}
+
+fn figures(requests: u64, errors: u64, p99: Option<f64>) -> Figures {
+    Figures {
+        requests,
+        errors,
+        error_ratio: (requests > 0).then(|| errors as f64 / requests as f64),
+        p99_seconds: p99,
+    }
+}
+
+#[test]
+fn verdict_from_bucket_counts() {
+    let g = guard();
+    let calm = figures(1000, 0, Some(0.01));
+    assert_eq!(
+        verdict(&g, &figures(49, 49, None), &calm),
+        Verdict::TooFewRequests
+    );
+    let ratio_only = Guard {
+        max_error_ratio_vs_stable: None,
+        ..guard()
+    };
+    assert_eq!(
+        verdict(&ratio_only, &figures(100, 5, Some(0.1)), &calm),
+        Verdict::Pass,
+        "5 % is not above 5 %"
+    );
+    assert_eq!(
+        verdict(&g, &figures(100, 6, Some(0.1)), &calm),
+        Verdict::Fail(Reason::ErrorRatio)
+    );
+    // 4 % canary against 1 % stable: 3 points worse than stable.
+    let noisy_stable = figures(1000, 10, Some(0.01));
+    assert_eq!(
+        verdict(&g, &figures(100, 4, Some(0.1)), &noisy_stable),
+        Verdict::Fail(Reason::ErrorRatioVsStable)
+    );
+    assert_eq!(
+        verdict(&g, &figures(100, 2, Some(0.1)), &noisy_stable),
+        Verdict::Pass
+    );
+    assert_eq!(
+        verdict(&g, &figures(100, 0, Some(0.7)), &calm),
+        Verdict::Fail(Reason::P99)
+    );
+    let lenient = Guard {
+        max_error_ratio: None,
+        max_error_ratio_vs_stable: None,
+        max_p99: None,
+        ..guard()
+    };
+    assert_eq!(
+        verdict(&lenient, &figures(100, 100, Some(9.0)), &calm),
+        Verdict::Pass
+    );
+}
+
+#[test]
+fn verdict_reads_a_real_window_on_a_fake_clock() {
+    let g = guard();
+    let (canary, stable) = (Window::covering(30), Window::covering(30));
+    for s in 0..30u64 {
+        for i in 0..10 {
+            canary.record(100 + s, s >= 20 && i < 5, 0.004);
+            stable.record(100 + s, false, 0.004);
+        }
+    }
+    let judge = |now| {
+        verdict(
+            &g,
+            &Figures::from_counts(&canary.counts(now)),
+            &Figures::from_counts(&stable.counts(now)),
+        )
+    };
+    // Seconds 120..130 had 50 % errors: 50 of 300 is 16.7 %.
+    assert_eq!(judge(129), Verdict::Fail(Reason::ErrorRatio));
+    // 40 s later the bad seconds have left the window, and so has almost all traffic.
+    assert_eq!(judge(169), Verdict::TooFewRequests);
+    let f = Figures::from_counts(&canary.counts(129));
+    assert_eq!((f.requests, f.errors), (300, 50));
+    assert!(f.p99_seconds.expect("p99") <= 0.005);
+}
+
+#[test]
+fn effective_share_combines_schedule_hold_and_rollback() {
+    let r = ramp();
+    let t = r.start + 25 * MIN; // step 2 (25 %) in force
+    assert_eq!(
+        effective(Some(&r), bp(99.0), t, None, false),
+        Effective {
+            share: bp(25.0),
+            step: Some(2),
+            state: RolloutState::Ramping
+        }
+    );
+    assert_eq!(
+        effective(Some(&r), bp(99.0), r.start - 1, None, false),
+        Effective {
+            share: BasisPoints::ZERO,
+            step: None,
+            state: RolloutState::Pending
+        }
+    );
+    assert_eq!(
+        effective(Some(&r), bp(99.0), r.start + 45 * MIN, None, false).state,
+        RolloutState::Complete
+    );
+    assert_eq!(
+        effective(Some(&r), bp(99.0), t, Some(1), false),
+        Effective {
+            share: bp(5.0),
+            step: Some(1),
+            state: RolloutState::Holding
+        }
+    );
+    assert_eq!(
+        effective(Some(&r), bp(99.0), t, Some(1), true),
+        Effective {
+            share: BasisPoints::ZERO,
+            step: Some(2),
+            state: RolloutState::RolledBack
+        }
+    );
+    // Without a rollout a guard watches canary_percent.
+    assert_eq!(effective(None, bp(10.0), t, None, false).share, bp(10.0));
+    assert_eq!(
+        effective(None, bp(10.0), t, None, true),
+        Effective {
+            share: BasisPoints::ZERO,
+            step: None,
+            state: RolloutState::RolledBack
+        }
+    );
+}
+
+#[test]
+fn rfc3339_parses_offsets_and_fractions() {
+    assert_eq!(parse_rfc3339("1970-01-01T00:00:00Z"), Ok(0));
+    assert_eq!(parse_rfc3339("2026-12-01T09:00:00Z"), Ok(1_796_115_600_000));
+    assert_eq!(
+        parse_rfc3339("2026-12-01T10:00:00+01:00"),
+        Ok(1_796_115_600_000)
+    );
+    assert_eq!(
+        parse_rfc3339("2026-12-01T08:30:00-00:30"),
+        Ok(1_796_115_600_000)
+    );
+    assert_eq!(
+        parse_rfc3339("2026-12-01T09:00:00.25Z"),
+        Ok(1_796_115_600_250)
+    );
+    assert_eq!(
+        parse_rfc3339("2024-02-29T00:00:00Z").map(|m| m % 86_400_000),
+        Ok(0)
+    );
+    for bad in [
+        "2026-12-01",
+        "2026-13-01T00:00:00Z",
+        "2026-02-30T00:00:00Z",
+        "2026-12-01T09:00:00",
+        "2026-12-01T09:00:00+1:00",
+        "tomorrow morning please",
+        "2026-12-01T25:00:00Z",
+    ] {
+        assert!(parse_rfc3339(bad).is_err(), "{bad} must be rejected");
+    }
+    assert_eq!(format_rfc3339(1_796_115_600_999), "2026-12-01T09:00:00Z");
+    assert_eq!(format_rfc3339(0), "1970-01-01T00:00:00Z");
+}

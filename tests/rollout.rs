@@ -1,0 +1,544 @@
+//! Progressive rollouts and guards end to end: a canary that goes bad is rolled back to
+//! 0 % by itself, stable users never notice, a restart keeps it rolled back, `resume`
+//! clears it; `hold` stays on its step while failing; the webhook is retried.
+mod support;
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use cohort::guard::wall_now;
+use cohort::rollout::format_rfc3339;
+use http_body_util::BodyExt;
+use support::{client, get, send, FakeUpstream, TestCohort};
+
+fn config(
+    stable: &FakeUpstream,
+    canary: &FakeUpstream,
+    state_dir: &Path,
+    rollout: &str,
+    guard: &str,
+) -> String {
+    format!(
+        r#"state_dir = "{}"
+
+[listen]
+address = "127.0.0.1:0"
+workers = 1
+
+[admin]
+address = "127.0.0.1:0"
+
+[[routes]]
+name = "shop"
+sticky = ["header:x-user-id"]
+salt = "rollout-test"
+stable = {{ endpoints = ["{}"] }}
+canary = {{ endpoints = ["{}"] }}
+
+{rollout}
+
+{guard}
+"#,
+        state_dir.display(),
+        stable.url(),
+        canary.url()
+    )
+}
+
+async fn start_from(path: &Path, dir: tempfile::TempDir) -> TestCohort {
+    let config = cohort::config::load(path).unwrap_or_else(|e| panic!("{e}"));
+    let running = cohort::start(config).await.expect("start cohort");
+    TestCohort {
+        proxy: running.proxy_addr(),
+        admin: running.admin_addr(),
+        running: Some(running),
+        dir,
+        config_path: path.to_path_buf(),
+    }
+}
+
+async fn route_state(cohort: &TestCohort) -> serde_json::Value {
+    let answer = get(&cohort.admin_url("/routes"), &[]).await;
+    assert_eq!(answer.status, 200);
+    let doc: serde_json::Value = serde_json::from_slice(&answer.body).expect("json");
+    doc["routes"][0].clone()
+}
+
+async fn wait_for(
+    cohort: &TestCohort,
+    what: &str,
+    limit: Duration,
+    check: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let start = Instant::now();
+    loop {
+        let state = route_state(cohort).await;
+        if check(&state) {
+            return state;
+        }
+        assert!(
+            start.elapsed() < limit,
+            "{what} did not happen within {limit:?}; route state: {state}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Sends a steady stream of keyed requests; counts failures of stable users.
+struct Traffic {
+    stop: Arc<AtomicBool>,
+    stable_failures: Arc<AtomicUsize>,
+    sent: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Traffic {
+    fn start(cohort: &TestCohort) -> Traffic {
+        let url = cohort.url("/");
+        let stop = Arc::new(AtomicBool::new(false));
+        let stable_failures = Arc::new(AtomicUsize::new(0));
+        let sent = Arc::new(AtomicUsize::new(0));
+        let (s, f, n) = (stop.clone(), stable_failures.clone(), sent.clone());
+        let task = tokio::spawn(async move {
+            let http = client();
+            let mut i = 0u64;
+            while !s.load(Ordering::SeqCst) {
+                i += 1;
+                let key = format!("user-{i}");
+                let answer = send(&http, "GET", &url, &[("x-user-id", &key)], Bytes::new()).await;
+                if answer.variant() == Some("stable") && answer.status != 200 {
+                    f.fetch_add(1, Ordering::SeqCst);
+                }
+                n.fetch_add(1, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        });
+        Traffic {
+            stop,
+            stable_failures,
+            sent,
+            task,
+        }
+    }
+
+    async fn stop(self) -> (usize, usize) {
+        self.stop.store(true, Ordering::SeqCst);
+        self.task.await.expect("traffic task");
+        (
+            self.sent.load(Ordering::SeqCst),
+            self.stable_failures.load(Ordering::SeqCst),
+        )
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_canary_that_goes_bad_at_step_two_is_rolled_back_and_stays_rolled_back() {
+    let stable = FakeUpstream::start("stable").await;
+    let canary = FakeUpstream::start("canary").await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    // state_dir outlives the first instance's directory: it is what a restart reads.
+    let state_root = tempfile::tempdir().expect("tempdir");
+    let state_dir = state_root.path().join("state");
+    let path = dir.path().join("cohort.toml");
+    let start = format_rfc3339(wall_now());
+    let text = config(
+        &stable,
+        &canary,
+        &state_dir,
+        &format!("[routes.rollout]\nstart = \"{start}\"\nsteps = [10, 30, 60, 100]\nstep_every = \"3s\""),
+        "[routes.guard]\nwindow = \"2s\"\nmin_requests = 10\nmax_error_ratio = 0.2\naction = \"rollback\"",
+    );
+    std::fs::write(&path, &text).expect("write");
+    let cohort = start_from(&path, dir).await;
+    let traffic = Traffic::start(&cohort);
+
+    let state = route_state(&cohort).await;
+    assert_eq!(state["rollout"]["state"], "ramping");
+    assert!(state["rollout"]["next_step_at"].is_string());
+
+    // Step 2 (index 1, 30 %) begins: the canary starts answering 500.
+    wait_for(&cohort, "step 2", Duration::from_secs(6), |s| {
+        s["rollout"]["step"] == 1
+    })
+    .await;
+    canary.set_status(500);
+    let went_bad = Instant::now();
+    let rolled = wait_for(&cohort, "the rollback", Duration::from_secs(5), |s| {
+        s["canary_percent"] == 0
+    })
+    .await;
+    let took = went_bad.elapsed();
+    eprintln!("canary bad -> 0 % in {took:?}");
+    assert!(took < Duration::from_secs(2), "rollback took {took:?}");
+    assert_eq!(rolled["rollout"]["state"], "rolled_back");
+    assert_eq!(rolled["guard"]["rolled_back"]["reason"], "error_ratio");
+    // The gauge shows what the guard judged (the bad seconds are still in its window).
+    assert!(
+        cohort
+            .series(
+                "cohort_guard_error_ratio",
+                &[("route", "shop"), ("variant", "canary")]
+            )
+            .await
+            > 0.2
+    );
+
+    // Rolled back means rolled back: later steps do not bring it back.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(route_state(&cohort).await["canary_percent"], 0);
+    let (sent, stable_failures) = traffic.stop().await;
+    assert!(sent > 100, "traffic ran ({sent})");
+    assert_eq!(stable_failures, 0, "stable users saw failures");
+    let canary_hits_after = canary.hits();
+    assert_eq!(
+        cohort
+            .series(
+                "cohort_rollbacks_total",
+                &[("route", "shop"), ("reason", "error_ratio")]
+            )
+            .await,
+        1.0
+    );
+    assert_eq!(
+        cohort
+            .series(
+                "cohort_rollout_state",
+                &[("route", "shop"), ("state", "rolled_back")]
+            )
+            .await,
+        1.0
+    );
+    assert_eq!(
+        cohort
+            .series(
+                "cohort_rollout_state",
+                &[("route", "shop"), ("state", "ramping")]
+            )
+            .await,
+        0.0
+    );
+    assert_eq!(
+        cohort
+            .series("cohort_canary_weight_ratio", &[("route", "shop")])
+            .await,
+        0.0
+    );
+    assert_eq!(
+        std::fs::read_dir(&state_dir).expect("state_dir").count(),
+        1,
+        "one rollback record"
+    );
+    // Clock steps and rollbacks are not reloads.
+    assert_eq!(cohort.series("cohort_config_generation", &[]).await, 1.0);
+
+    // A restart never resumes a failed canary.
+    let kept = tempfile::tempdir().expect("tempdir");
+    let kept_path = kept.path().join("cohort.toml");
+    std::fs::copy(&path, &kept_path).expect("copy config");
+    cohort.shutdown().await;
+    let restarted = start_from(&kept_path, kept).await;
+    let state = route_state(&restarted).await;
+    assert_eq!(state["canary_percent"], 0);
+    assert_eq!(state["rollout"]["state"], "rolled_back");
+    for i in 0..50 {
+        let answer = get(&restarted.url("/"), &[("x-user-id", &format!("after-{i}"))]).await;
+        assert_eq!((answer.status, answer.variant()), (200, Some("stable")));
+    }
+    assert_eq!(canary.hits(), canary_hits_after);
+
+    // Resume clears it deliberately; the schedule is back in force.
+    canary.set_status(200);
+    let resumed = send(
+        &client(),
+        "POST",
+        &restarted.admin_url("/routes/shop/resume"),
+        &[],
+        Bytes::new(),
+    )
+    .await;
+    assert_eq!(resumed.status, 200, "{}", resumed.text());
+    let state: serde_json::Value = serde_json::from_slice(&resumed.body).expect("json");
+    assert_ne!(state["canary_percent"], 0);
+    assert_ne!(state["rollout"]["state"], "rolled_back");
+    assert_eq!(std::fs::read_dir(&state_dir).expect("state_dir").count(), 0);
+    let again = send(
+        &client(),
+        "POST",
+        &restarted.admin_url("/routes/shop/resume"),
+        &[],
+        Bytes::new(),
+    )
+    .await;
+    assert_eq!(again.status, 409);
+    let unknown = send(
+        &client(),
+        "POST",
+        &restarted.admin_url("/routes/nope/resume"),
+        &[],
+        Bytes::new(),
+    )
+    .await;
+    assert_eq!(unknown.status, 404);
+    restarted.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hold_stays_on_its_step_while_failing_and_follows_the_schedule_once_healthy() {
+    let stable = FakeUpstream::start("stable").await;
+    let canary = FakeUpstream::start("canary").await;
+    canary.set_status(503);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state_dir = dir.path().join("state");
+    let path = dir.path().join("cohort.toml");
+    let start = format_rfc3339(wall_now());
+    let text = config(
+        &stable,
+        &canary,
+        &state_dir,
+        &format!("[routes.rollout]\nstart = \"{start}\"\nsteps = [20, 40, 60, 80, 100]\nstep_every = \"1s\""),
+        "[routes.guard]\nwindow = \"1s\"\nmin_requests = 5\nmax_error_ratio = 0.1\naction = \"hold\"",
+    );
+    std::fs::write(&path, &text).expect("write");
+    let cohort = start_from(&path, dir).await;
+    let traffic = Traffic::start(&cohort);
+
+    let held = wait_for(&cohort, "holding", Duration::from_secs(3), |s| {
+        s["rollout"]["state"] == "holding"
+    })
+    .await;
+    let held_step = held["rollout"]["step"].as_u64().expect("step");
+    // The schedule moves on; the held step does not.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let still = route_state(&cohort).await;
+    assert_eq!(still["rollout"]["state"], "holding");
+    assert_eq!(still["rollout"]["step"].as_u64(), Some(held_step));
+    assert!(
+        still["rollout"]["scheduled_step"]
+            .as_u64()
+            .expect("scheduled")
+            > held_step
+    );
+    assert_eq!(
+        cohort
+            .series(
+                "cohort_rollout_state",
+                &[("route", "shop"), ("state", "holding")]
+            )
+            .await,
+        1.0
+    );
+    assert_eq!(
+        cohort
+            .series(
+                "cohort_rollbacks_total",
+                &[("route", "shop"), ("reason", "error_ratio")]
+            )
+            .await,
+        0.0,
+        "hold never rolls back"
+    );
+
+    canary.set_status(200);
+    wait_for(&cohort, "the schedule again", Duration::from_secs(5), |s| {
+        s["rollout"]["state"] != "holding" && s["canary_percent"] == 100
+    })
+    .await;
+    let (_, stable_failures) = traffic.stop().await;
+    assert_eq!(stable_failures, 0);
+    assert_eq!(
+        std::fs::read_dir(&state_dir)
+            .map(|d| d.count())
+            .unwrap_or(0),
+        0,
+        "hold is in memory only"
+    );
+    cohort.shutdown().await;
+}
+
+#[tokio::test]
+async fn manual_controls_on_a_rollout_route_and_the_webhook_retried_until_accepted() {
+    // A webhook receiver that refuses twice, then accepts.
+    let attempts = Arc::new(Mutex::new(Vec::<serde_json::Value>::new()));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let hook_addr = listener.local_addr().expect("addr");
+    let seen = attempts.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                let service =
+                    hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                        let seen = seen.clone();
+                        async move {
+                            let body = req.into_body().collect().await.expect("body").to_bytes();
+                            let mut list = seen.lock().expect("lock");
+                            list.push(serde_json::from_slice(&body).expect("webhook JSON"));
+                            let status = if list.len() <= 2 { 500 } else { 204 };
+                            let mut resp =
+                                http::Response::new(http_body_util::Full::new(Bytes::new()));
+                            *resp.status_mut() =
+                                http::StatusCode::from_u16(status).expect("status");
+                            Ok::<_, std::convert::Infallible>(resp)
+                        }
+                    });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+
+    let stable = FakeUpstream::start("stable").await;
+    let canary = FakeUpstream::start("canary").await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state_dir = dir.path().join("state");
+    let path = dir.path().join("cohort.toml");
+    let text = config(
+        &stable,
+        &canary,
+        &state_dir,
+        "[routes.rollout]\nstart = \"2020-01-01T00:00:00Z\"\nsteps = [1, 5, 25]\nstep_every = \"10m\"",
+        &format!("[routes.guard]\nmax_error_ratio = 0.5\non_rollback = \"http://{hook_addr}/hooks/cohort\""),
+    );
+    std::fs::write(&path, &text).expect("write");
+    let cohort = start_from(&path, dir).await;
+    assert_eq!(
+        route_state(&cohort).await["canary_percent"],
+        25,
+        "long past start: the last step"
+    );
+    assert_eq!(route_state(&cohort).await["rollout"]["state"], "complete");
+
+    // `set` is refused on a rollout route.
+    let put = send(
+        &client(),
+        "PUT",
+        &cohort.admin_url("/routes/shop/canary"),
+        &[],
+        Bytes::from_static(br#"{"percent": 50}"#),
+    )
+    .await;
+    assert_eq!(put.status, 409);
+    assert!(
+        put.text().contains("route is under a rollout"),
+        "{}",
+        put.text()
+    );
+
+    // A manual rollback is a guard rollback with reason "manual"; the file is untouched.
+    let before = std::fs::read_to_string(&path).expect("read");
+    let rollback = send(
+        &client(),
+        "POST",
+        &cohort.admin_url("/routes/shop/rollback"),
+        &[],
+        Bytes::new(),
+    )
+    .await;
+    assert_eq!(rollback.status, 200, "{}", rollback.text());
+    let state: serde_json::Value = serde_json::from_slice(&rollback.body).expect("json");
+    assert_eq!(state["canary_percent"], 0);
+    assert_eq!(std::fs::read_to_string(&path).expect("read"), before);
+    assert_eq!(
+        cohort
+            .series(
+                "cohort_rollbacks_total",
+                &[("route", "shop"), ("reason", "manual")]
+            )
+            .await,
+        1.0
+    );
+
+    let start = Instant::now();
+    while attempts.lock().expect("lock").len() < 3 {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the webhook was not retried to success"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let list = attempts.lock().expect("lock").clone();
+    assert_eq!(list.len(), 3, "no more attempts after it was accepted");
+    let body = &list[2];
+    assert_eq!(body["route"], "shop");
+    assert_eq!(body["salt"], "rollout-test");
+    assert_eq!(body["start"], "2020-01-01T00:00:00Z");
+    assert_eq!(body["reason"], "manual");
+    assert_eq!(body["step"], 2);
+    assert_eq!(body["percent"], 25.0);
+    assert!(body["at"].as_str().expect("at").ends_with('Z'));
+    assert!(body["canary"]["requests"].is_u64() && body["stable"]["requests"].is_u64());
+    cohort.shutdown().await;
+}
+
+#[tokio::test]
+async fn rollout_metrics_pass_promtool() {
+    let stable = FakeUpstream::start("stable").await;
+    let canary = FakeUpstream::start("canary").await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("cohort.toml");
+    let text = config(
+        &stable,
+        &canary,
+        &dir.path().join("state"),
+        "[routes.rollout]\nstart = \"2999-01-01T00:00:00Z\"\nsteps = [1, 5]\nstep_every = \"1h\"",
+        "[routes.guard]\nmax_p99 = \"500ms\"",
+    );
+    std::fs::write(&path, &text).expect("write");
+    let cohort = start_from(&path, dir).await;
+    let state = route_state(&cohort).await;
+    assert_eq!(state["rollout"]["state"], "pending");
+    assert_eq!(state["canary_percent"], 0);
+    assert_eq!(
+        cohort
+            .series("cohort_rollout_step", &[("route", "shop")])
+            .await,
+        -1.0
+    );
+    let metrics = cohort.metrics().await;
+    for name in [
+        "cohort_rollbacks_total",
+        "cohort_rollout_step",
+        "cohort_rollout_state",
+        "cohort_guard_error_ratio",
+        "cohort_guard_p99_seconds",
+    ] {
+        assert!(
+            metrics.contains(&format!("# HELP {name} ")),
+            "{name} lacks HELP"
+        );
+    }
+    let states: Vec<&str> = metrics
+        .lines()
+        .filter(|l| l.starts_with("cohort_rollout_state{"))
+        .collect();
+    assert_eq!(states.len(), 5, "{states:?}");
+    let mut child = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool is missing: install the Debian package `prometheus` (scripts/test does)");
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(metrics.as_bytes())
+        .expect("write");
+    let out = child.wait_with_output().expect("promtool");
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    cohort.shutdown().await;
+}
