@@ -45,6 +45,66 @@ pub(crate) struct RouteView {
     pub sticky: Vec<String>,
     pub stable: VariantView,
     pub canary: VariantView,
+    /// One line on the rollout or guard in force, when the route has one.
+    pub rollout: Option<String>,
+    /// The route is rolled back (the line above says why).
+    pub rolled_back: bool,
+}
+
+/// "rollout ramping · step 2 of 5 (5 %) · next step at 2026-12-01T09:20:00Z", or the
+/// guard's state for a guard without a rollout; `None` for plain routes.
+pub(crate) fn rollout_line(route: &Value) -> Option<String> {
+    let rollout = route.get("rollout").filter(|r| r.is_object());
+    let guard = route.get("guard").filter(|g| g.is_object());
+    let reason = guard
+        .and_then(|g| g.get("rolled_back"))
+        .and_then(|r| r.get("reason"))
+        .and_then(Value::as_str);
+    let Some(rollout) = rollout else {
+        let state = guard?.get("state").and_then(Value::as_str)?;
+        return Some(match reason {
+            Some(reason) => {
+                format!("guard: rolled back ({reason}) · resume to serve the canary again")
+            }
+            None if state == "rolled_back" => "guard: rolled back".to_owned(),
+            None => "guard: watching".to_owned(),
+        });
+    };
+    let state = rollout.get("state").and_then(Value::as_str).unwrap_or(NONE);
+    let steps: Vec<String> = rollout
+        .get("steps")
+        .and_then(Value::as_array)
+        .map(|s| s.iter().map(|v| v.to_string()).collect())
+        .unwrap_or_default();
+    let mut line = format!("rollout {state}");
+    if let Some(reason) = reason.filter(|_| state == "rolled_back") {
+        let _ = write!(line, " ({reason})");
+    }
+    match rollout.get("step").and_then(Value::as_u64) {
+        Some(step) => {
+            let share = steps.get(step as usize).map_or(NONE, String::as_str);
+            let _ = write!(line, " · step {} of {} ({share} %)", step + 1, steps.len());
+        }
+        None => {
+            let _ = write!(line, " · starts {}", string(rollout, "start"));
+        }
+    }
+    if state != "rolled_back" {
+        if let Some(next) = rollout.get("next_step_at").and_then(Value::as_str) {
+            if rollout.get("step").and_then(Value::as_u64).is_some() {
+                let _ = write!(line, " · next step at {next}");
+            }
+        }
+    }
+    if !steps.is_empty() {
+        let _ = write!(
+            line,
+            " · steps {} every {}",
+            steps.join("/"),
+            string(rollout, "step_every")
+        );
+    }
+    Some(line)
 }
 
 /// One variant's endpoints and its figures over the last minute.
@@ -103,6 +163,14 @@ impl RouteView {
             sticky: strings(route.get("sticky")),
             stable: VariantView::from_json(route.get("stable")),
             canary: VariantView::from_json(route.get("canary")),
+            rollout: rollout_line(route),
+            rolled_back: ["rollout", "guard"].iter().any(|k| {
+                route
+                    .get(*k)
+                    .and_then(|v| v.get("state"))
+                    .and_then(Value::as_str)
+                    == Some("rolled_back")
+            }),
         }
     }
 }
@@ -250,6 +318,8 @@ h2{font-size:20px;margin:0;word-break:break-all}
 .match{color:var(--muted)}
 .meta{display:flex;gap:6px 22px;flex-wrap:wrap;margin:8px 0 12px;color:var(--muted);font-size:13px}
 .meta b{font-weight:600;color:var(--ink)}
+.rollout{margin:-4px 0 12px;font-size:13px;color:var(--ink)}
+.rollout.bad{color:#b91c1c;font-weight:600}
 code{font:13px/1.3 ui-monospace,'DejaVu Sans Mono',Menlo,monospace;color:var(--ink);\
 background:#f3f4f6;border-radius:4px;padding:1px 5px;word-break:break-all}
 .legend{display:flex;justify-content:space-between;font-size:14px;margin-bottom:4px}
@@ -363,6 +433,14 @@ fn route_card(html: &mut String, route: &RouteView) {
          <span>sticky {sticky}</span></div>",
         escape(&route.salt)
     );
+    if let Some(line) = &route.rollout {
+        let class = if route.rolled_back {
+            "rollout bad"
+        } else {
+            "rollout"
+        };
+        let _ = writeln!(html, "<div class=\"{class}\">{}</div>", escape(line));
+    }
 
     // The split: big numbers over a two-colour bar.
     let stable = share_text(route.stable_share());
@@ -655,6 +733,30 @@ mod tests {
         assert!(html.contains("<span class=\"empty\">none</span>"));
         let html = render(&Value::Null);
         assert!(html.contains("No routes configured."));
+    }
+
+    #[test]
+    fn rollouts_show_the_step_in_force_and_the_next_one() {
+        let mut ramping = route("shop", 5.0, "s");
+        ramping["rollout"] = serde_json::json!({
+            "state": "ramping", "step": 1, "steps": [1, 5, 25], "start": "2026-12-01T09:00:00Z",
+            "step_every": "10m", "next_step_at": "2026-12-01T09:20:00Z"
+        });
+        let mut failed = route("pay", 0.0, "t");
+        failed["rollout"] = serde_json::json!({
+            "state": "rolled_back", "step": 2, "steps": [1, 5, 25], "start": "2026-12-01T09:00:00Z",
+            "step_every": "10m", "next_step_at": null
+        });
+        failed["guard"] =
+            serde_json::json!({"state": "rolled_back", "rolled_back": {"reason": "p99"}});
+        let html = render(&doc(vec![ramping, failed]));
+        assert!(html.contains("<div class=\"rollout\">rollout ramping · step 2 of 3 (5 %) · next step at 2026-12-01T09:20:00Z · steps 1/5/25 every 10m</div>"), "{html}");
+        assert!(
+            html.contains(
+                "<div class=\"rollout bad\">rollout rolled_back (p99) · step 3 of 3 (25 %)"
+            ),
+            "{html}"
+        );
     }
 
     #[test]

@@ -83,6 +83,16 @@ pub fn table(routes: &Value) -> String {
         out.push_str(line.trim_end());
         out.push('\n');
     }
+    // Rollouts and guards: the step in force and when the next one comes.
+    if let Some(routes) = routes.get("routes").and_then(Value::as_array) {
+        for route in routes {
+            if let Some(line) = crate::status_page::rollout_line(route) {
+                let name = route.get("name").and_then(Value::as_str).unwrap_or("");
+                out.push_str(&plain(&format!("{name}: {line}")));
+                out.push('\n');
+            }
+        }
+    }
     out
 }
 
