@@ -270,7 +270,12 @@ enum Change {
 }
 
 async fn change(admin: AdminArgs, route: String, what: Change) -> ExitCode {
-    let token = match admin.token_file.as_deref().map(read_token).transpose() {
+    let token = match admin
+        .token_file
+        .as_deref()
+        .map(cohort::reload::read_token_file)
+        .transpose()
+    {
         Ok(token) => token,
         Err(e) => {
             eprintln!("{e}");
@@ -300,66 +305,56 @@ async fn change(admin: AdminArgs, route: String, what: Change) -> ExitCode {
             String::new(),
         ),
     };
-    match client::call(&admin.admin, method, &path, &headers, Bytes::from(body)).await {
-        Ok(answer) if answer.status.is_success() => {
-            let state: serde_json::Value = serde_json::from_slice(&answer.body).unwrap_or_default();
-            let rollout = state["rollout"]["state"]
-                .as_str()
-                .map(|s| format!(" (rollout {s})"))
-                .unwrap_or_default();
-            println!(
-                "route {route}: canary {}%{rollout}",
-                state["canary_percent"]
-                    .as_f64()
-                    .and_then(|p| BasisPoints::from_percent(p).ok())
-                    .map_or_else(|| "?".to_owned(), |bp| bp.to_string())
-            );
-            ExitCode::SUCCESS
+    let state = match admin_json(&admin.admin, method, &path, &headers, Bytes::from(body)).await {
+        Ok(state) => state,
+        Err(reason) => {
+            eprintln!("{reason}");
+            return ExitCode::from(1);
         }
-        Ok(answer) => {
-            eprintln!("{}: {}", answer.status, answer.text().trim_end());
-            ExitCode::from(1)
-        }
-        Err(e) => {
-            eprintln!("{e:#}");
-            ExitCode::from(1)
-        }
-    }
+    };
+    let rollout = state["rollout"]["state"]
+        .as_str()
+        .map(|s| format!(" (rollout {s})"))
+        .unwrap_or_default();
+    println!(
+        "route {route}: canary {}%{rollout}",
+        state["canary_percent"]
+            .as_f64()
+            .and_then(|p| BasisPoints::from_percent(p).ok())
+            .map_or_else(|| "?".to_owned(), |bp| bp.to_string())
+    );
+    ExitCode::SUCCESS
 }
 
 async fn status(admin: AdminArgs) -> ExitCode {
-    match client::call(&admin.admin, Method::GET, "/routes", &[], Bytes::new()).await {
-        Ok(answer) if answer.status.is_success() => {
-            match serde_json::from_slice::<serde_json::Value>(&answer.body) {
-                Ok(routes) => {
-                    print!("{}", cohort::status_table::table(&routes));
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("{}: /routes did not answer JSON: {e}", admin.admin);
-                    ExitCode::from(1)
-                }
-            }
+    match admin_json(&admin.admin, Method::GET, "/routes", &[], Bytes::new()).await {
+        Ok(routes) => {
+            print!("{}", cohort::status_table::table(&routes));
+            ExitCode::SUCCESS
         }
-        Ok(answer) => {
-            eprintln!("{}: {}", answer.status, answer.text().trim_end());
-            ExitCode::from(1)
-        }
-        Err(e) => {
-            eprintln!("{e:#}");
+        Err(reason) => {
+            eprintln!("{reason}");
             ExitCode::from(1)
         }
     }
 }
 
-fn read_token(path: &std::path::Path) -> Result<String, String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("cannot read the token file {}: {e}", path.display()))?;
-    let token = text.trim();
-    if token.is_empty() {
-        return Err(format!("the token file {} is empty", path.display()));
+/// One admin call whose 2xx answer is JSON; anything else becomes the line to print.
+async fn admin_json(
+    base: &str,
+    method: Method,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Bytes,
+) -> Result<serde_json::Value, String> {
+    let answer = client::call(base, method, path, headers, body)
+        .await
+        .map_err(|e| format!("{e:#}"))?;
+    if !answer.status.is_success() {
+        return Err(format!("{}: {}", answer.status, answer.text().trim_end()));
     }
-    Ok(token.to_owned())
+    serde_json::from_slice(&answer.body)
+        .map_err(|e| format!("{base}{path} did not answer JSON: {e}"))
 }
 
 /// Route names are letters, digits, `-`, `_` and `.` (validated), so they go into a

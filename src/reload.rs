@@ -272,13 +272,19 @@ pub fn read_token(config: &Config) -> Result<Option<String>, ReloadError> {
         file: config.source.clone(),
         reason,
     };
+    read_token_file(file).map(Some).map_err(error)
+}
+
+/// A token file's content with surrounding whitespace trimmed; unreadable or empty
+/// files are errors that name the file.
+pub fn read_token_file(file: &Path) -> Result<String, String> {
     let text = std::fs::read_to_string(file)
-        .map_err(|e| error(format!("cannot read {}: {e}", file.display())))?;
+        .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
     let token = text.trim();
     if token.is_empty() {
-        return Err(error(format!("{} is empty", file.display())));
+        return Err(format!("{} is empty", file.display()));
     }
-    Ok(Some(token.to_owned()))
+    Ok(token.to_owned())
 }
 
 /// Watches the config file's directory (so editor renames and Kubernetes ConfigMap

@@ -7,8 +7,6 @@ mod prom;
 mod support;
 
 use std::collections::BTreeMap;
-use std::io::Write as _;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use cohort::cohort::{assign, BasisPoints, Variant};
@@ -526,32 +524,5 @@ async fn promtool_accepts_the_real_metrics_page() {
     let (cohort, _stable, _canary) = start_busy().await;
     let text = cohort.metrics().await;
     cohort.shutdown().await;
-    let mut child = match Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-    {
-        Ok(child) => child,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => panic!(
-            "promtool is not installed; install the Debian package `prometheus` \
-             (apt-get update && apt-get install -y prometheus) to run this test"
-        ),
-        Err(e) => panic!("cannot run promtool: {e}"),
-    };
-    child
-        .stdin
-        .take()
-        .expect("stdin piped")
-        .write_all(text.as_bytes())
-        .expect("feed promtool");
-    let out = child.wait_with_output().expect("promtool output");
-    assert!(
-        out.status.success(),
-        "promtool check metrics rejected /metrics ({}):\nstdout: {}\nstderr: {}\n--- page ---\n{text}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr),
-    );
+    support::promtool_check_metrics(&text);
 }

@@ -38,18 +38,6 @@ canary = {{ endpoints = ["{}"] }}
     )
 }
 
-async fn start_from(path: &Path, dir: tempfile::TempDir) -> TestCohort {
-    let config = cohort::config::load(path).unwrap_or_else(|e| panic!("{e}"));
-    let running = cohort::start(config).await.expect("start cohort");
-    TestCohort {
-        proxy: running.proxy_addr(),
-        admin: running.admin_addr(),
-        running: Some(running),
-        dir,
-        config_path: path.to_path_buf(),
-    }
-}
-
 async fn routes(cohort: &TestCohort) -> serde_json::Value {
     let answer = get(&cohort.admin_url("/routes"), &[]).await;
     assert_eq!(answer.status, 200);
@@ -105,7 +93,7 @@ async fn start_with_text(text: &str) -> TestCohort {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("cohort.toml");
     write_in_place(&path, text);
-    start_from(&path, dir).await
+    TestCohort::start_from(&path, dir).await
 }
 
 #[tokio::test]
@@ -162,7 +150,7 @@ async fn configmap_symlink_swap_applies_within_two_seconds() {
     );
     let path = root.join("cohort.toml");
     std::os::unix::fs::symlink("..data/cohort.toml", &path).expect("symlink");
-    let cohort = start_from(&path, dir).await;
+    let cohort = TestCohort::start_from(&path, dir).await;
     assert_eq!(percent(&cohort).await, 10.0);
 
     publish(
@@ -358,7 +346,7 @@ async fn with_a_token_file_changes_need_the_bearer_token() {
         "[admin]\naddress = \"127.0.0.1:0\"\ntoken_file = \"token\"",
     );
     write_in_place(&path, &text);
-    let cohort = start_from(&path, dir).await;
+    let cohort = TestCohort::start_from(&path, dir).await;
     assert_eq!(
         put_percent(&cohort, "web", r#"{"percent": 5}"#, None)
             .await
@@ -434,7 +422,7 @@ async fn a_change_made_through_the_api_survives_a_restart() {
     std::fs::copy(&path, &kept).expect("copy");
     cohort.shutdown().await;
 
-    let restarted = start_from(&kept, dir).await;
+    let restarted = TestCohort::start_from(&kept, dir).await;
     assert_eq!(percent(&restarted).await, 42.5);
     let text = std::fs::read_to_string(&kept).expect("read");
     assert!(text.contains("# cohort test config: this comment must survive write-back"));

@@ -48,18 +48,6 @@ canary = {{ endpoints = ["{}"] }}
     )
 }
 
-async fn start_from(path: &Path, dir: tempfile::TempDir) -> TestCohort {
-    let config = cohort::config::load(path).unwrap_or_else(|e| panic!("{e}"));
-    let running = cohort::start(config).await.expect("start cohort");
-    TestCohort {
-        proxy: running.proxy_addr(),
-        admin: running.admin_addr(),
-        running: Some(running),
-        dir,
-        config_path: path.to_path_buf(),
-    }
-}
-
 async fn route_state(cohort: &TestCohort) -> serde_json::Value {
     let answer = get(&cohort.admin_url("/routes"), &[]).await;
     assert_eq!(answer.status, 200);
@@ -152,7 +140,7 @@ async fn a_canary_that_goes_bad_at_step_two_is_rolled_back_and_stays_rolled_back
         "[routes.guard]\nwindow = \"2s\"\nmin_requests = 10\nmax_error_ratio = 0.2\naction = \"rollback\"",
     );
     std::fs::write(&path, &text).expect("write");
-    let cohort = start_from(&path, dir).await;
+    let cohort = TestCohort::start_from(&path, dir).await;
     let traffic = Traffic::start(&cohort);
 
     let state = route_state(&cohort).await;
@@ -239,7 +227,7 @@ async fn a_canary_that_goes_bad_at_step_two_is_rolled_back_and_stays_rolled_back
     let kept_path = kept.path().join("cohort.toml");
     std::fs::copy(&path, &kept_path).expect("copy config");
     cohort.shutdown().await;
-    let restarted = start_from(&kept_path, kept).await;
+    let restarted = TestCohort::start_from(&kept_path, kept).await;
     let state = route_state(&restarted).await;
     assert_eq!(state["canary_percent"], 0);
     assert_eq!(state["rollout"]["state"], "rolled_back");
@@ -302,7 +290,7 @@ async fn hold_stays_on_its_step_while_failing_and_follows_the_schedule_once_heal
         "[routes.guard]\nwindow = \"1s\"\nmin_requests = 5\nmax_error_ratio = 0.1\naction = \"hold\"",
     );
     std::fs::write(&path, &text).expect("write");
-    let cohort = start_from(&path, dir).await;
+    let cohort = TestCohort::start_from(&path, dir).await;
     let traffic = Traffic::start(&cohort);
 
     let held = wait_for(&cohort, "holding", Duration::from_secs(3), |s| {
@@ -406,7 +394,7 @@ async fn manual_controls_on_a_rollout_route_and_the_webhook_retried_until_accept
         &format!("[routes.guard]\nmax_error_ratio = 0.5\non_rollback = \"http://{hook_addr}/hooks/cohort\""),
     );
     std::fs::write(&path, &text).expect("write");
-    let cohort = start_from(&path, dir).await;
+    let cohort = TestCohort::start_from(&path, dir).await;
     assert_eq!(
         route_state(&cohort).await["canary_percent"],
         25,
@@ -491,7 +479,7 @@ async fn rollout_metrics_pass_promtool() {
         "[routes.guard]\nmax_p99 = \"500ms\"",
     );
     std::fs::write(&path, &text).expect("write");
-    let cohort = start_from(&path, dir).await;
+    let cohort = TestCohort::start_from(&path, dir).await;
     let state = route_state(&cohort).await;
     assert_eq!(state["rollout"]["state"], "pending");
     assert_eq!(state["canary_percent"], 0);
@@ -519,26 +507,6 @@ async fn rollout_metrics_pass_promtool() {
         .filter(|l| l.starts_with("cohort_rollout_state{"))
         .collect();
     assert_eq!(states.len(), 5, "{states:?}");
-    let mut child = std::process::Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("promtool is missing: install the Debian package `prometheus` (scripts/test does)");
-    use std::io::Write;
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(metrics.as_bytes())
-        .expect("write");
-    let out = child.wait_with_output().expect("promtool");
-    assert!(
-        out.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    support::promtool_check_metrics(&metrics);
     cohort.shutdown().await;
 }

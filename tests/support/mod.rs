@@ -675,14 +675,20 @@ impl TestCohort {
         let dir = tempfile::tempdir().expect("tempdir");
         let config_path = dir.path().join("cohort.toml");
         std::fs::write(&config_path, &text).expect("write config");
-        let config = cohort::config::load(&config_path).unwrap_or_else(|e| panic!("{e}"));
+        TestCohort::start_from(&config_path, dir).await
+    }
+
+    /// Starts cohort from a config file the test wrote itself; `dir` lives as long as
+    /// the instance (put what must outlive it, such as a `state_dir`, elsewhere).
+    pub async fn start_from(config_path: &std::path::Path, dir: tempfile::TempDir) -> TestCohort {
+        let config = cohort::config::load(config_path).unwrap_or_else(|e| panic!("{e}"));
         let running = cohort::start(config).await.expect("start cohort");
         TestCohort {
             proxy: running.proxy_addr(),
             admin: running.admin_addr(),
             running: Some(running),
             dir,
-            config_path,
+            config_path: config_path.to_path_buf(),
         }
     }
 
@@ -726,6 +732,40 @@ impl TestCohort {
             running.shutdown().await;
         }
     }
+}
+
+/// Runs `promtool check metrics` on a Prometheus text page and fails the test with
+/// promtool's reasons if it rejects it. A missing promtool is a failure, never a skip.
+pub fn promtool_check_metrics(text: &str) {
+    use std::io::Write;
+    let mut child = match std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+    {
+        Ok(child) => child,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => panic!(
+            "promtool is not installed; install the Debian package `prometheus` \
+             (apt-get update && apt-get install -y prometheus) to run this test"
+        ),
+        Err(e) => panic!("cannot run promtool: {e}"),
+    };
+    child
+        .stdin
+        .take()
+        .expect("stdin piped")
+        .write_all(text.as_bytes())
+        .expect("feed promtool");
+    let out = child.wait_with_output().expect("promtool output");
+    assert!(
+        out.status.success(),
+        "promtool check metrics rejected /metrics ({}):\nstdout: {}\nstderr: {}\n--- page ---\n{text}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
 }
 
 /// Finds the value of `name{labels...}` in Prometheus text (0 if absent).
