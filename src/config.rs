@@ -7,6 +7,7 @@
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::HeaderName;
@@ -15,6 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::cohort::BasisPoints;
 use crate::rollout::{self, Guard, GuardAction, Rollout};
+use crate::tls;
 
 pub const DEFAULT_CONFIG_PATH: &str = "config/cohort.toml";
 pub const DEFAULT_OVERRIDE_HEADER: &str = "x-cohort-variant";
@@ -150,7 +152,6 @@ fn default_admin_address() -> String {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-#[allow(dead_code)] // read by the TLS feature; accepted now so the schema is stable
 struct RawServerTls {
     cert: String,
     key: String,
@@ -211,7 +212,18 @@ struct RawVariant {
     #[serde(default)]
     endpoints: Vec<String>,
     protocol: Option<String>,
-    tls: Option<toml::Value>,
+    tls: Option<RawUpstreamTls>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUpstreamTls {
+    ca: Option<String>,
+    server_name: Option<String>,
+    client_cert: Option<String>,
+    client_key: Option<String>,
+    #[serde(default)]
+    insecure_skip_verify: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -283,6 +295,20 @@ pub struct Listen {
     #[serde(serialize_with = "ser_opt_header")]
     pub variant_header: Option<HeaderName>,
     pub access_log: bool,
+    /// Whether the listener speaks TLS is read at start only; its files are re-read.
+    pub tls: Option<ServerTls>,
+}
+
+/// `listen.tls`, or a route's `tls` (served by SNI for its `host`): a certificate
+/// chain and key, read and checked at validation.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ServerTls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// Clients must present a certificate chaining to this CA (mTLS); listen.tls only.
+    pub client_ca: Option<PathBuf>,
+    #[serde(skip)]
+    pub material: tls::Loaded<tls::ServerMaterial>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -296,6 +322,8 @@ pub struct Route {
     pub name: String,
     /// Lowercase, without port.
     pub host: Option<String>,
+    /// The certificate served for `host` (by SNI) on a TLS listener.
+    pub tls: Option<ServerTls>,
     pub path_prefix: String,
     pub sticky: Vec<StickySource>,
     pub salt: String,
@@ -356,14 +384,89 @@ impl Serialize for StickySource {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Upstream {
     pub endpoints: Vec<Endpoint>,
+    pub protocol: Protocol,
+    pub tls: Option<UpstreamTls>,
 }
 
-/// An `http://host:port` endpoint. The host is resolved when connecting, so
-/// docker-compose service names and DNS changes work.
+impl Upstream {
+    fn empty() -> Upstream {
+        Upstream {
+            endpoints: vec![],
+            protocol: Protocol::Http1,
+            tls: None,
+        }
+    }
+}
+
+/// How cohort speaks to a variant's endpoints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    /// HTTP/1.1, pooled keep-alive connections (the default).
+    Http1,
+    /// HTTP/2 over TLS (ALPN `h2`), for `https://` endpoints.
+    H2,
+    /// HTTP/2 with prior knowledge over plain TCP, for `http://` endpoints.
+    H2c,
+}
+
+/// A variant's `tls` settings for its `https://` endpoints (paths resolved).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct UpstreamTls {
+    pub ca: Option<PathBuf>,
+    pub server_name: Option<String>,
+    pub client_cert: Option<PathBuf>,
+    pub client_key: Option<PathBuf>,
+    pub insecure_skip_verify: bool,
+}
+
+/// An `http://` or `https://` `host:port` endpoint. The host is resolved when
+/// connecting, so docker-compose service names and DNS changes work.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Endpoint {
     pub host: String,
     pub port: u16,
+    pub transport: Transport,
+}
+
+/// What runs over the TCP connection to an endpoint.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Transport {
+    /// Plain HTTP/1.1: the hot path.
+    Http1,
+    /// HTTP/2 with prior knowledge over plain TCP.
+    H2c,
+    /// TLS, then HTTP/1.1 or (`h2`) HTTP/2.
+    Tls(Arc<ClientTls>),
+}
+
+impl Transport {
+    /// Tells connection pools apart: endpoints with equal ids may share connections.
+    pub fn id(&self) -> u64 {
+        match self {
+            Transport::Http1 => 0,
+            Transport::H2c => 1,
+            Transport::Tls(tls) => tls.config.fingerprint | 2,
+        }
+    }
+
+    /// Whether connections speak HTTP/2 (one multiplexed connection per endpoint).
+    pub fn is_h2(&self) -> bool {
+        match self {
+            Transport::Http1 => false,
+            Transport::H2c => true,
+            Transport::Tls(tls) => tls.h2,
+        }
+    }
+}
+
+/// A ready TLS client config for one variant's `https://` endpoints.
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub struct ClientTls {
+    pub config: tls::Loaded<rustls::ClientConfig>,
+    /// SNI and the name the certificate must carry; the endpoint's host when `None`.
+    pub server_name: Option<rustls::pki_types::ServerName<'static>>,
+    pub h2: bool,
 }
 
 impl Endpoint {
@@ -379,7 +482,11 @@ impl Endpoint {
 
 impl fmt::Display for Endpoint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "http://{}", self.authority())
+        let scheme = match self.transport {
+            Transport::Tls(_) => "https",
+            Transport::Http1 | Transport::H2c => "http",
+        };
+        write!(f, "{scheme}://{}", self.authority())
     }
 }
 
@@ -578,6 +685,16 @@ impl Validator<'_> {
             names.push(name);
             routes.extend(self.route(&key, raw_route));
         }
+        if listen.tls.is_none() {
+            for (i, route) in routes.iter().enumerate() {
+                if route.tls.is_some() {
+                    self.fail(
+                        format!("routes[{i}].tls"),
+                        "needs listen.tls: route certificates are served by SNI on a TLS listener, with listen.tls as the default",
+                    );
+                }
+            }
+        }
         Config {
             source: self.file.to_path_buf(),
             listen,
@@ -610,18 +727,14 @@ impl Validator<'_> {
             Some("") => None,
             Some(name) => self.header_name("listen.variant_header", name),
         };
-        if raw.tls.is_some() {
-            self.fail(
-                "listen.tls",
-                "TLS termination is not available in this version of cohort yet",
-            );
-        }
+        let tls = raw.tls.and_then(|t| self.server_tls("listen.tls", t, true));
         Listen {
             address,
             workers: raw.workers,
             drain_timeout,
             variant_header,
             access_log: raw.access_log,
+            tls,
         }
     }
 
@@ -647,12 +760,15 @@ impl Validator<'_> {
             );
         }
         let host = raw.host.and_then(|h| self.host(&format!("{key}.host"), &h));
-        if raw.tls.is_some() {
-            self.fail(
-                format!("{key}.tls"),
-                "TLS termination is not available in this version of cohort yet",
-            );
-        }
+        let tls = raw.tls.and_then(|t| {
+            if host.is_none() {
+                self.fail(
+                    format!("{key}.tls"),
+                    "needs routes[].host: a route's certificate is served by SNI for its host",
+                );
+            }
+            self.server_tls(&format!("{key}.tls"), t, false)
+        });
         if !raw.path_prefix.starts_with('/') {
             self.fail(
                 format!("{key}.path_prefix"),
@@ -699,12 +815,12 @@ impl Validator<'_> {
             }
             None => {
                 self.fail(format!("{key}.stable"), "is required");
-                Upstream { endpoints: vec![] }
+                Upstream::empty()
             }
         };
         let canary = match raw.canary {
             Some(v) => self.upstream(&format!("{key}.canary"), v),
-            None => Upstream { endpoints: vec![] },
+            None => Upstream::empty(),
         };
         let rollout = raw
             .rollout
@@ -736,6 +852,7 @@ impl Validator<'_> {
         (self.issues.len() == before).then_some(Route {
             name,
             host,
+            tls,
             path_prefix: raw.path_prefix,
             sticky,
             salt,
@@ -895,33 +1012,200 @@ impl Validator<'_> {
     }
 
     fn upstream(&mut self, key: &str, raw: RawVariant) -> Upstream {
-        match raw.protocol.as_deref() {
-            None | Some("http1") => {}
-            Some("h2") | Some("h2c") => self.fail(
-                format!("{key}.protocol"),
-                "HTTP/2 to upstreams is not available in this version of cohort yet",
-            ),
-            Some(other) => self.fail(
-                format!("{key}.protocol"),
-                format!("unknown protocol {other:?} (use \"http1\", \"h2\" or \"h2c\")"),
-            ),
-        }
-        if raw.tls.is_some() {
-            self.fail(
-                format!("{key}.tls"),
-                "TLS to upstreams is not available in this version of cohort yet",
-            );
-        }
-        let endpoints = raw
+        let protocol = match raw.protocol.as_deref() {
+            None | Some("http1") => Protocol::Http1,
+            Some("h2") => Protocol::H2,
+            Some("h2c") => Protocol::H2c,
+            Some(other) => {
+                self.fail(
+                    format!("{key}.protocol"),
+                    format!("unknown protocol {other:?} (use \"http1\", \"h2\" or \"h2c\")"),
+                );
+                Protocol::Http1
+            }
+        };
+        let endpoints: Vec<(Endpoint, bool)> = raw
             .endpoints
             .iter()
             .enumerate()
             .filter_map(|(i, url)| self.endpoint(&format!("{key}.endpoints[{i}]"), url))
             .collect();
-        Upstream { endpoints }
+        let any_https = endpoints.iter().any(|(_, https)| *https);
+        let settings = raw.tls.map(|t| self.upstream_tls(&format!("{key}.tls"), t));
+        if settings.is_some() && !any_https {
+            self.fail(
+                format!("{key}.tls"),
+                "applies to https:// endpoints, and this variant has none",
+            );
+        }
+        let client_tls = if any_https {
+            self.client_tls(key, settings.as_ref(), protocol)
+        } else {
+            None
+        };
+        let endpoints = endpoints
+            .into_iter()
+            .enumerate()
+            .map(|(i, (mut endpoint, https))| {
+                endpoint.transport = match (https, protocol, &client_tls) {
+                    (false, Protocol::Http1, _) => Transport::Http1,
+                    (false, Protocol::H2c, _) => Transport::H2c,
+                    (false, Protocol::H2, _) => {
+                        self.fail(
+                            format!("{key}.endpoints[{i}]"),
+                            "protocol = \"h2\" needs an https:// endpoint (use \"h2c\" for HTTP/2 without TLS)",
+                        );
+                        Transport::Http1
+                    }
+                    (true, Protocol::H2c, _) => {
+                        self.fail(
+                            format!("{key}.endpoints[{i}]"),
+                            "protocol = \"h2c\" is HTTP/2 without TLS and needs an http:// endpoint (use \"h2\" for https://)",
+                        );
+                        Transport::Http1
+                    }
+                    (true, _, Some(tls)) => Transport::Tls(tls.clone()),
+                    // The TLS settings were invalid; that issue is already reported.
+                    (true, _, None) => Transport::Http1,
+                };
+                endpoint
+            })
+            .collect();
+        Upstream {
+            endpoints,
+            protocol,
+            tls: settings.map(|(tls, _)| tls),
+        }
     }
 
-    fn endpoint(&mut self, key: &str, url: &str) -> Option<Endpoint> {
+    fn upstream_tls(
+        &mut self,
+        key: &str,
+        raw: RawUpstreamTls,
+    ) -> (UpstreamTls, Option<tls::ClientSettings>) {
+        let before = self.issues.len();
+        if raw.client_cert.is_some() != raw.client_key.is_some() {
+            self.fail(
+                key,
+                "client_cert and client_key go together: set both for a client certificate, or neither",
+            );
+        }
+        if raw.insecure_skip_verify && raw.ca.is_some() {
+            self.fail(
+                format!("{key}.insecure_skip_verify"),
+                "true skips verification, so ca would be ignored: set one of them",
+            );
+        }
+        let server_name = raw.server_name.filter(|name| {
+            let ok = rustls::pki_types::ServerName::try_from(name.as_str()).is_ok();
+            if !ok {
+                self.fail(
+                    format!("{key}.server_name"),
+                    format!("{name:?} is not a DNS name or IP address"),
+                );
+            }
+            ok
+        });
+        let tls = UpstreamTls {
+            ca: raw.ca.map(|p| self.resolve(&p)),
+            server_name,
+            client_cert: raw.client_cert.map(|p| self.resolve(&p)),
+            client_key: raw.client_key.map(|p| self.resolve(&p)),
+            insecure_skip_verify: raw.insecure_skip_verify,
+        };
+        let settings = (self.issues.len() == before).then(|| tls::ClientSettings {
+            ca: tls.ca.clone(),
+            client_cert: tls.client_cert.clone(),
+            client_key: tls.client_key.clone(),
+            insecure_skip_verify: tls.insecure_skip_verify,
+            h2: false,
+        });
+        (tls, settings)
+    }
+
+    /// Reads the variant's TLS files and builds its client config.
+    fn client_tls(
+        &mut self,
+        key: &str,
+        settings: Option<&(UpstreamTls, Option<tls::ClientSettings>)>,
+        protocol: Protocol,
+    ) -> Option<Arc<ClientTls>> {
+        let (mut client, server_name) = match settings {
+            None => (tls::ClientSettings::default(), None),
+            Some((_, None)) => return None,
+            Some((tls, Some(client))) => (client.clone(), tls.server_name.clone()),
+        };
+        client.h2 = protocol == Protocol::H2;
+        let config = match tls::client_config(&client) {
+            Ok(config) => config,
+            Err(e) => {
+                let field = [
+                    (&client.ca, "ca"),
+                    (&client.client_cert, "client_cert"),
+                    (&client.client_key, "client_key"),
+                ]
+                .into_iter()
+                .find(|(path, _)| path.as_deref() == Some(e.path.as_path()))
+                .map_or(key.to_owned(), |(_, name)| format!("{key}.tls.{name}"));
+                self.fail(field, e.to_string());
+                return None;
+            }
+        };
+        if client.insecure_skip_verify {
+            tracing::warn!(
+                file = %self.file.display(),
+                key = %format!("{key}.tls.insecure_skip_verify"),
+                "TLS certificates of this upstream are NOT verified (insecure_skip_verify = true): anyone on the path can impersonate it"
+            );
+        }
+        let server_name = server_name.and_then(|n| rustls::pki_types::ServerName::try_from(n).ok());
+        Some(Arc::new(ClientTls {
+            config,
+            server_name,
+            h2: client.h2,
+        }))
+    }
+
+    /// A listener certificate: `listen.tls` (`may_verify_clients`) or a route's `tls`.
+    fn server_tls(
+        &mut self,
+        key: &str,
+        raw: RawServerTls,
+        may_verify_clients: bool,
+    ) -> Option<ServerTls> {
+        if raw.client_ca.is_some() && !may_verify_clients {
+            self.fail(
+                format!("{key}.client_ca"),
+                "client certificates are verified for the whole listener: set listen.tls.client_ca",
+            );
+            return None;
+        }
+        let cert = self.resolve(&raw.cert);
+        let tls_key = self.resolve(&raw.key);
+        let client_ca = raw.client_ca.map(|p| self.resolve(&p));
+        match tls::load_server_material(&cert, &tls_key, client_ca.as_deref()) {
+            Ok(material) => Some(ServerTls {
+                cert,
+                key: tls_key,
+                client_ca,
+                material,
+            }),
+            Err(e) => {
+                let field = if e.path == cert {
+                    "cert"
+                } else if client_ca.as_deref() == Some(e.path.as_path()) {
+                    "client_ca"
+                } else {
+                    "key"
+                };
+                self.fail(format!("{key}.{field}"), e.to_string());
+                None
+            }
+        }
+    }
+
+    /// An endpoint URL, and whether it is `https://`.
+    fn endpoint(&mut self, key: &str, url: &str) -> Option<(Endpoint, bool)> {
         let uri: http::Uri = match url.parse() {
             Ok(uri) => uri,
             Err(e) => {
@@ -929,25 +1213,19 @@ impl Validator<'_> {
                 return None;
             }
         };
-        match uri.scheme_str() {
-            Some("http") => {}
-            Some("https") => {
-                self.fail(
-                    key,
-                    format!("{url:?}: https:// upstreams are not available in this version of cohort yet"),
-                );
-                return None;
-            }
+        let https = match uri.scheme_str() {
+            Some("http") => false,
+            Some("https") => true,
             _ => {
                 self.fail(
                     key,
                     format!(
-                        "{url:?} must be an absolute http:// URL such as \"http://127.0.0.1:9001\""
+                        "{url:?} must be an absolute http:// URL such as \"http://127.0.0.1:9001\", or https://"
                     ),
                 );
                 return None;
             }
-        }
+        };
         let Some(authority) = uri.authority() else {
             self.fail(key, format!("{url:?} has no host"));
             return None;
@@ -970,10 +1248,15 @@ impl Validator<'_> {
             self.fail(key, format!("{url:?} has no host"));
             return None;
         }
-        Some(Endpoint {
-            host,
-            port: authority.port_u16().unwrap_or(80),
-        })
+        let default_port = if https { 443 } else { 80 };
+        Some((
+            Endpoint {
+                host,
+                port: authority.port_u16().unwrap_or(default_port),
+                transport: Transport::Http1,
+            },
+            https,
+        ))
     }
 
     fn override_(&mut self, key: &str, raw: RawOverride) -> Override {

@@ -21,7 +21,9 @@ pub mod signals;
 pub mod snapshot;
 pub mod status_page;
 pub mod status_table;
+pub mod tls;
 pub mod upstream;
+pub mod watch;
 pub mod window;
 pub mod writeback;
 

@@ -3,6 +3,8 @@
 //! Each worker is one OS thread with a current-thread tokio runtime, its own upstream
 //! pool, and a clone of the one listening socket; nothing but the snapshot and the
 //! metric handles is shared between workers (see PERFORMANCE.md, "Beyond one core").
+//! On a TLS listener each accepted connection first completes its handshake in its own
+//! task; one that fails is counted and closed, and never reaches the router.
 
 use std::convert::Infallible;
 use std::io;
@@ -18,6 +20,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::proxy::{self, ProxyContext};
+use crate::tls::{ServerTls, HANDSHAKE_TIMEOUT};
 
 /// Pending connections the kernel queues for us; sized for bursts of thousands.
 const BACKLOG: i32 = 4096;
@@ -41,12 +44,13 @@ pub fn worker_count(configured: usize) -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
-/// Starts one worker thread serving `listener` until `shutdown` turns true, then
-/// drains its connections for up to `drain`.
+/// Starts one worker thread serving `listener` (through `tls` when set) until
+/// `shutdown` turns true, then drains its connections for up to `drain`.
 pub fn spawn_worker(
     id: usize,
     listener: std::net::TcpListener,
     ctx: ProxyContext,
+    tls: Option<Arc<ServerTls>>,
     shutdown: watch::Receiver<bool>,
     drain: Duration,
 ) -> io::Result<std::thread::JoinHandle<()>> {
@@ -63,13 +67,14 @@ pub fn spawn_worker(
                     return;
                 }
             };
-            runtime.block_on(serve(listener, Arc::new(ctx), shutdown, drain));
+            runtime.block_on(serve(listener, Arc::new(ctx), tls, shutdown, drain));
         })
 }
 
 async fn serve(
     listener: std::net::TcpListener,
     ctx: Arc<ProxyContext>,
+    tls: Option<Arc<ServerTls>>,
     mut shutdown: watch::Receiver<bool>,
     drain: Duration,
 ) {
@@ -88,11 +93,37 @@ async fn serve(
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     let _ = stream.set_nodelay(true);
-                    let ctx = ctx.clone();
+                    let service_ctx = ctx.clone();
                     let service = hyper::service::service_fn(move |req| {
-                        let ctx = ctx.clone();
+                        let ctx = service_ctx.clone();
                         async move { Ok::<_, Infallible>(proxy::handle(&ctx, req, peer).await) }
                     });
+                    if let Some(tls) = &tls {
+                        let acceptor = tls.acceptor();
+                        let builder = builder.clone();
+                        let watcher = graceful.watcher();
+                        let ctx = ctx.clone();
+                        tokio::spawn(async move {
+                            let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                                Ok(Ok(stream)) => stream,
+                                Ok(Err(e)) => {
+                                    ctx.metrics.tls_handshake_error();
+                                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                                    return;
+                                }
+                                Err(_) => {
+                                    ctx.metrics.tls_handshake_error();
+                                    tracing::debug!(%peer, "TLS handshake timed out");
+                                    return;
+                                }
+                            };
+                            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                            if let Err(e) = watcher.watch(conn.into_owned()).await {
+                                tracing::trace!(%peer, error = %e, "client connection ended with an error");
+                            }
+                        });
+                        continue;
+                    }
                     let conn = builder
                         .serve_connection_with_upgrades(TokioIo::new(stream), service)
                         .into_owned();

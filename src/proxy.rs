@@ -336,12 +336,10 @@ enum Inner {
 }
 
 impl ProxyBody {
-    fn upstream(body: Incoming, lease: Lease) -> ProxyBody {
+    /// `lease` is the HTTP/1.1 connection to give back at the end (HTTP/2 ones are shared).
+    fn upstream(body: Incoming, lease: Option<Lease>) -> ProxyBody {
         ProxyBody {
-            inner: Inner::Upstream {
-                body,
-                lease: Some(lease),
-            },
+            inner: Inner::Upstream { body, lease },
             completion: None,
         }
     }

@@ -17,6 +17,7 @@ use crate::metrics::Metrics;
 use crate::proxy::ProxyContext;
 use crate::reload::{self, Control, ReloadError};
 use crate::snapshot::{SharedSnapshot, Snapshot};
+use crate::tls::ServerTls;
 use crate::upstream::Pool;
 
 /// State shared by the workers, the admin listener and (later) reloads.
@@ -53,6 +54,11 @@ pub enum StartError {
     Workers(io::Error),
     #[error("{0}")]
     Token(#[from] ReloadError),
+    #[error("{}: listen.tls: {reason}", file.display())]
+    Tls {
+        file: std::path::PathBuf,
+        reason: String,
+    },
 }
 
 /// A started instance. Drop it only after [`Running::shutdown`] or [`Running::wait`].
@@ -96,6 +102,10 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             source,
         })?;
 
+    let tls = ServerTls::from_config(&config).map_err(|reason| StartError::Tls {
+        file: config.source.clone(),
+        reason,
+    })?;
     let workers = listener::worker_count(config.listen.workers);
     let drain = config.listen.drain_timeout;
     let config_path = config.source.clone();
@@ -130,9 +140,9 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
                 snapshot: state.snapshot.clone(),
                 metrics: state.metrics.clone(),
                 pool: Pool::new(),
-                scheme: "http",
+                scheme: if tls.is_some() { "https" } else { "http" },
             };
-            listener::spawn_worker(id, socket, ctx, stop_rx.clone(), drain)
+            listener::spawn_worker(id, socket, ctx, tls.clone(), stop_rx.clone(), drain)
         });
         match spawned {
             Ok(handle) => handles.push(handle),
@@ -154,12 +164,19 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         control.clone(),
     ))];
     control_tasks.push(tokio::spawn(guard::evaluate_forever(state.clone())));
+    if let Some(tls) = &tls {
+        control_tasks.push(crate::tls::spawn_reloader(
+            tls.clone(),
+            state.snapshot.clone(),
+        ));
+    }
     if watchable {
         control_tasks.extend(reload::watch(control.clone()));
         control_tasks.extend(reload::on_sighup(control.clone()));
     }
     state.ready.store(true, Ordering::SeqCst);
-    tracing::info!(proxy = %proxy_addr, admin = %admin_addr, workers, "cohort is serving");
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    tracing::info!(proxy = %proxy_addr, admin = %admin_addr, workers, scheme, "cohort is serving");
     Ok(Running {
         proxy_addr,
         admin_addr,

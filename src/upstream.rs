@@ -1,11 +1,15 @@
-//! Upstream connections: one pool per worker thread, keyed by endpoint, HTTP/1.1
-//! keep-alive with hyper's low-level client connections.
+//! Upstream connections: one pool per worker thread, keyed by endpoint, with hyper's
+//! low-level client connections: HTTP/1.1 keep-alive (plain or TLS), and HTTP/2 (h2
+//! over TLS, h2c over TCP) with one multiplexed connection per endpoint.
 //!
-//! A worker's pool is touched only by its own thread, so its mutex is never contended;
-//! it exists to keep the request future `Send`. Connections are reused newest first,
-//! so a quiet pool shrinks by itself as old connections pass the idle timeout.
+//! A worker's pool is touched only by its own thread, so its mutexes are never
+//! contended; they exist to keep the request future `Send`. HTTP/1.1 connections are
+//! reused newest first, so a quiet pool shrinks by itself as old connections pass the
+//! idle timeout. Plain HTTP/1.1 (the hot path) has its own map, keyed by authority, and
+//! pays nothing for TLS or HTTP/2.
 
 use std::collections::{HashMap, VecDeque};
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -14,14 +18,18 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::{Request, Response};
+use http::header::{CONNECTION, HOST, UPGRADE};
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{Request, Response, Uri, Version};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
-use hyper_util::rt::TokioIo;
+use hyper::client::conn::{http2, TrySendError};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
-use crate::config::{Endpoint, Timeouts};
+use crate::config::{ClientTls, Endpoint, Timeouts, Transport};
 use crate::metrics::UpstreamErrorKind;
 
 /// A pooled connection idle longer than this is closed rather than reused. It is kept
@@ -51,6 +59,11 @@ pub enum UpstreamError {
     ConnectTimeout { authority: String, after: Duration },
     #[error("no response headers from {authority} within {after:?}")]
     ResponseTimeout { authority: String, after: Duration },
+    #[error("TLS handshake with {authority} failed: {source}")]
+    Tls {
+        authority: String,
+        source: io::Error,
+    },
     #[error("HTTP handshake with {authority} failed: {source}")]
     Handshake {
         authority: String,
@@ -79,6 +92,7 @@ impl UpstreamError {
             UpstreamError::ConnectTimeout { .. } | UpstreamError::ResponseTimeout { .. } => {
                 UpstreamErrorKind::Timeout
             }
+            UpstreamError::Tls { .. } => UpstreamErrorKind::Tls,
             UpstreamError::Reset { .. } => UpstreamErrorKind::Reset,
             UpstreamError::Protocol { .. } => UpstreamErrorKind::Protocol,
         }
@@ -91,6 +105,7 @@ impl UpstreamError {
             UpstreamError::Resolve { .. }
                 | UpstreamError::Connect { .. }
                 | UpstreamError::ConnectTimeout { .. }
+                | UpstreamError::Tls { .. }
                 | UpstreamError::Handshake { .. }
         )
     }
@@ -104,15 +119,68 @@ struct IdleConnection {
 /// A worker's upstream connections.
 #[derive(Clone, Default)]
 pub struct Pool {
-    idle: Arc<Mutex<HashMap<String, VecDeque<IdleConnection>>>>,
+    inner: Arc<PoolInner>,
 }
 
-/// A connection lent to one request; give it back with [`Pool::give_back`] once the
-/// response body has been read to its end.
+#[derive(Default)]
+struct PoolInner {
+    /// Plain HTTP/1.1, keyed by authority.
+    idle: Mutex<HashMap<String, VecDeque<IdleConnection>>>,
+    /// TLS and HTTP/2 connections, keyed by authority and transport settings, so
+    /// variants with different TLS settings never share a connection.
+    keyed: Mutex<Keyed>,
+}
+
+#[derive(Default)]
+struct Keyed {
+    idle: HashMap<PoolKey, VecDeque<IdleConnection>>,
+    h2: HashMap<PoolKey, http2::SendRequest<SentBody>>,
+}
+
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct PoolKey {
+    authority: Arc<str>,
+    transport: u64,
+}
+
+/// Where a lent HTTP/1.1 connection goes back to.
+enum Slot {
+    Plain(Arc<str>),
+    Keyed(PoolKey),
+}
+
+/// An HTTP/1.1 connection lent to one request; give it back with [`Pool::give_back`]
+/// once the response body has been read to its end. (HTTP/2 connections are shared,
+/// never lent.)
 pub struct Lease {
     pool: Pool,
-    authority: Arc<str>,
+    slot: Slot,
     sender: SendRequest<SentBody>,
+}
+
+/// Pops the newest live connection of a queue.
+fn pop_live(queue: &mut VecDeque<IdleConnection>) -> Option<SendRequest<SentBody>> {
+    let now = Instant::now();
+    while let Some(conn) = queue.pop_back() {
+        if conn.sender.is_closed() || now.duration_since(conn.since) > IDLE_TIMEOUT {
+            continue;
+        }
+        return Some(conn.sender);
+    }
+    // Everything left is older than what we popped; nothing reusable remains.
+    queue.clear();
+    None
+}
+
+fn push_idle(queue: &mut VecDeque<IdleConnection>, sender: SendRequest<SentBody>) {
+    if queue.len() >= MAX_IDLE_PER_ENDPOINT {
+        // Drop the oldest: it is the likeliest to be closed by the upstream.
+        queue.pop_front();
+    }
+    queue.push_back(IdleConnection {
+        sender,
+        since: Instant::now(),
+    });
 }
 
 impl Pool {
@@ -120,19 +188,25 @@ impl Pool {
         Pool::default()
     }
 
-    fn take_idle(&self, authority: &str) -> Option<SendRequest<SentBody>> {
-        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
-        let queue = idle.get_mut(authority)?;
-        let now = Instant::now();
-        while let Some(conn) = queue.pop_back() {
-            if conn.sender.is_closed() || now.duration_since(conn.since) > IDLE_TIMEOUT {
-                continue;
+    fn keyed(&self) -> std::sync::MutexGuard<'_, Keyed> {
+        self.inner
+            .keyed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn take_idle(&self, slot: &Slot) -> Option<SendRequest<SentBody>> {
+        match slot {
+            Slot::Plain(authority) => {
+                let mut idle = self
+                    .inner
+                    .idle
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner);
+                pop_live(idle.get_mut(&**authority)?)
             }
-            return Some(conn.sender);
+            Slot::Keyed(key) => pop_live(self.keyed().idle.get_mut(key)?),
         }
-        // Everything left is older than what we popped; nothing reusable remains.
-        queue.clear();
-        None
     }
 
     /// Returns a connection whose last response was read completely.
@@ -140,23 +214,26 @@ impl Pool {
         if lease.sender.is_closed() {
             return;
         }
-        let mut idle = lease
-            .pool
-            .idle
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        let queue = idle.entry(lease.authority.to_string()).or_default();
-        if queue.len() >= MAX_IDLE_PER_ENDPOINT {
-            // Drop the oldest: it is the likeliest to be closed by the upstream.
-            queue.pop_front();
+        match lease.slot {
+            Slot::Plain(authority) => {
+                let mut idle = lease
+                    .pool
+                    .inner
+                    .idle
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner);
+                push_idle(idle.entry(authority.to_string()).or_default(), lease.sender);
+            }
+            Slot::Keyed(key) => {
+                let mut keyed = lease.pool.keyed();
+                push_idle(keyed.idle.entry(key).or_default(), lease.sender);
+            }
         }
-        queue.push_back(IdleConnection {
-            sender: lease.sender,
-            since: Instant::now(),
-        });
     }
 
-    /// Sends `req` to `endpoint`, on an idle connection if one is alive, else a new one.
+    /// Sends `req` to `endpoint`: HTTP/1.1 on an idle connection if one is alive, else
+    /// a new one; HTTP/2 on the endpoint's shared connection, opened when missing or
+    /// closed. HTTP/1.1 responses come with the [`Lease`] of their connection.
     ///
     /// On a connect-stage failure the request comes back untouched in the error tuple,
     /// so the caller may try another endpoint.
@@ -164,17 +241,47 @@ impl Pool {
         &self,
         endpoint: &Endpoint,
         authority: &Arc<str>,
+        req: Request<Incoming>,
+        timeouts: &Timeouts,
+    ) -> Result<(Response<Incoming>, Option<Lease>), (UpstreamError, Option<Request<Incoming>>)>
+    {
+        let slot = match &endpoint.transport {
+            Transport::Http1 => Slot::Plain(authority.clone()),
+            transport => {
+                let key = PoolKey {
+                    authority: authority.clone(),
+                    transport: transport.id(),
+                };
+                if transport.is_h2() {
+                    return self
+                        .send_h2(key, endpoint, authority, req, timeouts)
+                        .await
+                        .map(|resp| (resp, None));
+                }
+                Slot::Keyed(key)
+            }
+        };
+        self.send_h1(slot, endpoint, authority, req, timeouts)
+            .await
+            .map(|(resp, lease)| (resp, Some(lease)))
+    }
+
+    async fn send_h1(
+        &self,
+        slot: Slot,
+        endpoint: &Endpoint,
+        authority: &str,
         mut req: Request<Incoming>,
         timeouts: &Timeouts,
     ) -> Result<(Response<Incoming>, Lease), (UpstreamError, Option<Request<Incoming>>)> {
         // Idle connections first; one the upstream closed meanwhile hands the request
         // back unsent, and the next one is tried.
-        while let Some(mut sender) = self.take_idle(authority) {
+        while let Some(mut sender) = self.take_idle(&slot) {
             if !sender.is_ready() && sender.ready().await.is_err() {
                 continue;
             }
-            match self.exchange(&mut sender, authority, req, timeouts).await {
-                Ok(resp) => return Ok((resp, self.lease(authority, sender))),
+            match exchange(authority, req, timeouts, |r| sender.try_send_request(r)).await {
+                Ok(resp) => return Ok((resp, self.lease(slot, sender))),
                 Err(Exchange::NotSent(back)) => req = back,
                 Err(Exchange::Failed(e)) => return Err((e, None)),
             }
@@ -183,73 +290,156 @@ impl Pool {
             Ok(sender) => sender,
             Err(e) => return Err((e, Some(req))),
         };
-        match self.exchange(&mut sender, authority, req, timeouts).await {
-            Ok(resp) => Ok((resp, self.lease(authority, sender))),
-            Err(Exchange::NotSent(back)) => Err((
-                UpstreamError::Connect {
-                    authority: authority.to_string(),
-                    source: io::Error::new(
-                        io::ErrorKind::ConnectionAborted,
-                        "the new connection closed before the request was written",
-                    ),
-                },
-                Some(back),
-            )),
+        match exchange(authority, req, timeouts, |r| sender.try_send_request(r)).await {
+            Ok(resp) => Ok((resp, self.lease(slot, sender))),
+            Err(Exchange::NotSent(back)) => Err((closed_before_sending(authority), Some(back))),
             Err(Exchange::Failed(e)) => Err((e, None)),
         }
     }
 
-    fn lease(&self, authority: &Arc<str>, sender: SendRequest<SentBody>) -> Lease {
-        Lease {
-            pool: self.clone(),
-            authority: authority.clone(),
-            sender,
-        }
-    }
-
-    /// Sends one request and waits for its response head.
-    ///
-    /// `timeouts.request` bounds waiting, never working: while the request body flows,
-    /// it bounds a stall (neither the client supplies a frame nor the upstream takes
-    /// one); once the body is sent, it bounds the wait for the response headers. So an
-    /// upload longer than the timeout goes through, and a stuck upstream still gets a
-    /// 504 in bounded time.
-    async fn exchange(
+    /// One multiplexed HTTP/2 connection per endpoint (and TLS settings) and worker,
+    /// replaced when it closes.
+    async fn send_h2(
         &self,
-        sender: &mut SendRequest<SentBody>,
+        key: PoolKey,
+        endpoint: &Endpoint,
         authority: &str,
         req: Request<Incoming>,
         timeouts: &Timeouts,
-    ) -> Result<Response<Incoming>, Exchange> {
-        let progress = Arc::new(Progress::new());
-        let req = req.map(|body| SentBody {
-            inner: body,
-            progress: MarkOnDrop(progress.clone()),
-        });
-        let stalled = async {
-            loop {
-                let last = progress.last();
-                tokio::time::sleep_until((last + timeouts.request).into()).await;
-                if progress.last() == last {
-                    return;
+    ) -> Result<Response<Incoming>, (UpstreamError, Option<Request<Incoming>>)> {
+        let mut req = to_h2(req, endpoint);
+        let shared = {
+            let keyed = self.keyed();
+            keyed.h2.get(&key).filter(|s| !s.is_closed()).cloned()
+        };
+        if let Some(mut sender) = shared {
+            if sender.ready().await.is_ok() {
+                match exchange(authority, req, timeouts, |r| sender.try_send_request(r)).await {
+                    Ok(resp) => return Ok(resp),
+                    Err(Exchange::NotSent(back)) => req = back,
+                    Err(Exchange::Failed(e)) => return Err((e, None)),
                 }
             }
-        };
-        tokio::select! {
-            // An upstream may answer before the body is in (an early 413); both work.
-            biased;
-            result = sender.try_send_request(req) => match result {
-                Ok(resp) => Ok(resp),
-                Err(mut e) => match e.take_message() {
-                    Some(req) => Err(Exchange::NotSent(req.map(SentBody::into_inner))),
-                    None => Err(Exchange::Failed(classify(authority, e.into_error()))),
-                },
-            },
-            () = stalled => Err(Exchange::Failed(UpstreamError::ResponseTimeout {
-                authority: authority.to_owned(),
-                after: timeouts.request,
-            })),
         }
+        let mut sender = match connect_h2(endpoint, authority, timeouts.connect).await {
+            Ok(sender) => sender,
+            Err(e) => return Err((e, Some(req))),
+        };
+        {
+            let mut keyed = self.keyed();
+            // Connections of endpoints that left the config, or that closed, go.
+            keyed.h2.retain(|_, s| !s.is_closed());
+            let replace = keyed.h2.get(&key).map_or(true, |s| s.is_closed());
+            if replace {
+                keyed.h2.insert(key, sender.clone());
+            }
+        }
+        match exchange(authority, req, timeouts, |r| sender.try_send_request(r)).await {
+            Ok(resp) => Ok(resp),
+            Err(Exchange::NotSent(back)) => Err((closed_before_sending(authority), Some(back))),
+            Err(Exchange::Failed(e)) => Err((e, None)),
+        }
+    }
+
+    fn lease(&self, slot: Slot, sender: SendRequest<SentBody>) -> Lease {
+        Lease {
+            pool: self.clone(),
+            slot,
+            sender,
+        }
+    }
+}
+
+fn closed_before_sending(authority: &str) -> UpstreamError {
+    UpstreamError::Connect {
+        authority: authority.to_owned(),
+        source: io::Error::new(
+            io::ErrorKind::ConnectionAborted,
+            "the new connection closed before the request was written",
+        ),
+    }
+}
+
+/// An HTTP/2 request carries scheme and authority in its URI (`:scheme`,
+/// `:authority`): the authority is the client's `Host`, which passes through, and
+/// connection-specific headers, which HTTP/2 forbids, go.
+fn to_h2(mut req: Request<Incoming>, endpoint: &Endpoint) -> Request<Incoming> {
+    if req.version() == Version::HTTP_2 {
+        // Already rewritten (a retry on another endpoint of the variant).
+        return req;
+    }
+    let scheme = match endpoint.transport {
+        Transport::Tls(_) => Scheme::HTTPS,
+        Transport::Http1 | Transport::H2c => Scheme::HTTP,
+    };
+    let headers = req.headers_mut();
+    let authority = headers
+        .remove(HOST)
+        .and_then(|host| Authority::try_from(host.as_bytes()).ok())
+        .or_else(|| Authority::try_from(endpoint.authority()).ok());
+    headers.remove(CONNECTION);
+    headers.remove(UPGRADE);
+    let mut parts = http::uri::Parts::default();
+    parts.scheme = Some(scheme);
+    parts.authority = authority;
+    parts.path_and_query = Some(
+        req.uri()
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/")),
+    );
+    if let Ok(uri) = Uri::from_parts(parts) {
+        *req.uri_mut() = uri;
+    }
+    *req.version_mut() = Version::HTTP_2;
+    req
+}
+
+/// Sends one request and waits for its response head.
+///
+/// `timeouts.request` bounds waiting, never working: while the request body flows,
+/// it bounds a stall (neither the client supplies a frame nor the upstream takes
+/// one); once the body is sent, it bounds the wait for the response headers. So an
+/// upload longer than the timeout goes through, and a stuck upstream still gets a
+/// 504 in bounded time.
+async fn exchange<F, Fut>(
+    authority: &str,
+    req: Request<Incoming>,
+    timeouts: &Timeouts,
+    send: F,
+) -> Result<Response<Incoming>, Exchange>
+where
+    F: FnOnce(Request<SentBody>) -> Fut,
+    Fut: Future<Output = Result<Response<Incoming>, TrySendError<Request<SentBody>>>>,
+{
+    let progress = Arc::new(Progress::new());
+    let req = req.map(|body| SentBody {
+        inner: body,
+        progress: MarkOnDrop(progress.clone()),
+    });
+    let stalled = async {
+        loop {
+            let last = progress.last();
+            tokio::time::sleep_until((last + timeouts.request).into()).await;
+            if progress.last() == last {
+                return;
+            }
+        }
+    };
+    tokio::select! {
+        // An upstream may answer before the body is in (an early 413); both work.
+        biased;
+        result = send(req) => match result {
+            Ok(resp) => Ok(resp),
+            Err(mut e) => match e.take_message() {
+                Some(req) => Err(Exchange::NotSent(req.map(SentBody::into_inner))),
+                None => Err(Exchange::Failed(classify(authority, e.into_error()))),
+            },
+        },
+        () = stalled => Err(Exchange::Failed(UpstreamError::ResponseTimeout {
+            authority: authority.to_owned(),
+            after: timeouts.request,
+        })),
     }
 }
 
@@ -349,21 +539,82 @@ fn classify(authority: &str, e: hyper::Error) -> UpstreamError {
     }
 }
 
+/// A connection's byte stream: TCP, or TLS over TCP.
+enum Io {
+    Tcp(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
 /// Resolves (per connect, so DNS changes and compose service names work), connects
-/// with a deadline, and runs the HTTP/1.1 handshake.
+/// and, for `https://` endpoints, runs the TLS handshake, all within `timeout`.
+async fn open(
+    endpoint: &Endpoint,
+    authority: &str,
+    timeout: Duration,
+) -> Result<Io, UpstreamError> {
+    let opening = async {
+        let tcp = open_tcp(endpoint, authority).await?;
+        match &endpoint.transport {
+            Transport::Tls(tls) => tls_connect(tcp, endpoint, authority, tls)
+                .await
+                .map(|s| Io::Tls(Box::new(s))),
+            Transport::Http1 | Transport::H2c => Ok(Io::Tcp(tcp)),
+        }
+    };
+    tokio::time::timeout(timeout, opening)
+        .await
+        .map_err(|_| UpstreamError::ConnectTimeout {
+            authority: authority.to_owned(),
+            after: timeout,
+        })?
+}
+
+async fn tls_connect(
+    tcp: TcpStream,
+    endpoint: &Endpoint,
+    authority: &str,
+    tls: &ClientTls,
+) -> Result<tokio_rustls::client::TlsStream<TcpStream>, UpstreamError> {
+    let error = |source: io::Error| UpstreamError::Tls {
+        authority: authority.to_owned(),
+        source,
+    };
+    let server_name = match &tls.server_name {
+        Some(name) => name.clone(),
+        None => rustls::pki_types::ServerName::try_from(endpoint.host.clone()).map_err(|e| {
+            error(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "{:?} is not a valid TLS server name ({e}); set tls.server_name",
+                    endpoint.host
+                ),
+            ))
+        })?,
+    };
+    tokio_rustls::TlsConnector::from(tls.config.value.clone())
+        .connect(server_name, tcp)
+        .await
+        .map_err(error)
+}
+
+/// Opens a new HTTP/1.1 connection (plain or TLS).
 async fn connect(
     endpoint: &Endpoint,
     authority: &str,
     timeout: Duration,
 ) -> Result<SendRequest<SentBody>, UpstreamError> {
-    let stream = tokio::time::timeout(timeout, open_tcp(endpoint, authority))
-        .await
-        .map_err(|_| UpstreamError::ConnectTimeout {
-            authority: authority.to_owned(),
-            after: timeout,
-        })??;
+    match open(endpoint, authority, timeout).await? {
+        Io::Tcp(stream) => handshake_h1(stream, authority).await,
+        Io::Tls(stream) => handshake_h1(*stream, authority).await,
+    }
+}
+
+async fn handshake_h1<I>(io: I, authority: &str) -> Result<SendRequest<SentBody>, UpstreamError>
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let (sender, conn) = http1::Builder::new()
-        .handshake(TokioIo::new(stream))
+        .handshake(TokioIo::new(io))
         .await
         .map_err(|source| UpstreamError::Handshake {
             authority: authority.to_owned(),
@@ -372,6 +623,43 @@ async fn connect(
     tokio::spawn(async move {
         // Errors here surface on the request that was using the connection.
         let _ = conn.with_upgrades().await;
+    });
+    Ok(sender)
+}
+
+/// Opens a new HTTP/2 connection: h2c (prior knowledge) or h2 over TLS.
+async fn connect_h2(
+    endpoint: &Endpoint,
+    authority: &str,
+    timeout: Duration,
+) -> Result<http2::SendRequest<SentBody>, UpstreamError> {
+    match open(endpoint, authority, timeout).await? {
+        Io::Tcp(stream) => handshake_h2(stream, authority).await,
+        Io::Tls(stream) => handshake_h2(*stream, authority).await,
+    }
+}
+
+async fn handshake_h2<I>(
+    io: I,
+    authority: &str,
+) -> Result<http2::SendRequest<SentBody>, UpstreamError>
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        // Notice a dead peer on a quiet connection instead of sending into it.
+        .keep_alive_interval(Duration::from_secs(30))
+        .keep_alive_timeout(Duration::from_secs(10))
+        .adaptive_window(true)
+        .handshake(TokioIo::new(io))
+        .await
+        .map_err(|source| UpstreamError::Handshake {
+            authority: authority.to_owned(),
+            source,
+        })?;
+    tokio::spawn(async move {
+        let _ = conn.await;
     });
     Ok(sender)
 }

@@ -1,0 +1,649 @@
+//! TLS with rustls (the `ring` provider, never OpenSSL): certificate, key and CA files;
+//! the listener's certificates (SNI, mTLS, reload when their files change); and the
+//! client configs for `https://` upstreams.
+//!
+//! Files are read and checked when the config is validated, so a config naming a bad
+//! certificate is rejected like any other invalid config. Afterwards [`ServerTls`]
+//! re-reads them when their directories change; a bad new file is logged with its
+//! path and reason and the certificate in force keeps serving.
+
+use std::collections::{BTreeSet, HashMap};
+use std::fmt;
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
+use rustls::sign::CertifiedKey;
+use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme};
+use tokio::sync::mpsc;
+
+use crate::snapshot::SharedSnapshot;
+
+/// ALPN protocol ids.
+pub const ALPN_H2: &[u8] = b"h2";
+pub const ALPN_HTTP11: &[u8] = b"http/1.1";
+
+/// How long a client may take for its TLS handshake before the connection is closed.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The one crypto provider cohort uses.
+pub fn provider() -> Arc<CryptoProvider> {
+    static PROVIDER: OnceLock<Arc<CryptoProvider>> = OnceLock::new();
+    PROVIDER
+        .get_or_init(|| Arc::new(rustls::crypto::ring::default_provider()))
+        .clone()
+}
+
+/// TLS 1.2 and 1.3 only (rustls supports nothing older).
+static VERSIONS: &[&rustls::SupportedProtocolVersion] =
+    &[&rustls::version::TLS13, &rustls::version::TLS12];
+
+// ---------------------------------------------------------------------------------------
+// Files
+// ---------------------------------------------------------------------------------------
+
+/// A certificate, key or CA file that cannot be used, and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}: {reason}", path.display())]
+pub struct TlsFileError {
+    pub path: PathBuf,
+    pub reason: String,
+}
+
+impl TlsFileError {
+    fn new(path: &Path, reason: impl Into<String>) -> TlsFileError {
+        TlsFileError {
+            path: path.to_path_buf(),
+            reason: reason.into(),
+        }
+    }
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, TlsFileError> {
+    std::fs::read(path).map_err(|e| TlsFileError::new(path, format!("cannot read the file: {e}")))
+}
+
+/// Every certificate of a PEM file, in order (a chain: leaf first).
+fn parse_certs(path: &Path, pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, TlsFileError> {
+    let certs = CertificateDer::pem_slice_iter(pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| TlsFileError::new(path, format!("not a valid PEM certificate file: {e}")))?;
+    if certs.is_empty() {
+        return Err(TlsFileError::new(
+            path,
+            "no certificate found (expected PEM \"-----BEGIN CERTIFICATE-----\" blocks)",
+        ));
+    }
+    Ok(certs)
+}
+
+/// The first private key of a PEM file: PKCS#8, PKCS#1 (RSA) or SEC1 (EC).
+fn parse_key(path: &Path, pem: &[u8]) -> Result<PrivateKeyDer<'static>, TlsFileError> {
+    PrivateKeyDer::from_pem_slice(pem).map_err(|e| match e {
+        rustls::pki_types::pem::Error::NoItemsFound => TlsFileError::new(
+            path,
+            "no private key found (expected a PEM PKCS#8, RSA or EC private key)",
+        ),
+        e => TlsFileError::new(path, format!("not a valid PEM private key file: {e}")),
+    })
+}
+
+fn parse_roots(path: &Path, pem: &[u8]) -> Result<RootCertStore, TlsFileError> {
+    let mut roots = RootCertStore::empty();
+    for cert in parse_certs(path, pem)? {
+        roots
+            .add(cert)
+            .map_err(|e| TlsFileError::new(path, format!("not a usable CA certificate: {e}")))?;
+    }
+    Ok(roots)
+}
+
+fn certified_key(
+    cert_path: &Path,
+    cert_pem: &[u8],
+    key_path: &Path,
+    key_pem: &[u8],
+) -> Result<CertifiedKey, TlsFileError> {
+    let chain = parse_certs(cert_path, cert_pem)?;
+    let key = parse_key(key_path, key_pem)?;
+    let signing_key = provider()
+        .key_provider
+        .load_private_key(key)
+        .map_err(|e| TlsFileError::new(key_path, format!("unsupported private key: {e}")))?;
+    let certified = CertifiedKey::new(chain, signing_key);
+    certified.keys_match().map_err(|e| {
+        TlsFileError::new(
+            key_path,
+            format!(
+                "does not match the certificate in {}: {e}",
+                cert_path.display()
+            ),
+        )
+    })?;
+    Ok(certified)
+}
+
+fn fingerprint(parts: &[&[u8]]) -> u64 {
+    let mut hasher = xxhash_rust::xxh3::Xxh3::new();
+    for part in parts {
+        hasher.update(&(part.len() as u64).to_le_bytes());
+        hasher.update(part);
+    }
+    hasher.digest()
+}
+
+/// Something built from files, compared by the content it was built from (so a config
+/// whose files did not change compares equal to the running one).
+pub struct Loaded<T> {
+    pub value: Arc<T>,
+    pub fingerprint: u64,
+}
+
+impl<T> Clone for Loaded<T> {
+    fn clone(&self) -> Self {
+        Loaded {
+            value: self.value.clone(),
+            fingerprint: self.fingerprint,
+        }
+    }
+}
+
+impl<T> PartialEq for Loaded<T> {
+    fn eq(&self, other: &Self) -> bool {
+        self.fingerprint == other.fingerprint
+    }
+}
+
+impl<T> Eq for Loaded<T> {}
+
+impl<T> Hash for Loaded<T> {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.fingerprint.hash(state);
+    }
+}
+
+impl<T> fmt::Debug for Loaded<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Loaded({:016x})", self.fingerprint)
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The listener side
+// ---------------------------------------------------------------------------------------
+
+/// A certificate with its key, and the CA that client certificates must chain to.
+pub struct ServerMaterial {
+    pub certified: Arc<CertifiedKey>,
+    pub client_roots: Option<Arc<RootCertStore>>,
+}
+
+/// Reads and checks a listener certificate (`cert`, `key`, optional `client_ca`).
+pub fn load_server_material(
+    cert: &Path,
+    key: &Path,
+    client_ca: Option<&Path>,
+) -> Result<Loaded<ServerMaterial>, TlsFileError> {
+    let cert_pem = read(cert)?;
+    let key_pem = read(key)?;
+    let certified = certified_key(cert, &cert_pem, key, &key_pem)?;
+    let (client_roots, ca_pem) = match client_ca {
+        Some(path) => {
+            let pem = read(path)?;
+            (Some(Arc::new(parse_roots(path, &pem)?)), pem)
+        }
+        None => (None, Vec::new()),
+    };
+    Ok(Loaded {
+        fingerprint: fingerprint(&[&cert_pem, &key_pem, &ca_pem]),
+        value: Arc::new(ServerMaterial {
+            certified: Arc::new(certified),
+            client_roots,
+        }),
+    })
+}
+
+/// Where the listener's certificates come from: `listen.tls` and each route's `tls`.
+#[derive(Clone, PartialEq)]
+struct Sources {
+    default: Source,
+    /// Lowercase host → its certificate, in route order (the first route wins).
+    sni: Vec<(String, Source)>,
+}
+
+#[derive(Clone, PartialEq)]
+struct Source {
+    cert: PathBuf,
+    key: PathBuf,
+    client_ca: Option<PathBuf>,
+    material: Loaded<ServerMaterial>,
+}
+
+impl Source {
+    fn from_config(tls: &crate::config::ServerTls) -> Source {
+        Source {
+            cert: tls.cert.clone(),
+            key: tls.key.clone(),
+            client_ca: tls.client_ca.clone(),
+            material: tls.material.clone(),
+        }
+    }
+
+    fn files(&self) -> impl Iterator<Item = &Path> {
+        [
+            Some(self.cert.as_path()),
+            Some(self.key.as_path()),
+            self.client_ca.as_deref(),
+        ]
+        .into_iter()
+        .flatten()
+    }
+
+    /// Re-reads the files; on failure the error names the file and the reason.
+    fn reread(&self) -> Result<Loaded<ServerMaterial>, TlsFileError> {
+        load_server_material(&self.cert, &self.key, self.client_ca.as_deref())
+    }
+}
+
+impl Sources {
+    fn from_config(config: &crate::config::Config) -> Option<Sources> {
+        let default = Source::from_config(config.listen.tls.as_ref()?);
+        let mut sni: Vec<(String, Source)> = Vec::new();
+        for route in &config.routes {
+            if let (Some(host), Some(tls)) = (&route.host, &route.tls) {
+                if !sni.iter().any(|(h, _)| h == host) {
+                    sni.push((host.clone(), Source::from_config(tls)));
+                }
+            }
+        }
+        Some(Sources { default, sni })
+    }
+
+    fn all(&self) -> impl Iterator<Item = &Source> {
+        std::iter::once(&self.default).chain(self.sni.iter().map(|(_, s)| s))
+    }
+
+    fn dirs(&self) -> BTreeSet<PathBuf> {
+        self.all()
+            .flat_map(Source::files)
+            .map(|f| match f.parent() {
+                Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+                _ => PathBuf::from("."),
+            })
+            .collect()
+    }
+}
+
+/// Picks the certificate by SNI; the default one for other names and for clients
+/// that send no SNI.
+#[derive(Debug)]
+struct SniResolver {
+    default: Arc<CertifiedKey>,
+    by_host: HashMap<String, Arc<CertifiedKey>>,
+}
+
+impl ResolvesServerCert for SniResolver {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let by_name = hello.server_name().and_then(|name| {
+            // rustls hands SNI over as sent; host names compare case-insensitively.
+            match self.by_host.get(name) {
+                Some(key) => Some(key.clone()),
+                None => self.by_host.get(&name.to_ascii_lowercase()).cloned(),
+            }
+        });
+        Some(by_name.unwrap_or_else(|| self.default.clone()))
+    }
+}
+
+fn server_config(sources: &Sources) -> Result<ServerConfig, String> {
+    let default = &sources.default.material.value;
+    let builder = ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(VERSIONS)
+        .map_err(|e| e.to_string())?;
+    let builder = match &default.client_roots {
+        Some(roots) => {
+            let verifier = WebPkiClientVerifier::builder_with_provider(roots.clone(), provider())
+                .build()
+                .map_err(|e| format!("listen.tls.client_ca: {e}"))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let resolver = SniResolver {
+        default: default.certified.clone(),
+        by_host: sources
+            .sni
+            .iter()
+            .map(|(host, s)| (host.clone(), s.material.value.certified.clone()))
+            .collect(),
+    };
+    let mut config = builder.with_cert_resolver(Arc::new(resolver));
+    config.alpn_protocols = vec![ALPN_H2.to_vec(), ALPN_HTTP11.to_vec()];
+    Ok(config)
+}
+
+/// The listener's TLS settings in force. Each new connection takes the current
+/// [`ServerConfig`]; a swap never touches connections already open.
+pub struct ServerTls {
+    current: ArcSwap<ServerConfig>,
+    sources: std::sync::Mutex<Sources>,
+}
+
+impl ServerTls {
+    /// The listener's TLS, when `listen.tls` is set (read at start only).
+    pub fn from_config(config: &crate::config::Config) -> Result<Option<Arc<ServerTls>>, String> {
+        let Some(sources) = Sources::from_config(config) else {
+            return Ok(None);
+        };
+        let server = server_config(&sources)?;
+        Ok(Some(Arc::new(ServerTls {
+            current: ArcSwap::from_pointee(server),
+            sources: std::sync::Mutex::new(sources),
+        })))
+    }
+
+    /// An acceptor for one new connection.
+    pub fn acceptor(&self) -> tokio_rustls::TlsAcceptor {
+        tokio_rustls::TlsAcceptor::from(self.current.load_full())
+    }
+
+    fn sources(&self) -> Sources {
+        self.sources
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    fn install(&self, sources: Sources) {
+        match server_config(&sources) {
+            Ok(server) => {
+                self.current.store(Arc::new(server));
+                *self
+                    .sources
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) = sources;
+            }
+            Err(e) => tracing::error!(
+                error = %e,
+                "the new TLS settings were rejected; the certificates in force keep serving"
+            ),
+        }
+    }
+
+    /// A new config generation: take its certificates (read and checked when it was
+    /// validated). `listen.tls` itself is read at start only.
+    fn apply_config(&self, config: &crate::config::Config) {
+        let Some(new) = Sources::from_config(config) else {
+            tracing::warn!(
+                key = "listen.tls",
+                "listen.tls was removed; whether the listener speaks TLS is read at start only, so it keeps its certificates until a restart"
+            );
+            return;
+        };
+        if new != self.sources() {
+            self.install(new);
+            tracing::info!("TLS certificates updated from the config");
+        }
+    }
+
+    /// Files changed on disk: re-read every certificate, keeping the one in force for
+    /// each file that is now bad.
+    fn reread_files(&self) {
+        let mut sources = self.sources();
+        let mut changed = false;
+        let mut refresh = |source: &mut Source, what: &str| match source.reread() {
+            Ok(material) => {
+                if material != source.material {
+                    tracing::info!(certificate = what, file = %source.cert.display(), "TLS certificate reloaded");
+                    source.material = material;
+                    changed = true;
+                }
+            }
+            Err(e) => tracing::error!(
+                certificate = what,
+                "TLS certificate rejected; the one in force keeps serving: {e}"
+            ),
+        };
+        refresh(&mut sources.default, "listen.tls");
+        for (host, source) in &mut sources.sni {
+            refresh(source, host);
+        }
+        if changed {
+            self.install(sources);
+        }
+    }
+}
+
+/// Keeps the listener's certificates current: re-reads them when their directories
+/// change (editor renames and Kubernetes Secret `..data` symlink swaps included,
+/// debounced like config reloads), and follows new config generations.
+pub fn spawn_reloader(
+    tls: Arc<ServerTls>,
+    snapshot: SharedSnapshot,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut generation = snapshot.load().generation;
+        let mut watching = BTreeSet::new();
+        let (tx, mut rx) = mpsc::unbounded_channel::<()>();
+        let mut watcher = file_watcher(tx);
+        loop {
+            let dirs = tls.sources().dirs();
+            if dirs != watching {
+                if let Some(w) = watcher.as_mut() {
+                    watch_dirs(w, &watching, &dirs);
+                }
+                watching = dirs;
+            }
+            tokio::select! {
+                event = rx.recv() => {
+                    if event.is_none() {
+                        // No watcher: follow config generations only.
+                        tokio::time::sleep(CONFIG_POLL).await;
+                    } else {
+                        crate::watch::debounce(&mut rx).await;
+                        tls.reread_files();
+                    }
+                }
+                _ = tokio::time::sleep(CONFIG_POLL) => {}
+            }
+            let snap = snapshot.load();
+            if snap.generation != generation {
+                generation = snap.generation;
+                tls.apply_config(&snap.config);
+            }
+        }
+    })
+}
+
+/// How often the reloader looks for a new config generation.
+const CONFIG_POLL: Duration = Duration::from_millis(200);
+
+fn file_watcher(tx: mpsc::UnboundedSender<()>) -> Option<notify::RecommendedWatcher> {
+    let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        if let Ok(event) = event {
+            if !matches!(event.kind, notify::EventKind::Access(_)) {
+                let _ = tx.send(());
+            }
+        }
+    });
+    match watcher {
+        Ok(w) => Some(w),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot watch the TLS certificate files; they are re-read on config reloads only");
+            None
+        }
+    }
+}
+
+fn watch_dirs(
+    watcher: &mut notify::RecommendedWatcher,
+    old: &BTreeSet<PathBuf>,
+    new: &BTreeSet<PathBuf>,
+) {
+    use notify::{RecursiveMode, Watcher};
+    for dir in old.difference(new) {
+        let _ = watcher.unwatch(dir);
+    }
+    for dir in new.difference(old) {
+        if let Err(e) = watcher.watch(dir, RecursiveMode::NonRecursive) {
+            tracing::warn!(dir = %dir.display(), error = %e, "cannot watch a TLS certificate directory; changes in it are not seen");
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The upstream side
+// ---------------------------------------------------------------------------------------
+
+/// A variant's `tls` settings for `https://` endpoints, with its paths resolved.
+#[derive(Debug, Clone, Default)]
+pub struct ClientSettings {
+    pub ca: Option<PathBuf>,
+    pub client_cert: Option<PathBuf>,
+    pub client_key: Option<PathBuf>,
+    pub insecure_skip_verify: bool,
+    /// Speak HTTP/2 (ALPN `h2`) rather than HTTP/1.1.
+    pub h2: bool,
+}
+
+/// The roots `https://` upstreams are verified against without a `ca`: the system's CA
+/// bundle (`SSL_CERT_FILE`, or the usual Debian, Red Hat, Alpine and SUSE paths), else
+/// the Mozilla roots compiled into cohort.
+fn platform_roots() -> Arc<RootCertStore> {
+    static ROOTS: OnceLock<Arc<RootCertStore>> = OnceLock::new();
+    ROOTS
+        .get_or_init(|| {
+            let candidates = std::env::var_os("SSL_CERT_FILE")
+                .map(PathBuf::from)
+                .into_iter()
+                .chain(
+                    [
+                        "/etc/ssl/certs/ca-certificates.crt",
+                        "/etc/pki/tls/certs/ca-bundle.crt",
+                        "/etc/ssl/cert.pem",
+                        "/etc/ssl/ca-bundle.pem",
+                    ]
+                    .map(PathBuf::from),
+                );
+            for path in candidates {
+                let Ok(pem) = std::fs::read(&path) else {
+                    continue;
+                };
+                let mut roots = RootCertStore::empty();
+                let certs = CertificateDer::pem_slice_iter(&pem).filter_map(Result::ok);
+                let (added, _) = roots.add_parsable_certificates(certs);
+                if added > 0 {
+                    tracing::debug!(file = %path.display(), roots = added, "using the system's CA certificates for https:// upstreams");
+                    return Arc::new(roots);
+                }
+            }
+            tracing::debug!("no system CA bundle found; using the built-in Mozilla roots for https:// upstreams");
+            Arc::new(RootCertStore {
+                roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+            })
+        })
+        .clone()
+}
+
+/// Which file of [`ClientSettings`] a [`TlsFileError`] is about.
+pub fn client_config(settings: &ClientSettings) -> Result<Loaded<ClientConfig>, TlsFileError> {
+    let builder = ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(VERSIONS)
+        .map_err(|e| TlsFileError::new(Path::new(""), e.to_string()))?;
+    let mut seen: Vec<Vec<u8>> = vec![vec![
+        u8::from(settings.insecure_skip_verify),
+        u8::from(settings.h2),
+    ]];
+    let builder = if settings.insecure_skip_verify {
+        builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(NoVerification(provider())))
+    } else {
+        let roots = match &settings.ca {
+            Some(ca) => {
+                let pem = read(ca)?;
+                let roots = parse_roots(ca, &pem)?;
+                seen.push(pem);
+                Arc::new(roots)
+            }
+            None => platform_roots(),
+        };
+        builder.with_root_certificates(roots)
+    };
+    let mut config = match (&settings.client_cert, &settings.client_key) {
+        (Some(cert), Some(key)) => {
+            let cert_pem = read(cert)?;
+            let key_pem = read(key)?;
+            let certified = certified_key(cert, &cert_pem, key, &key_pem)?;
+            seen.push(cert_pem);
+            seen.push(key_pem);
+            builder.with_client_cert_resolver(Arc::new(rustls::sign::SingleCertAndKey::from(
+                certified,
+            )))
+        }
+        _ => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = vec![if settings.h2 { ALPN_H2 } else { ALPN_HTTP11 }.to_vec()];
+    let parts: Vec<&[u8]> = seen.iter().map(Vec::as_slice).collect();
+    Ok(Loaded {
+        fingerprint: fingerprint(&parts),
+        value: Arc::new(config),
+    })
+}
+
+/// `insecure_skip_verify = true`: any certificate is accepted (signatures are still
+/// checked, so the handshake itself is sound). Never the default; logged at every load.
+#[derive(Debug)]
+struct NoVerification(Arc<CryptoProvider>);
+
+impl ServerCertVerifier for NoVerification {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
