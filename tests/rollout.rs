@@ -510,3 +510,67 @@ async fn rollout_metrics_pass_promtool() {
     support::promtool_check_metrics(&metrics);
     cohort.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guard_without_a_rollout_guards_canary_percent() {
+    let stable = FakeUpstream::start("stable").await;
+    let canary = FakeUpstream::start("canary").await;
+    canary.set_status(502);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state_root = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("cohort.toml");
+    let text = config(
+        &stable,
+        &canary,
+        &state_root.path().join("state"),
+        "",
+        "[routes.guard]\nwindow = \"2s\"\nmin_requests = 5\nmax_error_ratio_vs_stable = 0.1",
+    )
+    .replace(
+        "salt = \"rollout-test\"",
+        "salt = \"rollout-test\"\ncanary_percent = 50",
+    );
+    std::fs::write(&path, &text).expect("write");
+    let cohort = TestCohort::start_from(&path, dir).await;
+    assert_eq!(route_state(&cohort).await["canary_percent"], 50);
+    let traffic = Traffic::start(&cohort);
+    let rolled = wait_for(&cohort, "the rollback", Duration::from_secs(3), |s| {
+        s["canary_percent"] == 0
+    })
+    .await;
+    assert_eq!(
+        rolled["guard"]["rolled_back"]["reason"],
+        "error_ratio_vs_stable"
+    );
+    assert!(rolled["rollout"].is_null());
+    let (_, stable_failures) = traffic.stop().await;
+    assert_eq!(stable_failures, 0);
+    assert!(
+        std::fs::read_to_string(&path)
+            .expect("read")
+            .contains("canary_percent = 50"),
+        "the file is untouched"
+    );
+    assert_eq!(
+        cohort
+            .series(
+                "cohort_rollout_state",
+                &[("route", "shop"), ("state", "rolled_back")]
+            )
+            .await,
+        1.0
+    );
+
+    canary.set_status(200);
+    let resumed = send(
+        &client(),
+        "POST",
+        &cohort.admin_url("/routes/shop/resume"),
+        &[],
+        Bytes::new(),
+    )
+    .await;
+    assert_eq!(resumed.status, 200, "{}", resumed.text());
+    assert_eq!(route_state(&cohort).await["canary_percent"], 50);
+    cohort.shutdown().await;
+}
