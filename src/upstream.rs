@@ -98,6 +98,36 @@ impl UpstreamError {
         }
     }
 
+    /// The same failure for each request that waited on one shared connection attempt:
+    /// same kind and message (the source itself cannot be cloned).
+    fn shared_copy(&self) -> UpstreamError {
+        let io_copy = |e: &io::Error| io::Error::new(e.kind(), e.to_string());
+        match self {
+            UpstreamError::NoEndpoints => UpstreamError::NoEndpoints,
+            UpstreamError::Resolve { authority, source } => UpstreamError::Resolve {
+                authority: authority.clone(),
+                source: io_copy(source),
+            },
+            UpstreamError::Connect { authority, source } => UpstreamError::Connect {
+                authority: authority.clone(),
+                source: io_copy(source),
+            },
+            UpstreamError::Tls { authority, source } => UpstreamError::Tls {
+                authority: authority.clone(),
+                source: io_copy(source),
+            },
+            UpstreamError::ConnectTimeout { authority, after } => UpstreamError::ConnectTimeout {
+                authority: authority.clone(),
+                after: *after,
+            },
+            // An HTTP/2 handshake failure is a connect failure (DESIGN §1 table).
+            other => UpstreamError::Connect {
+                authority: String::new(),
+                source: io::Error::other(other.to_string()),
+            },
+        }
+    }
+
     /// Whether nothing reached the upstream, so another endpoint may be tried.
     pub fn nothing_sent(&self) -> bool {
         matches!(
@@ -134,7 +164,25 @@ struct PoolInner {
 #[derive(Default)]
 struct Keyed {
     idle: HashMap<PoolKey, VecDeque<IdleConnection>>,
-    h2: HashMap<PoolKey, http2::SendRequest<SentBody>>,
+    h2: HashMap<PoolKey, H2Slot>,
+}
+
+/// An endpoint's HTTP/2 connection, or the one attempt to open it that concurrent
+/// requests wait for together (so a burst opens one connection, not one each).
+enum H2Slot {
+    Ready(http2::SendRequest<SentBody>),
+    Connecting(Arc<H2Attempt>),
+}
+
+type H2Attempt = tokio::sync::OnceCell<Result<http2::SendRequest<SentBody>, Arc<UpstreamError>>>;
+
+impl H2Slot {
+    fn is_closed(&self) -> bool {
+        match self {
+            H2Slot::Ready(sender) => sender.is_closed(),
+            H2Slot::Connecting(_) => false,
+        }
+    }
 }
 
 #[derive(Clone, PartialEq, Eq, Hash)]
@@ -308,36 +356,102 @@ impl Pool {
         timeouts: &Timeouts,
     ) -> Result<Response<Incoming>, (UpstreamError, Option<Request<Incoming>>)> {
         let mut req = to_h2(req, endpoint);
-        let shared = {
-            let keyed = self.keyed();
-            keyed.h2.get(&key).filter(|s| !s.is_closed()).cloned()
-        };
-        if let Some(mut sender) = shared {
-            if sender.ready().await.is_ok() {
-                match exchange(authority, req, timeouts, |r| sender.try_send_request(r)).await {
-                    Ok(resp) => return Ok(resp),
-                    Err(Exchange::NotSent(back)) => req = back,
-                    Err(Exchange::Failed(e)) => return Err((e, None)),
+        let mut fresh = false;
+        // At most two rounds: the shared connection, then a new one if it had closed.
+        loop {
+            let mut sender = match self
+                .h2_connection(&key, endpoint, authority, timeouts)
+                .await
+            {
+                Ok((sender, opened)) => {
+                    fresh |= opened;
+                    sender
+                }
+                Err(e) => return Err((e, Some(req))),
+            };
+            if sender.ready().await.is_err() {
+                self.forget_h2(&key, &sender);
+                if fresh {
+                    return Err((closed_before_sending(authority), Some(req)));
+                }
+                fresh = true;
+                continue;
+            }
+            match exchange(authority, req, timeouts, |r| sender.try_send_request(r)).await {
+                Ok(resp) => return Ok(resp),
+                Err(Exchange::NotSent(back)) if !fresh => {
+                    self.forget_h2(&key, &sender);
+                    req = back;
+                    fresh = true;
+                }
+                Err(Exchange::NotSent(back)) => {
+                    return Err((closed_before_sending(authority), Some(back)))
+                }
+                Err(Exchange::Failed(e)) => return Err((e, None)),
+            }
+        }
+    }
+
+    /// The endpoint's live HTTP/2 connection, opening it if needed; `true` when this
+    /// call waited for a new one.
+    async fn h2_connection(
+        &self,
+        key: &PoolKey,
+        endpoint: &Endpoint,
+        authority: &str,
+        timeouts: &Timeouts,
+    ) -> Result<(http2::SendRequest<SentBody>, bool), UpstreamError> {
+        let attempt = {
+            let mut keyed = self.keyed();
+            match keyed.h2.get(key) {
+                Some(H2Slot::Ready(sender)) if !sender.is_closed() => {
+                    return Ok((sender.clone(), false))
+                }
+                Some(H2Slot::Connecting(attempt)) => attempt.clone(),
+                _ => {
+                    // Connections of endpoints that left the config, or closed, go.
+                    keyed.h2.retain(|_, slot| !slot.is_closed());
+                    let attempt = Arc::new(H2Attempt::new());
+                    keyed
+                        .h2
+                        .insert(key.clone(), H2Slot::Connecting(attempt.clone()));
+                    attempt
                 }
             }
-        }
-        let mut sender = match connect_h2(endpoint, authority, timeouts.connect).await {
-            Ok(sender) => sender,
-            Err(e) => return Err((e, Some(req))),
         };
-        {
-            let mut keyed = self.keyed();
-            // Connections of endpoints that left the config, or that closed, go.
-            keyed.h2.retain(|_, s| !s.is_closed());
-            let replace = keyed.h2.get(&key).map_or(true, |s| s.is_closed());
-            if replace {
-                keyed.h2.insert(key, sender.clone());
-            }
+        let result = attempt
+            .get_or_init(|| async {
+                let result = connect_h2(endpoint, authority, timeouts.connect)
+                    .await
+                    .map_err(Arc::new);
+                let mut keyed = self.keyed();
+                let ours = matches!(keyed.h2.get(key), Some(H2Slot::Connecting(a)) if Arc::ptr_eq(a, &attempt));
+                if ours {
+                    match &result {
+                        Ok(sender) => {
+                            keyed.h2.insert(key.clone(), H2Slot::Ready(sender.clone()));
+                        }
+                        Err(_) => {
+                            keyed.h2.remove(key);
+                        }
+                    }
+                }
+                result
+            })
+            .await;
+        match result {
+            Ok(sender) => Ok((sender.clone(), true)),
+            Err(e) => Err(e.shared_copy()),
         }
-        match exchange(authority, req, timeouts, |r| sender.try_send_request(r)).await {
-            Ok(resp) => Ok(resp),
-            Err(Exchange::NotSent(back)) => Err((closed_before_sending(authority), Some(back))),
-            Err(Exchange::Failed(e)) => Err((e, None)),
+    }
+
+    /// Drops the endpoint's connection if it is still `sender`'s.
+    fn forget_h2(&self, key: &PoolKey, sender: &http2::SendRequest<SentBody>) {
+        let mut keyed = self.keyed();
+        if let Some(H2Slot::Ready(current)) = keyed.h2.get(key) {
+            if current.is_closed() || sender.is_closed() {
+                keyed.h2.remove(key);
+            }
         }
     }
 
