@@ -446,7 +446,7 @@ impl Transport {
         match self {
             Transport::Http1 => 0,
             Transport::H2c => 1,
-            Transport::Tls(tls) => tls.config.fingerprint | 2,
+            Transport::Tls(tls) => tls.id,
         }
     }
 
@@ -467,6 +467,9 @@ pub struct ClientTls {
     /// SNI and the name the certificate must carry; the endpoint's host when `None`.
     pub server_name: Option<rustls::pki_types::ServerName<'static>>,
     pub h2: bool,
+    /// Files, options and server name in one number ([`Transport::id`]): connections
+    /// verified under one set of settings are never lent to another.
+    pub id: u64,
 }
 
 impl Endpoint {
@@ -1158,11 +1161,19 @@ impl Validator<'_> {
                 "TLS certificates of this upstream are NOT verified (insecure_skip_verify = true): anyone on the path can impersonate it"
             );
         }
+        let id = {
+            let mut h = xxhash_rust::xxh3::Xxh3::new();
+            h.update(&config.fingerprint.to_le_bytes());
+            h.update(server_name.as_deref().unwrap_or("").as_bytes());
+            // Never 0 or 1, the ids of plain HTTP/1.1 and h2c.
+            h.digest() | 2
+        };
         let server_name = server_name.and_then(|n| rustls::pki_types::ServerName::try_from(n).ok());
         Some(Arc::new(ClientTls {
             config,
             server_name,
             h2: client.h2,
+            id,
         }))
     }
 

@@ -242,6 +242,163 @@ async fn a_rotated_certificate_serves_new_connections_while_old_ones_keep_workin
 }
 
 #[tokio::test]
+async fn a_kubernetes_secret_symlink_swap_is_picked_up() {
+    // A mounted Secret: tls.crt -> ..data/tls.crt, ..data -> ..<timestamp>/; an update
+    // writes a new timestamped directory and re-points ..data with a rename.
+    let pki = Pki::new("k8s");
+    let mount = tempfile::tempdir().expect("tempdir");
+    let version = |name: &str| {
+        let dir = mount.path().join(name);
+        std::fs::create_dir(&dir).expect("mkdir");
+        let leaf = pki.write_leaf(
+            &dir,
+            "tls",
+            &["localhost"],
+            rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+        );
+        (dir, leaf)
+    };
+    let (first_dir, first) = version("..2026_01");
+    std::os::unix::fs::symlink(&first_dir, mount.path().join("..data")).expect("..data");
+    for file in ["tls.pem", "tls.key"] {
+        std::os::unix::fs::symlink(Path::new("..data").join(file), mount.path().join(file))
+            .expect("link");
+    }
+    let mounted = tls_support::Leaf {
+        cert: mount.path().join("tls.pem"),
+        key: mount.path().join("tls.key"),
+        der: first.der.clone(),
+    };
+    let stable = FakeUpstream::start("stable").await;
+    let canary = FakeUpstream::start("canary").await;
+    let cohort = tls_cohort(
+        &route("web", &stable, &canary, ""),
+        &listen_tls(&mounted, None),
+    )
+    .await;
+    let config = client_config(&pki.ca_path(), &[H1], None);
+    let conn = TlsConn::connect(cohort.proxy, "localhost", config.clone())
+        .await
+        .expect("handshake");
+    assert_eq!(conn.served[0], first.der);
+
+    let (second_dir, second) = version("..2026_02");
+    let tmp = mount.path().join("..data_tmp");
+    std::os::unix::fs::symlink(&second_dir, &tmp).expect("..data_tmp");
+    std::fs::rename(&tmp, mount.path().join("..data")).expect("swap ..data");
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let conn = TlsConn::connect(cohort.proxy, "localhost", config.clone())
+            .await
+            .expect("handshake");
+        if conn.served[0] == second.der {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the swapped certificate was never served"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    cohort.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_config_reload_adds_an_sni_certificate_and_cannot_turn_tls_off() {
+    let pki = Pki::new("reload");
+    let default = pki.server_leaf("default", &["localhost"]);
+    let shop = pki.server_leaf("shop", &["shop.test"]);
+    let stable = FakeUpstream::start("stable").await;
+    let canary = FakeUpstream::start("canary").await;
+    let base = route("web", &stable, &canary, "");
+    let cohort = tls_cohort(&base, &listen_tls(&default, None)).await;
+    let config = client_config(&pki.ca_path(), &[H1], None);
+    let conn = TlsConn::connect(cohort.proxy, "shop.test", config.clone()).await;
+    assert!(
+        conn.is_err(),
+        "no shop certificate yet: the default one names localhost only"
+    );
+
+    let text = std::fs::read_to_string(&cohort.config_path).expect("config");
+    let shop_route = format!(
+        "[[routes]]\nname = \"shop\"\nhost = \"shop.test\"\nsalt = \"s\"\ntls = {{ cert = {}, key = {} }}\nstable = {{ endpoints = [\"{}\"] }}\n",
+        p(&shop.cert),
+        p(&shop.key),
+        stable.url()
+    );
+    tls_support::write_atomically(
+        &cohort.config_path,
+        format!("{text}\n{shop_route}").as_bytes(),
+    );
+    let deadline = Instant::now() + PATIENCE;
+    let mut conn = loop {
+        if let Ok(conn) = TlsConn::connect(cohort.proxy, "shop.test", config.clone()).await {
+            break conn;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the reloaded SNI certificate was never served"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(conn.served[0], shop.der);
+    assert_eq!(
+        conn.get("shop.test", "/", &[])
+            .await
+            .expect("request")
+            .text(),
+        "stable"
+    );
+
+    // Removing listen.tls needs a restart: the listener keeps speaking TLS.
+    let plain = text.replace(&listen_tls(&default, None), "");
+    tls_support::write_atomically(&cohort.config_path, plain.as_bytes());
+    assert_eq!(
+        cohort
+            .series_eventually("cohort_config_generation", &[], 3.0)
+            .await,
+        3.0
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let conn = TlsConn::connect(cohort.proxy, "localhost", config.clone())
+        .await
+        .expect("still TLS");
+    assert_eq!(conn.served[0], default.der);
+    cohort.shutdown().await;
+}
+
+#[tokio::test]
+async fn tls_1_2_and_1_3_are_both_spoken() {
+    let pki = Pki::new("versions");
+    let leaf = pki.server_leaf("server", &["localhost"]);
+    let stable = FakeUpstream::start("stable").await;
+    let canary = FakeUpstream::start("canary").await;
+    let cohort = tls_cohort(
+        &route("web", &stable, &canary, ""),
+        &listen_tls(&leaf, None),
+    )
+    .await;
+    for version in [&rustls::version::TLS12, &rustls::version::TLS13] {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(pki.ca_der()).expect("root");
+        let config = rustls::ClientConfig::builder_with_provider(tls_support::provider())
+            .with_protocol_versions(&[version])
+            .expect("version")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let mut conn = TlsConn::connect(cohort.proxy, "localhost", std::sync::Arc::new(config))
+            .await
+            .unwrap_or_else(|e| panic!("{version:?}: {e}"));
+        let answer = conn
+            .get("localhost", "/", &[("x-user-id", "v")])
+            .await
+            .expect("request");
+        assert_eq!(answer.status, 200);
+    }
+    cohort.shutdown().await;
+}
+
+#[tokio::test]
 async fn mtls_accepts_known_client_certificates_and_refuses_the_rest() {
     let pki = Pki::new("mtls-server");
     let clients = Pki::new("mtls-clients");
