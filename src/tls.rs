@@ -462,6 +462,26 @@ pub fn spawn_reloader(
     })
 }
 
+/// On a plain listener: warns when a reload sets `listen.tls`, which needs a restart.
+pub fn spawn_plain_listener_watch(snapshot: SharedSnapshot) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut generation = snapshot.load().generation;
+        loop {
+            tokio::time::sleep(CONFIG_POLL).await;
+            let snap = snapshot.load();
+            if snap.generation != generation {
+                generation = snap.generation;
+                if snap.config.listen.tls.is_some() {
+                    tracing::warn!(
+                        key = "listen.tls",
+                        "whether the listener speaks TLS is read at start only; restart cohort to serve TLS"
+                    );
+                }
+            }
+        }
+    })
+}
+
 /// How often the reloader looks for a new config generation.
 const CONFIG_POLL: Duration = Duration::from_millis(200);
 
