@@ -1035,7 +1035,7 @@ impl Validator<'_> {
             .collect();
         let any_https = endpoints.iter().any(|(_, https)| *https);
         let settings = raw.tls.map(|t| self.upstream_tls(&format!("{key}.tls"), t));
-        if settings.is_some() && !any_https {
+        if settings.is_some() && !endpoints.is_empty() && !any_https {
             self.fail(
                 format!("{key}.tls"),
                 "applies to https:// endpoints, and this variant has none",
