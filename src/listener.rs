@@ -14,9 +14,9 @@ use std::time::Duration;
 
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use socket2::{Domain, Protocol, Socket, Type};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 use crate::proxy::{self, ProxyContext};
@@ -93,37 +93,16 @@ async fn serve(
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     let _ = stream.set_nodelay(true);
-                    let service_ctx = ctx.clone();
-                    let service = hyper::service::service_fn(move |req| {
-                        let ctx = service_ctx.clone();
-                        async move { Ok::<_, Infallible>(proxy::handle(&ctx, req, peer).await) }
-                    });
                     if let Some(tls) = &tls {
-                        let acceptor = tls.acceptor();
-                        let builder = builder.clone();
                         let watcher = graceful.watcher();
-                        let ctx = ctx.clone();
-                        tokio::spawn(async move {
-                            let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                                Ok(Ok(stream)) => stream,
-                                Ok(Err(e)) => {
-                                    ctx.metrics.tls_handshake_error();
-                                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                                    return;
-                                }
-                                Err(_) => {
-                                    ctx.metrics.tls_handshake_error();
-                                    tracing::debug!(%peer, "TLS handshake timed out");
-                                    return;
-                                }
-                            };
-                            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-                            if let Err(e) = watcher.watch(conn.into_owned()).await {
-                                tracing::trace!(%peer, error = %e, "client connection ended with an error");
-                            }
-                        });
+                        tokio::spawn(serve_tls(tls.acceptor(), builder.clone(), watcher, ctx.clone(), stream, peer));
                         continue;
                     }
+                    let ctx = ctx.clone();
+                    let service = hyper::service::service_fn(move |req| {
+                        let ctx = ctx.clone();
+                        async move { Ok::<_, Infallible>(proxy::handle(&ctx, req, peer).await) }
+                    });
                     let conn = builder
                         .serve_connection_with_upgrades(TokioIo::new(stream), service)
                         .into_owned();
@@ -149,5 +128,39 @@ async fn serve(
         _ = tokio::time::sleep(drain) => {
             tracing::warn!(?drain, "drain timeout reached; closing the remaining connections");
         }
+    }
+}
+
+/// Completes a client's TLS handshake, then serves the connection like a plain one. A
+/// failed or stalled handshake is counted and the connection closed: it never reaches
+/// the router.
+async fn serve_tls(
+    acceptor: tokio_rustls::TlsAcceptor,
+    builder: auto::Builder<TokioExecutor>,
+    watcher: Watcher,
+    ctx: Arc<ProxyContext>,
+    stream: TcpStream,
+    peer: SocketAddr,
+) {
+    let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(e)) => {
+            ctx.metrics.tls_handshake_error();
+            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+            return;
+        }
+        Err(_) => {
+            ctx.metrics.tls_handshake_error();
+            tracing::debug!(%peer, "TLS handshake timed out");
+            return;
+        }
+    };
+    let service = hyper::service::service_fn(move |req| {
+        let ctx = ctx.clone();
+        async move { Ok::<_, Infallible>(proxy::handle(&ctx, req, peer).await) }
+    });
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+    if let Err(e) = watcher.watch(conn.into_owned()).await {
+        tracing::trace!(%peer, error = %e, "client connection ended with an error");
     }
 }
