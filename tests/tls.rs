@@ -368,6 +368,35 @@ async fn a_config_reload_adds_an_sni_certificate_and_cannot_turn_tls_off() {
 }
 
 #[tokio::test]
+async fn sec1_ec_keys_are_read_like_pkcs8_ones() {
+    let pki = Pki::new("sec1");
+    let leaf = pki.server_leaf_sec1("server", &["localhost"]);
+    let key = std::fs::read_to_string(&leaf.key).expect("key");
+    assert!(key.starts_with("-----BEGIN EC PRIVATE KEY-----"), "{key}");
+    let stable = FakeUpstream::start("stable").await;
+    let canary = FakeUpstream::start("canary").await;
+    let cohort = tls_cohort(
+        &route("web", &stable, &canary, ""),
+        &listen_tls(&leaf, None),
+    )
+    .await;
+    let mut conn = TlsConn::connect(
+        cohort.proxy,
+        "localhost",
+        client_config(&pki.ca_path(), &[H1], None),
+    )
+    .await
+    .expect("handshake with a SEC1 key");
+    assert_eq!(conn.served[0], leaf.der);
+    let answer = conn
+        .get("localhost", "/", &[("x-user-id", "k")])
+        .await
+        .expect("request");
+    assert_eq!(answer.status, 200);
+    cohort.shutdown().await;
+}
+
+#[tokio::test]
 async fn tls_1_2_and_1_3_are_both_spoken() {
     let pki = Pki::new("versions");
     let leaf = pki.server_leaf("server", &["localhost"]);

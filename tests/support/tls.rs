@@ -132,6 +132,82 @@ impl Pki {
     }
 }
 
+impl Pki {
+    /// A server certificate whose EC key is written in SEC1 form
+    /// (`-----BEGIN EC PRIVATE KEY-----`), as older tools and `openssl ecparam` write it.
+    pub fn server_leaf_sec1(&self, stem: &str, names: &[&str]) -> Leaf {
+        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        let mut params = CertificateParams::new(names).expect("leaf params");
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        let key = KeyPair::generate().expect("leaf key");
+        let cert = params
+            .signed_by(&key, &self.ca, &self.ca_key)
+            .expect("sign leaf");
+        let sec1 = sec1_of_pkcs8(&key.serialize_der());
+        let leaf = Leaf {
+            cert: self.dir.path().join(format!("{stem}.pem")),
+            key: self.dir.path().join(format!("{stem}.key")),
+            der: cert.der().clone(),
+        };
+        std::fs::write(&leaf.cert, cert.pem()).expect("write cert");
+        std::fs::write(&leaf.key, pem("EC PRIVATE KEY", &sec1)).expect("write key");
+        leaf
+    }
+}
+
+/// The ECPrivateKey (SEC1) inside a PKCS#8 PrivateKeyInfo:
+/// `SEQUENCE { INTEGER, SEQUENCE algorithm, OCTET STRING { ECPrivateKey } }`.
+fn sec1_of_pkcs8(der: &[u8]) -> Vec<u8> {
+    fn header(der: &[u8]) -> (u8, usize, usize) {
+        let tag = der[0];
+        let first = der[1] as usize;
+        if first < 0x80 {
+            return (tag, 2, first);
+        }
+        let n = first & 0x7f;
+        let len = der[2..2 + n]
+            .iter()
+            .fold(0, |acc, b| (acc << 8) | *b as usize);
+        (tag, 2 + n, len)
+    }
+    let (tag, head, _) = header(der);
+    assert_eq!(tag, 0x30, "PKCS#8 starts with a SEQUENCE");
+    let mut rest = &der[head..];
+    for expected in [0x02, 0x30] {
+        let (tag, head, len) = header(rest);
+        assert_eq!(tag, expected);
+        rest = &rest[head + len..];
+    }
+    let (tag, head, len) = header(rest);
+    assert_eq!(tag, 0x04, "the private key is an OCTET STRING");
+    rest[head..head + len].to_vec()
+}
+
+fn pem(label: &str, der: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut b64 = String::new();
+    for chunk in der.chunks(3) {
+        let n =
+            chunk.iter().fold(0u32, |acc, b| (acc << 8) | u32::from(*b)) << (8 * (3 - chunk.len()));
+        for i in 0..4 {
+            if i <= chunk.len() {
+                b64.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                b64.push('=');
+            }
+        }
+    }
+    let lines: Vec<&str> = b64
+        .as_bytes()
+        .chunks(64)
+        .map(|l| std::str::from_utf8(l).expect("ascii"))
+        .collect();
+    format!(
+        "-----BEGIN {label}-----\n{}\n-----END {label}-----\n",
+        lines.join("\n")
+    )
+}
+
 pub fn write_atomically(path: &Path, bytes: &[u8]) {
     let tmp = path.with_extension("tmp-swap");
     std::fs::write(&tmp, bytes).expect("write temp");
