@@ -645,12 +645,38 @@ fn classify(authority: &str, e: hyper::Error) -> UpstreamError {
             authority,
             source: e,
         }
+    } else if let Some(alert) = tls_cause(&e) {
+        // The upstream refused the session after the handshake (TLS 1.3 servers reject
+        // a client certificate this way, on the first read).
+        UpstreamError::Tls {
+            authority,
+            source: io::Error::new(io::ErrorKind::ConnectionAborted, alert.to_string()),
+        }
     } else {
         UpstreamError::Reset {
             authority,
             source: e,
         }
     }
+}
+
+/// The TLS error under a hyper error, if a TLS failure caused it.
+fn tls_cause(e: &hyper::Error) -> Option<&rustls::Error> {
+    let mut cause = std::error::Error::source(e);
+    while let Some(err) = cause {
+        if let Some(tls) = err.downcast_ref::<rustls::Error>() {
+            return Some(tls);
+        }
+        if let Some(tls) = err
+            .downcast_ref::<io::Error>()
+            .and_then(|io| io.get_ref())
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        {
+            return Some(tls);
+        }
+        cause = err.source();
+    }
+    None
 }
 
 /// A connection's byte stream: TCP, or TLS over TCP.

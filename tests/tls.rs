@@ -728,7 +728,19 @@ async fn server_name_insecure_skip_verify_and_client_certificates() {
         &canary,
     )
     .replace("name = \"api\"", "name = \"mtls\"\npath_prefix = \"/mtls\"");
-    let cohort = TestCohort::start(&format!("{named}\n{insecure}\n{mtls}")).await;
+    let refused = https_route(
+        &mtls_front.https_url("127.0.0.1"),
+        &format!(
+            ", tls = {{ ca = {}, server_name = \"api.internal\" }}",
+            p(&upstream_pki.ca_path())
+        ),
+        &canary,
+    )
+    .replace(
+        "name = \"api\"",
+        "name = \"refused\"\npath_prefix = \"/refused\"",
+    );
+    let cohort = TestCohort::start(&format!("{named}\n{insecure}\n{mtls}\n{refused}")).await;
 
     let answer = get(&cohort.url("/"), &[("x-user-id", "a")]).await;
     assert_eq!((answer.status, answer.text().as_str()), (200, "secure"));
@@ -751,6 +763,17 @@ async fn server_name_insecure_skip_verify_and_client_certificates() {
             .handshakes
             .load(std::sync::atomic::Ordering::SeqCst),
         1
+    );
+
+    // Without the client certificate the upstream refuses the session: 502, kind tls.
+    let answer = get(&cohort.url("/refused"), &[("x-user-id", "a")]).await;
+    assert_eq!(answer.status, 502, "{}", answer.text());
+    let labels = [("route", "refused"), ("variant", "stable"), ("kind", "tls")];
+    assert_eq!(
+        cohort
+            .series_eventually(UPSTREAM_ERRORS, &labels, 1.0)
+            .await,
+        1.0
     );
     cohort.shutdown().await;
 }
