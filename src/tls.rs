@@ -572,7 +572,8 @@ fn platform_roots() -> Arc<RootCertStore> {
         .clone()
 }
 
-/// Which file of [`ClientSettings`] a [`TlsFileError`] is about.
+/// Reads a variant's TLS files and builds its client config; an error names the file
+/// (its `path` tells the caller which setting it came from).
 pub fn client_config(settings: &ClientSettings) -> Result<Loaded<ClientConfig>, TlsFileError> {
     let builder = ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(VERSIONS)
