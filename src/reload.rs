@@ -257,6 +257,11 @@ fn keep_start_only_settings(running: &Config, new: &mut Config) {
         warn("admin.address");
         new.admin.address = running.admin.address;
     }
+    // Whether the listener speaks TLS at all is fixed at start; its certificates are not.
+    if new.listen.tls.is_some() != running.listen.tls.is_some() {
+        warn("listen.tls");
+        new.listen.tls.clone_from(&running.listen.tls);
+    }
     if new.state_dir != running.state_dir {
         warn("state_dir");
         new.state_dir.clone_from(&running.state_dir);

@@ -164,10 +164,12 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         control.clone(),
     ))];
     control_tasks.push(tokio::spawn(guard::evaluate_forever(state.clone())));
-    control_tasks.push(match &tls {
-        Some(tls) => crate::tls::spawn_reloader(tls.clone(), state.snapshot.clone()),
-        None => crate::tls::spawn_plain_listener_watch(state.snapshot.clone()),
-    });
+    if let Some(tls) = &tls {
+        control_tasks.push(crate::tls::spawn_reloader(
+            tls.clone(),
+            state.snapshot.clone(),
+        ));
+    }
     if watchable {
         control_tasks.extend(reload::watch(control.clone()));
         control_tasks.extend(reload::on_sighup(control.clone()));

@@ -380,11 +380,9 @@ impl ServerTls {
     /// A new config generation: take its certificates (read and checked when it was
     /// validated). `listen.tls` itself is read at start only.
     fn apply_config(&self, config: &crate::config::Config) {
+        // A reload never removes `listen.tls` from a TLS listener (it is read at start
+        // only; reload.rs keeps it and warns), so there is always a set here.
         let Some(new) = Sources::from_config(config) else {
-            tracing::warn!(
-                key = "listen.tls",
-                "listen.tls was removed; whether the listener speaks TLS is read at start only, so it keeps its certificates until a restart"
-            );
             return;
         };
         if new != self.sources() {
@@ -457,26 +455,6 @@ pub fn spawn_reloader(
             if snap.generation != generation {
                 generation = snap.generation;
                 tls.apply_config(&snap.config);
-            }
-        }
-    })
-}
-
-/// On a plain listener: warns when a reload sets `listen.tls`, which needs a restart.
-pub fn spawn_plain_listener_watch(snapshot: SharedSnapshot) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let mut generation = snapshot.load().generation;
-        loop {
-            tokio::time::sleep(CONFIG_POLL).await;
-            let snap = snapshot.load();
-            if snap.generation != generation {
-                generation = snap.generation;
-                if snap.config.listen.tls.is_some() {
-                    tracing::warn!(
-                        key = "listen.tls",
-                        "whether the listener speaks TLS is read at start only; restart cohort to serve TLS"
-                    );
-                }
             }
         }
     })

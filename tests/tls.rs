@@ -364,6 +364,10 @@ async fn a_config_reload_adds_an_sni_certificate_and_cannot_turn_tls_off() {
         .await
         .expect("still TLS");
     assert_eq!(conn.served[0], default.der);
+    // /config shows what is in force: the listener's TLS settings stay.
+    let effective = support::get(&cohort.admin_url("/config"), &[]).await;
+    let effective: serde_json::Value = serde_json::from_slice(&effective.body).expect("json");
+    assert!(effective["listen"]["tls"].is_object(), "{effective}");
     cohort.shutdown().await;
 }
 
