@@ -12,12 +12,14 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::future::Future;
+use std::pin::Pin;
+
+use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
 use crate::proxy::{self, ProxyContext};
 use crate::tls::{ServerTls, HANDSHAKE_TIMEOUT};
@@ -85,33 +87,27 @@ async fn serve(
             return;
         }
     };
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new());
-    let graceful = GracefulShutdown::new();
+    let http = Arc::new(Http::new());
+    // Every connection task holds a clone; the drain is over when all are dropped.
+    let (open, mut all_closed) = mpsc::channel::<()>(1);
+    // Connections watch their own copy; this one tells the accept loop to stop.
+    let connection_shutdown = shutdown.clone();
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     let _ = stream.set_nodelay(true);
-                    if let Some(tls) = &tls {
-                        let watcher = graceful.watcher();
-                        tokio::spawn(serve_tls(tls.acceptor(), builder.clone(), watcher, ctx.clone(), stream, peer));
-                        continue;
-                    }
-                    let ctx = ctx.clone();
-                    let service = hyper::service::service_fn(move |req| {
-                        let ctx = ctx.clone();
-                        async move { Ok::<_, Infallible>(proxy::handle(&ctx, req, peer).await) }
-                    });
-                    let conn = builder
-                        .serve_connection_with_upgrades(TokioIo::new(stream), service)
-                        .into_owned();
-                    let conn = graceful.watch(conn);
-                    tokio::spawn(async move {
-                        if let Err(e) = conn.await {
-                            tracing::trace!(%peer, error = %e, "client connection ended with an error");
-                        }
-                    });
+                    let conn = Connection {
+                        http: http.clone(),
+                        ctx: ctx.clone(),
+                        peer,
+                        shutdown: connection_shutdown.clone(),
+                        _open: open.clone(),
+                    };
+                    match &tls {
+                        Some(tls) => tokio::spawn(conn.serve_tls(tls.acceptor(), stream)),
+                        None => tokio::spawn(conn.serve_plain(stream)),
+                    };
                 }
                 Err(e) => {
                     // Out of file descriptors and similar: back off instead of spinning.
@@ -123,44 +119,157 @@ async fn serve(
         }
     }
     drop(listener);
+    drop(open);
     tokio::select! {
-        _ = graceful.shutdown() => {}
+        _ = all_closed.recv() => {}
         _ = tokio::time::sleep(drain) => {
             tracing::warn!(?drain, "drain timeout reached; closing the remaining connections");
         }
     }
 }
 
-/// Completes a client's TLS handshake, then serves the connection like a plain one. A
-/// failed or stalled handshake is counted and the connection closed: it never reaches
-/// the router.
-async fn serve_tls(
-    acceptor: tokio_rustls::TlsAcceptor,
-    builder: auto::Builder<TokioExecutor>,
-    watcher: Watcher,
-    ctx: Arc<ProxyContext>,
-    stream: TcpStream,
-    peer: SocketAddr,
-) {
-    let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-        Ok(Ok(stream)) => stream,
-        Ok(Err(e)) => {
-            ctx.metrics.tls_handshake_error();
-            tracing::debug!(%peer, error = %e, "TLS handshake failed");
-            return;
+/// The HTTP/2 connection preface a prior-knowledge client starts with.
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// How long a new connection may stay silent before its first bytes (hyper's own
+/// header-read timeout takes over from there).
+const FIRST_BYTES_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The two server protocol stacks, configured once per worker.
+struct Http {
+    h1: http1::Builder,
+    h2: http2::Builder<TokioExecutor>,
+}
+
+impl Http {
+    fn new() -> Http {
+        let mut h1 = http1::Builder::new();
+        // Vectored writes cost more than they save for small proxied responses
+        // (PERFORMANCE.md); the timer powers hyper's header-read timeout.
+        h1.timer(TokioTimer::new()).writev(false);
+        Http {
+            h1,
+            h2: http2::Builder::new(TokioExecutor::new()),
         }
-        Err(_) => {
-            ctx.metrics.tls_handshake_error();
-            tracing::debug!(%peer, "TLS handshake timed out");
-            return;
-        }
-    };
-    let service = hyper::service::service_fn(move |req| {
-        let ctx = ctx.clone();
-        async move { Ok::<_, Infallible>(proxy::handle(&ctx, req, peer).await) }
-    });
-    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-    if let Err(e) = watcher.watch(conn.into_owned()).await {
-        tracing::trace!(%peer, error = %e, "client connection ended with an error");
     }
+}
+
+/// One accepted client connection and what serving it needs.
+struct Connection {
+    http: Arc<Http>,
+    ctx: Arc<ProxyContext>,
+    peer: SocketAddr,
+    shutdown: watch::Receiver<bool>,
+    /// Dropped when the connection ends; the drain waits for every one.
+    _open: mpsc::Sender<()>,
+}
+
+impl Connection {
+    /// Tells HTTP/2 prior knowledge from HTTP/1.x by peeking at the first bytes, so
+    /// nothing is buffered for the connection before it speaks (an idle client costs
+    /// its task and socket only), then serves it.
+    async fn serve_plain(self, stream: TcpStream) {
+        let protocol = match tokio::time::timeout(FIRST_BYTES_TIMEOUT, sniff(&stream)).await {
+            Ok(Ok(Some(protocol))) => protocol,
+            // Closed, failed, or silent too long: nothing to serve.
+            _ => return,
+        };
+        self.serve(TokioIo::new(stream), protocol).await;
+    }
+
+    /// Completes a client's TLS handshake, then serves the connection in the protocol
+    /// ALPN chose. A failed or stalled handshake is counted and the connection closed:
+    /// it never reaches the router.
+    async fn serve_tls(self, acceptor: tokio_rustls::TlsAcceptor, stream: TcpStream) {
+        let peer = self.peer;
+        let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(e)) => {
+                self.ctx.metrics.tls_handshake_error();
+                tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                return;
+            }
+            Err(_) => {
+                self.ctx.metrics.tls_handshake_error();
+                tracing::debug!(%peer, "TLS handshake timed out");
+                return;
+            }
+        };
+        let protocol = if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
+            Wire::Http2
+        } else {
+            Wire::Http1
+        };
+        self.serve(TokioIo::new(stream), protocol).await;
+    }
+
+    async fn serve<I>(self, io: I, protocol: Wire)
+    where
+        I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    {
+        let ctx = self.ctx.clone();
+        let peer = self.peer;
+        let service = hyper::service::service_fn(move |req| {
+            let ctx = ctx.clone();
+            async move { Ok::<_, Infallible>(proxy::handle(&ctx, req, peer).await) }
+        });
+        let result = match protocol {
+            Wire::Http1 => {
+                let conn = self.http.h1.serve_connection(io, service).with_upgrades();
+                until_drained(conn, self.shutdown, |c| c.graceful_shutdown()).await
+            }
+            Wire::Http2 => {
+                let conn = self.http.h2.serve_connection(io, service);
+                until_drained(conn, self.shutdown, |c| c.graceful_shutdown()).await
+            }
+        };
+        if let Err(e) = result {
+            tracing::trace!(%peer, error = %e, "client connection ended with an error");
+        }
+    }
+}
+
+/// Which HTTP a connection speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Wire {
+    Http1,
+    Http2,
+}
+
+/// Peeks until the first bytes tell the protocol; `None` if the client closed first.
+async fn sniff(stream: &TcpStream) -> io::Result<Option<Wire>> {
+    let mut head = [0u8; H2_PREFACE.len()];
+    loop {
+        let n = stream.peek(&mut head).await?;
+        if n == 0 {
+            return Ok(None);
+        }
+        if head[..n] != H2_PREFACE[..n] {
+            return Ok(Some(Wire::Http1));
+        }
+        if n == H2_PREFACE.len() {
+            return Ok(Some(Wire::Http2));
+        }
+        // Part of the preface so far: peek returns at once while data is waiting, so
+        // give the rest a moment to arrive instead of spinning.
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+/// Drives a connection to its end; when shutdown begins, asks it to finish what is in
+/// flight and close (hyper closes idle keep-alive connections at once).
+async fn until_drained<C, E>(
+    conn: C,
+    mut shutdown: watch::Receiver<bool>,
+    stop: impl FnOnce(Pin<&mut C>),
+) -> Result<(), E>
+where
+    C: Future<Output = Result<(), E>>,
+{
+    let mut conn = std::pin::pin!(conn);
+    tokio::select! {
+        result = conn.as_mut() => return result,
+        _ = shutdown.wait_for(|stop| *stop) => stop(conn.as_mut()),
+    }
+    conn.await
 }

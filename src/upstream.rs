@@ -753,7 +753,9 @@ async fn handshake_h1<I>(io: I, authority: &str) -> Result<SendRequest<SentBody>
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    // Flattened writes: cheaper than writev for small proxied requests (PERFORMANCE.md).
     let (sender, conn) = http1::Builder::new()
+        .writev(false)
         .handshake(TokioIo::new(io))
         .await
         .map_err(|source| UpstreamError::Handshake {
