@@ -19,20 +19,26 @@
 #   --quick     ~1-minute smoke run (3 s runs, 1 s warm-up, 2 rounds, 2,000 idle connections)
 #   --profile   afterwards, profile both proxies at the highest connection count:
 #               perf record -g (top symbols, user/kernel split) and syscalls per request
-#               (perf stat raw_syscalls, strace -c -f); installs linux-perf and strace
+#               by name (perf stat on the syscall tracepoints); installs linux-perf
 # Environment knobs (defaults for the full run):
-#   LOAD_DURATION=10      seconds per measured wrk run
-#   LOAD_WARMUP=2         seconds of wrk warm-up before each measured run (0 = none)
-#   LOAD_ROUNDS=3         measured rounds per proxy and connection count
+#   LOAD_DURATION=8       seconds per measured wrk run
+#   LOAD_WARMUP=1         seconds of wrk warm-up before each measured run (0 = none)
+#   LOAD_ROUNDS=5         measured rounds per proxy and connection count (more, shorter
+#                         rounds ride out other people's builds better than fewer, longer)
 #   LOAD_CONNS="64 256"   wrk connection counts
 #   LOAD_IDLE_CONNS=10000 idle keep-alive connections for the memory scenario (0 = skip)
 #   LOAD_PROFILE_SECONDS=10  length of the perf record window with --profile
+#   LOAD_WAIT_QUIET=60    wait up to this long for other work on the CPUs to stop (0 = don't)
+#   LOAD_NICE=0           nice value for everything the benchmark runs (after the build); a
+#                         negative one helps only a little against a compiler started meanwhile
+#                         (a woken proxy still waits for the compiler's time slice)
 #   LOAD_PROXY_CPU=0, LOAD_CLIENT_CPU=1   CPUs for the proxies, and for wrk + upstreams
 #   LOAD_PORT_BASE=18400  ports used: base+1 stable, +2 canary, +10 cohort, +11 cohort admin,
 #                         +20 nginx proxy
 #   LOAD_OUT=target/load  where the summary goes
 #   LOAD_SKIP_BUILD=1     use the existing target/release/cohort
-#   LOAD_KEEP_TMP=1       keep the temp dir (configs, logs, raw wrk output)
+#   LOAD_KEEP_TMP=1       keep the temp dir (configs, logs, raw wrk output); it is also kept
+#                         when the script fails (not when interrupted)
 set -euo pipefail
 
 usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; }
@@ -51,7 +57,7 @@ done
 if ((QUICK)); then
     d_duration=3 d_warmup=1 d_rounds=2 d_idle=2000
 else
-    d_duration=10 d_warmup=2 d_rounds=3 d_idle=10000
+    d_duration=8 d_warmup=1 d_rounds=5 d_idle=10000
 fi
 DURATION=${LOAD_DURATION:-$d_duration}
 WARMUP=${LOAD_WARMUP:-$d_warmup}
@@ -59,6 +65,8 @@ ROUNDS=${LOAD_ROUNDS:-$d_rounds}
 IDLE_CONNS=${LOAD_IDLE_CONNS:-$d_idle}
 read -r -a CONNS <<<"${LOAD_CONNS:-64 256}"
 PROFILE_SECONDS=${LOAD_PROFILE_SECONDS:-10}
+WAIT_QUIET=${LOAD_WAIT_QUIET:-60}
+NICE=${LOAD_NICE:-0}
 PROXY_CPU=${LOAD_PROXY_CPU:-0}
 CLIENT_CPU=${LOAD_CLIENT_CPU:-1}
 PORT_BASE=${LOAD_PORT_BASE:-18400}
@@ -76,7 +84,7 @@ export PATH="$PATH:/usr/sbin:/sbin"
 log() { printf '[load %s] %s\n' "$(date +%T)" "$*" >&2; }
 die() { log "error: $*"; exit 1; }
 
-for v in DURATION WARMUP ROUNDS IDLE_CONNS PROFILE_SECONDS PROXY_CPU CLIENT_CPU PORT_BASE; do
+for v in DURATION WARMUP ROUNDS IDLE_CONNS PROFILE_SECONDS WAIT_QUIET PROXY_CPU CLIENT_CPU PORT_BASE; do
     [[ ${!v} =~ ^[0-9]+$ ]] || die "$v must be a whole number, got '${!v}'"
 done
 ((DURATION > 0 && ROUNDS > 0)) || die "LOAD_DURATION and LOAD_ROUNDS must be positive"
@@ -95,7 +103,6 @@ install_missing() {
     done
     if ((PROFILE)); then
         command -v perf >/dev/null 2>&1 || need+=(linux-perf)
-        command -v strace >/dev/null 2>&1 || need+=(strace)
     fi
     ((${#need[@]} == 0)) && return 0
     [[ $EUID -eq 0 ]] || die "missing packages (${need[*]}): run as root or install them"
@@ -113,6 +120,10 @@ if [[ ${LOAD_SKIP_BUILD:-0} != 1 ]]; then
     (cd "$REPO" && cargo build --release --quiet --bin cohort)
 fi
 [[ -x $COHORT_BIN ]] || die "no cohort binary at $COHORT_BIN"
+[[ $NICE =~ ^-?[0-9]+$ ]] || die "LOAD_NICE must be a whole number, got '$NICE'"
+# Everything started from here on (proxies, upstreams, wrk, the idle clients) inherits it.
+renice -n "$NICE" -p $$ >/dev/null 2>&1 || log "warning: cannot renice to $NICE; running at $(nice)"
+NICE=$(nice)
 
 # Enough file descriptors for 10,000 idle clients (the proxies inherit this limit).
 hard_nofile=$(ulimit -Hn)
@@ -172,7 +183,7 @@ cleanup() {
     local rc=$?
     trap - EXIT INT TERM
     if ((${#PIDS[@]})); then stop_pids "${PIDS[@]}"; fi
-    if [[ ${LOAD_KEEP_TMP:-0} == 1 || $rc -ne 0 ]]; then
+    if [[ ${LOAD_KEEP_TMP:-0} == 1 ]] || ((rc != 0 && rc != 130 && rc != 143)); then
         log "temp dir kept: $TMP"
     else
         rm -rf "$TMP"
@@ -427,7 +438,7 @@ HWM_RESET=1
 # Peak RSS of one round: reset VmHWM (clear_refs 5) before it, read it after.
 reset_hwm() { echo 5 >"/proc/$1/clear_refs" 2>/dev/null || HWM_RESET=0; }
 
-printf 'target\tconns\tround\treq_s\tp50_us\tp99_us\tp999_us\terrors\tpeak_rss_kb\tcpu_pct\tuser_us_per_req\tsys_us_per_req\trequests\tproxy_core_busy_pct\tclient_core_busy_pct\n' >"$TMP/rounds.tsv"
+printf 'target\tconns\tround\treq_s\tp50_us\tp99_us\tp999_us\terrors\tpeak_rss_kb\tcpu_pct\tuser_us_per_req\tsys_us_per_req\trequests\tproxy_core_busy_pct\tclient_core_busy_pct\tforeign_pct\n' >"$TMP/rounds.tsv"
 
 measure() { # target name, pid, port, conns, round
     local name=$1 pid=$2 port=$3 conns=$4 round=$5 out t0 t1 line req dur rps errs hwm p0 p1 c0 c1
@@ -455,8 +466,12 @@ measure() { # target name, pid, port, conns, round
         -v hz="$CLK_TCK" -v d="$dur" -v req="$req" \
         -v pb="$(pct "${p0[@]}" "${p1[@]}")" -v cb="$(pct "${c0[@]}" "${c1[@]}")" 'BEGIN {
             u = (u1 - u0) / hz; s = (s1 - s0) / hz
-            printf "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%.0f\t%.2f\t%.2f\t%s\t%s\t%s\n", n, c, r, rps, p50, p99, p999, e, hwm,
-                (u + s) / (d / 1e6) * 100, (req ? u / req * 1e6 : 0), (req ? s / req * 1e6 : 0), req, pb, cb
+            cpu = (u + s) / (d / 1e6) * 100
+            # foreign: how much of the proxy core went to anything but the watched process
+            # (builds of other sessions, mostly; about 2-3 % is softirq work on a quiet machine)
+            f = pb - cpu; if (f < 0) f = 0
+            printf "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%.0f\t%.2f\t%.2f\t%s\t%s\t%s\t%.0f\n", n, c, r, rps, p50, p99, p999, e, hwm,
+                cpu, (req ? u / req * 1e6 : 0), (req ? s / req * 1e6 : 0), req, pb, cb, f
         }' >>"$TMP/rounds.tsv"
     log "$(printf '%-7s c%-4s round %s: %8s req/s  p50 %6s us  p99 %6s us  errors %s' \
         "$name" "$conns" "$round" "$rps" "$(field p50_us "$line")" "$(field p99_us "$line")" "$errs")"
@@ -593,12 +608,24 @@ idle_measure() { # name, pid to watch, port; appends to $TMP/idle.tsv
 # ---------------------------------------------------------------------------------------
 # Run
 # ---------------------------------------------------------------------------------------
-# Is someone else using the CPUs? (Shared machine: compilers and test suites distort everything.)
-read -r -a q0 <<<"$(core_ticks "$PROXY_CPU") $(core_ticks "$CLIENT_CPU")"
-sleep 1
-read -r -a q1 <<<"$(core_ticks "$PROXY_CPU") $(core_ticks "$CLIENT_CPU")"
-BACKGROUND_BUSY="$(pct "${q0[0]}" "${q0[1]}" "${q1[0]}" "${q1[1]}") $(pct "${q0[2]}" "${q0[3]}" "${q1[2]}" "${q1[3]}")"
-read -r bg0 bg1 <<<"$BACKGROUND_BUSY"
+# Is someone else using the CPUs? (Shared machine: compilers and test suites distort
+# everything.) Wait up to LOAD_WAIT_QUIET seconds for both CPUs to be under 15 % busy.
+background_busy() { # sets bg0 and bg1: % busy of the two CPUs over one second
+    local q0 q1
+    read -r -a q0 <<<"$(core_ticks "$PROXY_CPU") $(core_ticks "$CLIENT_CPU")"
+    sleep 1
+    read -r -a q1 <<<"$(core_ticks "$PROXY_CPU") $(core_ticks "$CLIENT_CPU")"
+    bg0=$(pct "${q0[0]}" "${q0[1]}" "${q1[0]}" "${q1[1]}")
+    bg1=$(pct "${q0[2]}" "${q0[3]}" "${q1[2]}" "${q1[3]}")
+}
+background_busy
+waited=0
+while ((bg0 > 15 || bg1 > 15)) && ((waited < WAIT_QUIET)); do
+    ((waited % 15 == 0)) && log "CPUs busy (${bg0}%, ${bg1}%); waiting up to ${WAIT_QUIET}s for quiet"
+    sleep 2
+    background_busy
+    waited=$((waited + 3))
+done
 if ((bg0 > 15 || bg1 > 15)); then
     log "warning: the CPUs are busy before the benchmark starts (CPU $PROXY_CPU ${bg0}%, CPU $CLIENT_CPU ${bg1}%): expect noise"
     log "busiest processes: $(ps -eo pcpu=,comm= --sort=-pcpu | head -n 3 | awk '{printf "%s %s%%; ", $2, $1}')"
@@ -641,8 +668,16 @@ COHORT_BY_STATUS=$(awk '
 
 if ((PROFILE)); then
     PROFILE_CONNS=${CONNS[-1]}
+    # Syscall tracepoints that exist on this kernel, for counts by name at low overhead.
+    SYSCALL_EVENTS=raw_syscalls:sys_enter,context-switches
+    for sc in read recvfrom readv recvmsg write writev sendto sendmsg epoll_wait epoll_pwait epoll_ctl \
+        getsockopt setsockopt accept4 connect close shutdown socket futex ioctl mprotect madvise; do
+        if [[ -d /sys/kernel/tracing/events/syscalls/sys_enter_$sc ]]; then
+            SYSCALL_EVENTS+=",syscalls:sys_enter_$sc"
+        fi
+    done
     profile_one() { # name, pid, port
-        local name=$1 pid=$2 port=$3 url="http://127.0.0.1:$3/" pp sp line req
+        local name=$1 pid=$2 url="http://127.0.0.1:$3/" pp sp wp line rps
         log "profiling $name at $PROFILE_CONNS connections: perf record -g, ${PROFILE_SECONDS}s"
         run_wrk "$PROFILE_CONNS" 2 "$url" "$TMP/prof-$name-warm.txt"
         taskset -c "$CLIENT_CPU" timeout -k 5 $((PROFILE_SECONDS + 30)) \
@@ -653,38 +688,36 @@ if ((PROFILE)); then
         run_wrk "$PROFILE_CONNS" "$PROFILE_SECONDS" "$url" "$TMP/prof-$name-wrk.txt"
         wait "$pp" || true
         forget_pids "$pp"
-        perf report -i "$TMP/perf-$name.data" --no-children --sort symbol --stdio 2>/dev/null |
-            head -n 60 >"$OUT_DIR/perf-$name-symbols.txt" || true
-        perf report -i "$TMP/perf-$name.data" --no-children --sort dso --stdio 2>/dev/null |
-            grep -v '^#' | grep -v '^$' | head -n 20 >"$OUT_DIR/perf-$name-dso.txt" || true
-        # Syscalls per request, cheaply (perf stat on the raw tracepoint) ...
-        taskset -c "$CLIENT_CPU" timeout -k 5 40 perf stat -x, -e raw_syscalls:sys_enter -p "$pid" -- sleep 5 \
+        {
+            echo "# perf record -g -p <$name pid>, ${PROFILE_SECONDS}s at $PROFILE_CONNS connections"
+            echo "# $(grep '^LOAD_RESULT' "$TMP/prof-$name-wrk.txt" || true)"
+            perf report -i "$TMP/perf-$name.data" --no-children --sort symbol -g none --stdio 2>/dev/null |
+                grep -v '^#' | grep -v '^$' | sed -E 's/[[:space:]]+-[[:space:]]+-[[:space:]]*$//; s/[[:space:]]+$//' | head -n 60
+        } >"$OUT_DIR/perf-$name-symbols.txt" || true
+        perf report -i "$TMP/perf-$name.data" --no-children --sort dso -g none --stdio 2>/dev/null |
+            grep -v '^#' | grep -v '^$' | sed -E 's/[[:space:]]+$//' | head -n 12 >"$OUT_DIR/perf-$name-dso.txt" || true
+        # Syscalls per request: perf stat on the syscall tracepoints (cheap, unlike strace) for
+        # 5 s in the middle of a 9 s wrk run; requests in the window = wrk's req/s x 5 s.
+        taskset -c "$CLIENT_CPU" wrk -t1 -c"$PROFILE_CONNS" -d9s --timeout 5s -s "$TMP/random-user.lua" "$url" \
+            >"$TMP/prof-$name-stat.txt" 2>&1 &
+        wp=$!
+        PIDS+=("$wp")
+        sleep 2
+        taskset -c "$CLIENT_CPU" timeout -k 5 40 perf stat -x, -e "$SYSCALL_EVENTS" -p "$pid" -- sleep 5 \
             >/dev/null 2>"$TMP/perfstat-$name.txt" &
         sp=$!
         PIDS+=("$sp")
-        run_wrk "$PROFILE_CONNS" 5 "$url" "$TMP/prof-$name-stat.txt"
         wait "$sp" || true
-        forget_pids "$sp"
+        wait "$wp" || true
+        forget_pids "$sp" "$wp"
         line=$(grep '^LOAD_RESULT' "$TMP/prof-$name-stat.txt" || true)
-        req=$(field requests "$line")
-        awk -F, -v req="$req" -v n="$name" '/raw_syscalls/ {printf "%s: %d syscalls for %d requests = %.2f per request (perf stat, 5 s)\n", n, $1, req, (req ? $1 / req : 0)}' \
-            "$TMP/perfstat-$name.txt" >"$OUT_DIR/syscalls-$name.txt"
-        # ... and by name (strace slows the proxy down, the mix per request stays meaningful).
-        if command -v strace >/dev/null 2>&1; then
-            taskset -c "$CLIENT_CPU" timeout -s INT -k 5 5 strace -c -f -p "$pid" -o "$TMP/strace-$name.txt" &
-            sp=$!
-            PIDS+=("$sp")
-            run_wrk "$PROFILE_CONNS" 5 "$url" "$TMP/prof-$name-strace.txt"
-            wait "$sp" || true
-            forget_pids "$sp"
-            line=$(grep '^LOAD_RESULT' "$TMP/prof-$name-strace.txt" || true)
-            req=$(field requests "$line")
-            {
-                echo "strace -c -f, 5 s, $req requests (slowed down by strace):"
-                awk -v req="$req" '$1 ~ /^[0-9.]+$/ && NF >= 5 {printf "  %-16s %10d calls  %6.2f per request\n", $NF, $4, (req ? $4 / req : 0)}' \
-                    "$TMP/strace-$name.txt" | sort -k2 -nr | head -n 12
-            } >>"$OUT_DIR/syscalls-$name.txt"
-        fi
+        rps=$(awk -v r="$(field requests "$line")" -v d="$(field duration_us "$line")" 'BEGIN {print (d ? r / d * 1e6 : 0)}')
+        awk -F, -v rps="$rps" -v n="$name" '
+            BEGIN {req = rps * 5; printf "%s: syscalls per request (perf stat, 5 s at %.0f req/s):\n", n, rps}
+            $3 ~ /^(raw_syscalls|syscalls|context-switches)/ && $1 + 0 > 0 {
+                ev = $3; sub(/^syscalls:sys_enter_/, "", ev); sub(/^raw_syscalls:sys_enter/, "all syscalls", ev)
+                printf "  %-16s %9d  %6.2f per request\n", ev, $1, (req ? $1 / req : 0)
+            }' "$TMP/perfstat-$name.txt" >"$OUT_DIR/syscalls-$name.txt"
     }
     mkdir -p "$OUT_DIR"
     profile_one cohort "$COHORT_PID" "$PORT_COHORT"
@@ -726,12 +759,21 @@ paired_ratios() { # conns: cohort/nginx req/s per round, sorted
     awk -F'\t' -v c="$1" 'NR > 1 && $2 == c && $1 == "cohort" {a[$3] = $4} NR > 1 && $2 == c && $1 == "nginx" {b[$3] = $4}
         END {for (r in a) if (b[r] > 0) printf "%.3f\n", a[r] / b[r]}' "$TMP/rounds.tsv" | sort -g
 }
+clean_ratios() { # conns, max foreign %: cohort/nginx req/s of the rounds where neither proxy's core was shared
+    awk -F'\t' -v c="$1" -v m="$2" 'NR > 1 && $2 == c && $1 == "cohort" {a[$3] = $4; fa[$3] = $16}
+        NR > 1 && $2 == c && $1 == "nginx" {b[$3] = $4; fb[$3] = $16}
+        END {for (r in a) if (b[r] > 0 && fa[r] <= m && fb[r] <= m) printf "%.3f\n", a[r] / b[r]}' "$TMP/rounds.tsv" | sort -g
+}
+median_of() { sort -g | awk 'NF {a[++n] = $1} END {if (n == 0) print "n/a"; else if (n % 2) print a[(n + 1) / 2]; else printf "%.3f\n", (a[n / 2] + a[n / 2 + 1]) / 2}'; }
 div() { awk -v a="$1" -v b="$2" 'BEGIN {if (b + 0 == 0) print "nan"; else printf "%.3f", a / b}'; }
+f0() { awk -v x="$1" 'BEGIN {if (x == "" || x == "nan") print "-"; else printf "%.0f", x}'; }
+f1() { awk -v x="$1" 'BEGIN {if (x == "" || x == "nan") print "-"; else printf "%.1f", x}'; }
 ms() { awk -v u="$1" 'BEGIN {printf "%.2f", u / 1000}'; }
 mib() { awk -v k="$1" 'BEGIN {printf "%.1f", k / 1024}'; }
 
 SUMMARY=$TMP/summary.txt
 TABLE=$TMP/table.txt
+S0() { sed -n "s/^$1=//p" "$SUMMARY"; } # reads back what this block has written so far
 {
     echo "date=$RUN_DATE"
     echo "command=benches/load.sh $*"
@@ -745,6 +787,7 @@ TABLE=$TMP/table.txt
     echo "proxy_cpu=$PROXY_CPU"
     echo "client_cpu=$CLIENT_CPU"
     echo "elapsed_s=$ELAPSED"
+    echo "nice=$NICE"
     echo "background_busy_pct_before=${bg0} ${bg1}"
     echo "peak_rss_per_round=$([[ $HWM_RESET == 1 ]] && echo VmHWM-reset-per-round || echo VmHWM-since-start)"
     echo "rss_at_start_kb.cohort=$START_RSS_COHORT"
@@ -763,10 +806,17 @@ TABLE=$TMP/table.txt
             echo "$t.c$c.sys_us_per_req_median=$(stat_of "$t" "$c" 12 median)"
             echo "$t.c$c.proxy_core_busy_pct_median=$(stat_of "$t" "$c" 14 median)"
             echo "$t.c$c.client_core_busy_pct_median=$(stat_of "$t" "$c" 15 median)"
+            echo "$t.c$c.foreign_pct_median=$(stat_of "$t" "$c" 16 median)"
+            echo "$t.c$c.cpu_us_per_req_median=$(awk -F'\t' -v t="$t" -v c="$c" 'NR > 1 && $1 == t && $2 == c {print $11 + $12}' "$TMP/rounds.tsv" | median_of)"
         done
         pr=$(paired_ratios "$c" | paste -sd' ' -)
         echo "ratio.c$c.req_s_cohort_over_nginx=$(div "$(stat_of cohort "$c" 4 median)" "$(stat_of nginx "$c" 4 median)")"
         echo "ratio.c$c.req_s_cohort_over_nginx_per_round=$pr"
+        echo "ratio.c$c.req_s_cohort_over_nginx_per_round_median=$(paired_ratios "$c" | median_of)"
+        cr=$(clean_ratios "$c" 10)
+        echo "ratio.c$c.clean_rounds=$(grep -c . <<<"$cr" || true)"
+        echo "ratio.c$c.req_s_cohort_over_nginx_clean_median=$(median_of <<<"$cr")"
+        echo "ratio.c$c.cpu_per_req_cohort_over_nginx=$(div "$(S0 "cohort.c$c.cpu_us_per_req_median")" "$(S0 "nginx.c$c.cpu_us_per_req_median")")"
         echo "ratio.c$c.req_s_ceiling_over_nginx=$(div "$(stat_of direct "$c" 4 median)" "$(stat_of nginx "$c" 4 median)")"
     done
     echo "cohort.counted_requests=$COHORT_COUNTED"
@@ -794,29 +844,38 @@ S() { sed -n "s/^$1=//p" "$SUMMARY"; }
 {
     echo "cohort vs NGINX split_clients: $(S date), $(S git_rev), kernel $(S kernel), nginx $(S nginx)"
     echo "wrk -t1, ${DURATION}s per run after ${WARMUP}s warm-up, $ROUNDS rounds interleaved cohort/nginx;"
-    echo "proxies on CPU $PROXY_CPU, wrk + two one-worker NGINX upstreams on CPU $CLIENT_CPU; random x-user-id, 90/10"
+    echo "proxies on CPU $PROXY_CPU, wrk + two one-worker NGINX upstreams on CPU $CLIENT_CPU (all at nice $NICE);"
+    echo "a random x-user-id per request, 90/10 split"
     echo
-    printf '%-6s %-9s %8s %15s %7s %7s %8s %5s %5s %5s %7s %7s %6s\n' conns proxy "req/s" "(min-max)" "p50 ms" "p99 ms" "peak MiB" "proc%" "cpu$PROXY_CPU%" "cpu$CLIENT_CPU%" "user us" "sys us" errors
+    printf '%-6s %-9s %8s %15s %7s %7s %8s %5s %5s %5s %6s %7s %7s %6s\n' conns proxy "req/s" "(min-max)" "p50 ms" "p99 ms" "peak MiB" "proc%" "cpu$PROXY_CPU%" "cpu$CLIENT_CPU%" other% "user us" "sys us" errors
     for c in "${CONNS[@]}"; do
         for t in cohort nginx direct; do
             label=$t
             [[ $t == direct ]] && label="no proxy"
-            printf '%-6s %-9s %8s %15s %7s %7s %8s %5s %5s %5s %7s %7s %6s\n' "$c" "$label" \
-                "$(S "$t.c$c.req_s_median")" "($(S "$t.c$c.req_s_min")-$(S "$t.c$c.req_s_max"))" \
+            printf '%-6s %-9s %8s %15s %7s %7s %8s %5s %5s %5s %6s %7s %7s %6s\n' "$c" "$label" \
+                "$(f0 "$(S "$t.c$c.req_s_median")")" "($(S "$t.c$c.req_s_min")-$(S "$t.c$c.req_s_max"))" \
                 "$(ms "$(S "$t.c$c.p50_us_median")")" "$(ms "$(S "$t.c$c.p99_us_median")")" \
-                "$(mib "$(S "$t.c$c.peak_rss_kb")")" "$(S "$t.c$c.cpu_pct_median")" \
-                "$(S "$t.c$c.proxy_core_busy_pct_median")" "$(S "$t.c$c.client_core_busy_pct_median")" \
-                "$(S "$t.c$c.user_us_per_req_median")" "$(S "$t.c$c.sys_us_per_req_median")" \
+                "$(mib "$(S "$t.c$c.peak_rss_kb")")" "$(f0 "$(S "$t.c$c.cpu_pct_median")")" \
+                "$(f0 "$(S "$t.c$c.proxy_core_busy_pct_median")")" "$(f0 "$(S "$t.c$c.client_core_busy_pct_median")")" \
+                "$(if [[ $t == direct ]]; then echo -; else f0 "$(S "$t.c$c.foreign_pct_median")"; fi)" \
+                "$(f1 "$(S "$t.c$c.user_us_per_req_median")")" "$(f1 "$(S "$t.c$c.sys_us_per_req_median")")" \
                 "$(S "$t.c$c.errors_total")"
         done
-        printf '%-6s cohort/nginx req/s: %s (per round: %s); no-proxy ceiling = %s x nginx\n' "$c" \
+        printf '%-6s cohort/nginx req/s: %s of medians; per round %s (median %s);\n' "$c" \
             "$(S "ratio.c$c.req_s_cohort_over_nginx")" "$(S "ratio.c$c.req_s_cohort_over_nginx_per_round")" \
-            "$(S "ratio.c$c.req_s_ceiling_over_nginx")"
+            "$(S "ratio.c$c.req_s_cohort_over_nginx_per_round_median")"
+        printf '%-6s %s of %s rounds had both cores to themselves (other work <= 10 %%), ratio there %s;\n' "" \
+            "$(S "ratio.c$c.clean_rounds")" "$ROUNDS" "$(S "ratio.c$c.req_s_cohort_over_nginx_clean_median")"
+        printf '%-6s CPU time per request cohort/nginx: %s (%s vs %s us, user + sys); no-proxy ceiling = %s x nginx\n' "" \
+            "$(S "ratio.c$c.cpu_per_req_cohort_over_nginx")" "$(f1 "$(S "cohort.c$c.cpu_us_per_req_median")")" \
+            "$(f1 "$(S "nginx.c$c.cpu_us_per_req_median")")" "$(S "ratio.c$c.req_s_ceiling_over_nginx")"
         echo
     done
     echo "Medians over rounds, except peak MiB: the largest VmHWM of a round (nginx: its worker)."
     echo "proc%: the proxy process's CPU time / wall time (100 = its core saturated); cpu$PROXY_CPU%, cpu$CLIENT_CPU%: how busy"
-    echo "each core was (anything, ours or not); user/sys us: the proxy's CPU time per request."
+    echo "each core was (anything, ours or not); other%: cpu$PROXY_CPU% - proc%, the proxy core's time spent on other"
+    echo "work (about 3 % of softirq when the machine is quiet; more means someone's build shared the core);"
+    echo "user/sys us: the proxy's CPU time per request."
     echo "'no proxy' rows: wrk straight at the stable upstream, one run; proc% etc. of the upstream worker."
     echo "CPUs busy before the run: cpu$PROXY_CPU ${bg0}%, cpu$CLIENT_CPU ${bg1}% (above ~15 % the figures are noisy)."
     echo "cohort counted $(S cohort.counted_requests) requests, canary share $(S cohort.counted_canary_share), by status: $(S cohort.counted_by_status)"
@@ -845,8 +904,10 @@ cat "$TABLE"
 if ((PROFILE)); then
     echo
     for t in cohort nginx; do
-        echo "== $t: perf (top symbols in $OUT_DIR/perf-$t-symbols.txt) by DSO:"
-        head -n 8 "$OUT_DIR/perf-$t-dso.txt" 2>/dev/null || true
+        echo "== $t: perf samples by DSO (top symbols: $OUT_DIR/perf-$t-symbols.txt)"
+        head -n 6 "$OUT_DIR/perf-$t-dso.txt" 2>/dev/null || true
+        echo "== $t: top symbols"
+        sed -n '3,22p' "$OUT_DIR/perf-$t-symbols.txt" 2>/dev/null || true
         cat "$OUT_DIR/syscalls-$t.txt" 2>/dev/null || true
     done
 fi

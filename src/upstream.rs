@@ -301,8 +301,10 @@ impl Pool {
                     transport: transport.id(),
                 };
                 if transport.is_h2() {
-                    return self
-                        .send_h2(key, endpoint, authority, req, timeouts)
+                    // Boxed: the HTTP/2 path's state would otherwise widen every
+                    // request's future, and hyper keeps one such slot per client
+                    // connection for its whole life, idle or not.
+                    return Box::pin(self.send_h2(key, endpoint, authority, req, timeouts))
                         .await
                         .map(|resp| (resp, None));
                 }
@@ -334,7 +336,9 @@ impl Pool {
                 Err(Exchange::Failed(e)) => return Err((e, None)),
             }
         }
-        let mut sender = match connect(endpoint, authority, timeouts.connect).await {
+        // Boxed for the same reason: connecting (TCP, TLS, handshake) is rare on a warm
+        // pool, and its large state should not sit in every request's future.
+        let mut sender = match Box::pin(connect(endpoint, authority, timeouts.connect)).await {
             Ok(sender) => sender,
             Err(e) => return Err((e, Some(req))),
         };
