@@ -158,10 +158,11 @@ fn prepare_upstream_request(
             headers.remove(&ovr.header);
         }
     }
+    // The target's authority (HTTP/2 `:authority`, an absolute-form HTTP/1.1 target)
+    // is the host the request is for; the upstream hop carries it as `Host`
+    // (RFC 9112 §3.2.2, RFC 9113 §8.3.1). Otherwise `Host` passes through unchanged.
     if let Some(authority) = &authority {
-        if !headers.contains_key(HOST) {
-            headers.insert(HOST, authority.clone());
-        }
+        headers.insert(HOST, authority.clone());
     }
     let forwarded_host = headers.get(HOST).cloned();
     headers::set_forwarded(headers, peer.ip(), scheme, forwarded_host);

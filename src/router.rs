@@ -63,12 +63,13 @@ impl RouteTable {
     }
 }
 
-/// The request's host: the `Host` header, else the URI authority (HTTP/2 `:authority`).
+/// The request's host: the URI authority when the request has one (HTTP/2 `:authority`,
+/// or an HTTP/1.1 absolute-form target, which RFC 9112 §3.2.2 says wins over `Host`),
+/// else the `Host` header.
 pub fn request_host<'a>(uri: &'a Uri, headers: &'a HeaderMap) -> Option<&'a str> {
-    headers
-        .get(HOST)
-        .and_then(|v| v.to_str().ok())
-        .or_else(|| uri.authority().map(|a| a.as_str()))
+    uri.authority()
+        .map(|a| a.as_str())
+        .or_else(|| headers.get(HOST).and_then(|v| v.to_str().ok()))
 }
 
 /// `example.com:8080` → `example.com`; `[::1]:8080` → `[::1]`.

@@ -1016,3 +1016,36 @@ async fn a_head_request_keeps_the_upstreams_content_length_and_the_connection() 
     assert_eq!(full.body.len(), 12345);
     cohort.shutdown().await;
 }
+
+/// RFC 9112 §3.2.2: an absolute-form target's authority wins over `Host`, for routing
+/// and for the `Host` the upstream hop carries.
+#[tokio::test]
+async fn an_absolute_form_target_is_routed_by_its_authority() {
+    let a = FakeUpstream::start("a").await;
+    let b = FakeUpstream::start("b").await;
+    let routes = format!(
+        "[[routes]]\nname = \"a\"\nhost = \"a.example\"\nsalt = \"s\"\nstable = {{ endpoints = [\"{}\"] }}\n\n\
+         [[routes]]\nname = \"b\"\nhost = \"b.example\"\nsalt = \"s\"\nstable = {{ endpoints = [\"{}\"] }}\n",
+        a.url(),
+        b.url()
+    );
+    let cohort = TestCohort::start(&routes).await;
+    let answer = support::raw_exchange(
+        cohort.proxy,
+        "GET http://b.example/x?q=1 HTTP/1.1\r\nHost: a.example\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(answer.status, 200);
+    assert_eq!(String::from_utf8_lossy(&answer.body), "b");
+    assert_eq!((a.hits(), b.hits()), (0, 1));
+    let seen = b.last_seen();
+    assert_eq!(
+        seen.uri, "/x?q=1",
+        "the upstream gets an origin-form target"
+    );
+    assert_eq!(
+        seen.headers.get("host").and_then(|v| v.to_str().ok()),
+        Some("b.example")
+    );
+    cohort.shutdown().await;
+}

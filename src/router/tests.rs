@@ -89,7 +89,7 @@ fn no_route_means_none() {
 }
 
 #[test]
-fn host_comes_from_host_header_or_authority() {
+fn host_comes_from_the_authority_then_the_host_header() {
     let uri: Uri = "http://from-authority:81/x".parse().unwrap();
     assert_eq!(
         request_host(&uri, &HeaderMap::new()),
@@ -97,6 +97,12 @@ fn host_comes_from_host_header_or_authority() {
     );
     assert_eq!(
         request_host(&uri, &headers(&[("host", "from-header")])),
+        Some("from-authority:81"),
+        "an absolute-form target wins over Host (RFC 9112 §3.2.2)"
+    );
+    let origin_form: Uri = "/x".parse().unwrap();
+    assert_eq!(
+        request_host(&origin_form, &headers(&[("host", "from-header")])),
         Some("from-header")
     );
     let origin: Uri = "/x".parse().unwrap();
