@@ -65,10 +65,10 @@ override = {{ trusted = ["127.0.0.0/8", "::1/128"] }}
     let proxy = running.proxy_addr();
     let admin = running.admin_addr();
 
-    println!("cohort demo");
-    println!("  stable upstream  http://{stable}   canary upstream  http://{canary}");
-    println!("  proxy            http://{proxy}/   route \"demo\", canary_percent = {CANARY_PERCENT}, salt = \"{SALT}\"");
-    println!();
+    crate::out!("cohort demo");
+    crate::out!("  stable upstream  http://{stable}   canary upstream  http://{canary}");
+    crate::out!("  proxy            http://{proxy}/   route \"demo\", canary_percent = {CANARY_PERCENT}, salt = \"{SALT}\"");
+    crate::out!();
 
     let mut client = DemoClient::connect(proxy).await?;
     let mut split: BTreeMap<String, usize> = BTreeMap::new();
@@ -77,7 +77,7 @@ override = {{ trusted = ["127.0.0.0/8", "::1/128"] }}
         *split.entry(variant).or_default() += 1;
     }
     let canary_count = split.get("canary").copied().unwrap_or(0);
-    println!(
+    crate::out!(
         "sent {USERS} requests, one per x-user-id: stable {}, canary {} ({:.1} % canary; the setting is {CANARY_PERCENT} %)",
         split.get("stable").copied().unwrap_or(0),
         canary_count,
@@ -90,23 +90,23 @@ override = {{ trusted = ["127.0.0.0/8", "::1/128"] }}
         }
         seen
     };
-    println!("sticky: user \"alice\" five times -> {}", alice.join(", "));
+    crate::out!("sticky: user \"alice\" five times -> {}", alice.join(", "));
     let forced = client.get("alice", Some("canary")).await?;
-    println!("override: alice with x-cohort-variant: canary from 127.0.0.1 -> {forced}");
-    println!();
-    println!("try it:");
-    println!("  curl -si -H 'x-user-id: alice' http://{proxy}/");
-    println!("  curl -s 'http://{admin}/assign?route=demo&key=alice'");
-    println!("  curl -s http://{admin}/routes");
-    println!("  curl -s http://{admin}/metrics | grep cohort_requests_total");
-    println!("  status page: http://{admin}/   metrics: http://{admin}/metrics");
-    println!();
+    crate::out!("override: alice with x-cohort-variant: canary from 127.0.0.1 -> {forced}");
+    crate::out!();
+    crate::out!("try it:");
+    crate::out!("  curl -si -H 'x-user-id: alice' http://{proxy}/");
+    crate::out!("  curl -s 'http://{admin}/assign?route=demo&key=alice'");
+    crate::out!("  curl -s http://{admin}/routes");
+    crate::out!("  curl -s http://{admin}/metrics | grep cohort_requests_total");
+    crate::out!("  status page: http://{admin}/   metrics: http://{admin}/metrics");
+    crate::out!();
     match duration {
-        Some(d) => println!(
+        Some(d) => crate::out!(
             "live traffic for {}; the split so far:",
             humantime::format_duration(d)
         ),
-        None => println!("live traffic until Ctrl-C; the split so far:"),
+        None => crate::out!("live traffic until Ctrl-C; the split so far:"),
     }
 
     let mut user = USERS;
@@ -137,7 +137,7 @@ fn print_split(split: &BTreeMap<String, usize>) {
     let stable = split.get("stable").copied().unwrap_or(0);
     let canary = split.get("canary").copied().unwrap_or(0);
     let total = (stable + canary).max(1);
-    println!(
+    crate::out!(
         "  stable {stable:>6}  canary {canary:>6}  ({:.1} % canary)",
         canary as f64 * 100.0 / total as f64
     );

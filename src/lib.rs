@@ -3,6 +3,21 @@
 //! The pure core ([`cohort`], [`config`], [`router`], [`window`]) decides; the shell
 //! ([`server`], [`listener`], [`proxy`], [`upstream`], [`admin`], [`metrics`]) does I/O.
 
+/// `println!` for command output that may go into a pipe closed early (`cohort status
+/// | head -1`): a closed stdout ends the command quietly instead of panicking.
+#[macro_export]
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let mut stdout = std::io::stdout().lock();
+        if let Err(e) = writeln!(stdout, $($arg)*).and_then(|()| stdout.flush()) {
+            if e.kind() == std::io::ErrorKind::BrokenPipe {
+                std::process::exit(0);
+            }
+        }
+    }};
+}
+
 pub mod admin;
 pub mod client;
 pub mod cohort;

@@ -209,7 +209,7 @@ fn check(path: &std::path::Path) -> ExitCode {
     let Some(config) = load_or_report(path) else {
         return ExitCode::from(1);
     };
-    println!(
+    cohort::out!(
         "{}: ok; listen {}, admin {}, {} route(s)",
         path.display(),
         config.listen.address,
@@ -225,7 +225,7 @@ fn check(path: &std::path::Path) -> ExitCode {
                 .join(", ")
         };
         let sticky: Vec<String> = route.sticky.iter().map(ToString::to_string).collect();
-        println!(
+        cohort::out!(
             "route {:?}: host={} path_prefix={} canary={}% salt={:?} sticky=[{}] stable=[{}] canary=[{}]",
             route.name,
             route.host.as_deref().unwrap_or("*"),
@@ -258,7 +258,7 @@ fn assign_key(path: &std::path::Path, route_name: &str, key: &str) -> ExitCode {
         key.as_bytes(),
         offline_share(route, &config, wall_now()),
     );
-    println!("route={route_name} key={key} bucket={bucket} variant={variant}");
+    cohort::out!("route={route_name} key={key} bucket={bucket} variant={variant}");
     ExitCode::SUCCESS
 }
 
@@ -316,7 +316,7 @@ async fn change(admin: AdminArgs, route: String, what: Change) -> ExitCode {
         .as_str()
         .map(|s| format!(" (rollout {s})"))
         .unwrap_or_default();
-    println!(
+    cohort::out!(
         "route {route}: canary {}%{rollout}",
         state["canary_percent"]
             .as_f64()
@@ -329,7 +329,7 @@ async fn change(admin: AdminArgs, route: String, what: Change) -> ExitCode {
 async fn status(admin: AdminArgs) -> ExitCode {
     match admin_json(&admin.admin, Method::GET, "/routes", &[], Bytes::new()).await {
         Ok(routes) => {
-            print!("{}", cohort::status_table::table(&routes));
+            cohort::out!("{}", cohort::status_table::table(&routes).trim_end());
             ExitCode::SUCCESS
         }
         Err(reason) => {

@@ -793,3 +793,27 @@ async fn set_rollback_and_status_talk_to_a_running_instance() {
         Some(0)
     );
 }
+
+#[test]
+fn output_into_a_closed_pipe_ends_quietly() {
+    // `cohort check | head -0`: stdout is closed before cohort writes.
+    let mut child = std::process::Command::new(process::bin())
+        .args([
+            "check",
+            "-c",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/config/cohort.toml"),
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn cohort");
+    drop(child.stdout.take());
+    let out = child.wait_with_output().expect("wait");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("panicked"));
+}
