@@ -154,8 +154,9 @@ pub struct Pool {
 
 #[derive(Default)]
 struct PoolInner {
-    /// Plain HTTP/1.1, keyed by authority.
-    idle: Mutex<HashMap<String, VecDeque<IdleConnection>>>,
+    /// Plain HTTP/1.1, keyed by authority (the snapshot's shared `Arc<str>`, so giving
+    /// a connection back allocates no key).
+    idle: Mutex<HashMap<Arc<str>, VecDeque<IdleConnection>>>,
     /// TLS and HTTP/2 connections, keyed by authority and transport settings, so
     /// variants with different TLS settings never share a connection.
     keyed: Mutex<Keyed>,
@@ -270,7 +271,7 @@ impl Pool {
                     .idle
                     .lock()
                     .unwrap_or_else(PoisonError::into_inner);
-                push_idle(idle.entry(authority.to_string()).or_default(), lease.sender);
+                push_idle(idle.entry(authority).or_default(), lease.sender);
             }
             Slot::Keyed(key) => {
                 let mut keyed = lease.pool.keyed();
