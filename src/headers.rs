@@ -77,17 +77,23 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     }
 }
 
-/// Appends the peer to `X-Forwarded-For` (folding earlier values into one line) and sets
-/// `X-Forwarded-Proto` and `X-Forwarded-Host`.
+/// The peer address as an `X-Forwarded-For` element (canonical text), made once per
+/// client connection so requests only clone it.
+pub fn peer_value(peer: IpAddr) -> HeaderValue {
+    HeaderValue::from_bytes(IpText::new(peer).as_bytes())
+        .unwrap_or(HeaderValue::from_static("unknown"))
+}
+
+/// Appends the peer (see [`peer_value`]) to `X-Forwarded-For` (folding earlier values
+/// into one line) and sets `X-Forwarded-Proto` and `X-Forwarded-Host`.
 pub fn set_forwarded(
     headers: &mut HeaderMap,
-    peer: IpAddr,
+    peer: &HeaderValue,
     proto: &'static str,
     host: Option<HeaderValue>,
 ) {
-    let peer = IpText::new(peer);
     let xff = match headers.get(&X_FORWARDED_FOR) {
-        None => HeaderValue::from_bytes(peer.as_bytes()).ok(),
+        None => Some(peer.clone()),
         Some(_) => {
             let mut joined: Vec<u8> = Vec::with_capacity(64);
             for value in headers.get_all(&X_FORWARDED_FOR) {
@@ -227,7 +233,7 @@ mod tests {
         ]);
         set_forwarded(
             &mut m,
-            "::ffff:192.0.2.7".parse().unwrap(),
+            &peer_value("::ffff:192.0.2.7".parse().unwrap()),
             "http",
             Some(HeaderValue::from_static("shop.example.com")),
         );
@@ -240,7 +246,12 @@ mod tests {
         assert_eq!(m.get(&X_FORWARDED_HOST).unwrap(), "shop.example.com");
 
         let mut fresh = HeaderMap::new();
-        set_forwarded(&mut fresh, "2001:db8::1".parse().unwrap(), "http", None);
+        set_forwarded(
+            &mut fresh,
+            &peer_value("2001:db8::1".parse().unwrap()),
+            "http",
+            None,
+        );
         assert_eq!(fresh.get(&X_FORWARDED_FOR).unwrap(), "2001:db8::1");
         assert!(fresh.get(&X_FORWARDED_HOST).is_none());
     }

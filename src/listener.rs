@@ -209,9 +209,11 @@ impl Connection {
     {
         let ctx = self.ctx.clone();
         let peer = self.peer;
+        let client = Arc::new(proxy::Peer::new(peer));
         let service = hyper::service::service_fn(move |req| {
             let ctx = ctx.clone();
-            async move { Ok::<_, Infallible>(proxy::handle(&ctx, req, peer).await) }
+            let client = client.clone();
+            async move { Ok::<_, Infallible>(proxy::handle(&ctx, req, &client).await) }
         });
         let result = match protocol {
             Wire::Http1 => {

@@ -32,11 +32,28 @@ pub struct ProxyContext {
 }
 
 /// Proxies one request. Never fails: every problem becomes a response.
+/// A client connection's address, with its `X-Forwarded-For` text made once.
+pub struct Peer {
+    pub addr: SocketAddr,
+    forwarded_for: HeaderValue,
+}
+
+impl Peer {
+    pub fn new(addr: SocketAddr) -> Peer {
+        Peer {
+            addr,
+            forwarded_for: headers::peer_value(addr.ip()),
+        }
+    }
+}
+
 pub async fn handle(
     ctx: &ProxyContext,
     mut req: Request<Incoming>,
-    peer: SocketAddr,
+    peer: &Peer,
 ) -> Response<ProxyBody> {
+    let client = peer;
+    let peer = peer.addr;
     let start = Instant::now();
     let snap = ctx.snapshot.load_full();
     let host = router::request_host(req.uri(), req.headers());
@@ -69,7 +86,7 @@ pub async fn handle(
 
     let upgrade = req.version() == Version::HTTP_11 && headers::is_upgrade_request(req.headers());
     let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
-    let upstream_req = prepare_upstream_request(req, route, &decision, peer, ctx.scheme);
+    let upstream_req = prepare_upstream_request(req, route, &decision, client, ctx.scheme);
 
     let mut endpoints = state.endpoints(variant);
     let result = match endpoints.next() {
@@ -142,9 +159,10 @@ fn prepare_upstream_request(
     req: Request<Incoming>,
     route: &crate::config::Route,
     decision: &Decision,
-    peer: SocketAddr,
+    client: &Peer,
     scheme: &'static str,
 ) -> Request<Incoming> {
+    let peer = client.addr;
     let (mut parts, body) = req.into_parts();
     let upgrade = parts.version == Version::HTTP_11 && headers::is_upgrade_request(&parts.headers);
     let authority = parts
@@ -165,7 +183,7 @@ fn prepare_upstream_request(
         headers.insert(HOST, authority.clone());
     }
     let forwarded_host = headers.get(HOST).cloned();
-    headers::set_forwarded(headers, peer.ip(), scheme, forwarded_host);
+    headers::set_forwarded(headers, &client.forwarded_for, scheme, forwarded_host);
     headers::fold_cookies(headers);
     headers.insert(
         X_COHORT_VARIANT.clone(),
