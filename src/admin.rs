@@ -136,7 +136,7 @@ fn route_json(snap: &Snapshot, index: usize) -> Value {
         json!({
             "state": state.rollout_state().as_str(),
             "step": state.step(),
-            "steps": r.steps.iter().map(|bp| percent_json(*bp)).collect::<Vec<_>>(),
+            "steps": r.steps,
             "start": r.start_text,
             "step_every": humantime::format_duration(r.step_every).to_string(),
             "scheduled_step": position.step,
@@ -162,7 +162,7 @@ fn route_json(snap: &Snapshot, index: usize) -> Value {
         "name": route.name,
         "host": route.host,
         "path_prefix": route.path_prefix,
-        "canary_percent": percent_json(share),
+        "canary_percent": share,
         "salt": route.salt,
         "sticky": route.sticky,
         "stable": variant(Variant::Stable),
@@ -393,15 +393,6 @@ fn hex_value(digit: u8) -> u8 {
             .to_ascii_uppercase()
             .wrapping_sub(b'A')
             .wrapping_add(10),
-    }
-}
-
-/// A percentage as JSON: an integer when whole (`10`), else a float (`2.5`), as in `/config`.
-fn percent_json(bp: BasisPoints) -> Value {
-    if bp.get() % 100 == 0 {
-        json!(bp.get() / 100)
-    } else {
-        json!(bp.percent())
     }
 }
 

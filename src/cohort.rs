@@ -124,6 +124,18 @@ impl BasisPoints {
     }
 }
 
+impl serde::Serialize for BasisPoints {
+    /// As a JSON/TOML percentage: an integer when whole (`10`), else a float (`2.5`),
+    /// the way the config file writes it.
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if self.0 % 100 == 0 {
+            s.serialize_u64(u64::from(self.0 / 100))
+        } else {
+            s.serialize_f64(self.percent())
+        }
+    }
+}
+
 impl fmt::Display for BasisPoints {
     /// Shortest exact form: `10`, `2.5`, `0.25`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -327,7 +327,7 @@ pub struct Route {
     pub path_prefix: String,
     pub sticky: Vec<StickySource>,
     pub salt: String,
-    #[serde(rename = "canary_percent", serialize_with = "ser_percent")]
+    #[serde(rename = "canary_percent")]
     pub canary_bp: BasisPoints,
     pub stable: Upstream,
     pub canary: Upstream,
@@ -556,14 +556,6 @@ fn ser_header<S: serde::Serializer>(h: &HeaderName, s: S) -> Result<S::Ok, S::Er
 
 fn ser_opt_header<S: serde::Serializer>(h: &Option<HeaderName>, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(h.as_ref().map_or("", HeaderName::as_str))
-}
-
-fn ser_percent<S: serde::Serializer>(bp: &BasisPoints, s: S) -> Result<S::Ok, S::Error> {
-    if bp.get() % 100 == 0 {
-        s.serialize_u64(u64::from(bp.get() / 100))
-    } else {
-        s.serialize_f64(bp.percent())
-    }
 }
 
 fn ser_rollout<S: serde::Serializer>(r: &Option<Rollout>, s: S) -> Result<S::Ok, S::Error> {
