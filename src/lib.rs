@@ -24,6 +24,7 @@ pub mod cohort;
 pub mod config;
 pub mod demo;
 pub mod guard;
+pub mod h1;
 pub mod headers;
 pub mod listener;
 pub mod metrics;

@@ -21,6 +21,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 
+use crate::h1::{self, rewind::Rewind, server::Served};
 use crate::proxy::{self, ProxyContext};
 use crate::tls::{ServerTls, HANDSHAKE_TIMEOUT};
 
@@ -145,8 +146,11 @@ impl Http {
     fn new() -> Http {
         let mut h1 = http1::Builder::new();
         // Vectored writes cost more than they save for small proxied responses
-        // (PERFORMANCE.md); the timer powers hyper's header-read timeout.
-        h1.timer(TokioTimer::new()).writev(false);
+        // (PERFORMANCE.md); the timer powers hyper's header-read timeout; request heads
+        // are limited as on cohort's own path (431 beyond, like Envoy's 60 KiB).
+        h1.timer(TokioTimer::new())
+            .writev(false)
+            .max_buf_size(h1::head::MAX_REQUEST_HEAD);
         Http {
             h1,
             h2: http2::Builder::new(TokioExecutor::new()),
@@ -168,13 +172,22 @@ impl Connection {
     /// Tells HTTP/2 prior knowledge from HTTP/1.x by peeking at the first bytes, so
     /// nothing is buffered for the connection before it speaks (an idle client costs
     /// its task and socket only), then serves it.
-    async fn serve_plain(self, stream: TcpStream) {
+    async fn serve_plain(mut self, mut stream: TcpStream) {
         let protocol = match tokio::time::timeout(FIRST_BYTES_TIMEOUT, sniff(&stream)).await {
             Ok(Ok(Some(protocol))) => protocol,
             // Closed, failed, or silent too long: nothing to serve.
             _ => return,
         };
-        self.serve(TokioIo::new(stream), protocol).await;
+        if protocol == Wire::Http2 {
+            return self.serve(TokioIo::new(stream), protocol).await;
+        }
+        // HTTP/1.1 on cohort's own path first; hyper takes over what it does not handle.
+        let peer = proxy::Peer::new(self.peer);
+        let served = h1::server::serve(&self.ctx, &peer, &mut stream, &mut self.shutdown).await;
+        if let Served::Handover(read) = served {
+            self.serve(TokioIo::new(Rewind::new(read, stream)), Wire::Http1)
+                .await;
+        }
     }
 
     /// Completes a client's TLS handshake, then serves the connection in the protocol

@@ -27,6 +27,8 @@ pub struct ProxyContext {
     pub snapshot: SharedSnapshot,
     pub metrics: Arc<Metrics>,
     pub pool: Pool,
+    /// Plain HTTP/1.1 upstream connections of cohort's own client (`crate::h1`).
+    pub h1_pool: crate::h1::upstream::Pool,
     /// `http` or `https`: the listener's scheme, for `X-Forwarded-Proto` and cookies.
     pub scheme: &'static str,
 }
@@ -35,7 +37,7 @@ pub struct ProxyContext {
 /// A client connection's address, with its `X-Forwarded-For` text made once.
 pub struct Peer {
     pub addr: SocketAddr,
-    forwarded_for: HeaderValue,
+    pub forwarded_for: HeaderValue,
 }
 
 impl Peer {
@@ -67,22 +69,22 @@ pub async fn handle(
     let variant_metrics = state.metrics.variant(variant);
     variant_metrics.assigned(decision.source);
     variant_metrics.started();
-    let access_log = snap
-        .config
-        .listen
-        .access_log
-        .then(|| Box::new(AccessLog::new(&req, peer, &decision)));
+    let access_log = snap.config.listen.access_log.then(|| {
+        Box::new(AccessLog::new(
+            req.method().clone(),
+            req.uri().path(),
+            peer,
+            decision.source,
+        ))
+    });
     // From here on the request is counted exactly once, even if the client leaves.
-    let mut pending = Pending(Some(Completion {
-        snap: snap.clone(),
-        route: index,
-        variant,
-        source: decision.source,
-        status: 499,
+    let mut pending = Pending::new(Completion::new(
+        snap.clone(),
+        index,
+        &decision,
         start,
-        cut: false,
         access_log,
-    }));
+    ));
 
     let upgrade = req.version() == Version::HTTP_11 && headers::is_upgrade_request(req.headers());
     let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
@@ -222,11 +224,11 @@ fn decorate_response(
 }
 
 /// A fresh random cohort key for a client that sent none: 128 random bits in hex.
-fn draw_key() -> String {
+pub(crate) fn draw_key() -> String {
     format!("{:032x}", fastrand::u128(..))
 }
 
-fn error_body(e: &UpstreamError) -> &'static str {
+pub(crate) fn error_body(e: &UpstreamError) -> &'static str {
     use crate::metrics::UpstreamErrorKind as K;
     match e.kind() {
         K::Connect => "upstream unavailable: connection failed\n",
@@ -264,7 +266,7 @@ async fn tunnel(downstream: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade:
 }
 
 /// Details kept for the access log line, only when `listen.access_log` is on.
-struct AccessLog {
+pub(crate) struct AccessLog {
     method: Method,
     path: String,
     peer: SocketAddr,
@@ -272,31 +274,56 @@ struct AccessLog {
 }
 
 impl AccessLog {
-    fn new(req: &Request<Incoming>, peer: SocketAddr, decision: &Decision) -> AccessLog {
+    pub(crate) fn new(
+        method: Method,
+        path: &str,
+        peer: SocketAddr,
+        source: AssignSource,
+    ) -> AccessLog {
         AccessLog {
-            method: req.method().clone(),
-            path: req.uri().path().to_owned(),
+            method,
+            path: path.to_owned(),
             peer,
-            source: decision.source,
+            source,
         }
     }
 }
 
 /// Everything needed to count one request once.
-struct Completion {
+pub(crate) struct Completion {
     snap: Arc<Snapshot>,
     route: usize,
     variant: Variant,
     source: AssignSource,
-    status: u16,
+    /// 499 until a response exists: the client left first.
+    pub(crate) status: u16,
     start: Instant,
     /// The upstream cut the response body after its headers.
-    cut: bool,
+    pub(crate) cut: bool,
     access_log: Option<Box<AccessLog>>,
 }
 
 impl Completion {
-    fn finish(self) {
+    pub(crate) fn new(
+        snap: Arc<Snapshot>,
+        route: usize,
+        decision: &Decision,
+        start: Instant,
+        access_log: Option<Box<AccessLog>>,
+    ) -> Completion {
+        Completion {
+            snap,
+            route,
+            variant: decision.variant,
+            source: decision.source,
+            status: 499,
+            start,
+            cut: false,
+            access_log,
+        }
+    }
+
+    pub(crate) fn finish(self) {
         let elapsed = self.start.elapsed();
         let (route, state) = self.snap.route(self.route);
         state.finished(self.variant, self.source, self.status, elapsed, self.cut);
@@ -318,10 +345,14 @@ impl Completion {
 
 /// Counts a request as 499 if its future is dropped before a response exists
 /// (the client went away while cohort waited for the upstream).
-struct Pending(Option<Completion>);
+pub(crate) struct Pending(Option<Completion>);
 
 impl Pending {
-    fn take(&mut self) -> Completion {
+    pub(crate) fn new(completion: Completion) -> Pending {
+        Pending(Some(completion))
+    }
+
+    pub(crate) fn take(&mut self) -> Completion {
         // `take` is called once, on the only path that leaves `handle` with a response.
         match self.0.take() {
             Some(c) => c,

@@ -7,7 +7,7 @@ use std::fmt::{self, Write as _};
 use std::net::IpAddr;
 
 use http::header::{COOKIE, HOST};
-use http::{HeaderMap, HeaderValue, Uri};
+use http::{HeaderMap, HeaderName, HeaderValue, Uri};
 
 use crate::cohort::{self, BasisPoints, Variant};
 use crate::config::{canonical_ip, Override, Route, StickySource, COHORT_ID_COOKIE};
@@ -169,16 +169,35 @@ impl CohortKey<'_> {
     }
 }
 
+/// Read access to a request's header fields: routing decides the same way on hyper's
+/// `HeaderMap` and on the fields cohort's own HTTP/1.1 parser found in place.
+pub trait Fields {
+    /// The first value of the field `name`, if present.
+    fn first(&self, name: &HeaderName) -> Option<&[u8]>;
+    /// Every `Cookie` field value, in order.
+    fn cookies(&self) -> impl Iterator<Item = &[u8]>;
+}
+
+impl Fields for HeaderMap {
+    fn first(&self, name: &HeaderName) -> Option<&[u8]> {
+        self.get(name).map(HeaderValue::as_bytes)
+    }
+
+    fn cookies(&self) -> impl Iterator<Item = &[u8]> {
+        self.get_all(COOKIE).iter().map(HeaderValue::as_bytes)
+    }
+}
+
 /// The first present, non-empty key among the route's sources, then `cookie:cohort_id`.
 pub fn find_key<'a>(
     sticky: &[StickySource],
-    headers: &'a HeaderMap,
+    headers: &'a impl Fields,
     peer: IpAddr,
 ) -> Option<(CohortKey<'a>, AssignSource)> {
     for source in sticky {
         match source {
             StickySource::Header(name) => {
-                if let Some(value) = headers.get(name).map(|v| trim(v.as_bytes())) {
+                if let Some(value) = headers.first(name).map(trim) {
                     if !value.is_empty() {
                         return Some((CohortKey::Borrowed(value), AssignSource::Header));
                     }
@@ -198,9 +217,9 @@ pub fn find_key<'a>(
 }
 
 /// The raw value of the first cookie called `name` across all `Cookie` headers.
-pub fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a [u8]> {
-    headers.get_all(COOKIE).iter().find_map(|header| {
-        header.as_bytes().split(|&b| b == b';').find_map(|pair| {
+pub fn cookie<'a>(headers: &'a impl Fields, name: &str) -> Option<&'a [u8]> {
+    headers.cookies().find_map(|header| {
+        header.split(|&b| b == b';').find_map(|pair| {
             let pair = trim(pair);
             let eq = pair.iter().position(|&b| b == b'=')?;
             (trim(&pair[..eq]) == name.as_bytes()).then(|| trim(&pair[eq + 1..]))
@@ -214,13 +233,13 @@ fn trim(bytes: &[u8]) -> &[u8] {
 
 /// The variant a trusted request forces through the override header or cookie.
 /// Untrusted peers get `None` whatever they send.
-pub fn forced_variant(ovr: &Override, headers: &HeaderMap, peer: IpAddr) -> Option<Variant> {
+pub fn forced_variant(ovr: &Override, headers: &impl Fields, peer: IpAddr) -> Option<Variant> {
     if !ovr.trusts(peer) {
         return None;
     }
     headers
-        .get(&ovr.header)
-        .and_then(|v| Variant::from_name(trim(v.as_bytes())))
+        .first(&ovr.header)
+        .and_then(|v| Variant::from_name(trim(v)))
         .or_else(|| cookie(headers, &ovr.cookie).and_then(Variant::from_name))
 }
 
@@ -241,7 +260,7 @@ pub struct Decision {
 pub fn decide(
     route: &Route,
     canary: BasisPoints,
-    headers: &HeaderMap,
+    headers: &impl Fields,
     peer: IpAddr,
     draw_key: impl FnOnce() -> String,
 ) -> Decision {

@@ -140,6 +140,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
                 snapshot: state.snapshot.clone(),
                 metrics: state.metrics.clone(),
                 pool: Pool::new(),
+                h1_pool: Default::default(),
                 scheme: if tls.is_some() { "https" } else { "http" },
             };
             listener::spawn_worker(id, socket, ctx, tls.clone(), stop_rx.clone(), drain)

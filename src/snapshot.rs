@@ -11,7 +11,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 
 use crate::cohort::{BasisPoints, Variant};
-use crate::config::{Config, Endpoint, Route};
+use crate::config::{Config, Endpoint, Route, Transport};
 use crate::guard::{GuardState, Guards};
 use crate::metrics::{Metrics, RouteMetrics};
 use crate::rollout::{self, RolloutState, UnixMillis};
@@ -36,6 +36,9 @@ pub struct RouteState {
     rollout_state: AtomicU8,
     /// Rollout/guard memory, for routes that have either.
     guard: Option<Arc<GuardState>>,
+    /// Every endpoint of both variants is plain HTTP/1.1: cohort's own client serves
+    /// the route (`crate::h1`); otherwise hyper's does.
+    plain_http1: bool,
 }
 
 /// A variant's endpoints with their pool keys, and the round-robin cursor.
@@ -77,6 +80,11 @@ impl Snapshot {
                     step: AtomicI64::new(-1),
                     rollout_state: AtomicU8::new(0),
                     guard: guards.for_route(route, config.state_dir.as_deref()),
+                    plain_http1: [Variant::Stable, Variant::Canary].iter().all(|&v| {
+                        variant_upstream(route, v)
+                            .iter()
+                            .all(|e| e.transport == Transport::Http1)
+                    }),
                 };
                 state.refresh(route, now);
                 state
@@ -115,6 +123,11 @@ impl RouteState {
     /// The canary share in force.
     pub fn share(&self) -> BasisPoints {
         BasisPoints::from_raw(self.share.load(Ordering::Relaxed)).unwrap_or(BasisPoints::ZERO)
+    }
+
+    /// Whether cohort's own HTTP/1.1 client can reach every endpoint of the route.
+    pub fn plain_http1(&self) -> bool {
+        self.plain_http1
     }
 
     /// The rollout step in force, if a rollout has started.

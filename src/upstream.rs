@@ -40,6 +40,9 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(4);
 /// Idle connections kept per endpoint and worker.
 pub const MAX_IDLE_PER_ENDPOINT: usize = 1024;
 
+/// A failure's cause from hyper or from cohort's own HTTP/1.1 client.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
 /// Why a request got no response from its upstream.
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
@@ -70,15 +73,9 @@ pub enum UpstreamError {
         source: hyper::Error,
     },
     #[error("{authority} closed or reset the connection: {source}")]
-    Reset {
-        authority: String,
-        source: hyper::Error,
-    },
+    Reset { authority: String, source: BoxError },
     #[error("{authority} sent an invalid HTTP response: {source}")]
-    Protocol {
-        authority: String,
-        source: hyper::Error,
-    },
+    Protocol { authority: String, source: BoxError },
 }
 
 impl UpstreamError {
@@ -648,7 +645,7 @@ fn classify(authority: &str, e: hyper::Error) -> UpstreamError {
     if e.is_parse() || e.is_parse_status() || e.is_parse_too_large() {
         UpstreamError::Protocol {
             authority,
-            source: e,
+            source: Box::new(e),
         }
     } else if let Some(alert) = tls_cause(&e) {
         // The upstream refused the session after the handshake (TLS 1.3 servers reject
@@ -660,7 +657,7 @@ fn classify(authority: &str, e: hyper::Error) -> UpstreamError {
     } else {
         UpstreamError::Reset {
             authority,
-            source: e,
+            source: Box::new(e),
         }
     }
 }
@@ -809,6 +806,21 @@ where
         let _ = conn.await;
     });
     Ok(sender)
+}
+
+/// Resolves and connects within `timeout`: a plain TCP connection for cohort's own
+/// HTTP/1.1 client.
+pub(crate) async fn connect_tcp(
+    endpoint: &Endpoint,
+    authority: &str,
+    timeout: Duration,
+) -> Result<TcpStream, UpstreamError> {
+    tokio::time::timeout(timeout, open_tcp(endpoint, authority))
+        .await
+        .map_err(|_| UpstreamError::ConnectTimeout {
+            authority: authority.to_owned(),
+            after: timeout,
+        })?
 }
 
 async fn open_tcp(endpoint: &Endpoint, authority: &str) -> Result<TcpStream, UpstreamError> {

@@ -1103,3 +1103,51 @@ impl Drop for RawUpstream {
         self.task.abort();
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// More of the raw client: interim responses and the end of a connection
+// ---------------------------------------------------------------------------------------
+
+impl RawConn {
+    /// Reads one final response, skipping the interim `1xx` heads before it (never a
+    /// `101`, which is final for its request); returns their statuses too.
+    pub async fn read_final_response(&mut self, head_request: bool) -> (Vec<u16>, RawResponse) {
+        let mut interim = Vec::new();
+        loop {
+            let end = loop {
+                if let Some(i) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                    break i + 4;
+                }
+                let want = self.buf.len() + 1;
+                assert!(self.fill(want).await, "EOF inside a response head");
+            };
+            let status = std::str::from_utf8(&self.buf[..end])
+                .ok()
+                .and_then(|head| head.split(' ').nth(1))
+                .and_then(|s| s.parse::<u16>().ok());
+            match status {
+                Some(status) if (100..200).contains(&status) && status != 101 => {
+                    interim.push(status);
+                    self.buf.drain(..end);
+                }
+                _ => return (interim, self.read_response(head_request).await),
+            }
+        }
+    }
+
+    /// Everything the server sends until it closes the connection, starting with what
+    /// was already read past the last response. A reset counts as a close; a
+    /// connection still open after [`PATIENCE`] fails the test.
+    pub async fn read_until_close(&mut self) -> Vec<u8> {
+        let mut chunk = [0u8; 8192];
+        loop {
+            let read = tokio::time::timeout(PATIENCE, self.stream.read(&mut chunk))
+                .await
+                .expect("the server kept the connection open");
+            match read {
+                Ok(0) | Err(_) => return std::mem::take(&mut self.buf),
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    }
+}

@@ -1,0 +1,542 @@
+//! Request and response heads on cohort's own HTTP/1.1 path: parsed in place with
+//! httparse, classified, and rewritten for the next hop straight into a byte buffer.
+//!
+//! Pure: no I/O. A request this path does not handle (see [`Handover`]) is left to
+//! hyper, so every rule here can stay small and strict.
+
+use http::{HeaderName, StatusCode};
+
+use crate::router::Fields;
+
+/// Header fields a head may carry (hyper's limit too).
+pub const MAX_FIELDS: usize = 100;
+
+/// Request heads larger than this are hyper's (it answers 431 past its own limit).
+pub const MAX_REQUEST_HEAD: usize = 64 * 1024;
+
+/// Request bodies up to this size are forwarded from the read buffer in one write;
+/// larger ones, and chunked ones, are streamed by hyper.
+pub const MAX_INLINE_BODY: usize = 16 * 1024;
+
+/// Header fields parsed in place.
+#[derive(Clone, Copy)]
+pub struct ParsedFields<'h, 'b>(pub &'h [httparse::Header<'b>]);
+
+impl Fields for ParsedFields<'_, '_> {
+    fn first(&self, name: &HeaderName) -> Option<&[u8]> {
+        self.0
+            .iter()
+            .find(|f| f.name.eq_ignore_ascii_case(name.as_str()))
+            .map(|f| f.value)
+    }
+
+    fn cookies(&self) -> impl Iterator<Item = &[u8]> {
+        self.0
+            .iter()
+            .filter(|f| f.name.eq_ignore_ascii_case("cookie"))
+            .map(|f| f.value)
+    }
+}
+
+/// Why a request goes to hyper instead: rare shapes this path does not implement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Handover {
+    /// HTTP/1.0 keep-alive rules differ.
+    Http10,
+    /// Absolute-form or asterisk target.
+    UnusualTarget,
+    /// A chunked, oversized or ambiguous request body: hyper streams it.
+    Body,
+    /// Protocol upgrade (WebSocket) or `Expect`.
+    Upgrade,
+}
+
+/// A request head ready to forward.
+pub struct Request<'h, 'b> {
+    pub method: &'b str,
+    /// Origin-form: path and query.
+    pub target: &'b str,
+    pub fields: ParsedFields<'h, 'b>,
+    /// Bytes of the head, final CRLF included; the body follows.
+    pub head_len: usize,
+    pub content_length: usize,
+    /// The client said `Connection: close`.
+    pub close: bool,
+    pub host: Option<&'b str>,
+}
+
+impl Request<'_, '_> {
+    /// Bytes of the whole message: head and body.
+    pub fn message_len(&self) -> usize {
+        self.head_len + self.content_length
+    }
+
+    pub fn is_head(&self) -> bool {
+        self.method == "HEAD"
+    }
+}
+
+pub enum ParsedRequest<'h, 'b> {
+    /// The head is not complete yet.
+    Partial,
+    Handover(Handover),
+    /// Not a valid request: answer with this status and close (400, or 431 for a head
+    /// too large or with too many fields).
+    Reject(StatusCode),
+    Ready(Request<'h, 'b>),
+}
+
+/// Parses and classifies the request head at the start of `buf`.
+pub fn parse_request<'h, 'b>(
+    buf: &'b [u8],
+    storage: &'h mut [httparse::Header<'b>],
+) -> ParsedRequest<'h, 'b> {
+    let mut req = httparse::Request::new(storage);
+    let head_len = match req.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) if buf.len() > MAX_REQUEST_HEAD => {
+            return ParsedRequest::Reject(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE)
+        }
+        Ok(httparse::Status::Partial) => return ParsedRequest::Partial,
+        Err(httparse::Error::TooManyHeaders) => {
+            return ParsedRequest::Reject(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE)
+        }
+        Err(_) => return ParsedRequest::Reject(StatusCode::BAD_REQUEST),
+    };
+    if head_len > MAX_REQUEST_HEAD {
+        return ParsedRequest::Reject(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+    }
+    let (Some(method), Some(target), Some(version)) = (req.method, req.path, req.version) else {
+        return ParsedRequest::Reject(StatusCode::BAD_REQUEST);
+    };
+    if version != 1 {
+        return ParsedRequest::Handover(Handover::Http10);
+    }
+    if !target.starts_with('/') {
+        return ParsedRequest::Handover(Handover::UnusualTarget);
+    }
+    let fields: &'h [httparse::Header<'b>] = req.headers;
+    let mut content_length = None;
+    let mut close = false;
+    let mut host = None;
+    for field in fields {
+        let name = field.name;
+        if name.eq_ignore_ascii_case("content-length") {
+            let Some(n) = parse_length(field.value).filter(|_| content_length.is_none()) else {
+                return ParsedRequest::Handover(Handover::Body);
+            };
+            content_length = Some(n);
+        } else if name.eq_ignore_ascii_case("transfer-encoding") {
+            return ParsedRequest::Handover(Handover::Body);
+        } else if name.eq_ignore_ascii_case("host") {
+            if host.is_some() {
+                return ParsedRequest::Reject(StatusCode::BAD_REQUEST);
+            }
+            host = std::str::from_utf8(field.value).ok();
+        } else if name.eq_ignore_ascii_case("connection") {
+            for token in tokens(field.value) {
+                if token.eq_ignore_ascii_case(b"close") {
+                    close = true;
+                } else if token.eq_ignore_ascii_case(b"upgrade") {
+                    return ParsedRequest::Handover(Handover::Upgrade);
+                }
+            }
+        } else if name.eq_ignore_ascii_case("upgrade") || name.eq_ignore_ascii_case("expect") {
+            return ParsedRequest::Handover(Handover::Upgrade);
+        }
+    }
+    let content_length = match content_length {
+        None => 0,
+        Some(n) => match usize::try_from(n) {
+            Ok(n) if n <= MAX_INLINE_BODY => n,
+            _ => return ParsedRequest::Handover(Handover::Body),
+        },
+    };
+    ParsedRequest::Ready(Request {
+        method,
+        target,
+        fields: ParsedFields(fields),
+        head_len,
+        content_length,
+        close,
+        host,
+    })
+}
+
+/// What the upstream hop adds to a request (DESIGN §1.7).
+pub struct Forwarding<'a> {
+    /// The client's address as an `X-Forwarded-For` element.
+    pub peer: &'a [u8],
+    /// `X-Forwarded-Proto`.
+    pub proto: &'static str,
+    /// `X-Cohort-Variant`.
+    pub variant: &'static str,
+    /// The override header, when the client is not trusted to send it.
+    pub untrusted_override: Option<&'a HeaderName>,
+}
+
+/// Writes the request head for the upstream hop: hop-by-hop fields dropped (the fixed
+/// list and whatever `Connection` names), `X-Forwarded-*` and `X-Cohort-Variant` set,
+/// split `Cookie` lines folded, everything else passed through as the client wrote it.
+pub fn write_upstream_request(req: &Request<'_, '_>, fwd: &Forwarding<'_>, out: &mut Vec<u8>) {
+    let fields = req.fields.0;
+    out.extend_from_slice(req.method.as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(req.target.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    let connection = Connection::of(fields);
+    let mut forwarded_for = 0;
+    let mut cookies = 0;
+    for field in fields {
+        let name = field.name;
+        let skip = is_hop_by_hop(name) && !is_te_trailers(field)
+            || connection.names(name)
+            || name.eq_ignore_ascii_case("x-forwarded-proto")
+            || name.eq_ignore_ascii_case("x-forwarded-host")
+            || name.eq_ignore_ascii_case("x-cohort-variant")
+            || fwd
+                .untrusted_override
+                .is_some_and(|h| name.eq_ignore_ascii_case(h.as_str()));
+        if skip {
+            continue;
+        }
+        if name.eq_ignore_ascii_case("x-forwarded-for") {
+            forwarded_for += 1;
+            continue;
+        }
+        if name.eq_ignore_ascii_case("cookie") {
+            cookies += 1;
+            if cookies > 1 {
+                continue;
+            }
+            if many(fields, "cookie") {
+                write_field(out, b"cookie", &fold(fields, "cookie", b"; "));
+                continue;
+            }
+        }
+        write_field(out, name.as_bytes(), field.value);
+    }
+    out.extend_from_slice(b"x-forwarded-for: ");
+    if forwarded_for > 0 {
+        for field in fields {
+            if field.name.eq_ignore_ascii_case("x-forwarded-for") {
+                out.extend_from_slice(field.value);
+                out.extend_from_slice(b", ");
+            }
+        }
+    }
+    out.extend_from_slice(fwd.peer);
+    out.extend_from_slice(b"\r\nx-forwarded-proto: ");
+    out.extend_from_slice(fwd.proto.as_bytes());
+    if let Some(host) = req.host {
+        out.extend_from_slice(b"\r\nx-forwarded-host: ");
+        out.extend_from_slice(host.as_bytes());
+    }
+    out.extend_from_slice(b"\r\nx-cohort-variant: ");
+    out.extend_from_slice(fwd.variant.as_bytes());
+    out.extend_from_slice(b"\r\n\r\n");
+}
+
+/// How a response body is delimited (RFC 9112 §6.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// No body: a HEAD request's response, 204, 304.
+    Empty,
+    Length(u64),
+    Chunked,
+    /// Until the upstream closes the connection.
+    UntilClose,
+}
+
+/// A final response head from the upstream.
+pub struct Response<'h, 'b> {
+    pub status: u16,
+    reason: &'b str,
+    fields: ParsedFields<'h, 'b>,
+    pub head_len: usize,
+    pub framing: Framing,
+    /// The upstream connection may carry another request after this response.
+    pub reusable: bool,
+}
+
+pub enum ParsedResponse<'h, 'b> {
+    Partial,
+    /// An interim 1xx head of this many bytes, to skip.
+    Interim(usize),
+    Ready(Response<'h, 'b>),
+    Invalid(&'static str),
+}
+
+/// Parses the response head at the start of `buf`; `head_request` says the request was
+/// `HEAD`, whose response has no body whatever its fields say.
+pub fn parse_response<'h, 'b>(
+    buf: &'b [u8],
+    storage: &'h mut [httparse::Header<'b>],
+    head_request: bool,
+) -> ParsedResponse<'h, 'b> {
+    let mut resp = httparse::Response::new(storage);
+    let head_len = match resp.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return ParsedResponse::Partial,
+        Err(_) => return ParsedResponse::Invalid("malformed response head"),
+    };
+    let (Some(version), Some(status)) = (resp.version, resp.code) else {
+        return ParsedResponse::Invalid("malformed response head");
+    };
+    if status == 101 {
+        return ParsedResponse::Invalid("101 Switching Protocols without an upgrade request");
+    }
+    if (100..200).contains(&status) {
+        return ParsedResponse::Interim(head_len);
+    }
+    let reason = resp.reason.unwrap_or("");
+    let fields: &'h [httparse::Header<'b>] = resp.headers;
+    let mut length: Option<u64> = None;
+    let mut chunked = false;
+    let mut close = false;
+    let mut keep_alive = false;
+    for field in fields {
+        let name = field.name;
+        if name.eq_ignore_ascii_case("content-length") {
+            match parse_length(field.value) {
+                Some(n) if length.map_or(true, |l| l == n) => length = Some(n),
+                _ => return ParsedResponse::Invalid("invalid or conflicting Content-Length"),
+            }
+        } else if name.eq_ignore_ascii_case("transfer-encoding") {
+            match tokens(field.value).last() {
+                Some(last) if last.eq_ignore_ascii_case(b"chunked") && !chunked => chunked = true,
+                _ => return ParsedResponse::Invalid("unsupported Transfer-Encoding"),
+            }
+        } else if name.eq_ignore_ascii_case("connection") {
+            for token in tokens(field.value) {
+                close |= token.eq_ignore_ascii_case(b"close");
+                keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
+            }
+        }
+    }
+    let framing = if head_request || status == 204 || status == 304 {
+        Framing::Empty
+    } else if chunked {
+        Framing::Chunked
+    } else if let Some(n) = length {
+        Framing::Length(n)
+    } else {
+        Framing::UntilClose
+    };
+    let reusable = !close
+        && (version == 1 || keep_alive)
+        && framing != Framing::UntilClose
+        // Both framings at once is a smuggling smell: finish this one, then hang up.
+        && !(chunked && length.is_some());
+    ParsedResponse::Ready(Response {
+        status,
+        reason,
+        fields: ParsedFields(fields),
+        head_len,
+        framing,
+        reusable,
+    })
+}
+
+/// What cohort adds to every response it sends a client.
+pub struct Decoration<'a> {
+    /// `listen.variant_header` and the variant.
+    pub variant_header: Option<(&'a HeaderName, &'static str)>,
+    /// A `Set-Cookie` value keeping a first-time client in its cohort.
+    pub set_cookie: Option<&'a [u8]>,
+    /// Tell the client the connection closes after this response.
+    pub close: bool,
+}
+
+/// Writes the response head for the client: hop-by-hop fields dropped, the framing
+/// kept as the upstream sent it (a chunked body passes through verbatim), cohort's own
+/// fields added.
+pub fn write_client_response(resp: &Response<'_, '_>, deco: &Decoration<'_>, out: &mut Vec<u8>) {
+    let fields = resp.fields.0;
+    write_status_line(out, resp.status, resp.reason);
+    let connection = Connection::of(fields);
+    let chunked = resp.framing == Framing::Chunked;
+    for field in fields {
+        let name = field.name;
+        let framing_field = if name.eq_ignore_ascii_case("transfer-encoding") {
+            !chunked
+        } else if name.eq_ignore_ascii_case("content-length") {
+            chunked
+        } else {
+            false
+        };
+        let skip = framing_field
+            || (is_hop_by_hop(name) && !name.eq_ignore_ascii_case("transfer-encoding"))
+            || connection.names(name)
+            || deco
+                .variant_header
+                .is_some_and(|(h, _)| name.eq_ignore_ascii_case(h.as_str()));
+        if !skip {
+            write_field(out, name.as_bytes(), field.value);
+        }
+    }
+    finish_head(out, deco);
+}
+
+/// Writes a response cohort makes itself (404, 502, 504), body included.
+pub fn write_local_response(
+    status: StatusCode,
+    body: &str,
+    deco: &Decoration<'_>,
+    out: &mut Vec<u8>,
+) {
+    write_status_line(
+        out,
+        status.as_u16(),
+        status.canonical_reason().unwrap_or(""),
+    );
+    out.extend_from_slice(b"content-type: text/plain; charset=utf-8\r\ncontent-length: ");
+    out.extend_from_slice(itoa(body.len() as u64).as_bytes());
+    out.extend_from_slice(b"\r\n");
+    finish_head(out, deco);
+    out.extend_from_slice(body.as_bytes());
+}
+
+fn write_status_line(out: &mut Vec<u8>, status: u16, reason: &str) {
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(itoa(u64::from(status)).as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(reason.as_bytes());
+    out.extend_from_slice(b"\r\n");
+}
+
+fn finish_head(out: &mut Vec<u8>, deco: &Decoration<'_>) {
+    if let Some((name, variant)) = deco.variant_header {
+        write_field(out, name.as_str().as_bytes(), variant.as_bytes());
+    }
+    if let Some(cookie) = deco.set_cookie {
+        write_field(out, b"set-cookie", cookie);
+    }
+    if deco.close {
+        out.extend_from_slice(b"connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+fn write_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// The fixed hop-by-hop list of DESIGN §1.7 (`TE: trailers` is handled by the caller).
+fn is_hop_by_hop(name: &str) -> bool {
+    const HOP_BY_HOP: [&str; 9] = [
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "transfer-encoding",
+        "te",
+        "trailer",
+        "upgrade",
+        "proxy-authorization",
+        "proxy-authenticate",
+    ];
+    HOP_BY_HOP
+        .iter()
+        .any(|h| h.len() == name.len() && h.eq_ignore_ascii_case(name))
+}
+
+/// `TE: trailers` survives the hop: gRPC needs it.
+fn is_te_trailers(field: &httparse::Header<'_>) -> bool {
+    field.name.eq_ignore_ascii_case("te")
+        && field.value.trim_ascii().eq_ignore_ascii_case(b"trailers")
+}
+
+/// The `Connection` fields of a head, to drop the fields they name.
+struct Connection<'h, 'b>(Option<&'h [httparse::Header<'b>]>);
+
+impl<'h, 'b> Connection<'h, 'b> {
+    fn of(fields: &'h [httparse::Header<'b>]) -> Self {
+        let any = fields
+            .iter()
+            .any(|f| f.name.eq_ignore_ascii_case("connection"));
+        Connection(any.then_some(fields))
+    }
+
+    fn names(&self, name: &str) -> bool {
+        let Some(fields) = self.0 else {
+            return false;
+        };
+        fields
+            .iter()
+            .filter(|f| f.name.eq_ignore_ascii_case("connection"))
+            .flat_map(|f| tokens(f.value))
+            .any(|t| t.eq_ignore_ascii_case(name.as_bytes()))
+    }
+}
+
+/// Comma-separated list elements, trimmed, empty ones skipped.
+fn tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+    value
+        .split(|&b| b == b',')
+        .map(<[u8]>::trim_ascii)
+        .filter(|t| !t.is_empty())
+}
+
+fn many(fields: &[httparse::Header<'_>], name: &str) -> bool {
+    fields
+        .iter()
+        .filter(|f| f.name.eq_ignore_ascii_case(name))
+        .nth(1)
+        .is_some()
+}
+
+/// The values of every `name` field joined by `sep`.
+fn fold(fields: &[httparse::Header<'_>], name: &str, sep: &[u8]) -> Vec<u8> {
+    let mut joined = Vec::new();
+    for field in fields.iter().filter(|f| f.name.eq_ignore_ascii_case(name)) {
+        if !joined.is_empty() {
+            joined.extend_from_slice(sep);
+        }
+        joined.extend_from_slice(field.value);
+    }
+    joined
+}
+
+/// A `Content-Length` value: digits only, no sign, no list (RFC 9110 §8.6).
+fn parse_length(value: &[u8]) -> Option<u64> {
+    let digits = value.trim_ascii();
+    if digits.is_empty() || digits.len() > 19 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    digits.iter().try_fold(0u64, |n, &d| {
+        n.checked_mul(10)?.checked_add(u64::from(d - b'0'))
+    })
+}
+
+/// Decimal text of `n` without allocating.
+fn itoa(n: u64) -> Itoa {
+    let mut buf = [0u8; 20];
+    let mut i = buf.len();
+    let mut n = n;
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    Itoa { buf, start: i }
+}
+
+struct Itoa {
+    buf: [u8; 20],
+    start: usize,
+}
+
+impl Itoa {
+    fn as_bytes(&self) -> &[u8] {
+        &self.buf[self.start..]
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,333 @@
+use super::*;
+
+fn storage<'b>() -> [httparse::Header<'b>; MAX_FIELDS] {
+    [httparse::EMPTY_HEADER; MAX_FIELDS]
+}
+
+fn handover(raw: &str) -> Option<Handover> {
+    let mut s = storage();
+    match parse_request(raw.as_bytes(), &mut s) {
+        ParsedRequest::Handover(h) => Some(h),
+        _ => None,
+    }
+}
+
+/// The upstream head for `raw` as text.
+fn upstream(raw: &str, untrusted_override: Option<&HeaderName>) -> String {
+    let mut s = storage();
+    let ParsedRequest::Ready(req) = parse_request(raw.as_bytes(), &mut s) else {
+        panic!("not a forwardable request: {raw:?}");
+    };
+    let mut out = Vec::new();
+    let fwd = Forwarding {
+        peer: b"192.0.2.7",
+        proto: "http",
+        variant: "canary",
+        untrusted_override,
+    };
+    write_upstream_request(&req, &fwd, &mut out);
+    String::from_utf8(out).unwrap()
+}
+
+#[test]
+fn a_plain_request_is_ready_with_its_length_and_host() {
+    let raw = "POST /a?b=1 HTTP/1.1\r\nHost: shop\r\nContent-Length: 3\r\n\r\nabcGET";
+    let mut s = storage();
+    let ParsedRequest::Ready(req) = parse_request(raw.as_bytes(), &mut s) else {
+        panic!("not ready");
+    };
+    assert_eq!(
+        (req.method, req.target, req.host),
+        ("POST", "/a?b=1", Some("shop"))
+    );
+    assert_eq!(req.content_length, 3);
+    assert_eq!(
+        req.message_len(),
+        raw.len() - 3,
+        "the next request's bytes are not this one's"
+    );
+    assert!(!req.close);
+}
+
+#[test]
+fn an_incomplete_head_asks_for_more() {
+    let mut s = storage();
+    assert!(matches!(
+        parse_request(b"GET / HTTP/1.1\r\nHost: a\r\n", &mut s),
+        ParsedRequest::Partial
+    ));
+}
+
+#[test]
+fn rare_shapes_go_to_hyper() {
+    assert_eq!(handover("GET / HTTP/1.0\r\n\r\n"), Some(Handover::Http10));
+    assert_eq!(
+        handover("GET http://a/ HTTP/1.1\r\nHost: a\r\n\r\n"),
+        Some(Handover::UnusualTarget)
+    );
+    assert_eq!(
+        handover("OPTIONS * HTTP/1.1\r\n\r\n"),
+        Some(Handover::UnusualTarget)
+    );
+    assert_eq!(
+        handover("POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"),
+        Some(Handover::Body)
+    );
+    assert_eq!(
+        handover("POST / HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\n"),
+        Some(Handover::Body)
+    );
+    assert_eq!(
+        handover("POST / HTTP/1.1\r\nContent-Length: +3\r\n\r\n"),
+        Some(Handover::Body)
+    );
+    assert_eq!(
+        handover(&format!(
+            "POST / HTTP/1.1\r\nContent-Length: {}\r\n\r\n",
+            MAX_INLINE_BODY + 1
+        )),
+        Some(Handover::Body)
+    );
+    assert_eq!(
+        handover("GET / HTTP/1.1\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"),
+        Some(Handover::Upgrade)
+    );
+    assert_eq!(
+        handover("PUT / HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 1\r\n\r\n"),
+        Some(Handover::Upgrade)
+    );
+}
+
+fn rejected(raw: &str) -> Option<StatusCode> {
+    let mut s = storage();
+    match parse_request(raw.as_bytes(), &mut s) {
+        ParsedRequest::Reject(status) => Some(status),
+        _ => None,
+    }
+}
+
+#[test]
+fn invalid_requests_are_refused_with_400_or_431() {
+    let bad = Some(StatusCode::BAD_REQUEST);
+    let too_large = Some(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+    assert_eq!(
+        rejected("GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n"),
+        bad
+    );
+    assert_eq!(rejected("GET / HTTP/1.1\r\nBad Name: x\r\n\r\n"), bad);
+    assert_eq!(rejected("GET / HTTP/1.1\r\nX: a\u{1}b\r\n\r\n"), bad);
+    let huge = format!(
+        "GET / HTTP/1.1\r\nX-Huge: {}\r\n\r\n",
+        "h".repeat(MAX_REQUEST_HEAD)
+    );
+    assert_eq!(rejected(&huge), too_large, "complete but too large");
+    assert_eq!(
+        rejected(&huge[..huge.len() - 4]),
+        too_large,
+        "incomplete and too large"
+    );
+    let many: String = (0..=MAX_FIELDS).map(|i| format!("x-{i}: 1\r\n")).collect();
+    assert_eq!(
+        rejected(&format!("GET / HTTP/1.1\r\n{many}\r\n")),
+        too_large
+    );
+}
+
+#[test]
+fn connection_close_is_noticed() {
+    let mut s = storage();
+    let raw = b"GET / HTTP/1.1\r\nConnection: keep-alive, Close\r\n\r\n";
+    let ParsedRequest::Ready(req) = parse_request(raw, &mut s) else {
+        panic!("not ready");
+    };
+    assert!(req.close);
+}
+
+#[test]
+fn upstream_head_drops_hop_by_hop_and_sets_forwarding_fields() {
+    let head = upstream(
+        "GET /p?q=%20 HTTP/1.1\r\nHost: shop.example\r\nConnection: keep-alive, X-Hop\r\n\
+         X-Hop: 1\r\nKeep-Alive: timeout=5\r\nProxy-Authorization: Basic x\r\nTE: trailers\r\n\
+         X-Forwarded-For: 203.0.113.1\r\nx-forwarded-for: 198.51.100.2\r\n\
+         X-Forwarded-Proto: https\r\nX-Forwarded-Host: evil\r\nX-Cohort-Variant: stable\r\n\
+         X-End: kept\r\n\r\n",
+        None,
+    );
+    assert_eq!(
+        head,
+        "GET /p?q=%20 HTTP/1.1\r\nHost: shop.example\r\nTE: trailers\r\nX-End: kept\r\n\
+         x-forwarded-for: 203.0.113.1, 198.51.100.2, 192.0.2.7\r\nx-forwarded-proto: http\r\n\
+         x-forwarded-host: shop.example\r\nx-cohort-variant: canary\r\n\r\n"
+    );
+}
+
+#[test]
+fn te_other_than_trailers_is_dropped() {
+    let head = upstream("GET / HTTP/1.1\r\nTE: gzip\r\n\r\n", None);
+    assert!(!head.to_ascii_lowercase().contains("\r\nte:"), "{head}");
+}
+
+#[test]
+fn without_host_no_forwarded_host_is_sent() {
+    let head = upstream("GET / HTTP/1.1\r\n\r\n", None);
+    assert!(!head.contains("x-forwarded-host"), "{head}");
+    assert!(head.contains("x-forwarded-for: 192.0.2.7\r\n"), "{head}");
+}
+
+#[test]
+fn split_cookies_are_folded_and_untrusted_overrides_dropped() {
+    let header = HeaderName::from_static("x-force");
+    let head = upstream(
+        "GET / HTTP/1.1\r\nCookie: a=1\r\nX-Force: canary\r\ncookie: b=2\r\n\r\n",
+        Some(&header),
+    );
+    assert!(head.contains("cookie: a=1; b=2\r\n"), "{head}");
+    assert_eq!(head.matches("ookie:").count(), 1, "{head}");
+    assert!(!head.contains("X-Force"), "{head}");
+}
+
+fn response(raw: &str, head_request: bool) -> (u16, Framing, bool, usize) {
+    let mut s = storage();
+    match parse_response(raw.as_bytes(), &mut s, head_request) {
+        ParsedResponse::Ready(r) => (r.status, r.framing, r.reusable, r.head_len),
+        ParsedResponse::Interim(n) => (100, Framing::Empty, true, n),
+        ParsedResponse::Partial => panic!("partial"),
+        ParsedResponse::Invalid(why) => panic!("invalid: {why}"),
+    }
+}
+
+fn invalid(raw: &str) -> &'static str {
+    let mut s = storage();
+    match parse_response(raw.as_bytes(), &mut s, false) {
+        ParsedResponse::Invalid(why) => why,
+        _ => panic!("accepted: {raw:?}"),
+    }
+}
+
+#[test]
+fn response_framing_follows_rfc_9112() {
+    let r = |raw: &str| {
+        let (status, framing, reusable, _) = response(raw, false);
+        (status, framing, reusable)
+    };
+    assert_eq!(
+        r("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n"),
+        (200, Framing::Length(5), true)
+    );
+    assert_eq!(
+        r("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"),
+        (200, Framing::Chunked, true)
+    );
+    assert_eq!(
+        r("HTTP/1.1 200 OK\r\n\r\n"),
+        (200, Framing::UntilClose, false)
+    );
+    assert_eq!(
+        r("HTTP/1.1 204 No Content\r\n\r\n"),
+        (204, Framing::Empty, true)
+    );
+    assert_eq!(
+        r("HTTP/1.1 304 Not Modified\r\nContent-Length: 9\r\n\r\n"),
+        (304, Framing::Empty, true)
+    );
+    assert_eq!(
+        r("HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: close\r\n\r\n"),
+        (200, Framing::Length(5), false)
+    );
+    assert_eq!(
+        r("HTTP/1.0 200 OK\r\nContent-Length: 5\r\n\r\n"),
+        (200, Framing::Length(5), false)
+    );
+    assert_eq!(
+        r("HTTP/1.0 200 OK\r\nContent-Length: 5\r\nConnection: keep-alive\r\n\r\n"),
+        (200, Framing::Length(5), true)
+    );
+    assert_eq!(
+        r("HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n"),
+        (200, Framing::Chunked, false)
+    );
+    let (_, framing, reusable, _) = response("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", true);
+    assert_eq!((framing, reusable), (Framing::Empty, true));
+}
+
+#[test]
+fn interim_responses_are_skipped_and_101_refused() {
+    let raw = "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\n\r\n";
+    assert_eq!(response(raw, false), (100, Framing::Empty, true, 25));
+    assert!(invalid("HTTP/1.1 101 Switching Protocols\r\n\r\n").contains("101"));
+}
+
+#[test]
+fn broken_framing_is_invalid() {
+    invalid("HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n");
+    invalid("HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n");
+    invalid("HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n");
+    invalid("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n");
+    invalid("HTTP/1.1 2000 OK\r\n\r\n");
+}
+
+fn client_head(raw: &str, deco: &Decoration<'_>) -> String {
+    let mut s = storage();
+    let ParsedResponse::Ready(resp) = parse_response(raw.as_bytes(), &mut s, false) else {
+        panic!("not ready");
+    };
+    let mut out = Vec::new();
+    write_client_response(&resp, deco, &mut out);
+    String::from_utf8(out).unwrap()
+}
+
+#[test]
+fn client_head_drops_hop_by_hop_keeps_framing_and_adds_decorations() {
+    let variant_header = HeaderName::from_static("x-variant");
+    let deco = Decoration {
+        variant_header: Some((&variant_header, "stable")),
+        set_cookie: Some(b"cohort_id=abc; Path=/"),
+        close: true,
+    };
+    let head = client_head(
+        "HTTP/1.1 201 Created\r\nConnection: x-private\r\nX-Private: 1\r\nKeep-Alive: timeout=5\r\n\
+         Upgrade: foo\r\nTransfer-Encoding: chunked\r\nContent-Length: 9\r\nX-Variant: canary\r\n\
+         X-End: kept\r\n\r\n",
+        &deco,
+    );
+    assert_eq!(
+        head,
+        "HTTP/1.1 201 Created\r\nTransfer-Encoding: chunked\r\nX-End: kept\r\n\
+         x-variant: stable\r\nset-cookie: cohort_id=abc; Path=/\r\nconnection: close\r\n\r\n"
+    );
+    let plain = client_head(
+        "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n",
+        &Decoration {
+            variant_header: None,
+            set_cookie: None,
+            close: false,
+        },
+    );
+    assert_eq!(plain, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n");
+}
+
+#[test]
+fn local_responses_are_complete_messages() {
+    let mut out = Vec::new();
+    let deco = Decoration {
+        variant_header: None,
+        set_cookie: None,
+        close: false,
+    };
+    write_local_response(StatusCode::BAD_GATEWAY, "upstream down\n", &deco, &mut out);
+    assert_eq!(
+        String::from_utf8(out).unwrap(),
+        "HTTP/1.1 502 Bad Gateway\r\ncontent-type: text/plain; charset=utf-8\r\n\
+         content-length: 14\r\n\r\nupstream down\n"
+    );
+}
+
+#[test]
+fn lengths_and_numbers() {
+    assert_eq!(parse_length(b" 42 "), Some(42));
+    assert_eq!(parse_length(b"18446744073709551615"), None, "20 digits");
+    assert_eq!(parse_length(b"1,1"), None);
+    assert_eq!(parse_length(b""), None);
+    assert_eq!(itoa(0).as_bytes(), b"0");
+    assert_eq!(itoa(u64::MAX).as_bytes(), b"18446744073709551615");
+}

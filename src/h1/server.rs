@@ -1,0 +1,677 @@
+//! One plain-TCP client connection on cohort's own HTTP/1.1 path: read a request,
+//! route it, write it to a pooled upstream connection, stream the response back;
+//! repeat while the client keeps the connection alive.
+//!
+//! Bytes go from socket to socket through worker-owned buffers; heads are parsed in
+//! place and rewritten in one pass, so a keep-alive request costs four syscalls and no
+//! header map. A request this path does not handle hands the whole connection, with
+//! the bytes already read, to hyper ([`Served::Handover`]).
+
+use std::io;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http::{Method, StatusCode};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+
+use super::buffers::{self, Lent};
+use super::chunked::{ChunkedScanner, Scan};
+use super::head::{self, Decoration, Framing, ParsedRequest, ParsedResponse, MAX_FIELDS};
+use super::upstream::Conn;
+use crate::cohort::Variant;
+use crate::config::{Endpoint, Route};
+use crate::metrics::UpstreamErrorKind;
+use crate::proxy::{self, AccessLog, Completion, Peer, Pending, ProxyContext};
+use crate::router;
+use crate::snapshot::{RouteState, Snapshot};
+use crate::upstream::UpstreamError;
+
+/// How a connection left this path.
+pub enum Served {
+    /// It is over: closed by either side, failed, or drained.
+    Closed,
+    /// hyper serves the rest of it, starting with these bytes already read.
+    Handover(Vec<u8>),
+}
+
+/// How long a client may take to complete a request head it has started.
+const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Response heads larger than this are an upstream protocol error.
+const MAX_HEAD: usize = 64 * 1024;
+
+/// Serves `client` until it closes, fails, drains, or needs hyper.
+pub async fn serve(
+    ctx: &ProxyContext,
+    peer: &Peer,
+    client: &mut TcpStream,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Served {
+    // Bytes of the next request(s) already read; `None` while idle.
+    let mut pending: Option<Lent> = None;
+    loop {
+        if pending.is_none() {
+            // Idle: wait holding no buffer, so an idle connection costs its socket only.
+            tokio::select! {
+                biased;
+                ready = client.readable() => if ready.is_err() {
+                    return Served::Closed;
+                },
+                _ = shutdown.wait_for(|stop| *stop) => return Served::Closed,
+            }
+        }
+        let mut head_deadline = None;
+        let (step, out) = loop {
+            if let Some(buf) = pending.as_ref().filter(|b| !b.is_empty()) {
+                let mut out = Lent::take();
+                match prepare(ctx, peer, buf, &mut out) {
+                    Step::Partial => {}
+                    Step::Handover => return handover(pending),
+                    step => break (step, out),
+                }
+            }
+            let started = pending.as_ref().is_some_and(|b| !b.is_empty());
+            let read = read_some(client, &mut pending);
+            let n = if started {
+                // A head has started: it must complete in bounded time.
+                let deadline = *head_deadline.get_or_insert_with(|| Instant::now() + HEAD_TIMEOUT);
+                match tokio::time::timeout_at(deadline.into(), read).await {
+                    Ok(n) => n,
+                    Err(_) => return Served::Closed,
+                }
+            } else {
+                read.await
+            };
+            match n {
+                Ok(0) | Err(_) => return Served::Closed,
+                Ok(_) => {}
+            }
+        };
+        let (consumed, close) = match &step {
+            Step::Local { consumed, close } => (*consumed, *close),
+            Step::Forward(forward) => (forward.consumed, forward.close),
+            Step::Partial | Step::Handover => unreachable!("handled in the read loop"),
+        };
+        if let Some(buf) = pending.as_mut() {
+            buf.consume(consumed);
+        }
+        if pending.as_ref().is_some_and(|b| b.is_empty()) {
+            // Nothing pipelined behind it: the buffer goes back before the wait.
+            pending = None;
+        }
+        let keep_alive = match step {
+            Step::Forward(forward) => {
+                let draining = *shutdown.borrow();
+                Box::pin(forward.run(ctx, client, out, draining)).await
+            }
+            _ => client.write_all(&out).await.is_ok() && !close,
+        };
+        if !keep_alive || *shutdown.borrow() {
+            return Served::Closed;
+        }
+    }
+}
+
+fn handover(pending: Option<Lent>) -> Served {
+    Served::Handover(pending.map(Lent::into_vec).unwrap_or_default())
+}
+
+/// Waits until `stream` is readable, then reads into `buf` (lent only now). A read
+/// shorter than the space marks the socket drained, so the next wait costs no syscall.
+async fn read_some(stream: &mut TcpStream, buf: &mut Option<Lent>) -> io::Result<usize> {
+    stream.readable().await?;
+    let buf = buf.get_or_insert_with(Lent::take);
+    if buf.capacity() - buf.len() < 1024 {
+        buf.reserve(buffers::SIZE);
+    }
+    stream.read_buf(&mut **buf).await
+}
+
+/// What to do with the bytes read so far.
+enum Step {
+    /// The request is not complete yet.
+    Partial,
+    /// hyper takes the connection over.
+    Handover,
+    /// A response cohort makes itself is in the output buffer.
+    Local { consumed: usize, close: bool },
+    /// The upstream request is in the output buffer.
+    Forward(Forward),
+}
+
+/// Parses, routes and rewrites the request at the start of `buf` (no I/O).
+fn prepare(ctx: &ProxyContext, peer: &Peer, buf: &[u8], out: &mut Vec<u8>) -> Step {
+    let mut storage = [httparse::EMPTY_HEADER; MAX_FIELDS];
+    let req = match head::parse_request(buf, &mut storage) {
+        ParsedRequest::Partial => return Step::Partial,
+        ParsedRequest::Handover(_) => return Step::Handover,
+        ParsedRequest::Reject(status) => {
+            // Nothing after an invalid head can be trusted to be a request: close.
+            ctx.metrics.unrouted(status.as_u16());
+            let close = Decoration {
+                variant_header: None,
+                set_cookie: None,
+                close: true,
+            };
+            let body = match status {
+                StatusCode::BAD_REQUEST => "invalid HTTP/1.1 request\n",
+                _ => "request header fields too large\n",
+            };
+            head::write_local_response(status, body, &close, out);
+            return Step::Local {
+                consumed: buf.len(),
+                close: true,
+            };
+        }
+        ParsedRequest::Ready(req) => req,
+    };
+    if buf.len() < req.message_len() {
+        return Step::Partial;
+    }
+    let start = Instant::now();
+    let snap = ctx.snapshot.load_full();
+    let path = req.target.split('?').next().unwrap_or("/");
+    let Some(index) = snap.table.find(&snap.config.routes, req.host, path) else {
+        ctx.metrics.unrouted(StatusCode::NOT_FOUND.as_u16());
+        let plain = Decoration {
+            variant_header: None,
+            set_cookie: None,
+            close: req.close,
+        };
+        let body = "no route matches this request\n";
+        head::write_local_response(StatusCode::NOT_FOUND, body, &plain, out);
+        return Step::Local {
+            consumed: req.message_len(),
+            close: req.close,
+        };
+    };
+    let (route, state) = snap.route(index);
+    if !state.plain_http1() {
+        return Step::Handover;
+    }
+    let ip = peer.addr.ip();
+    let decision = router::decide(route, state.share(), &req.fields, ip, proxy::draw_key);
+    let variant_metrics = state.metrics.variant(decision.variant);
+    variant_metrics.assigned(decision.source);
+    variant_metrics.started();
+    let access_log = snap.config.listen.access_log.then(|| {
+        let method = Method::from_bytes(req.method.as_bytes()).unwrap_or(Method::GET);
+        Box::new(AccessLog::new(method, path, peer.addr, decision.source))
+    });
+    let forwarding = head::Forwarding {
+        peer: peer.forwarded_for.as_bytes(),
+        proto: ctx.scheme,
+        variant: decision.variant.as_str(),
+        untrusted_override: route
+            .override_
+            .as_ref()
+            .filter(|o| !o.trusts(ip))
+            .map(|o| &o.header),
+    };
+    head::write_upstream_request(&req, &forwarding, out);
+    out.extend_from_slice(&buf[req.head_len..req.message_len()]);
+    let completion = Completion::new(snap.clone(), index, &decision, start, access_log);
+    Step::Forward(Forward {
+        route: index,
+        variant: decision.variant,
+        set_cookie: decision
+            .new_cohort_id
+            .as_deref()
+            .and_then(|key| router::cohort_id_cookie(key, ctx.scheme == "https")),
+        // From here on the request is counted exactly once, even if the client leaves.
+        pending: Pending::new(completion),
+        snap,
+        consumed: req.message_len(),
+        head_request: req.is_head(),
+        // Safe to send again after a reused connection turned out closed.
+        idempotent: matches!(req.method, "GET" | "HEAD" | "OPTIONS" | "PUT" | "DELETE"),
+        close: req.close,
+    })
+}
+
+/// A routed request on its way upstream.
+struct Forward {
+    snap: Arc<Snapshot>,
+    route: usize,
+    variant: Variant,
+    set_cookie: Option<http::HeaderValue>,
+    pending: Pending,
+    consumed: usize,
+    head_request: bool,
+    idempotent: bool,
+    close: bool,
+}
+
+/// Why a request got no upstream response.
+enum Failure {
+    Upstream(UpstreamError),
+    /// The client closed its connection while cohort waited (499).
+    ClientGone,
+}
+
+impl From<UpstreamError> for Failure {
+    fn from(e: UpstreamError) -> Failure {
+        Failure::Upstream(e)
+    }
+}
+
+/// A final response head, already rewritten for the client.
+struct Final {
+    status: u16,
+    head_len: usize,
+    framing: Framing,
+    reusable: bool,
+}
+
+impl Forward {
+    /// Sends the request in `out` upstream and the response to `client`; `true` when
+    /// the client connection may carry another request.
+    async fn run(
+        mut self,
+        ctx: &ProxyContext,
+        client: &mut TcpStream,
+        request: Lent,
+        draining: bool,
+    ) -> bool {
+        let snap = self.snap.clone();
+        let (route, state) = snap.route(self.route);
+        let variant_header = snap
+            .config
+            .listen
+            .variant_header
+            .as_ref()
+            .map(|name| (name, self.variant.as_str()));
+        let deco = Decoration {
+            variant_header,
+            set_cookie: self.set_cookie.as_ref().map(http::HeaderValue::as_bytes),
+            close: self.close || draining,
+        };
+        let mut out = Lent::take();
+        let exchanged = self
+            .exchange(ctx, route, state, &request, client, &deco, &mut out)
+            .await;
+        drop(request);
+        let (conn, mut body, fin) = match exchanged {
+            Ok(ok) => ok,
+            // The pending completion counts 499 as it drops.
+            Err(Failure::ClientGone) => return false,
+            Err(Failure::Upstream(e)) => {
+                let kind = e.kind();
+                state.metrics.variant(self.variant).upstream_error(kind);
+                tracing::debug!(route = %route.name, variant = %self.variant, error = %e, "upstream request failed");
+                let status = match kind {
+                    UpstreamErrorKind::Timeout => StatusCode::GATEWAY_TIMEOUT,
+                    _ => StatusCode::BAD_GATEWAY,
+                };
+                out.clear();
+                head::write_local_response(status, proxy::error_body(&e), &deco, &mut out);
+                let mut completion = self.pending.take();
+                completion.status = status.as_u16();
+                let written = client.write_all(&out).await.is_ok();
+                completion.finish();
+                return written && !deco.close;
+            }
+        };
+        let mut completion = self.pending.take();
+        completion.status = fin.status;
+        let relay = relay_body(conn, &mut body, fin.head_len, fin.framing, client, &mut out).await;
+        let keep_alive = match relay {
+            Relayed::Complete(conn) => {
+                if let Some(conn) = conn.filter(|_| fin.reusable) {
+                    ctx.h1_pool.checkin(conn);
+                }
+                fin.framing != Framing::UntilClose
+            }
+            Relayed::UpstreamCut => {
+                completion.cut = true;
+                state
+                    .metrics
+                    .variant(self.variant)
+                    .upstream_error(UpstreamErrorKind::Reset);
+                false
+            }
+            Relayed::ClientGone => false,
+        };
+        completion.finish();
+        keep_alive && !deco.close
+    }
+
+    /// Gets a connection (pooled, else new; another endpoint of the variant if the
+    /// first cannot be reached), sends the request and reads the final response head
+    /// into a lent buffer, the client's head written into `out`.
+    #[allow(clippy::too_many_arguments)]
+    async fn exchange(
+        &self,
+        ctx: &ProxyContext,
+        route: &Route,
+        state: &RouteState,
+        request: &[u8],
+        client: &TcpStream,
+        deco: &Decoration<'_>,
+        out: &mut Vec<u8>,
+    ) -> Result<(Conn, Lent, Final), Failure> {
+        let timeouts = &route.timeouts;
+        let mut endpoints = state.endpoints(self.variant);
+        let Some(first) = endpoints.next() else {
+            return Err(UpstreamError::NoEndpoints.into());
+        };
+        let mut target = first;
+        let mut conn = match ctx.h1_pool.checkout(&first.1) {
+            Some(conn) => conn,
+            None => match connect(first, timeouts.connect).await {
+                Ok(conn) => conn,
+                // Nothing reached the first endpoint: one retry on another endpoint of
+                // the same variant. Never the other variant; that would corrupt the
+                // experiment.
+                Err(e) if e.nothing_sent() => match endpoints.next().filter(|o| o.0 != first.0) {
+                    Some(other) => {
+                        target = other;
+                        connect(other, timeouts.connect).await?
+                    }
+                    None => return Err(e.into()),
+                },
+                Err(e) => return Err(e.into()),
+            },
+        };
+        loop {
+            let head_request = self.head_request;
+            match attempt(
+                &mut conn,
+                request,
+                timeouts.request,
+                head_request,
+                client,
+                deco,
+                out,
+            )
+            .await
+            {
+                Ok((buf, fin)) => return Ok((conn, buf, fin)),
+                // A kept connection the upstream had closed meanwhile: once more on a
+                // new one, when the request cannot have been acted on or may repeat.
+                Err(Attempt::Stale { written, error })
+                    if conn.reused && (!written || self.idempotent) =>
+                {
+                    tracing::trace!(%error, "pooled upstream connection was closed; retrying");
+                    conn = connect(target, timeouts.connect).await?;
+                }
+                Err(Attempt::Stale { error, .. }) => {
+                    return Err(UpstreamError::Reset {
+                        authority: target.1.to_string(),
+                        source: Box::new(error),
+                    }
+                    .into())
+                }
+                Err(Attempt::Failed(failure)) => return Err(failure),
+            }
+        }
+    }
+}
+
+/// Opens a new connection to an endpoint (boxed: rare on a warm pool, and its state
+/// should not widen every request's future).
+async fn connect(
+    (endpoint, key): &(Endpoint, Arc<str>),
+    timeout: Duration,
+) -> Result<Conn, UpstreamError> {
+    let stream = Box::pin(crate::upstream::connect_tcp(endpoint, key, timeout)).await?;
+    Ok(Conn::new(stream, key))
+}
+
+enum Attempt {
+    /// The connection failed before any response byte.
+    Stale {
+        written: bool,
+        error: io::Error,
+    },
+    Failed(Failure),
+}
+
+/// One try on one connection: write the request, wait for the final response head
+/// (bounded by the request timeout, watching the client for a hang-up).
+async fn attempt(
+    conn: &mut Conn,
+    request: &[u8],
+    timeout: Duration,
+    head_request: bool,
+    client: &TcpStream,
+    deco: &Decoration<'_>,
+    out: &mut Vec<u8>,
+) -> Result<(Lent, Final), Attempt> {
+    if let Err(error) = conn.stream.write_all(request).await {
+        return Err(Attempt::Stale {
+            written: false,
+            error,
+        });
+    }
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut watch_client = true;
+    let mut buf: Option<Lent> = None;
+    loop {
+        let read = tokio::select! {
+            biased;
+            read = read_some(&mut conn.stream, &mut buf) => read,
+            gone = client_gone(client), if watch_client => {
+                if gone {
+                    return Err(Attempt::Failed(Failure::ClientGone));
+                }
+                // The client pipelined its next request: it is still there.
+                watch_client = false;
+                continue;
+            }
+            () = tokio::time::sleep_until(deadline) => {
+                return Err(Attempt::Failed(UpstreamError::ResponseTimeout {
+                    authority: conn.key().to_string(),
+                    after: timeout,
+                }.into()));
+            }
+        };
+        let seen = buf.as_ref().map_or(0, |b| b.len());
+        let n = match read {
+            Ok(n) => n,
+            Err(error) if seen == 0 => {
+                return Err(Attempt::Stale {
+                    written: true,
+                    error,
+                })
+            }
+            Err(e) => return Err(failed_reset(conn, &e.to_string())),
+        };
+        if n == 0 {
+            if seen == 0 {
+                let error = io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "closed before any response byte",
+                );
+                return Err(Attempt::Stale {
+                    written: true,
+                    error,
+                });
+            }
+            return Err(failed_reset(
+                conn,
+                "closed in the middle of the response head",
+            ));
+        }
+        let Some(b) = buf.as_mut() else {
+            continue;
+        };
+        // Interim 1xx heads are skipped; the final head is rewritten into `out`.
+        loop {
+            out.clear();
+            match client_head(b, head_request, deco, out) {
+                HeadStep::Partial if b.len() >= MAX_HEAD => {
+                    return Err(failed_protocol(conn, "response head too large"))
+                }
+                HeadStep::Partial => break,
+                HeadStep::Interim(n) => b.consume(n),
+                HeadStep::Invalid(why) => return Err(failed_protocol(conn, why)),
+                HeadStep::Final(fin) => {
+                    let buf = buf.take().unwrap_or_else(Lent::take);
+                    return Ok((buf, fin));
+                }
+            }
+        }
+    }
+}
+
+fn failed_reset(conn: &Conn, why: &str) -> Attempt {
+    Attempt::Failed(Failure::Upstream(UpstreamError::Reset {
+        authority: conn.key().to_string(),
+        source: why.into(),
+    }))
+}
+
+fn failed_protocol(conn: &Conn, why: &str) -> Attempt {
+    Attempt::Failed(Failure::Upstream(UpstreamError::Protocol {
+        authority: conn.key().to_string(),
+        source: why.into(),
+    }))
+}
+
+enum HeadStep {
+    Partial,
+    Interim(usize),
+    Invalid(&'static str),
+    Final(Final),
+}
+
+/// Parses the upstream's response head in `buf` and writes the client's into `out`.
+fn client_head(
+    buf: &[u8],
+    head_request: bool,
+    deco: &Decoration<'_>,
+    out: &mut Vec<u8>,
+) -> HeadStep {
+    let mut storage = [httparse::EMPTY_HEADER; MAX_FIELDS];
+    match head::parse_response(buf, &mut storage, head_request) {
+        ParsedResponse::Partial => HeadStep::Partial,
+        ParsedResponse::Interim(n) => HeadStep::Interim(n),
+        ParsedResponse::Invalid(why) => HeadStep::Invalid(why),
+        ParsedResponse::Ready(resp) => {
+            let close = deco.close || resp.framing == Framing::UntilClose;
+            let deco = Decoration {
+                variant_header: deco.variant_header,
+                set_cookie: deco.set_cookie,
+                close,
+            };
+            head::write_client_response(&resp, &deco, out);
+            HeadStep::Final(Final {
+                status: resp.status,
+                head_len: resp.head_len,
+                framing: resp.framing,
+                reusable: resp.reusable,
+            })
+        }
+    }
+}
+
+/// Resolves when the client hangs up (`true`) or sends more bytes (`false`).
+async fn client_gone(client: &TcpStream) -> bool {
+    let mut one = [0u8; 1];
+    !matches!(client.peek(&mut one).await, Ok(n) if n > 0)
+}
+
+enum Relayed {
+    /// The body reached the client whole; the connection, unless it must close.
+    Complete(Option<Conn>),
+    UpstreamCut,
+    ClientGone,
+}
+
+/// Streams the response: the head in `out` with the body bytes already in `buf`
+/// (after `head_len`), then the rest as it arrives, one buffer at a time.
+async fn relay_body(
+    mut conn: Conn,
+    buf: &mut Lent,
+    head_len: usize,
+    framing: Framing,
+    client: &mut TcpStream,
+    out: &mut Lent,
+) -> Relayed {
+    let mut body = Body::new(framing);
+    let mut clean = true;
+    let first = &buf[head_len..];
+    match body.take(first) {
+        Ok(n) => {
+            clean &= n == first.len();
+            out.extend_from_slice(&first[..n]);
+        }
+        Err(_) => return Relayed::UpstreamCut,
+    }
+    if client.write_all(out).await.is_err() {
+        return Relayed::ClientGone;
+    }
+    while !body.done() {
+        buf.clear();
+        let n = match conn.stream.read_buf(&mut **buf).await {
+            Ok(n) => n,
+            Err(_) => return Relayed::UpstreamCut,
+        };
+        if n == 0 {
+            if framing == Framing::UntilClose {
+                return Relayed::Complete(None);
+            }
+            return Relayed::UpstreamCut;
+        }
+        let taken = match body.take(buf) {
+            Ok(taken) => taken,
+            Err(_) => return Relayed::UpstreamCut,
+        };
+        clean &= taken == n;
+        if client.write_all(&buf[..taken]).await.is_err() {
+            return Relayed::ClientGone;
+        }
+    }
+    // Bytes past the end of the body: the upstream is confused; do not reuse it.
+    Relayed::Complete(clean.then_some(conn))
+}
+
+/// Tracks where a response body ends.
+enum Body {
+    Empty,
+    Length(u64),
+    Chunked(ChunkedScanner),
+    UntilClose,
+}
+
+impl Body {
+    fn new(framing: Framing) -> Body {
+        match framing {
+            Framing::Empty => Body::Empty,
+            Framing::Length(n) => Body::Length(n),
+            Framing::Chunked => Body::Chunked(ChunkedScanner::new()),
+            Framing::UntilClose => Body::UntilClose,
+        }
+    }
+
+    /// How many of `bytes` belong to the body.
+    fn take(&mut self, bytes: &[u8]) -> Result<usize, super::chunked::ChunkedError> {
+        Ok(match self {
+            Body::Empty => 0,
+            Body::Length(left) => {
+                let n = usize::try_from(*left)
+                    .unwrap_or(usize::MAX)
+                    .min(bytes.len());
+                *left -= n as u64;
+                n
+            }
+            Body::Chunked(scanner) => match scanner.feed(bytes)? {
+                Scan::More => bytes.len(),
+                Scan::End(n) => n,
+            },
+            Body::UntilClose => bytes.len(),
+        })
+    }
+
+    fn done(&self) -> bool {
+        match self {
+            Body::Empty => true,
+            Body::Length(left) => *left == 0,
+            Body::Chunked(scanner) => scanner.is_done(),
+            Body::UntilClose => false,
+        }
+    }
+}
