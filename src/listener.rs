@@ -178,15 +178,16 @@ impl Connection {
             // Closed, failed, or silent too long: nothing to serve.
             _ => return,
         };
+        // hyper's paths are boxed: their connection state is large, and inline it would
+        // make every connection's task (idle ones too) that large.
         if protocol == Wire::Http2 {
-            return self.serve(TokioIo::new(stream), protocol).await;
+            return Box::pin(self.serve(TokioIo::new(stream), protocol)).await;
         }
         // HTTP/1.1 on cohort's own path first; hyper takes over what it does not handle.
         let peer = proxy::Peer::new(self.peer);
         let served = h1::server::serve(&self.ctx, &peer, &mut stream, &mut self.shutdown).await;
         if let Served::Handover(read) = served {
-            self.serve(TokioIo::new(Rewind::new(read, stream)), Wire::Http1)
-                .await;
+            Box::pin(self.serve(TokioIo::new(Rewind::new(read, stream)), Wire::Http1)).await;
         }
     }
 

@@ -104,7 +104,10 @@ pub async fn serve(
         let keep_alive = match step {
             Step::Forward(forward) => {
                 let draining = *shutdown.borrow();
-                Box::pin(forward.run(ctx, client, out, draining)).await
+                // Only the request's own bytes wait for the upstream, not a 16 KiB buffer.
+                let request = out.to_vec();
+                drop(out);
+                Box::pin(forward.run(ctx, client, request, draining)).await
             }
             _ => client.write_all(&out).await.is_ok() && !close,
         };
@@ -257,7 +260,15 @@ impl From<UpstreamError> for Failure {
     }
 }
 
-/// A final response head, already rewritten for the client.
+/// The upstream's final response head, read into `buf` (which may hold body bytes
+/// after it), and the client's version of it in `head`.
+struct Answer {
+    buf: Lent,
+    head: Lent,
+    fin: Final,
+}
+
+/// What the rest of the exchange needs to know of a final response head.
 struct Final {
     status: u16,
     head_len: usize,
@@ -272,7 +283,7 @@ impl Forward {
         mut self,
         ctx: &ProxyContext,
         client: &mut TcpStream,
-        request: Lent,
+        request: Vec<u8>,
         draining: bool,
     ) -> bool {
         let snap = self.snap.clone();
@@ -288,12 +299,18 @@ impl Forward {
             set_cookie: self.set_cookie.as_ref().map(http::HeaderValue::as_bytes),
             close: self.close || draining,
         };
-        let mut out = Lent::take();
         let exchanged = self
-            .exchange(ctx, route, state, &request, client, &deco, &mut out)
+            .exchange(ctx, route, state, &request, client, &deco)
             .await;
         drop(request);
-        let (conn, mut body, fin) = match exchanged {
+        let (
+            conn,
+            Answer {
+                mut buf,
+                mut head,
+                fin,
+            },
+        ) = match exchanged {
             Ok(ok) => ok,
             // The pending completion counts 499 as it drops.
             Err(Failure::ClientGone) => return false,
@@ -305,7 +322,7 @@ impl Forward {
                     UpstreamErrorKind::Timeout => StatusCode::GATEWAY_TIMEOUT,
                     _ => StatusCode::BAD_GATEWAY,
                 };
-                out.clear();
+                let mut out = Lent::take();
                 head::write_local_response(status, proxy::error_body(&e), &deco, &mut out);
                 let mut completion = self.pending.take();
                 completion.status = status.as_u16();
@@ -316,7 +333,7 @@ impl Forward {
         };
         let mut completion = self.pending.take();
         completion.status = fin.status;
-        let relay = relay_body(conn, &mut body, fin.head_len, fin.framing, client, &mut out).await;
+        let relay = relay_body(conn, &mut buf, fin.head_len, fin.framing, client, &mut head).await;
         let keep_alive = match relay {
             Relayed::Complete(conn) => {
                 if let Some(conn) = conn.filter(|_| fin.reusable) {
@@ -350,8 +367,7 @@ impl Forward {
         request: &[u8],
         client: &TcpStream,
         deco: &Decoration<'_>,
-        out: &mut Vec<u8>,
-    ) -> Result<(Conn, Lent, Final), Failure> {
+    ) -> Result<(Conn, Answer), Failure> {
         let timeouts = &route.timeouts;
         let mut endpoints = state.endpoints(self.variant);
         let Some(first) = endpoints.next() else {
@@ -384,11 +400,10 @@ impl Forward {
                 head_request,
                 client,
                 deco,
-                out,
             )
             .await
             {
-                Ok((buf, fin)) => return Ok((conn, buf, fin)),
+                Ok(answer) => return Ok((conn, answer)),
                 // A kept connection the upstream had closed meanwhile: once more on a
                 // new one, when the request cannot have been acted on or may repeat.
                 Err(Attempt::Stale { written, error })
@@ -438,8 +453,7 @@ async fn attempt(
     head_request: bool,
     client: &TcpStream,
     deco: &Decoration<'_>,
-    out: &mut Vec<u8>,
-) -> Result<(Lent, Final), Attempt> {
+) -> Result<Answer, Attempt> {
     if let Err(error) = conn.stream.write_all(request).await {
         return Err(Attempt::Stale {
             written: false,
@@ -500,8 +514,9 @@ async fn attempt(
         };
         // Interim 1xx heads are skipped; the final head is rewritten into `out`.
         loop {
-            out.clear();
-            match client_head(b, head_request, deco, out) {
+            // Lent only now: a request waiting for its upstream holds no buffer.
+            let mut head = Lent::take();
+            match client_head(b, head_request, deco, &mut head) {
                 HeadStep::Partial if b.len() >= MAX_HEAD => {
                     return Err(failed_protocol(conn, "response head too large"))
                 }
@@ -510,7 +525,7 @@ async fn attempt(
                 HeadStep::Invalid(why) => return Err(failed_protocol(conn, why)),
                 HeadStep::Final(fin) => {
                     let buf = buf.take().unwrap_or_else(Lent::take);
-                    return Ok((buf, fin));
+                    return Ok(Answer { buf, head, fin });
                 }
             }
         }
