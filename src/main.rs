@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use tracing_subscriber::filter::Targets;
 
 use bytes::Bytes;
 use http::Method;
@@ -136,16 +137,32 @@ fn main() -> ExitCode {
     }
 }
 
+/// `RUST_LOG` as `level` or `target=level` pairs (`warn,cohort::access=info`). A
+/// `Targets` filter rather than `EnvFilter`: it needs no regex engine, whose code and
+/// tables would otherwise sit in every sidecar's memory.
 fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+
+    let default = || "info".parse::<Targets>().unwrap_or_default();
+    let (filter, bad) = match std::env::var("RUST_LOG") {
+        Ok(spec) if !spec.trim().is_empty() => match spec.parse::<Targets>() {
+            Ok(filter) => (filter, None),
+            Err(e) => (default(), Some((spec, e))),
+        },
+        _ => (default(), None),
+    };
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let layer = tracing_subscriber::fmt::layer()
+        .with_ansi(ansi)
         .with_writer(std::io::stderr);
+    let registry = tracing_subscriber::registry().with(filter);
     match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => registry.with(layer).init(),
+        LogFormat::Json => registry.with(layer.json()).init(),
+    }
+    if let Some((spec, e)) = bad {
+        tracing::warn!(rust_log = %spec, error = %e, "RUST_LOG is not valid; logging at info");
     }
 }
 
@@ -190,10 +207,9 @@ fn run(path: &std::path::Path) -> ExitCode {
 }
 
 fn in_runtime(work: impl std::future::Future<Output = ExitCode>) -> ExitCode {
-    // The control plane (admin listener, signals, demo) needs little: one thread.
-    // The proxy runs on its own worker threads.
-    match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
+    // The control plane (admin listener, signals, demo) needs little: the main thread
+    // (no extra thread, stack or allocator arena). The proxy has its own worker threads.
+    match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {

@@ -35,6 +35,10 @@ pub const ROLLOUT_STATE: &str = "cohort_rollout_state";
 pub const GUARD_ERROR_RATIO: &str = "cohort_guard_error_ratio";
 pub const GUARD_P99_SECONDS: &str = "cohort_guard_p99_seconds";
 
+/// How often buffered histogram samples are folded into their buckets; at 25,000
+/// requests a second a quarter second of samples is about 50 KB.
+pub const UPKEEP_INTERVAL: std::time::Duration = std::time::Duration::from_millis(250);
+
 /// Histogram buckets of `cohort_request_duration_seconds`, in seconds (DESIGN §5).
 pub const DURATION_BUCKETS: [f64; 14] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
