@@ -1,11 +1,12 @@
-//! The routing decision allocates nothing for a request that carries its key: counted
-//! with a counting global allocator around the pure hot path (route match, key
-//! extraction from header, cookie or peer address, hash, variant).
+//! The routing decision allocates nothing for a request that carries its key, and
+//! neither does the HTTP/1.1 head work around it: counted with a counting global
+//! allocator around the pure hot path (parse, route match, key extraction from header,
+//! cookie or peer address, hash, variant, head rewriting both ways).
 
 use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
 use std::net::IpAddr;
 use std::path::Path;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use http::{HeaderMap, HeaderValue};
 
@@ -14,11 +15,19 @@ use cohort::router::{decide, RouteTable};
 
 struct Counting;
 
-static ALLOCATIONS: AtomicUsize = AtomicUsize::new(0);
+thread_local! {
+    // Per thread: the tests run in parallel, each counts only its own allocations.
+    // A `const` cell without a destructor, so touching it never allocates.
+    static ALLOCATIONS: Cell<usize> = const { Cell::new(0) };
+}
+
+fn allocations() -> usize {
+    ALLOCATIONS.with(Cell::get)
+}
 
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        let _ = ALLOCATIONS.try_with(|n| n.set(n.get() + 1));
         // SAFETY: forwarded unchanged to the system allocator.
         unsafe { System.alloc(layout) }
     }
@@ -53,11 +62,11 @@ stable = { endpoints = ["http://127.0.0.1:9001"] }
 
 /// Allocations made by `f`, run many times (the figure is per call).
 fn allocations_per_call(calls: usize, mut f: impl FnMut()) -> f64 {
-    let before = ALLOCATIONS.load(Ordering::Relaxed);
+    let before = allocations();
     for _ in 0..calls {
         f();
     }
-    (ALLOCATIONS.load(Ordering::Relaxed) - before) as f64 / calls as f64
+    (allocations() - before) as f64 / calls as f64
 }
 
 #[test]
@@ -98,4 +107,68 @@ fn a_keyed_routing_decision_allocates_nothing() {
         eprintln!("{what}: {per_call} allocations per decision");
         assert_eq!(per_call, 0.0, "{what}: the decision allocated");
     }
+}
+
+/// cohort's own HTTP/1.1 path parses a request head in place, routes on the parsed
+/// fields and writes the upstream head into a buffer it reuses; then parses the
+/// response head and writes the client's: none of it allocates.
+#[test]
+fn parsing_routing_and_rewriting_heads_allocates_nothing() {
+    use cohort::h1::head::{
+        parse_request, parse_response, write_client_response, write_upstream_request, Decoration,
+        Forwarding, ParsedRequest, ParsedResponse, MAX_FIELDS,
+    };
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("cohort.toml");
+    std::fs::write(&path, CONFIG).expect("write config");
+    let config = cohort::config::load(Path::new(&path)).expect("valid config");
+    let routes = &config.routes;
+    let table = RouteTable::new(routes);
+    let peer: IpAddr = "192.0.2.7".parse().expect("ip");
+    let request = b"GET /api/cart?items=3 HTTP/1.1\r\nHost: shop.example\r\n\
+        User-Agent: curl/8.5\r\nAccept: */*\r\nX-User-Id: user-42\r\n\
+        Cookie: session=abc; theme=dark\r\nX-Forwarded-For: 203.0.113.1\r\n\r\n";
+    let response = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 6\r\n\
+        Connection: keep-alive\r\nKeep-Alive: timeout=5\r\n\r\nstable";
+    let mut out: Vec<u8> = Vec::with_capacity(16 * 1024);
+    let per_call = allocations_per_call(10_000, || {
+        out.clear();
+        let mut fields = [httparse::EMPTY_HEADER; MAX_FIELDS];
+        let ParsedRequest::Ready(req) = parse_request(request, &mut fields) else {
+            panic!("the request is forwardable");
+        };
+        let path = req.target.split('?').next().unwrap_or("/");
+        let index = table.find(routes, req.host, path).expect("a route");
+        let route = &routes[index];
+        let decision = decide(route, route.canary_bp, &req.fields, peer, || {
+            unreachable!("the request carries its key")
+        });
+        let forwarding = Forwarding {
+            peer: b"192.0.2.7",
+            proto: "http",
+            variant: decision.variant.as_str(),
+            untrusted_override: None,
+        };
+        write_upstream_request(&req, &forwarding, &mut out);
+        let mut fields = [httparse::EMPTY_HEADER; MAX_FIELDS];
+        let ParsedResponse::Ready(resp) = parse_response(response, &mut fields, false) else {
+            panic!("a final response");
+        };
+        let deco = Decoration {
+            variant_header: None,
+            set_cookie: None,
+            close: false,
+        };
+        write_client_response(&resp, &deco, &mut out);
+    });
+    assert_eq!(per_call, 0.0, "the HTTP/1.1 head path allocated");
+    let text = String::from_utf8_lossy(&out);
+    assert!(
+        text.starts_with("GET /api/cart?items=3 HTTP/1.1\r\n")
+            && text.contains("x-forwarded-for: 203.0.113.1, 192.0.2.7\r\n")
+            && text.contains("\r\n\r\nHTTP/1.1 200 OK\r\n"),
+        "{text}"
+    );
+    assert!(!text.contains("Keep-Alive"), "{text}");
 }
