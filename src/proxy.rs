@@ -136,10 +136,7 @@ pub async fn handle(
             let kind = e.kind();
             variant_metrics.upstream_error(kind);
             tracing::debug!(route = %route.name, %variant, error = %e, "upstream request failed");
-            let status = match kind {
-                crate::metrics::UpstreamErrorKind::Timeout => StatusCode::GATEWAY_TIMEOUT,
-                _ => StatusCode::BAD_GATEWAY,
-            };
+            let status = error_status(kind);
             local_response(status, error_body(&e))
         }
     };
@@ -226,6 +223,14 @@ fn decorate_response(
 /// A fresh random cohort key for a client that sent none: 128 random bits in hex.
 pub(crate) fn draw_key() -> String {
     format!("{:032x}", fastrand::u128(..))
+}
+
+/// The status of a request its upstream failed (DESIGN §1 failure table).
+pub(crate) fn error_status(kind: crate::metrics::UpstreamErrorKind) -> StatusCode {
+    match kind {
+        crate::metrics::UpstreamErrorKind::Timeout => StatusCode::GATEWAY_TIMEOUT,
+        _ => StatusCode::BAD_GATEWAY,
+    }
 }
 
 pub(crate) fn error_body(e: &UpstreamError) -> &'static str {

@@ -63,13 +63,13 @@ pub async fn serve(
             }
         }
         let mut head_deadline = None;
-        let (step, out) = loop {
+        let (ready, out) = loop {
             if let Some(buf) = pending.as_ref().filter(|b| !b.is_empty()) {
                 let mut out = Lent::take();
                 match prepare(ctx, peer, buf, &mut out) {
                     Step::Partial => {}
                     Step::Handover => return handover(pending),
-                    step => break (step, out),
+                    Step::Ready(ready) => break (ready, out),
                 }
             }
             let started = pending.as_ref().is_some_and(|b| !b.is_empty());
@@ -89,10 +89,9 @@ pub async fn serve(
                 Ok(_) => {}
             }
         };
-        let (consumed, close) = match &step {
-            Step::Local { consumed, close } => (*consumed, *close),
-            Step::Forward(forward) => (forward.consumed, forward.close),
-            Step::Partial | Step::Handover => unreachable!("handled in the read loop"),
+        let (consumed, close) = match &ready {
+            Ready::Local { consumed, close } => (*consumed, *close),
+            Ready::Forward(forward) => (forward.consumed, forward.close),
         };
         if let Some(buf) = pending.as_mut() {
             buf.consume(consumed);
@@ -101,15 +100,15 @@ pub async fn serve(
             // Nothing pipelined behind it: the buffer goes back before the wait.
             pending = None;
         }
-        let keep_alive = match step {
-            Step::Forward(forward) => {
+        let keep_alive = match ready {
+            Ready::Forward(forward) => {
                 let draining = *shutdown.borrow();
                 // Only the request's own bytes wait for the upstream, not a 16 KiB buffer.
                 let request = out.to_vec();
                 drop(out);
                 Box::pin(forward.run(ctx, client, request, draining)).await
             }
-            _ => client.write_all(&out).await.is_ok() && !close,
+            Ready::Local { .. } => client.write_all(&out).await.is_ok() && !close,
         };
         if !keep_alive || *shutdown.borrow() {
             return Served::Closed;
@@ -138,6 +137,11 @@ enum Step {
     Partial,
     /// hyper takes the connection over.
     Handover,
+    Ready(Ready),
+}
+
+/// A complete request, handled: `consumed` of the bytes read were its own.
+enum Ready {
     /// A response cohort makes itself is in the output buffer.
     Local { consumed: usize, close: bool },
     /// The upstream request is in the output buffer.
@@ -163,10 +167,10 @@ fn prepare(ctx: &ProxyContext, peer: &Peer, buf: &[u8], out: &mut Vec<u8>) -> St
                 _ => "request header fields too large\n",
             };
             head::write_local_response(status, body, &close, out);
-            return Step::Local {
+            return Step::Ready(Ready::Local {
                 consumed: buf.len(),
                 close: true,
-            };
+            });
         }
         ParsedRequest::Ready(req) => req,
     };
@@ -185,10 +189,10 @@ fn prepare(ctx: &ProxyContext, peer: &Peer, buf: &[u8], out: &mut Vec<u8>) -> St
         };
         let body = "no route matches this request\n";
         head::write_local_response(StatusCode::NOT_FOUND, body, &plain, out);
-        return Step::Local {
+        return Step::Ready(Ready::Local {
             consumed: req.message_len(),
             close: req.close,
-        };
+        });
     };
     let (route, state) = snap.route(index);
     if !state.plain_http1() {
@@ -216,7 +220,7 @@ fn prepare(ctx: &ProxyContext, peer: &Peer, buf: &[u8], out: &mut Vec<u8>) -> St
     head::write_upstream_request(&req, &forwarding, out);
     out.extend_from_slice(&buf[req.head_len..req.message_len()]);
     let completion = Completion::new(snap.clone(), index, &decision, start, access_log);
-    Step::Forward(Forward {
+    Step::Ready(Ready::Forward(Forward {
         route: index,
         variant: decision.variant,
         set_cookie: decision
@@ -231,7 +235,7 @@ fn prepare(ctx: &ProxyContext, peer: &Peer, buf: &[u8], out: &mut Vec<u8>) -> St
         // Safe to send again after a reused connection turned out closed.
         idempotent: matches!(req.method, "GET" | "HEAD" | "OPTIONS" | "PUT" | "DELETE"),
         close: req.close,
-    })
+    }))
 }
 
 /// A routed request on its way upstream.
@@ -303,14 +307,7 @@ impl Forward {
             .exchange(ctx, route, state, &request, client, &deco)
             .await;
         drop(request);
-        let (
-            conn,
-            Answer {
-                mut buf,
-                mut head,
-                fin,
-            },
-        ) = match exchanged {
+        let (conn, mut answer) = match exchanged {
             Ok(ok) => ok,
             // The pending completion counts 499 as it drops.
             Err(Failure::ClientGone) => return false,
@@ -318,10 +315,7 @@ impl Forward {
                 let kind = e.kind();
                 state.metrics.variant(self.variant).upstream_error(kind);
                 tracing::debug!(route = %route.name, variant = %self.variant, error = %e, "upstream request failed");
-                let status = match kind {
-                    UpstreamErrorKind::Timeout => StatusCode::GATEWAY_TIMEOUT,
-                    _ => StatusCode::BAD_GATEWAY,
-                };
+                let status = proxy::error_status(kind);
                 let mut out = Lent::take();
                 head::write_local_response(status, proxy::error_body(&e), &deco, &mut out);
                 let mut completion = self.pending.take();
@@ -331,9 +325,10 @@ impl Forward {
                 return written && !deco.close;
             }
         };
+        let fin = &answer.fin;
         let mut completion = self.pending.take();
         completion.status = fin.status;
-        let relay = relay_body(conn, &mut buf, fin.head_len, fin.framing, client, &mut head).await;
+        let relay = relay_body(conn, &mut answer.buf, fin, client, &mut answer.head).await;
         let keep_alive = match relay {
             Relayed::Complete(conn) => {
                 if let Some(conn) = conn.filter(|_| fin.reusable) {
@@ -358,7 +353,6 @@ impl Forward {
     /// Gets a connection (pooled, else new; another endpoint of the variant if the
     /// first cannot be reached), sends the request and reads the final response head
     /// into a lent buffer, the client's head written into `out`.
-    #[allow(clippy::too_many_arguments)]
     async fn exchange(
         &self,
         ctx: &ProxyContext,
@@ -601,14 +595,13 @@ enum Relayed {
 async fn relay_body(
     mut conn: Conn,
     buf: &mut Lent,
-    head_len: usize,
-    framing: Framing,
+    fin: &Final,
     client: &mut TcpStream,
     out: &mut Lent,
 ) -> Relayed {
-    let mut body = Body::new(framing);
+    let mut body = Body::new(fin.framing);
     let mut clean = true;
-    let first = &buf[head_len..];
+    let first = &buf[fin.head_len..];
     match body.take(first) {
         Ok(n) => {
             clean &= n == first.len();
@@ -626,7 +619,7 @@ async fn relay_body(
             Err(_) => return Relayed::UpstreamCut,
         };
         if n == 0 {
-            if framing == Framing::UntilClose {
+            if fin.framing == Framing::UntilClose {
                 return Relayed::Complete(None);
             }
             return Relayed::UpstreamCut;
