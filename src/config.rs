@@ -562,11 +562,11 @@ fn ser_rollout<S: serde::Serializer>(r: &Option<Rollout>, s: S) -> Result<S::Ok,
     match r {
         None => s.serialize_none(),
         Some(r) => {
-            let steps: Vec<f64> = r.steps.iter().map(|bp| bp.percent()).collect();
+            // `BasisPoints` writes itself as /routes does: `1`, `0.5`.
             serde::Serialize::serialize(
                 &serde_json::json!({
                     "start": r.start_text,
-                    "steps": steps,
+                    "steps": r.steps,
                     "step_every": humantime::format_duration(r.step_every).to_string(),
                 }),
                 s,

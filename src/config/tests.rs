@@ -315,7 +315,7 @@ fn rollout_and_guard_are_compiled() {
         "checkout\u{0}s1\u{0}2026-12-01T09:00:00Z"
     );
     // A TOML date-time works as well as a string.
-    let c = parse_ok(&format!("{ROLLOUT_ROUTE}[routes.rollout]\nstart = 2026-12-01T09:00:00Z\nsteps = [1]\nstep_every = \"1m\"\n"));
+    let c = parse_ok(&format!("{ROLLOUT_ROUTE}[routes.rollout]\nstart = 2026-12-01T09:00:00Z\nsteps = [1, 2.5]\nstep_every = \"1m\"\n"));
     assert_eq!(
         c.routes[0].rollout.as_ref().unwrap().start,
         1_796_115_600_000
@@ -323,7 +323,8 @@ fn rollout_and_guard_are_compiled() {
     let json = serde_json::to_value(&c).unwrap();
     assert_eq!(
         json["routes"][0]["rollout"]["steps"],
-        serde_json::json!([1.0])
+        serde_json::json!([1, 2.5]),
+        "whole percentages are integers, as in /routes"
     );
 }
 

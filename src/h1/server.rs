@@ -39,6 +39,11 @@ pub enum Served {
 /// How long a client may take to complete a request head it has started.
 const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How long a keep-alive connection may sit idle between requests before cohort closes
+/// it (hyper's header-read timeout did the same before this path existed), so clients
+/// that vanished without a FIN do not hold sockets forever.
+pub const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Response heads larger than this are an upstream protocol error.
 const MAX_HEAD: usize = 64 * 1024;
 
@@ -60,6 +65,7 @@ pub async fn serve(
                     return Served::Closed;
                 },
                 _ = shutdown.wait_for(|stop| *stop) => return Served::Closed,
+                () = tokio::time::sleep(KEEP_ALIVE_TIMEOUT) => return Served::Closed,
             }
         }
         let mut head_deadline = None;
