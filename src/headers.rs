@@ -18,6 +18,21 @@ pub static X_COHORT_VARIANT: HeaderName = HeaderName::from_static("x-cohort-vari
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
+/// Headers that never cross cohort in either direction (DESIGN §1.7), besides whatever
+/// a `Connection` header names; `TE: trailers` and, on upgrades, `Upgrade` are the
+/// exceptions [`remove_hop_by_hop`] makes. cohort's own HTTP/1.1 path uses the same list.
+pub const HOP_BY_HOP: [&str; 9] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "transfer-encoding",
+    "te",
+    "trailer",
+    "upgrade",
+    "proxy-authorization",
+    "proxy-authenticate",
+];
+
 /// Whether the request asks to switch protocols (WebSocket): `Connection: upgrade`
 /// plus an `Upgrade` header.
 pub fn is_upgrade_request(headers: &HeaderMap) -> bool {
@@ -186,6 +201,14 @@ mod tests {
         ]);
         remove_hop_by_hop(&mut m, false);
         assert_eq!(names(&m), ["content-type", "x-end-to-end"]);
+    }
+
+    #[test]
+    fn every_listed_hop_by_hop_header_is_removed() {
+        let pairs: Vec<(&str, &str)> = HOP_BY_HOP.iter().map(|name| (*name, "x")).collect();
+        let mut m = map(&pairs);
+        remove_hop_by_hop(&mut m, false);
+        assert!(m.is_empty(), "left: {:?}", names(&m));
     }
 
     #[test]

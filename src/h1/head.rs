@@ -6,6 +6,7 @@
 
 use http::{HeaderName, StatusCode};
 
+use crate::headers::HOP_BY_HOP;
 use crate::router::Fields;
 
 /// Header fields a head may carry (hyper's limit too).
@@ -427,17 +428,6 @@ fn write_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
 
 /// The fixed hop-by-hop list of DESIGN §1.7 (`TE: trailers` is handled by the caller).
 fn is_hop_by_hop(name: &str) -> bool {
-    const HOP_BY_HOP: [&str; 9] = [
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "transfer-encoding",
-        "te",
-        "trailer",
-        "upgrade",
-        "proxy-authorization",
-        "proxy-authenticate",
-    ];
     HOP_BY_HOP
         .iter()
         .any(|h| h.len() == name.len() && h.eq_ignore_ascii_case(name))
