@@ -33,6 +33,7 @@
 #                         negative one helps only a little against a compiler started meanwhile
 #                         (a woken proxy still waits for the compiler's time slice)
 #   LOAD_PROXY_CPU=0, LOAD_CLIENT_CPU=1   CPUs for the proxies, and for wrk + upstreams
+#   LOAD_NGINX_KEEPALIVE=1024  NGINX's upstream keepalive pool (cohort keeps up to 1024)
 #   LOAD_PORT_BASE=18400  ports used: base+1 stable, +2 canary, +10 cohort, +11 cohort admin,
 #                         +20 nginx proxy
 #   LOAD_OUT=target/load  where the summary goes
@@ -70,6 +71,10 @@ NICE=${LOAD_NICE:-0}
 PROXY_CPU=${LOAD_PROXY_CPU:-0}
 CLIENT_CPU=${LOAD_CLIENT_CPU:-1}
 PORT_BASE=${LOAD_PORT_BASE:-18400}
+# NGINX's upstream `keepalive` (idle connections kept per upstream): as many as cohort
+# keeps (MAX_IDLE_PER_ENDPOINT), so neither proxy reconnects under load. With 64, NGINX
+# closes and reopens upstream connections at 256 client connections and loses ~35 %.
+NGINX_KEEPALIVE=${LOAD_NGINX_KEEPALIVE:-1024}
 PORT_STABLE=$((PORT_BASE + 1))
 PORT_CANARY=$((PORT_BASE + 2))
 PORT_COHORT=$((PORT_BASE + 10))
@@ -293,8 +298,8 @@ start_nginx_proxy() { # worker_connections; sets NGINX_PROXY_MASTER, NGINX_PROXY
         10% canary;
         *   stable;
     }
-    upstream stable { server 127.0.0.1:$PORT_STABLE; keepalive 64; keepalive_requests 1000000; }
-    upstream canary { server 127.0.0.1:$PORT_CANARY; keepalive 64; keepalive_requests 1000000; }
+    upstream stable { server 127.0.0.1:$PORT_STABLE; keepalive $NGINX_KEEPALIVE; keepalive_requests 1000000; }
+    upstream canary { server 127.0.0.1:$PORT_CANARY; keepalive $NGINX_KEEPALIVE; keepalive_requests 1000000; }
     server {
         listen 127.0.0.1:$PORT_NGINX backlog=4096;
         location / {
