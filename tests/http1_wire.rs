@@ -894,6 +894,38 @@ async fn a_request_with_a_hundred_kilobyte_header_line_is_refused_before_any_ups
 }
 
 #[tokio::test]
+async fn a_body_arriving_after_its_head_is_waited_for_and_forwarded_whole() {
+    let stable = FakeUpstream::start("stable").await;
+    let canary = FakeUpstream::start("canary").await;
+    let cohort = TestCohort::start(&route("app", &stable, &canary, "")).await;
+
+    let body = "x".repeat(10_000);
+    let mut conn = RawConn::connect(cohort.proxy).await;
+    conn.write(
+        format!(
+            "POST /upload HTTP/1.1\r\nHost: app.example\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        )
+        .as_bytes(),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    conn.write(&body.as_bytes()[..4_000]).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    conn.write(&body.as_bytes()[4_000..]).await;
+    let answer = conn.read_response(false).await;
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    let seen = stable.last_seen();
+    assert_eq!((seen.method.as_str(), seen.body_len), ("POST", 10_000));
+    assert_eq!(&seen.body[..], body.as_bytes());
+
+    // The connection goes on.
+    conn.write(get("/after").as_bytes()).await;
+    assert_eq!(conn.read_response(false).await.status, 200);
+    cohort.shutdown().await;
+}
+
+#[tokio::test]
 async fn a_malformed_request_gets_400_is_counted_unrouted_and_ends_the_connection() {
     let stable = FakeUpstream::start("stable").await;
     let canary = FakeUpstream::start("canary").await;
