@@ -925,6 +925,38 @@ async fn a_body_arriving_after_its_head_is_waited_for_and_forwarded_whole() {
     cohort.shutdown().await;
 }
 
+/// A client still sending when cohort answers and closes (a rejected head followed by a
+/// large body) must still read the answer: cohort drains before it closes, instead of
+/// closing with unread bytes, which makes the kernel reset the connection and throw away
+/// the response the client has not read yet.
+#[tokio::test]
+async fn a_client_still_sending_when_cohort_closes_reads_the_whole_answer() {
+    let stable = FakeUpstream::start("stable").await;
+    let canary = FakeUpstream::start("canary").await;
+    let cohort = TestCohort::start(&route("app", &stable, &canary, "")).await;
+
+    let stream = TcpStream::connect(cohort.proxy).await.expect("connect");
+    let (mut reader, mut writer) = stream.into_split();
+    let sender = tokio::spawn(async move {
+        let mut junk = b"GET / HTTP/1.1\r\nBad Header: x\r\n\r\n".to_vec();
+        junk.resize(4 * 1024 * 1024, b'x');
+        // cohort stops parsing after the head; the rest may or may not be taken.
+        let _ = writer.write_all(&junk).await;
+        writer
+    });
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(PATIENCE, reader.read_to_end(&mut answer)).await;
+    let text = String::from_utf8_lossy(&answer).into_owned();
+    assert!(
+        matches!(read, Ok(Ok(_))),
+        "reading the answer failed: {read:?}; got {text:?}"
+    );
+    assert!(text.starts_with("HTTP/1.1 400 "), "{text}");
+    assert!(text.ends_with("invalid HTTP/1.1 request\n"), "{text}");
+    drop(sender.await);
+    cohort.shutdown().await;
+}
+
 #[tokio::test]
 async fn a_malformed_request_gets_400_is_counted_unrouted_and_ends_the_connection() {
     let stable = FakeUpstream::start("stable").await;

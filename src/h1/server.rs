@@ -44,6 +44,9 @@ const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
 /// that vanished without a FIN do not hold sockets forever.
 pub const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How long a connection cohort closes keeps draining what the client still sends.
+const LINGER: Duration = Duration::from_secs(2);
+
 /// Response heads larger than this are an upstream protocol error.
 const MAX_HEAD: usize = 64 * 1024;
 
@@ -117,8 +120,36 @@ pub async fn serve(
             Ready::Local { .. } => client.write_all(&out).await.is_ok() && !close,
         };
         if !keep_alive || *shutdown.borrow() {
+            drop(pending);
+            Box::pin(close_after_response(client, shutdown)).await;
             return Served::Closed;
         }
+    }
+}
+
+/// Ends a connection cohort closes after a response: FIN first, then read and discard
+/// what the client still sends for a moment (NGINX's lingering close). Closing a socket
+/// with unread bytes in it sends a reset, and a reset can destroy the response the
+/// client has not read yet (a 400 answering a request with a large body, a response
+/// ended by `Connection: close` with more requests pipelined behind it). A drain that
+/// is under way does not wait for it.
+async fn close_after_response(client: &mut TcpStream, shutdown: &mut watch::Receiver<bool>) {
+    if client.shutdown().await.is_err() {
+        return;
+    }
+    let mut sink = Lent::take();
+    let drain = async {
+        loop {
+            sink.clear();
+            match client.read_buf(&mut *sink).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    };
+    tokio::select! {
+        _ = tokio::time::timeout(LINGER, drain) => {}
+        _ = shutdown.wait_for(|stop| *stop) => {}
     }
 }
 
