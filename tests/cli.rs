@@ -817,3 +817,100 @@ fn output_into_a_closed_pipe_ends_quietly() {
     );
     assert!(!String::from_utf8_lossy(&out.stderr).contains("panicked"));
 }
+
+// ---------------------------------------------------------------------------------------
+// Logs: the access log on both HTTP/1.1 engines, RUST_LOG target lists
+// ---------------------------------------------------------------------------------------
+
+/// A config with `listen.access_log` on, everything to `stable`.
+fn access_log_config(dir: &Path, stable: &FakeUpstream, canary: &FakeUpstream) -> String {
+    let text = format!(
+        "[listen]\naddress = \"127.0.0.1:0\"\nworkers = 1\naccess_log = true\n\n[admin]\naddress = \"127.0.0.1:0\"\n\n{}",
+        route("r", stable, canary, "sticky = [\"header:x-user-id\"]\ncanary_percent = 0")
+    );
+    write_file(dir, "cohort.toml", &text)
+}
+
+/// The access log lines (JSON) in `stderr`.
+fn access_lines(stderr: &str) -> Vec<serde_json::Value> {
+    stderr
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["target"] == "cohort::access")
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_access_log_has_one_json_line_per_request_on_both_http1_engines() {
+    let stable = FakeUpstream::start("stable").await;
+    let canary = FakeUpstream::start("canary").await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = access_log_config(dir.path(), &stable, &canary);
+    let mut cohort = Cohort::spawn(&["run", "-c", &file, "--log-format", "json"]);
+    let (proxy, _admin) = cohort.wait_serving(QUICK).await;
+
+    // A plain GET (cohort's own path), then a chunked upload (handed to hyper).
+    let mut conn = support::RawConn::connect(proxy).await;
+    conn.write(b"GET /a?x=1 HTTP/1.1\r\nHost: h\r\nx-user-id: u1\r\n\r\n")
+        .await;
+    assert_eq!(conn.read_response(false).await.status, 200);
+    conn.write(
+        b"POST /upload HTTP/1.1\r\nHost: h\r\nx-user-id: u2\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+    )
+    .await;
+    assert_eq!(conn.read_response(false).await.status, 200);
+
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let lines = loop {
+        let lines = access_lines(&cohort.stderr());
+        if lines.len() >= 2 || Instant::now() > deadline {
+            break lines;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(lines.len(), 2, "stderr:\n{}", cohort.stderr());
+    for (line, (method, path)) in lines.iter().zip([("GET", "/a"), ("POST", "/upload")]) {
+        let fields = &line["fields"];
+        assert_eq!(fields["method"], method, "{line}");
+        assert_eq!(fields["path"], path, "{line}");
+        assert_eq!(fields["route"], "r", "{line}");
+        assert_eq!(fields["variant"], "stable", "{line}");
+        assert_eq!(fields["source"], "header", "{line}");
+        assert_eq!(fields["status"], 200, "{line}");
+        assert!(fields["duration_ms"].as_f64().is_some(), "{line}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rust_log_target_lists_select_what_is_logged_and_a_bad_value_falls_back_to_info() {
+    let stable = FakeUpstream::start("stable").await;
+    let canary = FakeUpstream::start("canary").await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = access_log_config(dir.path(), &stable, &canary);
+
+    // The access log switched off by target, everything else at info.
+    let env = [("RUST_LOG", "info,cohort::access=off")];
+    let mut quiet = Cohort::spawn_with(&["run", "-c", &file, "--log-format", "json"], &env);
+    let (proxy, _) = quiet.wait_serving(QUICK).await;
+    let answer = get(&format!("http://{proxy}/"), &[("x-user-id", "u")]).await;
+    assert_eq!(answer.status, 200);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        access_lines(&quiet.stderr()).is_empty(),
+        "{}",
+        quiet.stderr()
+    );
+
+    // A value that does not parse: a warning, and info logging (the access log is on).
+    let env = [("RUST_LOG", "cohort=loud")];
+    let mut fallback = Cohort::spawn_with(&["run", "-c", &file, "--log-format", "json"], &env);
+    let (proxy, _) = fallback.wait_serving(QUICK).await;
+    assert!(
+        fallback.stderr().contains("RUST_LOG is not valid"),
+        "{}",
+        fallback.stderr()
+    );
+    let answer = get(&format!("http://{proxy}/"), &[("x-user-id", "u")]).await;
+    assert_eq!(answer.status, 200);
+    fallback.wait_stderr("cohort::access", QUICK).await;
+}
