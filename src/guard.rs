@@ -65,14 +65,19 @@ pub enum ResumeError {
 }
 
 impl GuardState {
-    fn new(identity: String, window_len: Duration, state_dir: Option<&Path>) -> GuardState {
+    fn new(
+        identity: String,
+        window_len: Duration,
+        lanes: usize,
+        state_dir: Option<&Path>,
+    ) -> GuardState {
         let state_file = state_dir.map(|dir| dir.join(state_file_name(&identity)));
         let rolled_back = state_file.as_deref().and_then(read_record);
         let seconds = window_len.as_secs().max(1);
         GuardState {
             identity,
-            canary: Window::covering(seconds),
-            stable: Window::covering(seconds),
+            canary: Window::with_lanes(seconds, lanes),
+            stable: Window::with_lanes(seconds, lanes),
             window_len,
             rolled_back: Mutex::new(rolled_back),
             holding: Mutex::new(None),
@@ -194,9 +199,19 @@ fn read_record(path: &Path) -> Option<RollbackRecord> {
 #[derive(Default)]
 pub struct Guards {
     by_identity: Mutex<HashMap<String, Arc<GuardState>>>,
+    /// Lanes of each guard window: one per proxy worker (0 counts as 1).
+    lanes: usize,
 }
 
 impl Guards {
+    /// Guard memory whose windows have a lane per proxy worker.
+    pub fn with_lanes(workers: usize) -> Guards {
+        Guards {
+            by_identity: Mutex::default(),
+            lanes: workers,
+        }
+    }
+
     /// The memory for `route`, if it has a rollout or a guard; created on first use
     /// (reading a remembered rollback from `state_dir`).
     pub fn for_route(&self, route: &Route, state_dir: Option<&Path>) -> Option<Arc<GuardState>> {
@@ -217,7 +232,8 @@ impl Guards {
             .and_modify(|existing| {
                 if existing.window_len != window_len {
                     // A new window length needs new buckets; the rollback stays.
-                    let fresh = GuardState::new(identity.clone(), window_len, state_dir);
+                    let fresh =
+                        GuardState::new(identity.clone(), window_len, self.lanes, state_dir);
                     *fresh
                         .rolled_back
                         .lock()
@@ -225,7 +241,14 @@ impl Guards {
                     *existing = Arc::new(fresh);
                 }
             })
-            .or_insert_with(|| Arc::new(GuardState::new(identity.clone(), window_len, state_dir)));
+            .or_insert_with(|| {
+                Arc::new(GuardState::new(
+                    identity.clone(),
+                    window_len,
+                    self.lanes,
+                    state_dir,
+                ))
+            });
         Some(state.clone())
     }
 

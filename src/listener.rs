@@ -60,6 +60,8 @@ pub fn spawn_worker(
     std::thread::Builder::new()
         .name(format!("cohort-worker-{id}"))
         .spawn(move || {
+            // This worker's requests are counted in its own lane of every window.
+            crate::window::enter_lane(id);
             let runtime = match tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()

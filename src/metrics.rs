@@ -17,7 +17,7 @@ use metrics_exporter_prometheus::{
 use crate::cohort::Variant;
 use crate::rollout::{Figures, Reason, RolloutState};
 use crate::router::AssignSource;
-use crate::window::{Window, WindowStats};
+use crate::window::{Window, WindowStats, WINDOW_SECONDS};
 
 pub const REQUESTS_TOTAL: &str = "cohort_requests_total";
 pub const REQUEST_DURATION: &str = "cohort_request_duration_seconds";
@@ -96,6 +96,8 @@ pub struct Metrics {
     /// One-minute windows per (route, variant); they outlive snapshots so a reload
     /// does not reset the figures.
     windows: Mutex<HashMap<(String, Variant), Arc<Window>>>,
+    /// Lanes of each window: one per proxy worker.
+    lanes: usize,
     clock: Clock,
 }
 
@@ -110,7 +112,13 @@ impl Clock {
 }
 
 impl Metrics {
+    /// Metrics whose windows have one lane (a single proxy worker, or tests).
     pub fn new() -> Metrics {
+        Metrics::with_lanes(1)
+    }
+
+    /// Metrics whose one-minute windows have a lane per proxy worker.
+    pub fn with_lanes(workers: usize) -> Metrics {
         let recorder = PrometheusBuilder::new()
             .set_buckets_for_metric(
                 Matcher::Full(REQUEST_DURATION.to_owned()),
@@ -144,6 +152,7 @@ impl Metrics {
             recorder,
             handle,
             windows: Mutex::new(HashMap::new()),
+            lanes: workers,
             clock: Clock(Instant::now()),
         }
     }
@@ -192,7 +201,7 @@ impl Metrics {
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .entry((route.to_owned(), v))
-                .or_default()
+                .or_insert_with(|| Arc::new(Window::with_lanes(WINDOW_SECONDS, self.lanes)))
                 .clone();
             VariantMetrics::new(&self.recorder, route, v, window, self.clock)
         };

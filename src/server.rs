@@ -77,7 +77,9 @@ pub struct Running {
 /// which then hosts the admin listener; the proxy runs on its own worker threads.
 pub async fn start(config: Config) -> Result<Running, StartError> {
     let admin_token = reload::read_token(&config)?;
-    let metrics = Arc::new(Metrics::new());
+    let workers = listener::worker_count(config.listen.workers);
+    // Outcome windows get a lane per worker, summed when read.
+    let metrics = Arc::new(Metrics::with_lanes(workers));
     let proxy_socket =
         listener::bind(config.listen.address).map_err(|source| StartError::Bind {
             key: "listen.address",
@@ -106,7 +108,6 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         file: config.source.clone(),
         reason,
     })?;
-    let workers = listener::worker_count(config.listen.workers);
     let drain = config.listen.drain_timeout;
     let config_path = config.source.clone();
     if admin_token.is_none() && !config.admin.address.ip().is_loopback() {
@@ -122,7 +123,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     if guarded && config.state_dir.is_none() {
         tracing::warn!("no state_dir is set: a rollback will not survive a restart");
     }
-    let guards = Guards::default();
+    let guards = Guards::with_lanes(workers);
     let snapshot = Snapshot::build(Arc::new(config), 1, &metrics, &guards, guard::wall_now());
     let state = Arc::new(State {
         snapshot: Arc::new(ArcSwap::from_pointee(snapshot)),

@@ -2,7 +2,12 @@
 //! histogram in a fixed number of fixed-width time slots (no allocation per request,
 //! bounded memory). The one-minute window feeds `/routes` and the status figures; guards
 //! judge their own windows. The clock is passed in.
+//!
+//! A window has one lane of slots per proxy worker, summed when read (DESIGN §7): each
+//! worker thread writes only its own lane, so moving a slot to a new second never races
+//! another writer and no count is lost.
 
+use std::cell::Cell;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use crate::metrics::DURATION_BUCKETS;
@@ -44,9 +49,23 @@ pub struct Counts {
 }
 
 pub struct Window {
-    slots: Box<[Slot]>,
+    /// One lane of slots per worker.
+    lanes: Box<[Box<[Slot]>]>,
+    /// Slots per lane.
+    len: u64,
     /// Seconds per slot.
     width: u64,
+}
+
+thread_local! {
+    /// The lane this thread records into: its worker index (0 elsewhere).
+    static LANE: Cell<usize> = const { Cell::new(0) };
+}
+
+/// Makes the calling thread record into lane `worker` of every window (called once by
+/// each proxy worker thread as it starts).
+pub fn enter_lane(worker: usize) {
+    LANE.with(|lane| lane.set(worker));
 }
 
 impl Default for Window {
@@ -57,42 +76,46 @@ impl Default for Window {
 }
 
 impl Window {
-    /// A window covering at least `seconds` (at least 1) in at most [`MAX_SLOTS`] slots.
+    /// A window covering at least `seconds` (at least 1) in at most [`MAX_SLOTS`] slots,
+    /// with one lane.
     pub fn covering(seconds: u64) -> Window {
+        Window::with_lanes(seconds, 1)
+    }
+
+    /// [`Window::covering`] with one lane per worker (at least one).
+    pub fn with_lanes(seconds: u64, lanes: usize) -> Window {
         let seconds = seconds.max(1);
         let width = seconds.div_ceil(MAX_SLOTS);
-        let count = seconds.div_ceil(width);
+        let len = seconds.div_ceil(width);
+        let lane = || (0..len).map(|_| Slot::default()).collect();
         Window {
-            slots: (0..count).map(|_| Slot::default()).collect(),
+            lanes: (0..lanes.max(1)).map(|_| lane()).collect(),
+            len,
             width,
         }
     }
 
     fn len(&self) -> u64 {
-        self.slots.len() as u64
+        self.len
     }
 
     /// Records one finished request at `now` (whole seconds of any monotonic clock).
     /// An error is a 5xx status or a response the upstream cut.
     pub fn record(&self, now: u64, error: bool, seconds: f64) {
         let period = now / self.width;
-        let slot = &self.slots[(period % self.len()) as usize];
+        let lane = &self.lanes[LANE.with(Cell::get) % self.lanes.len()];
+        let slot = &lane[(period % self.len()) as usize];
         let tag = period + 1;
-        let held = slot.second.load(Relaxed);
-        if held != tag
-            && slot
-                .second
-                .compare_exchange(held, tag, Relaxed, Relaxed)
-                .is_ok()
-        {
-            // This thread moved the slot to a new second: clear the old second's counts.
-            // A request recorded by another worker in the same instant may be lost;
-            // these figures are for people and guards, not for billing.
+        if slot.second.load(Relaxed) != tag {
+            // The slot held an older second: clear its counts. Only this thread writes
+            // this lane, so nothing recorded meanwhile can be lost (a reader summing at
+            // this instant may see the slot half cleared, once).
             slot.requests.store(0, Relaxed);
             slot.errors.store(0, Relaxed);
             for bucket in &slot.histogram {
                 bucket.store(0, Relaxed);
             }
+            slot.second.store(tag, Relaxed);
         }
         slot.requests.fetch_add(1, Relaxed);
         if error {
@@ -110,7 +133,7 @@ impl Window {
         let period = now / self.width;
         let oldest = period.saturating_sub(self.len() - 1) + 1;
         let mut counts = Counts::default();
-        for slot in self.slots.iter() {
+        for slot in self.lanes.iter().flat_map(|lane| lane.iter()) {
             let tag = slot.second.load(Relaxed);
             if tag < oldest || tag > period + 1 {
                 continue;
@@ -126,7 +149,7 @@ impl Window {
 
     /// Forgets everything (a deliberate resume starts a fresh window).
     pub fn clear(&self) {
-        for slot in self.slots.iter() {
+        for slot in self.lanes.iter().flat_map(|lane| lane.iter()) {
             slot.second.store(0, Relaxed);
         }
     }
@@ -175,6 +198,39 @@ pub fn quantile(q: f64, counts: &[u64; HISTOGRAM_LEN]) -> Option<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn workers_record_into_their_own_lanes_and_nothing_is_lost() {
+        // Four workers racing through the same 60 seconds at once, each moving slots to
+        // new seconds as it goes: with a lane each, every request is still there. (With
+        // one shared lane, a worker clearing a slot wipes what another just counted.)
+        const PER_WORKER: u64 = 600_000;
+        let window = std::sync::Arc::new(Window::with_lanes(60, 4));
+        let start = std::sync::Arc::new(std::sync::Barrier::new(4));
+        let threads: Vec<_> = (0..4)
+            .map(|worker| {
+                let (window, start) = (window.clone(), start.clone());
+                std::thread::spawn(move || {
+                    enter_lane(worker);
+                    start.wait();
+                    for i in 0..PER_WORKER {
+                        window.record(100 + i / 10_000, i % 10 == 0, 0.001);
+                    }
+                })
+            })
+            .collect();
+        for thread in threads {
+            thread.join().expect("worker thread");
+        }
+        let counts = window.counts(159);
+        assert_eq!(
+            (counts.requests, counts.errors),
+            (4 * PER_WORKER, 4 * PER_WORKER / 10)
+        );
+        assert_eq!(counts.histogram.iter().sum::<u64>(), 4 * PER_WORKER);
+        window.clear();
+        assert_eq!(window.counts(159).requests, 0);
+    }
 
     #[test]
     fn counts_requests_errors_and_rate_over_the_last_minute() {
