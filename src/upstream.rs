@@ -703,7 +703,16 @@ async fn open(
             Transport::Http1 | Transport::H2c => Ok(Io::Tcp(tcp)),
         }
     };
-    tokio::time::timeout(timeout, opening)
+    within_connect_timeout(timeout, authority, opening).await
+}
+
+/// `connecting`, or a connect timeout once `timeout` has passed.
+async fn within_connect_timeout<T>(
+    timeout: Duration,
+    authority: &str,
+    connecting: impl Future<Output = Result<T, UpstreamError>>,
+) -> Result<T, UpstreamError> {
+    tokio::time::timeout(timeout, connecting)
         .await
         .map_err(|_| UpstreamError::ConnectTimeout {
             authority: authority.to_owned(),
@@ -815,12 +824,7 @@ pub(crate) async fn connect_tcp(
     authority: &str,
     timeout: Duration,
 ) -> Result<TcpStream, UpstreamError> {
-    tokio::time::timeout(timeout, open_tcp(endpoint, authority))
-        .await
-        .map_err(|_| UpstreamError::ConnectTimeout {
-            authority: authority.to_owned(),
-            after: timeout,
-        })?
+    within_connect_timeout(timeout, authority, open_tcp(endpoint, authority)).await
 }
 
 async fn open_tcp(endpoint: &Endpoint, authority: &str) -> Result<TcpStream, UpstreamError> {
