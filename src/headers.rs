@@ -3,10 +3,7 @@
 
 use std::net::IpAddr;
 
-use http::header::{
-    CONNECTION, COOKIE, HOST, PROXY_AUTHENTICATE, PROXY_AUTHORIZATION, TE, TRAILER,
-    TRANSFER_ENCODING, UPGRADE,
-};
+use http::header::{CONNECTION, COOKIE, HOST, TE, UPGRADE};
 use http::{HeaderMap, HeaderName, HeaderValue};
 
 use crate::router::IpText;
@@ -15,8 +12,6 @@ pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-fo
 pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 pub static X_COHORT_VARIANT: HeaderName = HeaderName::from_static("x-cohort-variant");
-static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
-static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
 /// Headers that never cross cohort in either direction (DESIGN §1.7), besides whatever
 /// a `Connection` header names; `TE: trailers` and, on upgrades, `Upgrade` are the
@@ -69,27 +64,24 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
         }
         headers.remove(CONNECTION);
     }
-    for name in [
-        &KEEP_ALIVE,
-        &PROXY_CONNECTION,
-        &TRANSFER_ENCODING,
-        &TRAILER,
-        &PROXY_AUTHORIZATION,
-        &PROXY_AUTHENTICATE,
-    ] {
-        headers.remove(name);
-    }
-    let te_trailers_only = headers
+    let te_trailers = headers
         .get(TE)
-        .is_some_and(|v| v.as_bytes().trim_ascii().eq_ignore_ascii_case(b"trailers"));
-    if !te_trailers_only {
-        headers.remove(TE);
+        .is_some_and(|v| is_trailers_only(v.as_bytes()));
+    let keep_upgrade = keep_upgrade && headers.contains_key(UPGRADE);
+    for name in HOP_BY_HOP {
+        let kept = (name == "te" && te_trailers) || (name == "upgrade" && keep_upgrade);
+        if !kept {
+            headers.remove(name);
+        }
     }
-    if keep_upgrade && headers.contains_key(UPGRADE) {
+    if keep_upgrade {
         headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
-    } else {
-        headers.remove(UPGRADE);
     }
+}
+
+/// A `TE` value that survives the hop: exactly `trailers` (gRPC needs it).
+pub fn is_trailers_only(te: &[u8]) -> bool {
+    te.trim_ascii().eq_ignore_ascii_case(b"trailers")
 }
 
 /// The peer address as an `X-Forwarded-For` element (canonical text), made once per
