@@ -33,7 +33,6 @@ pub struct ProxyContext {
     pub scheme: &'static str,
 }
 
-/// Proxies one request. Never fails: every problem becomes a response.
 /// A client connection's address, with its `X-Forwarded-For` text made once.
 pub struct Peer {
     pub addr: SocketAddr,
@@ -49,13 +48,13 @@ impl Peer {
     }
 }
 
+/// Proxies one request. Never fails: every problem becomes a response.
 pub async fn handle(
     ctx: &ProxyContext,
     mut req: Request<Incoming>,
-    peer: &Peer,
+    client: &Peer,
 ) -> Response<ProxyBody> {
-    let client = peer;
-    let peer = peer.addr;
+    let peer = client.addr;
     let start = Instant::now();
     let snap = ctx.snapshot.load_full();
     let host = router::request_host(req.uri(), req.headers());

@@ -155,12 +155,7 @@ fn parsing_routing_and_rewriting_heads_allocates_nothing() {
         let ParsedResponse::Ready(resp) = parse_response(response, &mut fields, false) else {
             panic!("a final response");
         };
-        let deco = Decoration {
-            variant_header: None,
-            set_cookie: None,
-            close: false,
-        };
-        write_client_response(&resp, &deco, &mut out);
+        write_client_response(&resp, &Decoration::plain(false), &mut out);
     });
     assert_eq!(per_call, 0.0, "the HTTP/1.1 head path allocated");
     let text = String::from_utf8_lossy(&out);

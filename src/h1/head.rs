@@ -4,9 +4,11 @@
 //! Pure: no I/O. A request this path does not handle (see [`Handover`]) is left to
 //! hyper, so every rule here can stay small and strict.
 
+use std::io::Write as _;
+
 use http::{HeaderName, StatusCode};
 
-use crate::headers::HOP_BY_HOP;
+use crate::headers::{is_trailers_only, HOP_BY_HOP};
 use crate::router::Fields;
 
 /// Header fields a head may carry (hyper's limit too).
@@ -349,9 +351,20 @@ pub struct Decoration<'a> {
     pub close: bool,
 }
 
+impl Decoration<'_> {
+    /// Nothing added but, with `close`, `connection: close` (404s and rejected heads).
+    pub fn plain(close: bool) -> Decoration<'static> {
+        Decoration {
+            variant_header: None,
+            set_cookie: None,
+            close,
+        }
+    }
+}
+
 /// Writes the response head for the client: hop-by-hop fields dropped, the framing
 /// kept as the upstream sent it (a chunked body passes through verbatim), cohort's own
-/// fields added.
+/// fields added. A body that ends when the connection does means `connection: close`.
 pub fn write_client_response(resp: &Response<'_, '_>, deco: &Decoration<'_>, out: &mut Vec<u8>) {
     let fields = resp.fields.0;
     write_status_line(out, resp.status, resp.reason);
@@ -376,7 +389,7 @@ pub fn write_client_response(resp: &Response<'_, '_>, deco: &Decoration<'_>, out
             write_field(out, name.as_bytes(), field.value);
         }
     }
-    finish_head(out, deco);
+    finish_head(out, deco.close || resp.framing == Framing::UntilClose, deco);
 }
 
 /// Writes a response cohort makes itself (404, 502, 504), body included.
@@ -391,29 +404,29 @@ pub fn write_local_response(
         status.as_u16(),
         status.canonical_reason().unwrap_or(""),
     );
-    out.extend_from_slice(b"content-type: text/plain; charset=utf-8\r\ncontent-length: ");
-    out.extend_from_slice(itoa(body.len() as u64).as_bytes());
-    out.extend_from_slice(b"\r\n");
-    finish_head(out, deco);
+    // Writing into a Vec cannot fail.
+    let _ = write!(
+        out,
+        "content-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\n",
+        body.len()
+    );
+    finish_head(out, deco.close, deco);
     out.extend_from_slice(body.as_bytes());
 }
 
 fn write_status_line(out: &mut Vec<u8>, status: u16, reason: &str) {
-    out.extend_from_slice(b"HTTP/1.1 ");
-    out.extend_from_slice(itoa(u64::from(status)).as_bytes());
-    out.push(b' ');
-    out.extend_from_slice(reason.as_bytes());
-    out.extend_from_slice(b"\r\n");
+    // Writing into a Vec cannot fail.
+    let _ = write!(out, "HTTP/1.1 {status} {reason}\r\n");
 }
 
-fn finish_head(out: &mut Vec<u8>, deco: &Decoration<'_>) {
+fn finish_head(out: &mut Vec<u8>, close: bool, deco: &Decoration<'_>) {
     if let Some((name, variant)) = deco.variant_header {
         write_field(out, name.as_str().as_bytes(), variant.as_bytes());
     }
     if let Some(cookie) = deco.set_cookie {
         write_field(out, b"set-cookie", cookie);
     }
-    if deco.close {
+    if close {
         out.extend_from_slice(b"connection: close\r\n");
     }
     out.extend_from_slice(b"\r\n");
@@ -433,10 +446,9 @@ fn is_hop_by_hop(name: &str) -> bool {
         .any(|h| h.len() == name.len() && h.eq_ignore_ascii_case(name))
 }
 
-/// `TE: trailers` survives the hop: gRPC needs it.
+/// `TE: trailers` survives the hop (see [`is_trailers_only`]).
 fn is_te_trailers(field: &httparse::Header<'_>) -> bool {
-    field.name.eq_ignore_ascii_case("te")
-        && field.value.trim_ascii().eq_ignore_ascii_case(b"trailers")
+    field.name.eq_ignore_ascii_case("te") && is_trailers_only(field.value)
 }
 
 /// The `Connection` fields of a head, to drop the fields they name.
@@ -499,33 +511,6 @@ fn parse_length(value: &[u8]) -> Option<u64> {
     digits.iter().try_fold(0u64, |n, &d| {
         n.checked_mul(10)?.checked_add(u64::from(d - b'0'))
     })
-}
-
-/// Decimal text of `n` without allocating.
-fn itoa(n: u64) -> Itoa {
-    let mut buf = [0u8; 20];
-    let mut i = buf.len();
-    let mut n = n;
-    loop {
-        i -= 1;
-        buf[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    Itoa { buf, start: i }
-}
-
-struct Itoa {
-    buf: [u8; 20],
-    start: usize,
-}
-
-impl Itoa {
-    fn as_bytes(&self) -> &[u8] {
-        &self.buf[self.start..]
-    }
 }
 
 #[cfg(test)]

@@ -194,16 +194,11 @@ fn prepare(ctx: &ProxyContext, peer: &Peer, buf: &[u8], out: &mut Vec<u8>) -> St
         ParsedRequest::Reject(status) => {
             // Nothing after an invalid head can be trusted to be a request: close.
             ctx.metrics.unrouted(status.as_u16());
-            let close = Decoration {
-                variant_header: None,
-                set_cookie: None,
-                close: true,
-            };
             let body = match status {
                 StatusCode::BAD_REQUEST => "invalid HTTP/1.1 request\n",
                 _ => "request header fields too large\n",
             };
-            head::write_local_response(status, body, &close, out);
+            head::write_local_response(status, body, &Decoration::plain(true), out);
             return Step::Ready(Ready::Local {
                 consumed: buf.len(),
                 close: true,
@@ -219,12 +214,8 @@ fn prepare(ctx: &ProxyContext, peer: &Peer, buf: &[u8], out: &mut Vec<u8>) -> St
     let path = req.target.split('?').next().unwrap_or("/");
     let Some(index) = snap.table.find(&snap.config.routes, req.host, path) else {
         ctx.metrics.unrouted(StatusCode::NOT_FOUND.as_u16());
-        let plain = Decoration {
-            variant_header: None,
-            set_cookie: None,
-            close: req.close,
-        };
         let body = "no route matches this request\n";
+        let plain = Decoration::plain(req.close);
         head::write_local_response(StatusCode::NOT_FOUND, body, &plain, out);
         return Step::Ready(Ready::Local {
             consumed: req.message_len(),
@@ -318,8 +309,8 @@ struct Final {
 }
 
 impl Forward {
-    /// Sends the request in `out` upstream and the response to `client`; `true` when
-    /// the client connection may carry another request.
+    /// Sends `request` upstream and the response to `client`; `true` when the client
+    /// connection may carry another request.
     async fn run(
         mut self,
         ctx: &ProxyContext,
@@ -389,7 +380,7 @@ impl Forward {
 
     /// Gets a connection (pooled, else new; another endpoint of the variant if the
     /// first cannot be reached), sends the request and reads the final response head
-    /// into a lent buffer, the client's head written into `out`.
+    /// (see [`Answer`]).
     async fn exchange(
         &self,
         ctx: &ProxyContext,
@@ -543,7 +534,7 @@ async fn attempt(
         let Some(b) = buf.as_mut() else {
             continue;
         };
-        // Interim 1xx heads are skipped; the final head is rewritten into `out`.
+        // Interim 1xx heads are skipped; the final head is rewritten for the client.
         loop {
             // Lent only now: a request waiting for its upstream holds no buffer.
             let mut head = Lent::take();
@@ -597,13 +588,7 @@ fn client_head(
         ParsedResponse::Interim(n) => HeadStep::Interim(n),
         ParsedResponse::Invalid(why) => HeadStep::Invalid(why),
         ParsedResponse::Ready(resp) => {
-            let close = deco.close || resp.framing == Framing::UntilClose;
-            let deco = Decoration {
-                variant_header: deco.variant_header,
-                set_cookie: deco.set_cookie,
-                close,
-            };
-            head::write_client_response(&resp, &deco, out);
+            head::write_client_response(&resp, deco, out);
             HeadStep::Final(Final {
                 status: resp.status,
                 head_len: resp.head_len,
