@@ -115,8 +115,8 @@ fn a_keyed_routing_decision_allocates_nothing() {
 #[test]
 fn parsing_routing_and_rewriting_heads_allocates_nothing() {
     use cohort::h1::head::{
-        parse_request, parse_response, write_client_response, write_upstream_request, Decoration,
-        Forwarding, ParsedRequest, ParsedResponse, MAX_FIELDS,
+        field_storage, parse_request, parse_response, write_client_response,
+        write_upstream_request, Decoration, Forwarding, ParsedRequest, ParsedResponse,
     };
 
     let dir = tempfile::tempdir().expect("temp dir");
@@ -134,7 +134,7 @@ fn parsing_routing_and_rewriting_heads_allocates_nothing() {
     let mut out: Vec<u8> = Vec::with_capacity(16 * 1024);
     let per_call = allocations_per_call(10_000, || {
         out.clear();
-        let mut fields = [httparse::EMPTY_HEADER; MAX_FIELDS];
+        let mut fields = field_storage();
         let ParsedRequest::Ready(req) = parse_request(request, &mut fields) else {
             panic!("the request is forwardable");
         };
@@ -151,7 +151,7 @@ fn parsing_routing_and_rewriting_heads_allocates_nothing() {
             untrusted_override: None,
         };
         write_upstream_request(&req, &forwarding, &mut out);
-        let mut fields = [httparse::EMPTY_HEADER; MAX_FIELDS];
+        let mut fields = field_storage();
         let ParsedResponse::Ready(resp) = parse_response(response, &mut fields, false) else {
             panic!("a final response");
         };

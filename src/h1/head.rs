@@ -5,14 +5,24 @@
 //! hyper, so every rule here can stay small and strict.
 
 use std::io::Write as _;
+use std::mem::MaybeUninit;
 
 use http::{HeaderName, StatusCode};
 
-use crate::headers::{is_trailers_only, HOP_BY_HOP};
+use crate::headers::is_trailers_only;
 use crate::router::Fields;
 
 /// Header fields a head may carry (hyper's limit too).
 pub const MAX_FIELDS: usize = 100;
+
+/// Room for a head's parsed fields, left uninitialised: httparse writes only the
+/// fields it finds (filling all 100 slots first cost more than parsing a short head).
+pub type FieldStorage<'b> = [MaybeUninit<httparse::Header<'b>>; MAX_FIELDS];
+
+/// Empty [`FieldStorage`].
+pub fn field_storage<'b>() -> FieldStorage<'b> {
+    [const { MaybeUninit::uninit() }; MAX_FIELDS]
+}
 
 /// Request heads larger than this are hyper's (it answers 431 past its own limit).
 pub const MAX_REQUEST_HEAD: usize = 64 * 1024;
@@ -66,6 +76,7 @@ pub struct Request<'h, 'b> {
     /// The client said `Connection: close`.
     pub close: bool,
     pub host: Option<&'b str>,
+    connection: ConnectionOptions<'h, 'b>,
 }
 
 impl Request<'_, '_> {
@@ -79,6 +90,8 @@ impl Request<'_, '_> {
     }
 }
 
+// Returned by value once per head; boxing the large variant would allocate per request.
+#[allow(clippy::large_enum_variant)]
 pub enum ParsedRequest<'h, 'b> {
     /// The head is not complete yet.
     Partial,
@@ -92,10 +105,10 @@ pub enum ParsedRequest<'h, 'b> {
 /// Parses and classifies the request head at the start of `buf`.
 pub fn parse_request<'h, 'b>(
     buf: &'b [u8],
-    storage: &'h mut [httparse::Header<'b>],
+    storage: &'h mut [MaybeUninit<httparse::Header<'b>>],
 ) -> ParsedRequest<'h, 'b> {
-    let mut req = httparse::Request::new(storage);
-    let head_len = match req.parse(buf) {
+    let mut req = httparse::Request::new(&mut []);
+    let head_len = match req.parse_with_uninit_headers(buf, storage) {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) if buf.len() > MAX_REQUEST_HEAD => {
             return ParsedRequest::Reject(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE)
@@ -122,30 +135,34 @@ pub fn parse_request<'h, 'b>(
     let mut content_length = None;
     let mut close = false;
     let mut host = None;
+    let mut connection = ConnectionOptions::new(fields);
     for field in fields {
-        let name = field.name;
-        if name.eq_ignore_ascii_case("content-length") {
-            let Some(n) = parse_length(field.value).filter(|_| content_length.is_none()) else {
-                return ParsedRequest::Handover(Handover::Body);
-            };
-            content_length = Some(n);
-        } else if name.eq_ignore_ascii_case("transfer-encoding") {
-            return ParsedRequest::Handover(Handover::Body);
-        } else if name.eq_ignore_ascii_case("host") {
-            if host.is_some() {
-                return ParsedRequest::Reject(StatusCode::BAD_REQUEST);
+        match Known::of(field.name) {
+            Known::ContentLength => {
+                let Some(n) = parse_length(field.value).filter(|_| content_length.is_none()) else {
+                    return ParsedRequest::Handover(Handover::Body);
+                };
+                content_length = Some(n);
             }
-            host = std::str::from_utf8(field.value).ok();
-        } else if name.eq_ignore_ascii_case("connection") {
-            for token in tokens(field.value) {
-                if token.eq_ignore_ascii_case(b"close") {
-                    close = true;
-                } else if token.eq_ignore_ascii_case(b"upgrade") {
-                    return ParsedRequest::Handover(Handover::Upgrade);
+            Known::TransferEncoding => return ParsedRequest::Handover(Handover::Body),
+            Known::Host => {
+                if host.is_some() {
+                    return ParsedRequest::Reject(StatusCode::BAD_REQUEST);
+                }
+                host = std::str::from_utf8(field.value).ok();
+            }
+            Known::Connection => {
+                for token in tokens(field.value) {
+                    if token.eq_ignore_ascii_case(b"close") {
+                        close = true;
+                    } else if token.eq_ignore_ascii_case(b"upgrade") {
+                        return ParsedRequest::Handover(Handover::Upgrade);
+                    }
+                    connection.add(token);
                 }
             }
-        } else if name.eq_ignore_ascii_case("upgrade") || name.eq_ignore_ascii_case("expect") {
-            return ParsedRequest::Handover(Handover::Upgrade);
+            Known::Upgrade | Known::Expect => return ParsedRequest::Handover(Handover::Upgrade),
+            _ => {}
         }
     }
     let content_length = match content_length {
@@ -163,6 +180,7 @@ pub fn parse_request<'h, 'b>(
         content_length,
         close,
         host,
+        connection,
     })
 }
 
@@ -187,42 +205,40 @@ pub fn write_upstream_request(req: &Request<'_, '_>, fwd: &Forwarding<'_>, out: 
     out.push(b' ');
     out.extend_from_slice(req.target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    let connection = Connection::of(fields);
-    let mut forwarded_for = 0;
+    let connection = &req.connection;
+    let mut forwarded_for = false;
     let mut cookies = 0;
     for field in fields {
         let name = field.name;
-        let skip = is_hop_by_hop(name) && !is_te_trailers(field)
-            || connection.names(name)
-            || name.eq_ignore_ascii_case("x-forwarded-proto")
-            || name.eq_ignore_ascii_case("x-forwarded-host")
-            || name.eq_ignore_ascii_case("x-cohort-variant")
+        let known = Known::of(name);
+        let skip = match known {
+            Known::Te => !is_trailers_only(field.value),
+            Known::XForwardedProto | Known::XForwardedHost | Known::XCohortVariant => true,
+            _ => known.is_hop_by_hop(),
+        } || connection.names(name)
             || fwd
                 .untrusted_override
                 .is_some_and(|h| name.eq_ignore_ascii_case(h.as_str()));
         if skip {
             continue;
         }
-        if name.eq_ignore_ascii_case("x-forwarded-for") {
-            forwarded_for += 1;
-            continue;
-        }
-        if name.eq_ignore_ascii_case("cookie") {
-            cookies += 1;
-            if cookies > 1 {
-                continue;
+        match known {
+            Known::XForwardedFor => forwarded_for = true,
+            Known::Cookie => {
+                cookies += 1;
+                if cookies == 1 && many(fields, Known::Cookie) {
+                    write_field(out, b"cookie", &fold(fields, Known::Cookie, b"; "));
+                } else if cookies == 1 {
+                    write_field(out, name.as_bytes(), field.value);
+                }
             }
-            if many(fields, "cookie") {
-                write_field(out, b"cookie", &fold(fields, "cookie", b"; "));
-                continue;
-            }
+            _ => write_field(out, name.as_bytes(), field.value),
         }
-        write_field(out, name.as_bytes(), field.value);
     }
     out.extend_from_slice(b"x-forwarded-for: ");
-    if forwarded_for > 0 {
+    if forwarded_for {
         for field in fields {
-            if field.name.eq_ignore_ascii_case("x-forwarded-for") {
+            if Known::of(field.name) == Known::XForwardedFor {
                 out.extend_from_slice(field.value);
                 out.extend_from_slice(b", ");
             }
@@ -260,8 +276,11 @@ pub struct Response<'h, 'b> {
     pub framing: Framing,
     /// The upstream connection may carry another request after this response.
     pub reusable: bool,
+    connection: ConnectionOptions<'h, 'b>,
 }
 
+// Returned by value once per head; boxing the large variant would allocate per request.
+#[allow(clippy::large_enum_variant)]
 pub enum ParsedResponse<'h, 'b> {
     Partial,
     /// An interim 1xx head of this many bytes, to skip.
@@ -274,11 +293,13 @@ pub enum ParsedResponse<'h, 'b> {
 /// `HEAD`, whose response has no body whatever its fields say.
 pub fn parse_response<'h, 'b>(
     buf: &'b [u8],
-    storage: &'h mut [httparse::Header<'b>],
+    storage: &'h mut [MaybeUninit<httparse::Header<'b>>],
     head_request: bool,
 ) -> ParsedResponse<'h, 'b> {
-    let mut resp = httparse::Response::new(storage);
-    let head_len = match resp.parse(buf) {
+    let mut resp = httparse::Response::new(&mut []);
+    let parsed = httparse::ParserConfig::default()
+        .parse_response_with_uninit_headers(&mut resp, buf, storage);
+    let head_len = match parsed {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => return ParsedResponse::Partial,
         Err(_) => return ParsedResponse::Invalid("malformed response head"),
@@ -298,23 +319,25 @@ pub fn parse_response<'h, 'b>(
     let mut chunked = false;
     let mut close = false;
     let mut keep_alive = false;
+    let mut connection = ConnectionOptions::new(fields);
     for field in fields {
-        let name = field.name;
-        if name.eq_ignore_ascii_case("content-length") {
-            match parse_length(field.value) {
+        match Known::of(field.name) {
+            Known::ContentLength => match parse_length(field.value) {
                 Some(n) if length.map_or(true, |l| l == n) => length = Some(n),
                 _ => return ParsedResponse::Invalid("invalid or conflicting Content-Length"),
-            }
-        } else if name.eq_ignore_ascii_case("transfer-encoding") {
-            match tokens(field.value).last() {
+            },
+            Known::TransferEncoding => match tokens(field.value).last() {
                 Some(last) if last.eq_ignore_ascii_case(b"chunked") && !chunked => chunked = true,
                 _ => return ParsedResponse::Invalid("unsupported Transfer-Encoding"),
+            },
+            Known::Connection => {
+                for token in tokens(field.value) {
+                    close |= token.eq_ignore_ascii_case(b"close");
+                    keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
+                    connection.add(token);
+                }
             }
-        } else if name.eq_ignore_ascii_case("connection") {
-            for token in tokens(field.value) {
-                close |= token.eq_ignore_ascii_case(b"close");
-                keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
-            }
+            _ => {}
         }
     }
     let framing = if head_request || status == 204 || status == 304 {
@@ -338,6 +361,7 @@ pub fn parse_response<'h, 'b>(
         head_len,
         framing,
         reusable,
+        connection,
     })
 }
 
@@ -368,20 +392,16 @@ impl Decoration<'_> {
 pub fn write_client_response(resp: &Response<'_, '_>, deco: &Decoration<'_>, out: &mut Vec<u8>) {
     let fields = resp.fields.0;
     write_status_line(out, resp.status, resp.reason);
-    let connection = Connection::of(fields);
+    let connection = &resp.connection;
     let chunked = resp.framing == Framing::Chunked;
     for field in fields {
         let name = field.name;
-        let framing_field = if name.eq_ignore_ascii_case("transfer-encoding") {
-            !chunked
-        } else if name.eq_ignore_ascii_case("content-length") {
-            chunked
-        } else {
-            false
-        };
-        let skip = framing_field
-            || (is_hop_by_hop(name) && !name.eq_ignore_ascii_case("transfer-encoding"))
-            || connection.names(name)
+        let skip = match Known::of(name) {
+            // The framing passes through as the upstream sent it.
+            Known::TransferEncoding => !chunked,
+            Known::ContentLength => chunked,
+            known => known.is_hop_by_hop(),
+        } || connection.names(name)
             || deco
                 .variant_header
                 .is_some_and(|(h, _)| name.eq_ignore_ascii_case(h.as_str()));
@@ -439,38 +459,135 @@ fn write_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(b"\r\n");
 }
 
-/// The fixed hop-by-hop list of DESIGN §1.7 (`TE: trailers` is handled by the caller).
-fn is_hop_by_hop(name: &str) -> bool {
-    HOP_BY_HOP
-        .iter()
-        .any(|h| h.len() == name.len() && h.eq_ignore_ascii_case(name))
+/// The header fields this path acts on, recognised once per field: by length first,
+/// so most names are told apart without comparing a byte.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Known {
+    // The hop-by-hop fields (`headers::HOP_BY_HOP`, DESIGN §1.7).
+    Connection,
+    KeepAlive,
+    ProxyConnection,
+    TransferEncoding,
+    Te,
+    Trailer,
+    Upgrade,
+    ProxyAuthorization,
+    ProxyAuthenticate,
+    // Fields this path reads or replaces.
+    ContentLength,
+    Host,
+    Expect,
+    Cookie,
+    XForwardedFor,
+    XForwardedProto,
+    XForwardedHost,
+    XCohortVariant,
+    Other,
 }
 
-/// `TE: trailers` survives the hop (see [`is_trailers_only`]).
-fn is_te_trailers(field: &httparse::Header<'_>) -> bool {
-    field.name.eq_ignore_ascii_case("te") && is_trailers_only(field.value)
+impl Known {
+    fn of(name: &str) -> Known {
+        Known::of_bytes(name.as_bytes())
+    }
+
+    /// Dispatches on length and first letter, then compares once. `| 0x20` lowercases
+    /// a letter and leaves `-` alone; no other byte of a valid field name (a token, as
+    /// httparse checks) can turn into a lowercase letter or `-` that way.
+    fn of_bytes(name: &[u8]) -> Known {
+        let is = |known: &[u8]| name.iter().zip(known).all(|(&b, &k)| b | 0x20 == k);
+        let Some(&first) = name.first() else {
+            return Known::Other;
+        };
+        match (name.len(), first | 0x20) {
+            (2, b't') if is(b"te") => Known::Te,
+            (4, b'h') if is(b"host") => Known::Host,
+            (6, b'c') if is(b"cookie") => Known::Cookie,
+            (6, b'e') if is(b"expect") => Known::Expect,
+            (7, b't') if is(b"trailer") => Known::Trailer,
+            (7, b'u') if is(b"upgrade") => Known::Upgrade,
+            (10, b'c') if is(b"connection") => Known::Connection,
+            (10, b'k') if is(b"keep-alive") => Known::KeepAlive,
+            (14, b'c') if is(b"content-length") => Known::ContentLength,
+            (15, b'x') if is(b"x-forwarded-for") => Known::XForwardedFor,
+            (16, b'p') if is(b"proxy-connection") => Known::ProxyConnection,
+            (16, b'x') if is(b"x-forwarded-host") => Known::XForwardedHost,
+            (16, b'x') if is(b"x-cohort-variant") => Known::XCohortVariant,
+            (17, b't') if is(b"transfer-encoding") => Known::TransferEncoding,
+            (17, b'x') if is(b"x-forwarded-proto") => Known::XForwardedProto,
+            (18, b'p') if is(b"proxy-authenticate") => Known::ProxyAuthenticate,
+            (19, b'p') if is(b"proxy-authorization") => Known::ProxyAuthorization,
+            _ => Known::Other,
+        }
+    }
+
+    /// One of the fixed hop-by-hop fields (`TE: trailers` is handled by the caller).
+    fn is_hop_by_hop(self) -> bool {
+        matches!(
+            self,
+            Known::Connection
+                | Known::KeepAlive
+                | Known::ProxyConnection
+                | Known::TransferEncoding
+                | Known::Te
+                | Known::Trailer
+                | Known::Upgrade
+                | Known::ProxyAuthorization
+                | Known::ProxyAuthenticate
+        )
+    }
 }
 
-/// The `Connection` fields of a head, to drop the fields they name.
-struct Connection<'h, 'b>(Option<&'h [httparse::Header<'b>]>);
+/// The field names a head's `Connection` fields list (RFC 9110 §7.6.1): a proxy drops
+/// those fields. Collected while the head is parsed; names of fixed hop-by-hop fields
+/// are left out (they go anyway), so the usual `keep-alive` costs nothing per field.
+struct ConnectionOptions<'h, 'b> {
+    listed: [&'b [u8]; OPTIONS_HELD],
+    len: usize,
+    /// More options than `listed` holds (never seen in practice): every field is
+    /// looked up in these `Connection` values instead.
+    overflow: Option<&'h [httparse::Header<'b>]>,
+    fields: &'h [httparse::Header<'b>],
+}
 
-impl<'h, 'b> Connection<'h, 'b> {
-    fn of(fields: &'h [httparse::Header<'b>]) -> Self {
-        let any = fields
-            .iter()
-            .any(|f| f.name.eq_ignore_ascii_case("connection"));
-        Connection(any.then_some(fields))
+/// Connection options a head's [`ConnectionOptions`] holds without looking again.
+const OPTIONS_HELD: usize = 8;
+
+impl<'h, 'b> ConnectionOptions<'h, 'b> {
+    /// None yet, for a head with these `fields`.
+    fn new(fields: &'h [httparse::Header<'b>]) -> Self {
+        ConnectionOptions {
+            listed: [&[]; OPTIONS_HELD],
+            len: 0,
+            overflow: None,
+            fields,
+        }
+    }
+
+    /// One token of a `Connection` field.
+    fn add(&mut self, token: &'b [u8]) {
+        if Known::of_bytes(token).is_hop_by_hop() || self.overflow.is_some() {
+            return;
+        }
+        if self.len == OPTIONS_HELD {
+            self.overflow = Some(self.fields);
+            return;
+        }
+        self.listed[self.len] = token;
+        self.len += 1;
     }
 
     fn names(&self, name: &str) -> bool {
-        let Some(fields) = self.0 else {
-            return false;
-        };
-        fields
-            .iter()
-            .filter(|f| f.name.eq_ignore_ascii_case("connection"))
-            .flat_map(|f| tokens(f.value))
-            .any(|t| t.eq_ignore_ascii_case(name.as_bytes()))
+        let name = name.as_bytes();
+        match self.overflow {
+            None => self.listed[..self.len]
+                .iter()
+                .any(|t| t.eq_ignore_ascii_case(name)),
+            Some(fields) => fields
+                .iter()
+                .filter(|f| Known::of(f.name) == Known::Connection)
+                .flat_map(|f| tokens(f.value))
+                .any(|t| t.eq_ignore_ascii_case(name)),
+        }
     }
 }
 
@@ -482,18 +599,18 @@ fn tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
         .filter(|t| !t.is_empty())
 }
 
-fn many(fields: &[httparse::Header<'_>], name: &str) -> bool {
+fn many(fields: &[httparse::Header<'_>], known: Known) -> bool {
     fields
         .iter()
-        .filter(|f| f.name.eq_ignore_ascii_case(name))
+        .filter(|f| Known::of(f.name) == known)
         .nth(1)
         .is_some()
 }
 
-/// The values of every `name` field joined by `sep`.
-fn fold(fields: &[httparse::Header<'_>], name: &str, sep: &[u8]) -> Vec<u8> {
+/// The values of every `known` field joined by `sep`.
+fn fold(fields: &[httparse::Header<'_>], known: Known, sep: &[u8]) -> Vec<u8> {
     let mut joined = Vec::new();
-    for field in fields.iter().filter(|f| f.name.eq_ignore_ascii_case(name)) {
+    for field in fields.iter().filter(|f| Known::of(f.name) == known) {
         if !joined.is_empty() {
             joined.extend_from_slice(sep);
         }

@@ -18,7 +18,7 @@ use tokio::sync::watch;
 
 use super::buffers::{self, Lent};
 use super::chunked::{ChunkedScanner, Scan};
-use super::head::{self, Decoration, Framing, ParsedRequest, ParsedResponse, MAX_FIELDS};
+use super::head::{self, Decoration, Framing, ParsedRequest, ParsedResponse};
 use super::upstream::Conn;
 use crate::cohort::Variant;
 use crate::config::{Endpoint, Route};
@@ -59,16 +59,24 @@ pub async fn serve(
 ) -> Served {
     // Bytes of the next request(s) already read; `None` while idle.
     let mut pending: Option<Lent> = None;
+    // One keep-alive timer for the connection's life, moved later at each idle wait:
+    // moving a registered timer later is one atomic exchange, where a new timer per
+    // request took the timer wheel's lock to register and again to cancel.
+    let idle_timer = tokio::time::sleep(KEEP_ALIVE_TIMEOUT);
+    tokio::pin!(idle_timer);
     loop {
         if pending.is_none() {
             // Idle: wait holding no buffer, so an idle connection costs its socket only.
+            idle_timer
+                .as_mut()
+                .reset(tokio::time::Instant::now() + KEEP_ALIVE_TIMEOUT);
             tokio::select! {
                 biased;
-                ready = client.readable() => if ready.is_err() {
+                ready = readable(client) => if ready.is_err() {
                     return Served::Closed;
                 },
                 _ = shutdown.wait_for(|stop| *stop) => return Served::Closed,
-                () = tokio::time::sleep(KEEP_ALIVE_TIMEOUT) => return Served::Closed,
+                () = &mut idle_timer => return Served::Closed,
             }
         }
         let mut head_deadline = None;
@@ -157,10 +165,17 @@ fn handover(pending: Option<Lent>) -> Served {
     Served::Handover(pending.map(Lent::into_vec).unwrap_or_default())
 }
 
+/// Waits until `stream` has bytes, an end or an error to read. The waker waits in the
+/// socket's own reader slot; `TcpStream::readable` queues a waiter in a locked list
+/// and takes the lock again to unqueue it, per wait.
+async fn readable(stream: &TcpStream) -> io::Result<()> {
+    std::future::poll_fn(|cx| stream.poll_read_ready(cx)).await
+}
+
 /// Waits until `stream` is readable, then reads into `buf` (lent only now). A read
 /// shorter than the space marks the socket drained, so the next wait costs no syscall.
 async fn read_some(stream: &mut TcpStream, buf: &mut Option<Lent>) -> io::Result<usize> {
-    stream.readable().await?;
+    readable(stream).await?;
     let buf = buf.get_or_insert_with(Lent::take);
     if buf.capacity() - buf.len() < 1024 {
         buf.reserve(buffers::SIZE);
@@ -187,7 +202,7 @@ enum Ready {
 
 /// Parses, routes and rewrites the request at the start of `buf` (no I/O).
 fn prepare(ctx: &ProxyContext, peer: &Peer, buf: &[u8], out: &mut Vec<u8>) -> Step {
-    let mut storage = [httparse::EMPTY_HEADER; MAX_FIELDS];
+    let mut storage = head::field_storage();
     let req = match head::parse_request(buf, &mut storage) {
         ParsedRequest::Partial => return Step::Partial,
         ParsedRequest::Handover(_) => return Step::Handover,
@@ -582,7 +597,7 @@ fn client_head(
     deco: &Decoration<'_>,
     out: &mut Vec<u8>,
 ) -> HeadStep {
-    let mut storage = [httparse::EMPTY_HEADER; MAX_FIELDS];
+    let mut storage = head::field_storage();
     match head::parse_response(buf, &mut storage, head_request) {
         ParsedResponse::Partial => HeadStep::Partial,
         ParsedResponse::Interim(n) => HeadStep::Interim(n),
@@ -602,7 +617,10 @@ fn client_head(
 /// Resolves when the client hangs up (`true`) or sends more bytes (`false`).
 async fn client_gone(client: &TcpStream) -> bool {
     let mut one = [0u8; 1];
-    !matches!(client.peek(&mut one).await, Ok(n) if n > 0)
+    let mut one = tokio::io::ReadBuf::new(&mut one);
+    // Polled like `readable` above: no waiter queued per wait.
+    let peeked = std::future::poll_fn(|cx| client.poll_peek(cx, &mut one)).await;
+    !matches!(peeked, Ok(n) if n > 0)
 }
 
 enum Relayed {

@@ -1,7 +1,7 @@
 use super::*;
 
-fn storage<'b>() -> [httparse::Header<'b>; MAX_FIELDS] {
-    [httparse::EMPTY_HEADER; MAX_FIELDS]
+fn storage<'b>() -> FieldStorage<'b> {
+    field_storage()
 }
 
 fn handover(raw: &str) -> Option<Handover> {
@@ -323,4 +323,72 @@ fn content_lengths_are_digits_only() {
     assert_eq!(parse_length(b"18446744073709551615"), None, "20 digits");
     assert_eq!(parse_length(b"1,1"), None);
     assert_eq!(parse_length(b""), None);
+}
+
+#[test]
+fn known_hop_by_hop_fields_are_exactly_the_shared_list() {
+    // hyper's path strips `headers::HOP_BY_HOP`; this path must strip the same fields.
+    for name in crate::headers::HOP_BY_HOP {
+        assert!(Known::of(name).is_hop_by_hop(), "{name}");
+        assert!(
+            Known::of(&name.to_ascii_uppercase()).is_hop_by_hop(),
+            "{name}"
+        );
+    }
+    let hop_by_hop = [
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "transfer-encoding",
+        "te",
+        "trailer",
+        "upgrade",
+        "proxy-authorization",
+        "proxy-authenticate",
+    ];
+    assert_eq!(hop_by_hop.len(), crate::headers::HOP_BY_HOP.len());
+    for name in [
+        "content-length",
+        "host",
+        "expect",
+        "cookie",
+        "x-forwarded-for",
+        "x-forwarded-proto",
+        "x-forwarded-host",
+        "x-cohort-variant",
+        "x-user-id",
+        "tf",
+        "connectiom",
+        "",
+    ] {
+        assert!(!Known::of(name).is_hop_by_hop(), "{name}");
+    }
+    assert_eq!(Known::of("Content-LENGTH"), Known::ContentLength);
+    assert_eq!(Known::of("x-forwarded-hosts"), Known::Other);
+}
+
+#[test]
+fn every_field_a_long_connection_list_names_is_dropped() {
+    // More options than are held inline: the rest are still honoured.
+    let names: Vec<String> = (0..12).map(|i| format!("x-opt-{i}")).collect();
+    let mut raw = format!(
+        "GET / HTTP/1.1\r\nConnection: keep-alive, {}\r\n",
+        names.join(", ")
+    );
+    for name in &names {
+        raw.push_str(&format!("{name}: 1\r\n"));
+    }
+    raw.push_str("X-Kept: 1\r\n\r\n");
+    let head = upstream(&raw, None);
+    for name in &names {
+        assert!(!head.contains(name.as_str()), "{name} in {head}");
+    }
+    assert!(head.contains("X-Kept: 1\r\n"), "{head}");
+    // Case does not matter, and a named field may come before `Connection`.
+    let head = upstream(
+        "GET / HTTP/1.1\r\nX-Early: 1\r\nconnection: X-EARLY\r\nX-Late: 2\r\n\r\n",
+        None,
+    );
+    assert!(!head.contains("X-Early"), "{head}");
+    assert!(head.contains("X-Late: 2\r\n"), "{head}");
 }
