@@ -15,11 +15,15 @@
 #   7. prints a table and writes target/load/{summary.txt,rounds.tsv,table.txt}.
 # The machine is shared and noisy: read the ratios, not the absolute numbers.
 #
-# Usage: benches/load.sh [--quick] [--profile] [--help]
+# Usage: benches/load.sh [--quick] [--profile] [--instructions] [--help]
 #   --quick     ~1-minute smoke run (3 s runs, 1 s warm-up, 2 rounds, 2,000 idle connections)
 #   --profile   afterwards, profile both proxies at the highest connection count:
 #               perf record -g (top symbols, user/kernel split) and syscalls per request
 #               by name (perf stat on the syscall tracepoints); installs linux-perf
+#   --instructions  afterwards, run each proxy under callgrind (valgrind) and count its
+#               user-space instructions per request at the first connection count: a
+#               figure this noisy machine cannot blur (time can move 20 % between runs;
+#               an instruction count moves well under 1 %); installs valgrind
 # Environment knobs (defaults for the full run):
 #   LOAD_DURATION=8       seconds per measured wrk run
 #   LOAD_WARMUP=1         seconds of wrk warm-up before each measured run (0 = none)
@@ -46,10 +50,12 @@ usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; }
 
 QUICK=0
 PROFILE=0
+INSTRUCTIONS=0
 for arg in "$@"; do
     case "$arg" in
         --quick) QUICK=1 ;;
         --profile) PROFILE=1 ;;
+        --instructions) INSTRUCTIONS=1 ;;
         -h | --help) usage; exit 0 ;;
         *) echo "load.sh: unknown argument: $arg" >&2; usage >&2; exit 2 ;;
     esac
@@ -109,6 +115,9 @@ install_missing() {
     if ((PROFILE)); then
         command -v perf >/dev/null 2>&1 || need+=(linux-perf)
     fi
+    if ((INSTRUCTIONS)); then
+        command -v callgrind_control >/dev/null 2>&1 || need+=(valgrind)
+    fi
     ((${#need[@]} == 0)) && return 0
     [[ $EUID -eq 0 ]] || die "missing packages (${need[*]}): run as root or install them"
     log "installing from Debian: ${need[*]}"
@@ -150,6 +159,11 @@ done
 # ---------------------------------------------------------------------------------------
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/cohort-load.XXXXXX")
 PIDS=()
+# Prefix for starting a proxy (--instructions runs them under callgrind); empty otherwise.
+WRAP=()
+# "off" runs an NGINX as one process that serves itself (under callgrind: valgrind
+# does not answer callgrind_control for a forked worker).
+NGINX_MASTER_PROCESS=on
 
 alive() { # true while PID exists and is not a zombie
     local st
@@ -226,7 +240,7 @@ nginx_common() { # prefix dir, worker_connections
 worker_processes 1;
 worker_rlimit_nofile $NOFILE;
 daemon off;
-master_process on;
+master_process $NGINX_MASTER_PROCESS;
 pid $1/nginx.pid;
 error_log $1/error.log warn;
 events { worker_connections $2; multi_accept off; }
@@ -251,9 +265,13 @@ start_nginx() { # name, cpu, config file; sets NGINX_MASTER and NGINX_WORKER
     local dir=$TMP/$1 i
     nginx -t -q -p "$dir" -e "$dir/error.log" -c "$3" 2>"$dir/check.log" ||
         die "nginx config $3 is invalid: $(cat "$dir/check.log")"
-    taskset -c "$2" nginx -p "$dir" -e "$dir/error.log" -c "$3" >"$dir/stdout.log" 2>&1 &
+    taskset -c "$2" "${WRAP[@]}" nginx -p "$dir" -e "$dir/error.log" -c "$3" >"$dir/stdout.log" 2>&1 &
     NGINX_MASTER=$!
     PIDS+=("$NGINX_MASTER")
+    if [[ $NGINX_MASTER_PROCESS == off ]]; then
+        NGINX_WORKER=$NGINX_MASTER
+        return 0
+    fi
     NGINX_WORKER=
     for ((i = 0; i < 100; i++)); do
         NGINX_WORKER=$(pgrep -P "$NGINX_MASTER" | head -n1 || true)
@@ -349,7 +367,7 @@ canary_percent = 10
 stable = { endpoints = ["http://127.0.0.1:$PORT_STABLE"] }
 canary = { endpoints = ["http://127.0.0.1:$PORT_CANARY"] }
 EOF
-    RUST_LOG=${RUST_LOG:-warn} taskset -c "$PROXY_CPU" "$COHORT_BIN" run -c "$dir/cohort.toml" \
+    RUST_LOG=${RUST_LOG:-warn} taskset -c "$PROXY_CPU" "${WRAP[@]}" "$COHORT_BIN" run -c "$dir/cohort.toml" \
         >>"$dir/cohort.log" 2>&1 &
     COHORT_PID=$!
     PIDS+=("$COHORT_PID")
@@ -729,6 +747,37 @@ if ((PROFILE)); then
     profile_one nginx "$NGINX_PROXY_PID" "$PORT_NGINX"
 fi
 
+if ((INSTRUCTIONS)); then
+    INSTR_CONNS=${CONNS[0]}
+    instructions_one() { # name, pid, port: user-space instructions per request under callgrind
+        local name=$1 pid=$2 url="http://127.0.0.1:$3/" line dump i
+        log "counting $name's instructions under callgrind at $INSTR_CONNS connections, ${DURATION}s"
+        run_wrk "$INSTR_CONNS" 2 "$url" "$TMP/instr-$name-warm.txt"
+        callgrind_control -z "$pid" >/dev/null 2>&1 || die "callgrind_control cannot reach $name ($pid)"
+        run_wrk "$INSTR_CONNS" "$DURATION" "$url" "$TMP/instr-$name-wrk.txt"
+        callgrind_control -d "$pid" >/dev/null 2>&1 || die "callgrind_control cannot reach $name ($pid)"
+        line=$(grep '^LOAD_RESULT' "$TMP/instr-$name-wrk.txt" || true)
+        dump=$TMP/callgrind.$name.$pid.1
+        for ((i = 0; i < 50; i++)); do [[ -s $dump ]] && break; sleep 0.1; done
+        [[ -s $dump ]] || die "callgrind wrote no dump for $name ($dump)"
+        echo "$name $(field requests "$line") $(awk '/^summary:/ {print $2; exit}' "$dump")" >>"$TMP/instr.txt"
+    }
+    : >"$TMP/instr.txt"
+    stop_cohort
+    stop_nginx_proxy
+    WRAP=(valgrind -q --tool=callgrind "--callgrind-out-file=$TMP/callgrind.cohort.%p")
+    start_cohort
+    instructions_one cohort "$COHORT_PID" "$PORT_COHORT"
+    stop_cohort
+    WRAP=(valgrind -q --tool=callgrind "--callgrind-out-file=$TMP/callgrind.nginx.%p")
+    NGINX_MASTER_PROCESS=off
+    start_nginx_proxy 4096
+    instructions_one nginx "$NGINX_PROXY_PID" "$PORT_NGINX"
+    stop_nginx_proxy
+    NGINX_MASTER_PROCESS=on
+    WRAP=()
+fi
+
 : >"$TMP/idle.tsv"
 if ((IDLE_CONNS > 0)); then
     # Fresh processes, one at a time, so memory freed after the load rounds cannot absorb
@@ -843,6 +892,13 @@ S0() { sed -n "s/^$1=//p" "$SUMMARY"; } # reads back what this block has written
         echo "idle.nginx.worker_connections=$IDLE_WORKER_CONNECTIONS"
         echo "idle.nginx.preallocated_bytes_per_slot=$(awk -v a="${IDLE_START_RSS_NGINX:-0}" -v b="$START_RSS_NGINX" -v n="$((IDLE_WORKER_CONNECTIONS - 4096))" 'BEGIN {printf "%.0f", (n ? (a - b) * 1024 / n : 0)}')"
     fi
+    if [[ -s $TMP/instr.txt ]]; then
+        while read -r name reqs total; do
+            echo "instr.$name.requests=$reqs"
+            echo "instr.$name.instructions=$total"
+            echo "instr.$name.per_request=$(awk -v t="$total" -v r="$reqs" 'BEGIN {printf "%.0f", (r ? t / r : 0)}')"
+        done <"$TMP/instr.txt"
+    fi
 } >"$SUMMARY"
 S() { sed -n "s/^$1=//p" "$SUMMARY"; }
 
@@ -897,6 +953,13 @@ S() { sed -n "s/^$1=//p" "$SUMMARY"; }
         done
         echo "per conn = (RSS after - RSS before) / opened. NGINX preallocates its $IDLE_WORKER_CONNECTIONS connection slots"
         echo "at start (about $(S idle.nginx.preallocated_bytes_per_slot) B each, in 'RSS before'), so its delta leaves them out."
+    fi
+    if [[ -s $TMP/instr.txt ]]; then
+        echo
+        echo "user-space instructions per request (callgrind, whole process, $INSTR_CONNS connections, ${DURATION}s):"
+        echo "cohort $(S instr.cohort.per_request), nginx $(S instr.nginx.per_request)," \
+            "cohort/nginx $(div "$(S instr.cohort.per_request)" "$(S instr.nginx.per_request)")" \
+            "(requests counted: $(S instr.cohort.requests), $(S instr.nginx.requests))"
     fi
     echo
     echo "elapsed $(S elapsed_s) s; raw rounds: $OUT_DIR/rounds.tsv; summary: $OUT_DIR/summary.txt"
