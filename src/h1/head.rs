@@ -6,6 +6,7 @@
 
 use std::io::Write as _;
 use std::mem::MaybeUninit;
+use std::ops::Range;
 
 use http::{HeaderName, StatusCode};
 
@@ -72,6 +73,8 @@ pub struct Request<'h, 'b> {
     pub fields: ParsedFields<'h, 'b>,
     /// Bytes of the head, final CRLF included; the body follows.
     pub head_len: usize,
+    /// The head as read, for copying kept field lines unchanged.
+    head: &'b [u8],
     pub content_length: usize,
     /// The client said `Connection: close`.
     pub close: bool,
@@ -177,6 +180,7 @@ pub fn parse_request<'h, 'b>(
         target,
         fields: ParsedFields(fields),
         head_len,
+        head: &buf[..head_len],
         content_length,
         close,
         host,
@@ -206,6 +210,7 @@ pub fn write_upstream_request(req: &Request<'_, '_>, fwd: &Forwarding<'_>, out: 
     out.extend_from_slice(req.target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
     let connection = &req.connection;
+    let mut lines = FieldLines::new(req.head);
     let mut forwarded_for = false;
     let mut cookies = 0;
     for field in fields {
@@ -227,14 +232,16 @@ pub fn write_upstream_request(req: &Request<'_, '_>, fwd: &Forwarding<'_>, out: 
             Known::Cookie => {
                 cookies += 1;
                 if cookies == 1 && many(fields, Known::Cookie) {
+                    lines.flush(out);
                     write_field(out, b"cookie", &fold(fields, Known::Cookie, b"; "));
                 } else if cookies == 1 {
-                    write_field(out, name.as_bytes(), field.value);
+                    lines.keep(field, out);
                 }
             }
-            _ => write_field(out, name.as_bytes(), field.value),
+            _ => lines.keep(field, out),
         }
     }
+    lines.flush(out);
     out.extend_from_slice(b"x-forwarded-for: ");
     if forwarded_for {
         for field in fields {
@@ -273,6 +280,8 @@ pub struct Response<'h, 'b> {
     reason: &'b str,
     fields: ParsedFields<'h, 'b>,
     pub head_len: usize,
+    /// The head as read, for copying kept field lines unchanged.
+    head: &'b [u8],
     pub framing: Framing,
     /// The upstream connection may carry another request after this response.
     pub reusable: bool,
@@ -359,6 +368,7 @@ pub fn parse_response<'h, 'b>(
         reason,
         fields: ParsedFields(fields),
         head_len,
+        head: &buf[..head_len],
         framing,
         reusable,
         connection,
@@ -391,9 +401,16 @@ impl Decoration<'_> {
 /// fields added. A body that ends when the connection does means `connection: close`.
 pub fn write_client_response(resp: &Response<'_, '_>, deco: &Decoration<'_>, out: &mut Vec<u8>) {
     let fields = resp.fields.0;
-    write_status_line(out, resp.status, resp.reason);
+    match resp.head.iter().position(|&b| b == b'\n') {
+        // An HTTP/1.1 status line is the client's as it came: one copy, no formatting.
+        Some(end) if resp.head.starts_with(b"HTTP/1.1 ") && resp.head[end - 1] == b'\r' => {
+            out.extend_from_slice(&resp.head[..=end]);
+        }
+        _ => write_status_line(out, resp.status, resp.reason),
+    }
     let connection = &resp.connection;
     let chunked = resp.framing == Framing::Chunked;
+    let mut lines = FieldLines::new(resp.head);
     for field in fields {
         let name = field.name;
         let skip = match Known::of(name) {
@@ -406,9 +423,10 @@ pub fn write_client_response(resp: &Response<'_, '_>, deco: &Decoration<'_>, out
                 .variant_header
                 .is_some_and(|(h, _)| name.eq_ignore_ascii_case(h.as_str()));
         if !skip {
-            write_field(out, name.as_bytes(), field.value);
+            lines.keep(field, out);
         }
     }
+    lines.flush(out);
     finish_head(out, deco.close || resp.framing == Framing::UntilClose, deco);
 }
 
@@ -450,6 +468,63 @@ fn finish_head(out: &mut Vec<u8>, close: bool, deco: &Decoration<'_>) {
         out.extend_from_slice(b"connection: close\r\n");
     }
     out.extend_from_slice(b"\r\n");
+}
+
+/// Copies the field lines a head keeps to `out` as they were read, each run of
+/// consecutive kept lines in one copy (one or two per head, where writing name, colon,
+/// value and CRLF separately took four copies per field).
+struct FieldLines<'b> {
+    head: &'b [u8],
+    /// Kept lines of `head` not copied yet.
+    run: Range<usize>,
+}
+
+impl<'b> FieldLines<'b> {
+    fn new(head: &'b [u8]) -> Self {
+        FieldLines { head, run: 0..0 }
+    }
+
+    fn keep(&mut self, field: &httparse::Header<'b>, out: &mut Vec<u8>) {
+        match self.line_of(field) {
+            Some(line) if !self.run.is_empty() && line.start == self.run.end => {
+                self.run.end = line.end;
+            }
+            Some(line) => {
+                self.flush(out);
+                self.run = line;
+            }
+            None => {
+                self.flush(out);
+                write_field(out, field.name.as_bytes(), field.value);
+            }
+        }
+    }
+
+    /// Copies the pending run; call before writing anything else.
+    fn flush(&mut self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.head[self.run.clone()]);
+        self.run = 0..0;
+    }
+
+    /// Where `field`'s line lies in the head, CRLF included. httparse's name and value
+    /// point into the head (an empty value at the line's CR); a line ending in a bare
+    /// LF gives `None` and is written anew, so the next hop always gets CRLF.
+    fn line_of(&self, field: &httparse::Header<'b>) -> Option<Range<usize>> {
+        let base = self.head.as_ptr() as usize;
+        let start = (field.name.as_ptr() as usize).checked_sub(base)?;
+        let value_end = (field.value.as_ptr() as usize).checked_sub(base)? + field.value.len();
+        let rest = self.head.get(value_end..)?;
+        if start >= value_end || self.head.get(start + field.name.len()) != Some(&b':') {
+            return None;
+        }
+        let blanks = rest
+            .iter()
+            .take_while(|&&b| b == b' ' || b == b'\t')
+            .count();
+        rest[blanks..]
+            .starts_with(b"\r\n")
+            .then_some(start..value_end + blanks + 2)
+    }
 }
 
 fn write_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {

@@ -392,3 +392,44 @@ fn every_field_a_long_connection_list_names_is_dropped() {
     assert!(!head.contains("X-Early"), "{head}");
     assert!(head.contains("X-Late: 2\r\n"), "{head}");
 }
+
+#[test]
+fn kept_field_lines_pass_as_read_and_always_end_in_crlf() {
+    // Unusual but valid spacing and empty values go through byte for byte.
+    let head = upstream(
+        "GET / HTTP/1.1\r\nHost:shop\r\nX-A:  1 \t\r\nX-Empty:\r\nX-Blank:   \r\nKeep-Alive: 1\r\nX-B: 2\r\n\r\n",
+        None,
+    );
+    assert!(
+        head.starts_with(
+            "GET / HTTP/1.1\r\nHost:shop\r\nX-A:  1 \t\r\nX-Empty:\r\nX-Blank:   \r\nX-B: 2\r\n"
+        ),
+        "{head:?}"
+    );
+    // Bare LF line ends (httparse accepts them) are rewritten: the next hop gets CRLF.
+    let head = upstream("GET / HTTP/1.1\nHost: shop\nX-A: 1\r\nX-B: 2\n\n", None);
+    assert!(
+        head.starts_with("GET / HTTP/1.1\r\nHost: shop\r\nX-A: 1\r\nX-B: 2\r\n"),
+        "{head:?}"
+    );
+    assert!(!head.replace("\r\n", "").contains('\n'), "{head:?}");
+    let resp = client_head(
+        "HTTP/1.1 200 OK\nServer: up\r\nX-Empty:\r\nContent-Length: 0\n\n",
+        &Decoration::plain(false),
+    );
+    assert_eq!(
+        resp,
+        "HTTP/1.1 200 OK\r\nServer: up\r\nX-Empty:\r\nContent-Length: 0\r\n\r\n"
+    );
+}
+
+#[test]
+fn the_status_line_goes_out_as_http_1_1() {
+    let plain = Decoration::plain(false);
+    let head = client_head("HTTP/1.1 404 Not Here\r\nContent-Length: 0\r\n\r\n", &plain);
+    assert!(head.starts_with("HTTP/1.1 404 Not Here\r\n"), "{head:?}");
+    let head = client_head("HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n", &plain);
+    assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head:?}");
+    let head = client_head("HTTP/1.1 200 OK\nContent-Length: 0\r\n\r\n", &plain);
+    assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head:?}");
+}
