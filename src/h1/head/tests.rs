@@ -326,7 +326,7 @@ fn content_lengths_are_digits_only() {
 }
 
 #[test]
-fn known_hop_by_hop_fields_are_exactly_the_shared_list() {
+fn the_shared_hop_by_hop_list_is_recognised_and_other_fields_are_not() {
     // hyper's path strips `headers::HOP_BY_HOP`; this path must strip the same fields.
     for name in crate::headers::HOP_BY_HOP {
         assert!(Known::of(name).is_hop_by_hop(), "{name}");
@@ -335,18 +335,6 @@ fn known_hop_by_hop_fields_are_exactly_the_shared_list() {
             "{name}"
         );
     }
-    let hop_by_hop = [
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "transfer-encoding",
-        "te",
-        "trailer",
-        "upgrade",
-        "proxy-authorization",
-        "proxy-authenticate",
-    ];
-    assert_eq!(hop_by_hop.len(), crate::headers::HOP_BY_HOP.len());
     for name in [
         "content-length",
         "host",
