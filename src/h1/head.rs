@@ -619,8 +619,8 @@ struct ConnectionOptions<'h, 'b> {
     listed: [&'b [u8]; OPTIONS_HELD],
     len: usize,
     /// More options than `listed` holds (never seen in practice): every field is
-    /// looked up in these `Connection` values instead.
-    overflow: Option<&'h [httparse::Header<'b>]>,
+    /// looked up in the head's `Connection` values instead.
+    overflowed: bool,
     fields: &'h [httparse::Header<'b>],
 }
 
@@ -633,18 +633,18 @@ impl<'h, 'b> ConnectionOptions<'h, 'b> {
         ConnectionOptions {
             listed: [&[]; OPTIONS_HELD],
             len: 0,
-            overflow: None,
+            overflowed: false,
             fields,
         }
     }
 
     /// One token of a `Connection` field.
     fn add(&mut self, token: &'b [u8]) {
-        if Known::of_bytes(token).is_hop_by_hop() || self.overflow.is_some() {
+        if Known::of_bytes(token).is_hop_by_hop() || self.overflowed {
             return;
         }
         if self.len == OPTIONS_HELD {
-            self.overflow = Some(self.fields);
+            self.overflowed = true;
             return;
         }
         self.listed[self.len] = token;
@@ -653,16 +653,16 @@ impl<'h, 'b> ConnectionOptions<'h, 'b> {
 
     fn names(&self, name: &str) -> bool {
         let name = name.as_bytes();
-        match self.overflow {
-            None => self.listed[..self.len]
+        if !self.overflowed {
+            return self.listed[..self.len]
                 .iter()
-                .any(|t| t.eq_ignore_ascii_case(name)),
-            Some(fields) => fields
-                .iter()
-                .filter(|f| Known::of(f.name) == Known::Connection)
-                .flat_map(|f| tokens(f.value))
-                .any(|t| t.eq_ignore_ascii_case(name)),
+                .any(|t| t.eq_ignore_ascii_case(name));
         }
+        self.fields
+            .iter()
+            .filter(|f| Known::of(f.name) == Known::Connection)
+            .flat_map(|f| tokens(f.value))
+            .any(|t| t.eq_ignore_ascii_case(name))
     }
 }
 
