@@ -103,7 +103,7 @@ async fn serve(
                     let conn = Connection {
                         http: http.clone(),
                         ctx: ctx.clone(),
-                        peer,
+                        peer: proxy::Peer::new(peer),
                         shutdown: connection_shutdown.clone(),
                         _open: open.clone(),
                     };
@@ -164,7 +164,8 @@ impl Http {
 struct Connection {
     http: Arc<Http>,
     ctx: Arc<ProxyContext>,
-    peer: SocketAddr,
+    /// The client's address, with its `X-Forwarded-For` form rendered once.
+    peer: proxy::Peer,
     shutdown: watch::Receiver<bool>,
     /// Dropped when the connection ends; the drain waits for every one.
     _open: mpsc::Sender<()>,
@@ -174,30 +175,49 @@ impl Connection {
     /// Tells HTTP/2 prior knowledge from HTTP/1.x by peeking at the first bytes, so
     /// nothing is buffered for the connection before it speaks (an idle client costs
     /// its task and socket only), then serves it.
-    async fn serve_plain(mut self, mut stream: TcpStream) {
-        let protocol = match tokio::time::timeout(FIRST_BYTES_TIMEOUT, sniff(&stream)).await {
-            Ok(Ok(Some(protocol))) => protocol,
-            // Closed, failed, or silent too long: nothing to serve.
-            _ => return,
-        };
-        // hyper's paths are boxed: their connection state is large, and inline it would
-        // make every connection's task (idle ones too) that large.
-        if protocol == Wire::Http2 {
-            return Box::pin(self.serve(TokioIo::new(stream), protocol)).await;
+    ///
+    /// A plain function around an `async move` block: an `async fn` keeps a second
+    /// copy of its arguments in its state for its whole life (rust-lang/rust#62958),
+    /// and this state is what every connection, idle ones included, costs.
+    #[allow(clippy::manual_async_fn)] // an `async fn` would double the arguments (above)
+    fn serve_plain(mut self, mut stream: TcpStream) -> impl Future<Output = ()> + Send {
+        async move {
+            let protocol = match tokio::time::timeout(FIRST_BYTES_TIMEOUT, sniff(&stream)).await {
+                Ok(Ok(Some(protocol))) => protocol,
+                // Closed, failed, or silent too long: nothing to serve.
+                _ => return,
+            };
+            // hyper's paths are boxed (see `serve_boxed`).
+            if protocol == Wire::Http2 {
+                return self.serve_boxed(TokioIo::new(stream), protocol).await;
+            }
+            // HTTP/1.1 on cohort's own path first; hyper takes over what it does not
+            // handle.
+            let served =
+                h1::server::serve(&self.ctx, &self.peer, &mut stream, &mut self.shutdown).await;
+            if let Served::Handover(read) = served {
+                let io = TokioIo::new(Rewind::new(read, stream));
+                self.serve_boxed(io, Wire::Http1).await;
+            }
         }
-        // HTTP/1.1 on cohort's own path first; hyper takes over what it does not handle.
-        let peer = proxy::Peer::new(self.peer);
-        let served = h1::server::serve(&self.ctx, &peer, &mut stream, &mut self.shutdown).await;
-        if let Served::Handover(read) = served {
-            Box::pin(self.serve(TokioIo::new(Rewind::new(read, stream)), Wire::Http1)).await;
-        }
+    }
+
+    /// [`Connection::serve`] on the heap. hyper's connection state is large, and a
+    /// connection task is as large as its largest state, idle ones included; building
+    /// the box in a plain function keeps the unboxed future out of the caller's state
+    /// (`Box::pin(self.serve(..)).await` inside an `async fn` reserves room for it).
+    fn serve_boxed<I>(self, io: I, protocol: Wire) -> Pin<Box<impl Future<Output = ()>>>
+    where
+        I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    {
+        Box::pin(self.serve(io, protocol))
     }
 
     /// Completes a client's TLS handshake, then serves the connection in the protocol
     /// ALPN chose. A failed or stalled handshake is counted and the connection closed:
     /// it never reaches the router.
     async fn serve_tls(self, acceptor: tokio_rustls::TlsAcceptor, stream: TcpStream) {
-        let peer = self.peer;
+        let peer = self.peer.addr;
         let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
             Ok(Ok(stream)) => stream,
             Ok(Err(e)) => {
@@ -224,8 +244,8 @@ impl Connection {
         I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
     {
         let ctx = self.ctx.clone();
-        let peer = self.peer;
-        let client = Arc::new(proxy::Peer::new(peer));
+        let peer = self.peer.addr;
+        let client = Arc::new(self.peer);
         let service = hyper::service::service_fn(move |req| {
             let ctx = ctx.clone();
             let client = client.clone();
@@ -258,7 +278,9 @@ enum Wire {
 async fn sniff(stream: &TcpStream) -> io::Result<Option<Wire>> {
     let mut head = [0u8; H2_PREFACE.len()];
     loop {
-        let n = stream.peek(&mut head).await?;
+        // Polled in place: `TcpStream::peek` would queue a waiter node in this state.
+        let mut unread = tokio::io::ReadBuf::new(&mut head);
+        let n = std::future::poll_fn(|cx| stream.poll_peek(cx, &mut unread)).await?;
         if n == 0 {
             return Ok(None);
         }
@@ -270,8 +292,14 @@ async fn sniff(stream: &TcpStream) -> io::Result<Option<Wire>> {
         }
         // Part of the preface so far: peek returns at once while data is waiting, so
         // give the rest a moment to arrive instead of spinning.
-        tokio::time::sleep(Duration::from_millis(1)).await;
+        preface_pause().await;
     }
+}
+
+/// The pause between peeks at a partial HTTP/2 preface: rare, so its timer is boxed
+/// (in a plain function, so the unboxed timer takes no room in `sniff`'s state).
+fn preface_pause() -> Pin<Box<tokio::time::Sleep>> {
+    Box::pin(tokio::time::sleep(Duration::from_millis(1)))
 }
 
 /// Drives a connection to its end; when shutdown begins, asks it to finish what is in

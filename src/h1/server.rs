@@ -7,7 +7,9 @@
 //! header map. A request this path does not handle hands the whole connection, with
 //! the bytes already read, to hyper ([`Served::Handover`]).
 
+use std::future::Future;
 use std::io;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -51,86 +53,109 @@ const LINGER: Duration = Duration::from_secs(2);
 const MAX_HEAD: usize = 64 * 1024;
 
 /// Serves `client` until it closes, fails, drains, or needs hyper.
-pub async fn serve(
-    ctx: &ProxyContext,
-    peer: &Peer,
-    client: &mut TcpStream,
-    shutdown: &mut watch::Receiver<bool>,
-) -> Served {
-    // Bytes of the next request(s) already read; `None` while idle.
-    let mut pending: Option<Lent> = None;
-    // One keep-alive timer for the connection's life, moved later at each idle wait:
-    // moving a registered timer later is one atomic exchange, where a new timer per
-    // request took the timer wheel's lock to register and again to cancel.
-    let idle_timer = tokio::time::sleep(KEEP_ALIVE_TIMEOUT);
-    tokio::pin!(idle_timer);
-    loop {
-        if pending.is_none() {
-            // Idle: wait holding no buffer, so an idle connection costs its socket only.
-            idle_timer
-                .as_mut()
-                .reset(tokio::time::Instant::now() + KEEP_ALIVE_TIMEOUT);
-            tokio::select! {
-                biased;
-                ready = readable(client) => if ready.is_err() {
-                    return Served::Closed;
-                },
-                _ = shutdown.wait_for(|stop| *stop) => return Served::Closed,
-                () = &mut idle_timer => return Served::Closed,
-            }
-        }
-        let mut head_deadline = None;
-        let (ready, out) = loop {
-            if let Some(buf) = pending.as_ref().filter(|b| !b.is_empty()) {
-                let mut out = Lent::take();
-                match prepare(ctx, peer, buf, &mut out) {
-                    Step::Partial => {}
-                    Step::Handover => return handover(pending),
-                    Step::Ready(ready) => break (ready, out),
+///
+/// A plain function around an `async move` block, like `Connection::serve_plain`: an
+/// `async fn` keeps a second copy of its arguments in its state.
+#[allow(clippy::manual_async_fn)] // an `async fn` would double the arguments (above)
+pub fn serve<'a>(
+    ctx: &'a ProxyContext,
+    peer: &'a Peer,
+    client: &'a mut TcpStream,
+    shutdown: &'a mut watch::Receiver<bool>,
+) -> impl Future<Output = Served> + Send + 'a {
+    async move {
+        // Bytes of the next request(s) already read; `None` while idle.
+        let mut pending: Option<Lent> = None;
+        // One keep-alive timer for the connection's life, moved later at each idle wait:
+        // moving a registered timer later is one atomic exchange, where a new timer per
+        // request took the timer wheel's lock to register and again to cancel.
+        let idle_timer = tokio::time::sleep(KEEP_ALIVE_TIMEOUT);
+        tokio::pin!(idle_timer);
+        loop {
+            if pending.is_none() {
+                // Idle: wait holding no buffer, so an idle connection costs its socket only.
+                idle_timer
+                    .as_mut()
+                    .reset(tokio::time::Instant::now() + KEEP_ALIVE_TIMEOUT);
+                tokio::select! {
+                    biased;
+                    ready = readable(client) => if ready.is_err() {
+                        return Served::Closed;
+                    },
+                    _ = shutdown.changed() => return Served::Closed,
+                    () = &mut idle_timer => return Served::Closed,
                 }
             }
-            let started = pending.as_ref().is_some_and(|b| !b.is_empty());
-            let read = read_some(client, &mut pending);
-            let n = if started {
-                // A head has started: it must complete in bounded time.
-                let deadline = *head_deadline.get_or_insert_with(|| Instant::now() + HEAD_TIMEOUT);
-                match tokio::time::timeout_at(deadline.into(), read).await {
-                    Ok(n) => n,
-                    Err(_) => return Served::Closed,
+            // The response, as one boxed future built in this block: `ready` and `out` end
+            // here, before any await (a value still in scope at an await, even one moved
+            // from, takes room in every connection's state, idle ones included).
+            let respond: Pin<Box<dyn Future<Output = bool> + Send + '_>> = {
+                // Set when a head has started: from then on it must complete in bounded time.
+                let mut head_started = false;
+                let (ready, out) = loop {
+                    if let Some(buf) = pending.as_ref().filter(|b| !b.is_empty()) {
+                        let mut out = Lent::take();
+                        match prepare(ctx, peer, buf, &mut out) {
+                            Step::Partial => {}
+                            Step::Handover => return handover(pending),
+                            Step::Ready(ready) => break (ready, out),
+                        }
+                        if !head_started {
+                            // The connection's one timer carries the head deadline too (no
+                            // second timer in every connection's state).
+                            head_started = true;
+                            idle_timer
+                                .as_mut()
+                                .reset(tokio::time::Instant::now() + HEAD_TIMEOUT);
+                        }
+                    }
+                    let read = read_some(client, &mut pending);
+                    let n = if head_started {
+                        tokio::select! {
+                            biased;
+                            n = read => n,
+                            () = &mut idle_timer => return Served::Closed,
+                        }
+                    } else {
+                        read.await
+                    };
+                    match n {
+                        Ok(0) | Err(_) => return Served::Closed,
+                        Ok(_) => {}
+                    }
+                };
+                let (consumed, close) = match &ready {
+                    Ready::Local { consumed, close } => (*consumed, *close),
+                    Ready::Forward(forward) => (forward.consumed, forward.close),
+                };
+                if let Some(buf) = pending.as_mut() {
+                    buf.consume(consumed);
                 }
-            } else {
-                read.await
+                if pending.as_ref().is_some_and(|b| b.is_empty()) {
+                    // Nothing pipelined behind it: the buffer goes back before the wait.
+                    pending = None;
+                }
+                match ready {
+                    Ready::Forward(forward) => {
+                        let draining = *shutdown.borrow();
+                        // Only the request's own bytes wait for the upstream, not a 16 KiB
+                        // buffer.
+                        let request = out.to_vec();
+                        drop(out);
+                        Box::pin(forward.run(ctx, client, request, draining))
+                    }
+                    Ready::Local { .. } => {
+                        let client = &mut *client;
+                        Box::pin(async move { client.write_all(&out).await.is_ok() && !close })
+                    }
+                }
             };
-            match n {
-                Ok(0) | Err(_) => return Served::Closed,
-                Ok(_) => {}
+            let keep_alive = respond.await;
+            if !keep_alive || *shutdown.borrow() {
+                drop(pending);
+                close_after_response(client, shutdown).await;
+                return Served::Closed;
             }
-        };
-        let (consumed, close) = match &ready {
-            Ready::Local { consumed, close } => (*consumed, *close),
-            Ready::Forward(forward) => (forward.consumed, forward.close),
-        };
-        if let Some(buf) = pending.as_mut() {
-            buf.consume(consumed);
-        }
-        if pending.as_ref().is_some_and(|b| b.is_empty()) {
-            // Nothing pipelined behind it: the buffer goes back before the wait.
-            pending = None;
-        }
-        let keep_alive = match ready {
-            Ready::Forward(forward) => {
-                let draining = *shutdown.borrow();
-                // Only the request's own bytes wait for the upstream, not a 16 KiB buffer.
-                let request = out.to_vec();
-                drop(out);
-                Box::pin(forward.run(ctx, client, request, draining)).await
-            }
-            Ready::Local { .. } => client.write_all(&out).await.is_ok() && !close,
-        };
-        if !keep_alive || *shutdown.borrow() {
-            drop(pending);
-            Box::pin(close_after_response(client, shutdown)).await;
-            return Served::Closed;
         }
     }
 }
@@ -141,24 +166,33 @@ pub async fn serve(
 /// client has not read yet (a 400 answering a request with a large body, a response
 /// ended by `Connection: close` with more requests pipelined behind it). A drain that
 /// is under way does not wait for it.
-async fn close_after_response(client: &mut TcpStream, shutdown: &mut watch::Receiver<bool>) {
-    if client.shutdown().await.is_err() {
-        return;
-    }
-    let mut sink = Lent::take();
-    let drain = async {
-        loop {
-            sink.clear();
-            match client.read_buf(&mut *sink).await {
-                Ok(0) | Err(_) => return,
-                Ok(_) => {}
-            }
+///
+/// Boxed, and built in a plain function: rare, and `Box::pin(f()).await` inside an
+/// `async fn` would still reserve room for the unboxed future in every connection's
+/// state, idle ones included.
+fn close_after_response<'a>(
+    client: &'a mut TcpStream,
+    shutdown: &'a mut watch::Receiver<bool>,
+) -> Pin<Box<impl Future<Output = ()> + 'a>> {
+    Box::pin(async move {
+        if client.shutdown().await.is_err() {
+            return;
         }
-    };
-    tokio::select! {
-        _ = tokio::time::timeout(LINGER, drain) => {}
-        _ = shutdown.wait_for(|stop| *stop) => {}
-    }
+        let mut sink = Lent::take();
+        let drain = async {
+            loop {
+                sink.clear();
+                match client.read_buf(&mut *sink).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                }
+            }
+        };
+        tokio::select! {
+            _ = tokio::time::timeout(LINGER, drain) => {}
+            _ = shutdown.wait_for(|stop| *stop) => {}
+        }
+    })
 }
 
 fn handover(pending: Option<Lent>) -> Served {
