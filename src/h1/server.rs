@@ -17,6 +17,7 @@ use http::{Method, StatusCode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
+use tokio::time::Sleep;
 
 use super::buffers::{self, Lent};
 use super::chunked::{ChunkedScanner, Scan};
@@ -66,9 +67,11 @@ pub fn serve<'a>(
     async move {
         // Bytes of the next request(s) already read; `None` while idle.
         let mut pending: Option<Lent> = None;
-        // One keep-alive timer for the connection's life, moved later at each idle wait:
-        // moving a registered timer later is one atomic exchange, where a new timer per
-        // request took the timer wheel's lock to register and again to cancel.
+        // One timer for the connection's life, carrying whichever deadline applies: the
+        // keep-alive while idle, the head's once one has started, the upstream's while
+        // a response is awaited. Moving a registered timer later is one atomic
+        // exchange, where a new timer per wait took the timer wheel's lock to register
+        // and again to cancel.
         let idle_timer = tokio::time::sleep(KEEP_ALIVE_TIMEOUT);
         tokio::pin!(idle_timer);
         loop {
@@ -142,7 +145,8 @@ pub fn serve<'a>(
                         // buffer.
                         let request = out.to_vec();
                         drop(out);
-                        Box::pin(forward.run(ctx, client, request, draining))
+                        let timer = idle_timer.as_mut();
+                        Box::pin(forward.run(ctx, client, request, draining, timer))
                     }
                     Ready::Local { .. } => {
                         let client = &mut *client;
@@ -366,6 +370,7 @@ impl Forward {
         client: &mut TcpStream,
         request: Vec<u8>,
         draining: bool,
+        timer: Pin<&mut Sleep>,
     ) -> bool {
         let snap = self.snap.clone();
         let (route, state) = snap.route(self.route);
@@ -380,8 +385,12 @@ impl Forward {
             set_cookie: self.set_cookie.as_ref().map(http::HeaderValue::as_bytes),
             close: self.close || draining,
         };
+        let client_watch = ClientWatch {
+            client: &*client,
+            timer,
+        };
         let exchanged = self
-            .exchange(ctx, route, state, &request, client, &deco)
+            .exchange(ctx, route, state, &request, client_watch, &deco)
             .await;
         drop(request);
         let (conn, mut answer) = match exchanged {
@@ -436,7 +445,7 @@ impl Forward {
         route: &Route,
         state: &RouteState,
         request: &[u8],
-        client: &TcpStream,
+        mut client_watch: ClientWatch<'_>,
         deco: &Decoration<'_>,
     ) -> Result<(Conn, Answer), Failure> {
         let timeouts = &route.timeouts;
@@ -469,7 +478,7 @@ impl Forward {
                 request,
                 timeouts.request,
                 head_request,
-                client,
+                &mut client_watch,
                 deco,
             )
             .await
@@ -515,6 +524,15 @@ enum Attempt {
     Failed(Failure),
 }
 
+/// What a wait for the upstream watches besides the upstream: the client, for a
+/// hang-up, and the client connection's one timer, moved to the request's deadline (a
+/// timer of its own would take the timer wheel's lock to register and again to cancel,
+/// every request).
+struct ClientWatch<'a> {
+    client: &'a TcpStream,
+    timer: Pin<&'a mut Sleep>,
+}
+
 /// One try on one connection: write the request, wait for the final response head
 /// (bounded by the request timeout, watching the client for a hang-up).
 async fn attempt(
@@ -522,7 +540,7 @@ async fn attempt(
     request: &[u8],
     timeout: Duration,
     head_request: bool,
-    client: &TcpStream,
+    client_watch: &mut ClientWatch<'_>,
     deco: &Decoration<'_>,
 ) -> Result<Answer, Attempt> {
     if let Err(error) = conn.stream.write_all(request).await {
@@ -531,14 +549,17 @@ async fn attempt(
             error,
         });
     }
-    let deadline = tokio::time::Instant::now() + timeout;
+    client_watch
+        .timer
+        .as_mut()
+        .reset(tokio::time::Instant::now() + timeout);
     let mut watch_client = true;
     let mut buf: Option<Lent> = None;
     loop {
         let read = tokio::select! {
             biased;
             read = read_some(&mut conn.stream, &mut buf) => read,
-            gone = client_gone(client), if watch_client => {
+            gone = client_gone(client_watch.client), if watch_client => {
                 if gone {
                     return Err(Attempt::Failed(Failure::ClientGone));
                 }
@@ -546,7 +567,7 @@ async fn attempt(
                 watch_client = false;
                 continue;
             }
-            () = tokio::time::sleep_until(deadline) => {
+            () = client_watch.timer.as_mut() => {
                 return Err(Attempt::Failed(UpstreamError::ResponseTimeout {
                     authority: conn.key().to_string(),
                     after: timeout,
