@@ -72,12 +72,12 @@ pub fn serve<'a>(
         // a response is awaited. Moving a registered timer later is one atomic
         // exchange, where a new timer per wait took the timer wheel's lock to register
         // and again to cancel.
-        let idle_timer = tokio::time::sleep(KEEP_ALIVE_TIMEOUT);
-        tokio::pin!(idle_timer);
+        let timer = tokio::time::sleep(KEEP_ALIVE_TIMEOUT);
+        tokio::pin!(timer);
         loop {
             if pending.is_none() {
                 // Idle: wait holding no buffer, so an idle connection costs its socket only.
-                idle_timer
+                timer
                     .as_mut()
                     .reset(tokio::time::Instant::now() + KEEP_ALIVE_TIMEOUT);
                 tokio::select! {
@@ -85,8 +85,10 @@ pub fn serve<'a>(
                     ready = readable(client) => if ready.is_err() {
                         return Served::Closed;
                     },
+                    // The flag only ever turns true, so any change is the drain (and
+                    // `changed` keeps less state than `wait_for`).
                     _ = shutdown.changed() => return Served::Closed,
-                    () = &mut idle_timer => return Served::Closed,
+                    () = &mut timer => return Served::Closed,
                 }
             }
             // The response, as one boxed future built in this block: `ready` and `out` end
@@ -107,7 +109,7 @@ pub fn serve<'a>(
                             // The connection's one timer carries the head deadline too (no
                             // second timer in every connection's state).
                             head_started = true;
-                            idle_timer
+                            timer
                                 .as_mut()
                                 .reset(tokio::time::Instant::now() + HEAD_TIMEOUT);
                         }
@@ -117,7 +119,7 @@ pub fn serve<'a>(
                         tokio::select! {
                             biased;
                             n = read => n,
-                            () = &mut idle_timer => return Served::Closed,
+                            () = &mut timer => return Served::Closed,
                         }
                     } else {
                         read.await
@@ -145,8 +147,7 @@ pub fn serve<'a>(
                         // buffer.
                         let request = out.to_vec();
                         drop(out);
-                        let timer = idle_timer.as_mut();
-                        Box::pin(forward.run(ctx, client, request, draining, timer))
+                        Box::pin(forward.run(ctx, client, request, draining, timer.as_mut()))
                     }
                     Ready::Local { .. } => {
                         let client = &mut *client;
