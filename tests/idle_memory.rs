@@ -10,12 +10,10 @@
 mod process;
 mod support;
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
 use process::{write_file, Cohort};
-use support::{route, FakeUpstream};
+use support::{route, rss_of, FakeUpstream, RawConn};
 
 /// Issue 4: "≤ 2 KiB per idle connection".
 const PER_CONNECTION_LIMIT: u64 = 2048;
@@ -26,17 +24,6 @@ const WANTED: usize = 2000;
 
 /// Fewer than this and the figure would be mostly noise: the test fails instead.
 const AT_LEAST: usize = 800;
-
-fn rss_of(pid: u32) -> u64 {
-    let path = format!("/proc/{pid}/status");
-    let status = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {path}: {e}"));
-    let kib: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or_else(|| panic!("no VmRSS in {path}"));
-    kib * 1024
-}
 
 /// The soft limit on open files, which both this process (client ends) and cohort
 /// (server ends), which inherits it, must fit the connections under.
@@ -50,51 +37,12 @@ fn open_file_limit() -> usize {
         .unwrap_or(usize::MAX)
 }
 
-/// One request on a new keep-alive connection, its response read to the end; the
-/// connection is returned open.
-fn finished_request(proxy: SocketAddr, user: usize) -> TcpStream {
-    let mut conn = TcpStream::connect(proxy).expect("connect to cohort");
-    conn.set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("read timeout");
-    request(&mut conn, user);
-    conn
-}
-
-/// Sends a GET and reads its `200` response through its `Content-Length` body.
-fn request(conn: &mut TcpStream, user: usize) {
-    write!(
-        conn,
-        "GET /idle HTTP/1.1\r\nHost: idle.test\r\nx-user-id: idle-{user}\r\n\r\n"
-    )
-    .expect("send request");
-    let mut seen = Vec::new();
-    let mut chunk = [0u8; 4096];
-    let (head_end, body_len) = loop {
-        let n = conn.read(&mut chunk).expect("read response");
-        assert!(n > 0, "cohort closed the connection before its response");
-        seen.extend_from_slice(&chunk[..n]);
-        if let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
-            let head = String::from_utf8_lossy(&seen[..end]).to_ascii_lowercase();
-            assert!(
-                head.starts_with("http/1.1 200"),
-                "unexpected response: {head}"
-            );
-            let len = head
-                .lines()
-                .find_map(|l| l.strip_prefix("content-length:"))
-                .and_then(|v| v.trim().parse::<usize>().ok())
-                .unwrap_or_else(|| panic!("no Content-Length in {head}"));
-            break (end + 4, len);
-        }
-    };
-    while seen.len() < head_end + body_len {
-        let n = conn.read(&mut chunk).expect("read body");
-        assert!(
-            n > 0,
-            "cohort closed the connection in the middle of a body"
-        );
-        seen.extend_from_slice(&chunk[..n]);
-    }
+/// Sends a GET on `conn` and reads its whole response, which must be a `200`.
+async fn request(conn: &mut RawConn, user: usize) {
+    let head = format!("GET /idle HTTP/1.1\r\nHost: idle.test\r\nx-user-id: idle-{user}\r\n\r\n");
+    conn.write(head.as_bytes()).await;
+    let response = conn.read_response(false).await;
+    assert_eq!(response.status, 200, "unexpected response: {response:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -125,22 +73,21 @@ async fn an_idle_keep_alive_connection_costs_under_2_kib() {
     let (proxy, _) = cohort.wait_serving(Duration::from_secs(20)).await;
     let pid = cohort.pid();
 
-    let (before, after, clients) = tokio::task::spawn_blocking(move || {
-        // Warm up: upstream connections, buffers and both variants' metric series
-        // exist before the baseline, as they would on a serving sidecar.
-        for user in 0..200 {
-            drop(finished_request(proxy, user));
-        }
-        std::thread::sleep(Duration::from_millis(300));
-        let before = rss_of(pid);
-        let clients: Vec<TcpStream> = (0..count)
-            .map(|i| finished_request(proxy, 1000 + i))
-            .collect();
-        std::thread::sleep(Duration::from_millis(300));
-        (before, rss_of(pid), clients)
-    })
-    .await
-    .expect("client thread");
+    // Warm up: upstream connections, buffers and both variants' metric series exist
+    // before the baseline, as they would on a serving sidecar.
+    for user in 0..200 {
+        request(&mut RawConn::connect(proxy).await, user).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = rss_of(pid);
+    let mut clients = Vec::with_capacity(count);
+    for i in 0..count {
+        let mut conn = RawConn::connect(proxy).await;
+        request(&mut conn, 1000 + i).await;
+        clients.push(conn);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let after = rss_of(pid);
 
     let per_connection = after.saturating_sub(before) / count as u64;
     eprintln!(
@@ -153,12 +100,7 @@ async fn an_idle_keep_alive_connection_costs_under_2_kib() {
     );
 
     // They were idle, not closed: the first and the last still serve a request.
-    tokio::task::spawn_blocking(move || {
-        let mut clients = clients;
-        let last = clients.len() - 1;
-        request(&mut clients[0], 0);
-        request(&mut clients[last], last);
-    })
-    .await
-    .expect("the idle connections still serve");
+    let last = clients.len() - 1;
+    request(&mut clients[0], 0).await;
+    request(&mut clients[last], last).await;
 }

@@ -598,6 +598,18 @@ impl PatternCheck {
 // Upstreams that fail in specific ways
 // ---------------------------------------------------------------------------------------
 
+/// The resident set of process `pid` in bytes (`VmRSS` in `/proc/PID/status`).
+pub fn rss_of(pid: u32) -> u64 {
+    let path = format!("/proc/{pid}/status");
+    let status = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {path}: {e}"));
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("no VmRSS in {path}"));
+    kib * 1024
+}
+
 /// A loopback address nothing listens on: connecting is refused at once.
 pub fn refused_addr() -> SocketAddr {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
