@@ -23,6 +23,7 @@ pub mod client;
 pub mod cohort;
 pub mod config;
 pub mod demo;
+pub mod drain;
 pub mod guard;
 pub mod h1;
 pub mod headers;

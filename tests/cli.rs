@@ -13,7 +13,7 @@ use bytes::Bytes;
 use cohort::cohort::{assign, BasisPoints};
 use http_body_util::Full;
 use process::{run_in, run_to_end, write_file, Cohort};
-use support::{get, route, FakeUpstream};
+use support::{get, route, send, FakeUpstream, RawConn};
 
 const QUICK: Duration = Duration::from_secs(20);
 
@@ -521,6 +521,57 @@ async fn a_second_sigterm_during_a_long_drain_exits_at_once() {
         !status.success(),
         "a cut drain is not a clean exit: {status}"
     );
+}
+
+/// Idle keep-alive connections would hold a drain open until `drain_timeout`; SIGTERM
+/// closes them at once, on cohort's HTTP/1.1 path and on hyper's (HTTP/2 here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_closes_idle_keep_alive_connections_at_once() {
+    let stable = FakeUpstream::start("stable").await;
+    let canary = FakeUpstream::start("canary").await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = serve_config(dir.path(), &stable, &canary, "30s");
+    let mut cohort = Cohort::spawn(&["run", "-c", &file]);
+    let (proxy, _admin) = cohort.wait_serving(QUICK).await;
+
+    let mut http1 = RawConn::connect(proxy).await;
+    http1
+        .write(b"GET /a HTTP/1.1\r\nHost: t\r\nx-user-id: u\r\n\r\n")
+        .await;
+    assert_eq!(http1.read_response(false).await.status, 200);
+    // hyper's client keeps its HTTP/2 connection open, idle, after the answer.
+    let http2 = support::h2c_client();
+    let answer = send(
+        &http2,
+        "GET",
+        &format!("http://{proxy}/b"),
+        &[],
+        Bytes::new(),
+    )
+    .await;
+    assert_eq!(answer.status, 200);
+
+    let signalled = Instant::now();
+    cohort.signal("TERM");
+    let mut byte = [0u8; 1];
+    let read = tokio::time::timeout(
+        Duration::from_secs(2),
+        tokio::io::AsyncReadExt::read(&mut http1.stream, &mut byte),
+    )
+    .await
+    .expect("the idle HTTP/1.1 connection was still open 2 s after SIGTERM");
+    assert!(
+        matches!(read, Ok(0) | Err(_)),
+        "expected the connection closed, read {read:?}"
+    );
+    let status = cohort.exit_within(Duration::from_secs(10)).await;
+    let took = signalled.elapsed();
+    assert_eq!(status.code(), Some(0), "stderr:\n{}", cohort.stderr());
+    assert!(
+        took < Duration::from_secs(3),
+        "exit took {took:?}: an idle connection held the drain (drain_timeout 30 s)"
+    );
+    drop(http2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -193,6 +193,22 @@ fn ip_keys_are_canonical_text() {
     assert_eq!(IpText::new(longest).as_bytes().len(), 39);
 }
 
+/// IPv4 text is rendered by hand (per request): it must be what `Display` writes.
+#[test]
+fn ipv4_text_matches_display_for_every_octet_width() {
+    let octets = [0u8, 1, 9, 10, 42, 99, 100, 109, 110, 199, 200, 250, 255];
+    for a in octets {
+        for b in octets {
+            let ip = std::net::Ipv4Addr::new(a, b, 255 - a, b / 2);
+            assert_eq!(
+                IpText::new(IpAddr::V4(ip)).as_bytes(),
+                ip.to_string().as_bytes(),
+                "{ip}"
+            );
+        }
+    }
+}
+
 #[test]
 fn keyless_clients_get_a_random_key_and_a_cookie() {
     let rs = routes(&route_block(
