@@ -33,7 +33,8 @@ pub struct ProxyContext {
     pub scheme: &'static str,
 }
 
-/// A client connection's address, with its `X-Forwarded-For` text made once.
+/// A client connection's address, with its `X-Forwarded-For` text made once (hyper's
+/// path; cohort's own HTTP/1.1 path writes the text per request, see `h1::server`).
 pub struct Peer {
     pub addr: SocketAddr,
     pub forwarded_for: HeaderValue,
