@@ -279,6 +279,61 @@ async fn keep_alive_requests_are_answered_in_order_over_one_upstream_connection(
     cohort.shutdown().await;
 }
 
+/// Reads from `conn` for up to `wait`: true if cohort closed it (end of stream or
+/// reset) meanwhile, false if it stayed open and silent. Any byte fails the test.
+async fn closed_during(conn: &mut RawConn, wait: Duration) -> bool {
+    let mut byte = [0u8; 1];
+    match tokio::time::timeout(wait, conn.stream.read(&mut byte)).await {
+        Err(_) => false,
+        Ok(Ok(0) | Err(_)) => true,
+        Ok(Ok(_)) => panic!("unexpected byte {:?} on a quiet connection", byte[0]),
+    }
+}
+
+/// Clients that vanish without a FIN must not hold sockets forever: a keep-alive
+/// connection idle for 30 s is closed (hyper's header-read timeout did the same).
+#[tokio::test]
+async fn an_idle_keep_alive_connection_is_closed_after_30_seconds() {
+    let upstream = WireUpstream::start(echo).await;
+    let cohort = TestCohort::start(&route_to(&upstream.url())).await;
+    let mut conn = RawConn::connect(cohort.proxy).await;
+    conn.write(get("/once").as_bytes()).await;
+    assert_eq!(conn.read_response(false).await.status, 200);
+    assert!(
+        !closed_during(&mut conn, Duration::from_secs(25)).await,
+        "closed before 25 s of idleness"
+    );
+    assert!(
+        closed_during(&mut conn, Duration::from_secs(10)).await,
+        "still open after 35 s of idleness"
+    );
+    cohort.shutdown().await;
+}
+
+/// A request head that starts and then stalls (slowloris) is cut 30 s after its first
+/// bytes, without an answer.
+#[tokio::test]
+async fn a_request_head_that_stalls_is_cut_after_30_seconds() {
+    let upstream = WireUpstream::start(echo).await;
+    let cohort = TestCohort::start(&route_to(&upstream.url())).await;
+    let mut conn = RawConn::connect(cohort.proxy).await;
+    conn.write(b"GET /slow HTTP/1.1\r\nHost: app.example\r\n")
+        .await;
+    assert!(
+        !closed_during(&mut conn, Duration::from_secs(25)).await,
+        "cut before 25 s"
+    );
+    assert!(
+        closed_during(&mut conn, Duration::from_secs(10)).await,
+        "a stalled head was still held after 35 s"
+    );
+    assert!(
+        upstream.requests().is_empty(),
+        "nothing reached the upstream"
+    );
+    cohort.shutdown().await;
+}
+
 #[tokio::test]
 async fn pipelined_requests_in_one_write_are_answered_in_order_on_the_same_connection() {
     let upstream = WireUpstream::start(echo).await;
