@@ -290,6 +290,19 @@ async fn closed_during(conn: &mut RawConn, wait: Duration) -> bool {
     }
 }
 
+/// Asserts that cohort closes the quiet `conn` after 25 to 35 s (a 30 s timeout, with
+/// margin either way), without a word.
+async fn closed_after_about_30_seconds(conn: &mut RawConn, state: &str) {
+    assert!(
+        !closed_during(conn, Duration::from_secs(25)).await,
+        "closed before 25 s {state}"
+    );
+    assert!(
+        closed_during(conn, Duration::from_secs(10)).await,
+        "still open after 35 s {state}"
+    );
+}
+
 /// Clients that vanish without a FIN must not hold sockets forever: a keep-alive
 /// connection idle for 30 s is closed (hyper's header-read timeout did the same).
 #[tokio::test]
@@ -299,14 +312,7 @@ async fn an_idle_keep_alive_connection_is_closed_after_30_seconds() {
     let mut conn = RawConn::connect(cohort.proxy).await;
     conn.write(get("/once").as_bytes()).await;
     assert_eq!(conn.read_response(false).await.status, 200);
-    assert!(
-        !closed_during(&mut conn, Duration::from_secs(25)).await,
-        "closed before 25 s of idleness"
-    );
-    assert!(
-        closed_during(&mut conn, Duration::from_secs(10)).await,
-        "still open after 35 s of idleness"
-    );
+    closed_after_about_30_seconds(&mut conn, "of idleness").await;
     cohort.shutdown().await;
 }
 
@@ -319,14 +325,7 @@ async fn a_request_head_that_stalls_is_cut_after_30_seconds() {
     let mut conn = RawConn::connect(cohort.proxy).await;
     conn.write(b"GET /slow HTTP/1.1\r\nHost: app.example\r\n")
         .await;
-    assert!(
-        !closed_during(&mut conn, Duration::from_secs(25)).await,
-        "cut before 25 s"
-    );
-    assert!(
-        closed_during(&mut conn, Duration::from_secs(10)).await,
-        "a stalled head was still held after 35 s"
-    );
+    closed_after_about_30_seconds(&mut conn, "with a stalled head").await;
     assert!(
         upstream.requests().is_empty(),
         "nothing reached the upstream"
