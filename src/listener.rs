@@ -184,10 +184,17 @@ impl Connection {
     #[allow(clippy::manual_async_fn)] // an `async fn` would double the arguments (above)
     fn serve_plain(mut self, mut stream: TcpStream) -> impl Future<Output = ()> + Send {
         async move {
-            let protocol = match tokio::time::timeout(FIRST_BYTES_TIMEOUT, sniff(&stream)).await {
-                Ok(Ok(Some(protocol))) => protocol,
-                // Closed, failed, or silent too long: nothing to serve.
-                _ => return,
+            let first_bytes = tokio::time::timeout(FIRST_BYTES_TIMEOUT, sniff(&stream));
+            let protocol = tokio::select! {
+                biased;
+                sniffed = first_bytes => match sniffed {
+                    Ok(Ok(Some(protocol))) => protocol,
+                    // Closed, failed, or silent too long: nothing to serve.
+                    _ => return,
+                },
+                // Nothing sent yet is idle too: the drain closes it at once (NGINX does
+                // the same), instead of waiting up to `FIRST_BYTES_TIMEOUT`.
+                () = self.drain.draining() => return,
             };
             // hyper's paths are boxed (see `serve_boxed`).
             if protocol == Wire::Http2 {

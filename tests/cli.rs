@@ -523,8 +523,9 @@ async fn a_second_sigterm_during_a_long_drain_exits_at_once() {
     );
 }
 
-/// Idle keep-alive connections would hold a drain open until `drain_timeout`; SIGTERM
-/// closes them at once, on cohort's HTTP/1.1 path and on hyper's (HTTP/2 here).
+/// Idle connections would hold a drain open until `drain_timeout`; SIGTERM closes them
+/// at once: keep-alive ones on cohort's HTTP/1.1 path and on hyper's (HTTP/2 here), and
+/// one that has not sent its first byte.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_closes_idle_keep_alive_connections_at_once() {
     let stable = FakeUpstream::start("stable").await;
@@ -551,19 +552,25 @@ async fn sigterm_closes_idle_keep_alive_connections_at_once() {
     .await;
     assert_eq!(answer.status, 200);
 
+    // Connected, nothing sent yet: idle too.
+    let mut silent = RawConn::connect(proxy).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
     let signalled = Instant::now();
     cohort.signal("TERM");
-    let mut byte = [0u8; 1];
-    let read = tokio::time::timeout(
-        Duration::from_secs(2),
-        tokio::io::AsyncReadExt::read(&mut http1.stream, &mut byte),
-    )
-    .await
-    .expect("the idle HTTP/1.1 connection was still open 2 s after SIGTERM");
-    assert!(
-        matches!(read, Ok(0) | Err(_)),
-        "expected the connection closed, read {read:?}"
-    );
+    for (conn, what) in [(&mut http1, "idle HTTP/1.1"), (&mut silent, "silent")] {
+        let mut byte = [0u8; 1];
+        let read = tokio::time::timeout(
+            Duration::from_secs(2),
+            tokio::io::AsyncReadExt::read(&mut conn.stream, &mut byte),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("the {what} connection was still open 2 s after SIGTERM"));
+        assert!(
+            matches!(read, Ok(0) | Err(_)),
+            "expected the {what} connection closed, read {read:?}"
+        );
+    }
     let status = cohort.exit_within(Duration::from_secs(10)).await;
     let took = signalled.elapsed();
     assert_eq!(status.code(), Some(0), "stderr:\n{}", cohort.stderr());
