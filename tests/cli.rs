@@ -527,7 +527,7 @@ async fn a_second_sigterm_during_a_long_drain_exits_at_once() {
 /// at once: keep-alive ones on cohort's HTTP/1.1 path and on hyper's (HTTP/2 here), and
 /// one that has not sent its first byte.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigterm_closes_idle_keep_alive_connections_at_once() {
+async fn sigterm_closes_idle_connections_at_once() {
     let stable = FakeUpstream::start("stable").await;
     let canary = FakeUpstream::start("canary").await;
     let dir = tempfile::tempdir().unwrap();
@@ -559,16 +559,9 @@ async fn sigterm_closes_idle_keep_alive_connections_at_once() {
     let signalled = Instant::now();
     cohort.signal("TERM");
     for (conn, what) in [(&mut http1, "idle HTTP/1.1"), (&mut silent, "silent")] {
-        let mut byte = [0u8; 1];
-        let read = tokio::time::timeout(
-            Duration::from_secs(2),
-            tokio::io::AsyncReadExt::read(&mut conn.stream, &mut byte),
-        )
-        .await
-        .unwrap_or_else(|_| panic!("the {what} connection was still open 2 s after SIGTERM"));
         assert!(
-            matches!(read, Ok(0) | Err(_)),
-            "expected the {what} connection closed, read {read:?}"
+            conn.closed_within(Duration::from_secs(2)).await,
+            "the {what} connection was still open 2 s after SIGTERM"
         );
     }
     let status = cohort.exit_within(Duration::from_secs(10)).await;

@@ -279,26 +279,15 @@ async fn keep_alive_requests_are_answered_in_order_over_one_upstream_connection(
     cohort.shutdown().await;
 }
 
-/// Reads from `conn` for up to `wait`: true if cohort closed it (end of stream or
-/// reset) meanwhile, false if it stayed open and silent. Any byte fails the test.
-async fn closed_during(conn: &mut RawConn, wait: Duration) -> bool {
-    let mut byte = [0u8; 1];
-    match tokio::time::timeout(wait, conn.stream.read(&mut byte)).await {
-        Err(_) => false,
-        Ok(Ok(0) | Err(_)) => true,
-        Ok(Ok(_)) => panic!("unexpected byte {:?} on a quiet connection", byte[0]),
-    }
-}
-
 /// Asserts that cohort closes the quiet `conn` after 25 to 35 s (a 30 s timeout, with
 /// margin either way), without a word.
 async fn closed_after_about_30_seconds(conn: &mut RawConn, state: &str) {
     assert!(
-        !closed_during(conn, Duration::from_secs(25)).await,
+        !conn.closed_within(Duration::from_secs(25)).await,
         "closed before 25 s {state}"
     );
     assert!(
-        closed_during(conn, Duration::from_secs(10)).await,
+        conn.closed_within(Duration::from_secs(10)).await,
         "still open after 35 s {state}"
     );
 }

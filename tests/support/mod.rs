@@ -595,7 +595,7 @@ impl PatternCheck {
 }
 
 // ---------------------------------------------------------------------------------------
-// Upstreams that fail in specific ways
+// Processes
 // ---------------------------------------------------------------------------------------
 
 /// The resident set of process `pid` in bytes (`VmRSS` in `/proc/PID/status`).
@@ -609,6 +609,10 @@ pub fn rss_of(pid: u32) -> u64 {
         .unwrap_or_else(|| panic!("no VmRSS in {path}"));
     kib * 1024
 }
+
+// ---------------------------------------------------------------------------------------
+// Upstreams that fail in specific ways
+// ---------------------------------------------------------------------------------------
 
 /// A loopback address nothing listens on: connecting is refused at once.
 pub fn refused_addr() -> SocketAddr {
@@ -1160,6 +1164,18 @@ impl RawConn {
                 Ok(0) | Err(_) => return std::mem::take(&mut self.buf),
                 Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
             }
+        }
+    }
+
+    /// Waits up to `limit` on a connection that should be quiet: true if the server
+    /// closed it meanwhile (a reset counts), false if it stayed open. Any byte fails the
+    /// test.
+    pub async fn closed_within(&mut self, limit: Duration) -> bool {
+        let mut byte = [0u8; 1];
+        match tokio::time::timeout(limit, self.stream.read(&mut byte)).await {
+            Err(_) => false,
+            Ok(Ok(0) | Err(_)) => true,
+            Ok(Ok(_)) => panic!("unexpected byte {:?} on a quiet connection", byte[0]),
         }
     }
 }
