@@ -37,6 +37,13 @@
 #                         negative one helps only a little against a compiler started meanwhile
 #                         (a woken proxy still waits for the compiler's time slice)
 #   LOAD_PROXY_CPU=0, LOAD_CLIENT_CPU=1   CPUs for the proxies, and for wrk + upstreams
+#   LOAD_CLIENT_SCHED=other  scheduling policy of everything on the client CPU (wrk, the
+#                         upstreams, the idle clients): `other` (the kernel's default) or
+#                         `batch` (SCHED_BATCH: a woken process there does not preempt the
+#                         running one). The load side shares one core, so with `other` each
+#                         wake-up the proxy causes there can preempt wrk or an upstream in
+#                         mid-batch; `batch` shows what the proxies do when the load side
+#                         does not pay for that (README, Performance)
 #   LOAD_NGINX_KEEPALIVE=1024  NGINX's upstream keepalive pool (cohort keeps up to 1024)
 #   LOAD_PORT_BASE=18400  ports used: base+1 stable, +2 canary, +10 cohort, +11 cohort admin,
 #                         +20 nginx proxy
@@ -76,6 +83,7 @@ WAIT_QUIET=${LOAD_WAIT_QUIET:-60}
 NICE=${LOAD_NICE:-0}
 PROXY_CPU=${LOAD_PROXY_CPU:-0}
 CLIENT_CPU=${LOAD_CLIENT_CPU:-1}
+CLIENT_SCHED=${LOAD_CLIENT_SCHED:-other}
 PORT_BASE=${LOAD_PORT_BASE:-18400}
 # NGINX's upstream `keepalive` (idle connections kept per upstream): as many as cohort
 # keeps (MAX_IDLE_PER_ENDPOINT), so neither proxy reconnects under load. With 64, NGINX
@@ -98,6 +106,8 @@ die() { log "error: $*"; exit 1; }
 for v in DURATION WARMUP ROUNDS IDLE_CONNS PROFILE_SECONDS WAIT_QUIET PROXY_CPU CLIENT_CPU PORT_BASE; do
     [[ ${!v} =~ ^[0-9]+$ ]] || die "$v must be a whole number, got '${!v}'"
 done
+[[ $CLIENT_SCHED == other || $CLIENT_SCHED == batch ]] ||
+    die "LOAD_CLIENT_SCHED must be 'other' or 'batch', got '$CLIENT_SCHED'"
 ((DURATION > 0 && ROUNDS > 0)) || die "LOAD_DURATION and LOAD_ROUNDS must be positive"
 ((${#CONNS[@]} > 0)) || die "LOAD_CONNS is empty"
 for c in "${CONNS[@]}"; do
@@ -109,7 +119,7 @@ done
 # ---------------------------------------------------------------------------------------
 install_missing() {
     local need=() tool
-    for tool in nginx:nginx wrk:wrk curl:curl python3:python3 taskset:util-linux ss:iproute2; do
+    for tool in nginx:nginx wrk:wrk curl:curl python3:python3 taskset:util-linux chrt:util-linux ss:iproute2; do
         command -v "${tool%%:*}" >/dev/null 2>&1 || need+=("${tool#*:}")
     done
     if ((PROFILE)); then
@@ -128,6 +138,10 @@ install_missing
 nproc_avail=$(nproc --all)
 ((PROXY_CPU < nproc_avail && CLIENT_CPU < nproc_avail)) ||
     die "CPU $PROXY_CPU or $CLIENT_CPU does not exist (this machine has $nproc_avail)"
+# Prefixes that start a command on the proxy CPU, and on the client CPU under its policy.
+ON_PROXY_CPU=(taskset -c "$PROXY_CPU")
+ON_CLIENT_CPU=(taskset -c "$CLIENT_CPU")
+if [[ $CLIENT_SCHED == batch ]]; then ON_CLIENT_CPU+=(chrt --batch 0); fi
 
 if [[ ${LOAD_SKIP_BUILD:-0} != 1 ]]; then
     log "cargo build --release"
@@ -229,6 +243,9 @@ core_ticks() { # busy and total ticks of one CPU (busy: all but idle and iowait)
     awk -v c="cpu$1" '$1 == c {t = 0; for (i = 2; i <= 9; i++) t += $i; print t - $5 - $6, t}' /proc/stat
 }
 pct() { awk -v b0="$1" -v t0="$2" -v b1="$3" -v t1="$4" 'BEGIN {printf "%.0f", (t1 > t0 ? (b1 - b0) / (t1 - t0) * 100 : 0)}'; }
+# How often both upstream workers went to sleep (voluntary context switches): each is a
+# wake-up the load generator's core pays for; fewer per request = bigger batches there.
+upstream_sleeps() { cat "/proc/$STABLE_WORKER/status" "/proc/$CANARY_WORKER/status" | awk '/^voluntary_ctxt_switches/ {s += $2} END {print s + 0}'; }
 fd_count() { find "/proc/$1/fd" -mindepth 1 -maxdepth 1 2>/dev/null | wc -l; }
 CLK_TCK=$(getconf CLK_TCK)
 
@@ -261,11 +278,11 @@ nginx_http_common() { # prefix dir
 EOF
 }
 
-start_nginx() { # name, cpu, config file; sets NGINX_MASTER and NGINX_WORKER
-    local dir=$TMP/$1 i
-    nginx -t -q -p "$dir" -e "$dir/error.log" -c "$3" 2>"$dir/check.log" ||
-        die "nginx config $3 is invalid: $(cat "$dir/check.log")"
-    taskset -c "$2" "${WRAP[@]}" nginx -p "$dir" -e "$dir/error.log" -c "$3" >"$dir/stdout.log" 2>&1 &
+start_nginx() { # name, config file, launch prefix...; sets NGINX_MASTER and NGINX_WORKER
+    local dir=$TMP/$1 conf=$2 i
+    nginx -t -q -p "$dir" -e "$dir/error.log" -c "$conf" 2>"$dir/check.log" ||
+        die "nginx config $conf is invalid: $(cat "$dir/check.log")"
+    "${@:3}" "${WRAP[@]}" nginx -p "$dir" -e "$dir/error.log" -c "$conf" >"$dir/stdout.log" 2>&1 &
     NGINX_MASTER=$!
     PIDS+=("$NGINX_MASTER")
     if [[ $NGINX_MASTER_PROCESS == off ]]; then
@@ -298,7 +315,7 @@ start_upstream() { # name, port
 }
 EOF
     } >"$dir/nginx.conf"
-    start_nginx "$1" "$CLIENT_CPU" "$dir/nginx.conf"
+    start_nginx "$1" "$dir/nginx.conf" "${ON_CLIENT_CPU[@]}"
     wait_http "http://127.0.0.1:$2/" 10 || die "upstream $1 does not answer on port $2"
 }
 
@@ -335,7 +352,7 @@ start_nginx_proxy() { # worker_connections; sets NGINX_PROXY_MASTER, NGINX_PROXY
 }
 EOF
     } >"$dir/nginx.conf"
-    start_nginx nginx-proxy "$PROXY_CPU" "$dir/nginx.conf"
+    start_nginx nginx-proxy "$dir/nginx.conf" "${ON_PROXY_CPU[@]}"
     NGINX_PROXY_MASTER=$NGINX_MASTER
     NGINX_PROXY_PID=$NGINX_WORKER
     wait_http "http://127.0.0.1:$PORT_NGINX/" 10 || die "the nginx proxy does not answer"
@@ -367,7 +384,7 @@ canary_percent = 10
 stable = { endpoints = ["http://127.0.0.1:$PORT_STABLE"] }
 canary = { endpoints = ["http://127.0.0.1:$PORT_CANARY"] }
 EOF
-    RUST_LOG=${RUST_LOG:-warn} taskset -c "$PROXY_CPU" "${WRAP[@]}" "$COHORT_BIN" run -c "$dir/cohort.toml" \
+    RUST_LOG=${RUST_LOG:-warn} "${ON_PROXY_CPU[@]}" "${WRAP[@]}" "$COHORT_BIN" run -c "$dir/cohort.toml" \
         >>"$dir/cohort.log" 2>&1 &
     COHORT_PID=$!
     PIDS+=("$COHORT_PID")
@@ -443,7 +460,7 @@ end
 EOF
 
 run_wrk() { # conns, seconds, url, output file; bounded by timeout(1)
-    timeout -k 5 $(($2 + 30)) taskset -c "$CLIENT_CPU" \
+    timeout -k 5 $(($2 + 30)) "${ON_CLIENT_CPU[@]}" \
         wrk -t1 -c"$1" -d"$2"s --timeout 5s -s "$TMP/random-user.lua" "$3" >"$4" 2>&1 &
     local pid=$!
     PIDS+=("$pid")
@@ -461,10 +478,10 @@ HWM_RESET=1
 # Peak RSS of one round: reset VmHWM (clear_refs 5) before it, read it after.
 reset_hwm() { echo 5 >"/proc/$1/clear_refs" 2>/dev/null || HWM_RESET=0; }
 
-printf 'target\tconns\tround\treq_s\tp50_us\tp99_us\tp999_us\terrors\tpeak_rss_kb\tcpu_pct\tuser_us_per_req\tsys_us_per_req\trequests\tproxy_core_busy_pct\tclient_core_busy_pct\tforeign_pct\n' >"$TMP/rounds.tsv"
+printf 'target\tconns\tround\treq_s\tp50_us\tp99_us\tp999_us\terrors\tpeak_rss_kb\tcpu_pct\tuser_us_per_req\tsys_us_per_req\trequests\tproxy_core_busy_pct\tclient_core_busy_pct\tforeign_pct\tupstream_sleeps_per_req\n' >"$TMP/rounds.tsv"
 
 measure() { # target name, pid, port, conns, round
-    local name=$1 pid=$2 port=$3 conns=$4 round=$5 out t0 t1 line req dur rps errs hwm p0 p1 c0 c1
+    local name=$1 pid=$2 port=$3 conns=$4 round=$5 out t0 t1 line req dur rps errs hwm p0 p1 c0 c1 w0 w1
     local url="http://127.0.0.1:$port/"
     out=$TMP/wrk-$name-c$conns-r$round.txt
     if ((WARMUP > 0)); then run_wrk "$conns" "$WARMUP" "$url" "$out.warmup"; fi
@@ -472,10 +489,12 @@ measure() { # target name, pid, port, conns, round
     read -r -a t0 <<<"$(cpu_ticks "$pid")"
     read -r -a p0 <<<"$(core_ticks "$PROXY_CPU")"
     read -r -a c0 <<<"$(core_ticks "$CLIENT_CPU")"
+    w0=$(upstream_sleeps)
     run_wrk "$conns" "$DURATION" "$url" "$out"
     read -r -a t1 <<<"$(cpu_ticks "$pid")"
     read -r -a p1 <<<"$(core_ticks "$PROXY_CPU")"
     read -r -a c1 <<<"$(core_ticks "$CLIENT_CPU")"
+    w1=$(upstream_sleeps)
     hwm=$(hwm_kb "$pid")
     line=$(grep '^LOAD_RESULT' "$out" || true)
     [[ -n $line ]] || die "wrk printed no result for $name c$conns: $(cat "$out")"
@@ -486,15 +505,15 @@ measure() { # target name, pid, port, conns, round
     awk -v OFS='\t' -v n="$name" -v c="$conns" -v r="$round" -v rps="$rps" \
         -v p50="$(field p50_us "$line")" -v p99="$(field p99_us "$line")" -v p999="$(field p999_us "$line")" \
         -v e="$errs" -v hwm="$hwm" -v u0="${t0[0]}" -v s0="${t0[1]}" -v u1="${t1[0]}" -v s1="${t1[1]}" \
-        -v hz="$CLK_TCK" -v d="$dur" -v req="$req" \
+        -v hz="$CLK_TCK" -v d="$dur" -v req="$req" -v w="$((w1 - w0))" \
         -v pb="$(pct "${p0[@]}" "${p1[@]}")" -v cb="$(pct "${c0[@]}" "${c1[@]}")" 'BEGIN {
             u = (u1 - u0) / hz; s = (s1 - s0) / hz
             cpu = (u + s) / (d / 1e6) * 100
             # foreign: how much of the proxy core went to anything but the watched process
             # (builds of other sessions, mostly; about 2-3 % is softirq work on a quiet machine)
             f = pb - cpu; if (f < 0) f = 0
-            printf "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%.0f\t%.2f\t%.2f\t%s\t%s\t%s\t%.0f\n", n, c, r, rps, p50, p99, p999, e, hwm,
-                cpu, (req ? u / req * 1e6 : 0), (req ? s / req * 1e6 : 0), req, pb, cb, f
+            printf "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%.0f\t%.2f\t%.2f\t%s\t%s\t%s\t%.0f\t%.3f\n", n, c, r, rps, p50, p99, p999, e, hwm,
+                cpu, (req ? u / req * 1e6 : 0), (req ? s / req * 1e6 : 0), req, pb, cb, f, (req ? w / req : 0)
         }' >>"$TMP/rounds.tsv"
     log "$(printf '%-7s c%-4s round %s: %8s req/s  p50 %6s us  p99 %6s us  errors %s' \
         "$name" "$conns" "$round" "$rps" "$(field p50_us "$line")" "$(field p99_us "$line")" "$errs")"
@@ -603,7 +622,7 @@ idle_measure() { # name, pid to watch, port; appends to $TMP/idle.tsv
     sleep 1
     before=$(rss_kb "$pid")
     fds_before=$(fd_count "$pid")
-    taskset -c "$CLIENT_CPU" python3 "$TMP/idle_clients.py" 127.0.0.1 "$port" "$IDLE_CONNS" 120 "$ready" \
+    "${ON_CLIENT_CPU[@]}" python3 "$TMP/idle_clients.py" 127.0.0.1 "$port" "$IDLE_CONNS" 120 "$ready" \
         >"$out" 2>"$out.err" &
     cpid=$!
     PIDS+=("$cpid")
@@ -661,6 +680,7 @@ log "temp dir $TMP; ${DURATION}s runs (+${WARMUP}s warm-up), $ROUNDS rounds, con
 start_upstream stable "$PORT_STABLE"
 STABLE_WORKER=$NGINX_WORKER
 start_upstream canary "$PORT_CANARY"
+CANARY_WORKER=$NGINX_WORKER
 start_cohort
 start_nginx_proxy 4096
 check_correctness
@@ -703,7 +723,7 @@ if ((PROFILE)); then
         local name=$1 pid=$2 url="http://127.0.0.1:$3/" pp sp wp line rps
         log "profiling $name at $PROFILE_CONNS connections: perf record -g, ${PROFILE_SECONDS}s"
         run_wrk "$PROFILE_CONNS" 2 "$url" "$TMP/prof-$name-warm.txt"
-        taskset -c "$CLIENT_CPU" timeout -k 5 $((PROFILE_SECONDS + 30)) \
+        "${ON_CLIENT_CPU[@]}" timeout -k 5 $((PROFILE_SECONDS + 30)) \
             perf record -g -o "$TMP/perf-$name.data" -p "$pid" -- sleep "$PROFILE_SECONDS" \
             >"$TMP/perf-$name.log" 2>&1 &
         pp=$!
@@ -721,12 +741,12 @@ if ((PROFILE)); then
             grep -v '^#' | grep -v '^$' | sed -E 's/[[:space:]]+$//' | head -n 12 >"$OUT_DIR/perf-$name-dso.txt" || true
         # Syscalls per request: perf stat on the syscall tracepoints (cheap, unlike strace) for
         # 5 s in the middle of a 9 s wrk run; requests in the window = wrk's req/s x 5 s.
-        taskset -c "$CLIENT_CPU" wrk -t1 -c"$PROFILE_CONNS" -d9s --timeout 5s -s "$TMP/random-user.lua" "$url" \
+        "${ON_CLIENT_CPU[@]}" wrk -t1 -c"$PROFILE_CONNS" -d9s --timeout 5s -s "$TMP/random-user.lua" "$url" \
             >"$TMP/prof-$name-stat.txt" 2>&1 &
         wp=$!
         PIDS+=("$wp")
         sleep 2
-        taskset -c "$CLIENT_CPU" timeout -k 5 40 perf stat -x, -e "$SYSCALL_EVENTS" -p "$pid" -- sleep 5 \
+        "${ON_CLIENT_CPU[@]}" timeout -k 5 40 perf stat -x, -e "$SYSCALL_EVENTS" -p "$pid" -- sleep 5 \
             >/dev/null 2>"$TMP/perfstat-$name.txt" &
         sp=$!
         PIDS+=("$sp")
@@ -822,6 +842,7 @@ median_of() { sort -g | awk 'NF {a[++n] = $1} END {if (n == 0) print "n/a"; else
 div() { awk -v a="$1" -v b="$2" 'BEGIN {if (b + 0 == 0) print "nan"; else printf "%.3f", a / b}'; }
 f0() { awk -v x="$1" 'BEGIN {if (x == "" || x == "nan") print "-"; else printf "%.0f", x}'; }
 f1() { awk -v x="$1" 'BEGIN {if (x == "" || x == "nan") print "-"; else printf "%.1f", x}'; }
+f2() { awk -v x="$1" 'BEGIN {if (x == "" || x == "nan") print "-"; else printf "%.2f", x}'; }
 ms() { awk -v u="$1" 'BEGIN {printf "%.2f", u / 1000}'; }
 mib() { awk -v k="$1" 'BEGIN {printf "%.1f", k / 1024}'; }
 
@@ -840,6 +861,7 @@ S0() { sed -n "s/^$1=//p" "$SUMMARY"; } # reads back what this block has written
     echo "conns=${CONNS[*]}"
     echo "proxy_cpu=$PROXY_CPU"
     echo "client_cpu=$CLIENT_CPU"
+    echo "client_sched=$CLIENT_SCHED"
     echo "elapsed_s=$ELAPSED"
     echo "nice=$NICE"
     echo "background_busy_pct_before=${bg0} ${bg1}"
@@ -861,6 +883,7 @@ S0() { sed -n "s/^$1=//p" "$SUMMARY"; } # reads back what this block has written
             echo "$t.c$c.proxy_core_busy_pct_median=$(stat_of "$t" "$c" 14 median)"
             echo "$t.c$c.client_core_busy_pct_median=$(stat_of "$t" "$c" 15 median)"
             echo "$t.c$c.foreign_pct_median=$(stat_of "$t" "$c" 16 median)"
+            echo "$t.c$c.upstream_sleeps_per_req_median=$(stat_of "$t" "$c" 17 median)"
             echo "$t.c$c.cpu_us_per_req_median=$(awk -F'\t' -v t="$t" -v c="$c" 'NR > 1 && $1 == t && $2 == c {print $11 + $12}' "$TMP/rounds.tsv" | median_of)"
         done
         pr=$(paired_ratios "$c" | paste -sd' ' -)
@@ -905,22 +928,23 @@ S() { sed -n "s/^$1=//p" "$SUMMARY"; }
 {
     echo "cohort vs NGINX split_clients: $(S date), $(S git_rev), kernel $(S kernel), nginx $(S nginx)"
     echo "wrk -t1, ${DURATION}s per run after ${WARMUP}s warm-up, $ROUNDS rounds interleaved cohort/nginx;"
-    echo "proxies on CPU $PROXY_CPU, wrk + two one-worker NGINX upstreams on CPU $CLIENT_CPU (all at nice $NICE);"
+    echo "proxies on CPU $PROXY_CPU, wrk + two one-worker NGINX upstreams on CPU $CLIENT_CPU (all at nice $NICE,"
+    echo "CPU $CLIENT_CPU's processes in scheduling policy SCHED_${CLIENT_SCHED^^});"
     echo "a random x-user-id per request, 90/10 split"
     echo
-    printf '%-6s %-9s %8s %15s %7s %7s %8s %5s %5s %5s %6s %7s %7s %6s\n' conns proxy "req/s" "(min-max)" "p50 ms" "p99 ms" "peak MiB" "proc%" "cpu$PROXY_CPU%" "cpu$CLIENT_CPU%" other% "user us" "sys us" errors
+    printf '%-6s %-9s %8s %15s %7s %7s %8s %5s %5s %5s %6s %7s %7s %6s %6s\n' conns proxy "req/s" "(min-max)" "p50 ms" "p99 ms" "peak MiB" "proc%" "cpu$PROXY_CPU%" "cpu$CLIENT_CPU%" other% "user us" "sys us" "up/req" errors
     for c in "${CONNS[@]}"; do
         for t in cohort nginx direct; do
             label=$t
             [[ $t == direct ]] && label="no proxy"
-            printf '%-6s %-9s %8s %15s %7s %7s %8s %5s %5s %5s %6s %7s %7s %6s\n' "$c" "$label" \
+            printf '%-6s %-9s %8s %15s %7s %7s %8s %5s %5s %5s %6s %7s %7s %6s %6s\n' "$c" "$label" \
                 "$(f0 "$(S "$t.c$c.req_s_median")")" "($(S "$t.c$c.req_s_min")-$(S "$t.c$c.req_s_max"))" \
                 "$(ms "$(S "$t.c$c.p50_us_median")")" "$(ms "$(S "$t.c$c.p99_us_median")")" \
                 "$(mib "$(S "$t.c$c.peak_rss_kb")")" "$(f0 "$(S "$t.c$c.cpu_pct_median")")" \
                 "$(f0 "$(S "$t.c$c.proxy_core_busy_pct_median")")" "$(f0 "$(S "$t.c$c.client_core_busy_pct_median")")" \
                 "$(if [[ $t == direct ]]; then echo -; else f0 "$(S "$t.c$c.foreign_pct_median")"; fi)" \
                 "$(f1 "$(S "$t.c$c.user_us_per_req_median")")" "$(f1 "$(S "$t.c$c.sys_us_per_req_median")")" \
-                "$(S "$t.c$c.errors_total")"
+                "$(f2 "$(S "$t.c$c.upstream_sleeps_per_req_median")")" "$(S "$t.c$c.errors_total")"
         done
         printf '%-6s cohort/nginx req/s: %s of medians; per round %s (median %s);\n' "$c" \
             "$(S "ratio.c$c.req_s_cohort_over_nginx")" "$(S "ratio.c$c.req_s_cohort_over_nginx_per_round")" \
@@ -936,7 +960,8 @@ S() { sed -n "s/^$1=//p" "$SUMMARY"; }
     echo "proc%: the proxy process's CPU time / wall time (100 = its core saturated); cpu$PROXY_CPU%, cpu$CLIENT_CPU%: how busy"
     echo "each core was (anything, ours or not); other%: cpu$PROXY_CPU% - proc%, the proxy core's time spent on other"
     echo "work (about 3 % of softirq when the machine is quiet; more means someone's build shared the core);"
-    echo "user/sys us: the proxy's CPU time per request."
+    echo "user/sys us: the proxy's CPU time per request. up/req: times the two upstream workers went to sleep per"
+    echo "request (each sleep is a later wake-up on CPU $CLIENT_CPU; fewer = the upstreams answered bigger batches)."
     echo "'no proxy' rows: wrk straight at the stable upstream, one run; proc% etc. of the upstream worker."
     echo "CPUs busy before the run: cpu$PROXY_CPU ${bg0}%, cpu$CLIENT_CPU ${bg1}% (above ~15 % the figures are noisy)."
     echo "cohort counted $(S cohort.counted_requests) requests, canary share $(S cohort.counted_canary_share), by status: $(S cohort.counted_by_status)"
