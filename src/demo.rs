@@ -34,34 +34,19 @@ pub async fn run(duration: Option<Duration>) -> ExitCode {
 }
 
 async fn demo(duration: Option<Duration>) -> anyhow::Result<()> {
+    // One listener for the whole demo: a signal is remembered from here on, also when it
+    // arrives between two requests of the traffic loop.
+    let mut stop = crate::signals::StopSignals::new();
     let deadline = duration.map(|d| Instant::now() + d);
     let stable = start_upstream("stable").await?;
     let canary = start_upstream("canary").await?;
-    let proxy = free_or_ephemeral(8080);
-    let admin = free_or_ephemeral(9901);
-    let text = format!(
-        r#"
-[listen]
-address = "{proxy}"
-workers = 1
-drain_timeout = "2s"
-
-[admin]
-address = "{admin}"
-
-[[routes]]
-name = "demo"
-path_prefix = "/"
-sticky = ["header:x-user-id", "cookie:session"]
-salt = "{SALT}"
-canary_percent = {CANARY_PERCENT}
-stable = {{ endpoints = ["http://{stable}"] }}
-canary = {{ endpoints = ["http://{canary}"] }}
-override = {{ trusted = ["127.0.0.0/8", "::1/128"] }}
-"#
-    );
-    let config = config::parse(&text, Path::new("<built-in demo config>"))?;
-    let running = crate::start(config).await?;
+    let preferred = (free_or_ephemeral(8080), free_or_ephemeral(9901));
+    let running = match start_proxy(preferred, stable, canary).await {
+        // Another program (another demo, say) took a preferred port between the check and
+        // the bind: any free ports will do.
+        Err(e) if port_taken(&e) => start_proxy((EPHEMERAL, EPHEMERAL), stable, canary).await?,
+        started => started?,
+    };
     let proxy = running.proxy_addr();
     let admin = running.admin_addr();
 
@@ -118,7 +103,7 @@ override = {{ trusted = ["127.0.0.0/8", "::1/128"] }}
         let key = format!("user-{user}");
         let variant = tokio::select! {
             v = client.get(&key, None) => v?,
-            _ = crate::signals::wait_for_stop() => break,
+            _ = stop.next() => break,
         };
         *split.entry(variant).or_default() += 1;
         user += 1;
@@ -126,7 +111,10 @@ override = {{ trusted = ["127.0.0.0/8", "::1/128"] }}
             print_split(&split);
             last_print = Instant::now();
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+            _ = stop.next() => break,
+        }
     }
     print_split(&split);
     running.shutdown().await;
@@ -144,12 +132,54 @@ fn print_split(split: &BTreeMap<String, usize>) {
 }
 
 /// `127.0.0.1:port` if that port is free now, else an ephemeral port.
+/// Any free port on loopback.
+const EPHEMERAL: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 0);
+
 fn free_or_ephemeral(port: u16) -> SocketAddr {
     let preferred = SocketAddr::from(([127, 0, 0, 1], port));
     match std::net::TcpListener::bind(preferred) {
         Ok(_) => preferred,
-        Err(_) => SocketAddr::from(([127, 0, 0, 1], 0)),
+        Err(_) => EPHEMERAL,
     }
+}
+
+fn port_taken(e: &anyhow::Error) -> bool {
+    matches!(
+        e.downcast_ref::<crate::StartError>(),
+        Some(crate::StartError::Bind { source, .. }) if source.kind() == std::io::ErrorKind::AddrInUse
+    )
+}
+
+/// Starts the proxy with the demo's route on (proxy, admin) addresses.
+async fn start_proxy(
+    (proxy, admin): (SocketAddr, SocketAddr),
+    stable: SocketAddr,
+    canary: SocketAddr,
+) -> anyhow::Result<crate::Running> {
+    let text = format!(
+        r#"
+[listen]
+address = "{proxy}"
+workers = 1
+drain_timeout = "2s"
+
+[admin]
+address = "{admin}"
+
+[[routes]]
+name = "demo"
+path_prefix = "/"
+sticky = ["header:x-user-id", "cookie:session"]
+salt = "{SALT}"
+canary_percent = {CANARY_PERCENT}
+stable = {{ endpoints = ["http://{stable}"] }}
+canary = {{ endpoints = ["http://{canary}"] }}
+override = {{ trusted = ["127.0.0.0/8", "::1/128"] }}
+"#
+    );
+    let config = config::parse(&text, Path::new("<built-in demo config>"))?;
+    Ok(crate::start(config).await?)
 }
 
 /// A built-in upstream that answers every request with its own name.

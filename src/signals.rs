@@ -49,8 +49,3 @@ impl Default for StopSignals {
         StopSignals::new()
     }
 }
-
-/// Resolves on SIGTERM or SIGINT (Ctrl-C).
-pub async fn wait_for_stop() {
-    StopSignals::new().next().await;
-}

@@ -32,6 +32,12 @@ pub fn run_in(dir: Option<&Path>, args: &[&str], limit: Duration) -> Output {
     }
 }
 
+#[derive(Debug, Clone, Copy)]
+enum Stream {
+    Stdout,
+    Stderr,
+}
+
 /// A running `cohort` process. Dropping it kills the process (if still running).
 pub struct Cohort {
     child: Child,
@@ -155,28 +161,43 @@ impl Cohort {
 
     /// Waits until `stderr` contains `needle`; panics with the output past `limit`.
     pub async fn wait_stderr(&mut self, needle: &str, limit: Duration) -> String {
+        self.wait_output(Stream::Stderr, needle, limit).await
+    }
+
+    /// Waits until `stdout` contains `needle`; panics with the output past `limit`.
+    pub async fn wait_stdout(&mut self, needle: &str, limit: Duration) -> String {
+        self.wait_output(Stream::Stdout, needle, limit).await
+    }
+
+    async fn wait_output(&mut self, stream: Stream, needle: &str, limit: Duration) -> String {
+        let read = |me: &Cohort| match stream {
+            Stream::Stdout => me.stdout(),
+            Stream::Stderr => me.stderr(),
+        };
         let deadline = Instant::now() + limit;
         loop {
-            let text = self.stderr();
+            let text = read(self);
             if text.contains(needle) {
                 return text;
             }
             if let Some(status) = self.try_exit() {
                 // The readers may still be copying the last bytes.
                 tokio::time::sleep(Duration::from_millis(50)).await;
-                let text = self.stderr();
+                let text = read(self);
                 if text.contains(needle) {
                     return text;
                 }
                 panic!(
-                    "cohort exited ({status}) before writing {needle:?}\nstderr:\n{text}\nstdout:\n{}",
-                    self.stdout()
+                    "cohort exited ({status}) before writing {needle:?} to {stream:?}\nstdout:\n{}\nstderr:\n{}",
+                    self.stdout(),
+                    self.stderr()
                 );
             }
             if Instant::now() >= deadline {
                 panic!(
-                    "cohort wrote no {needle:?} within {limit:?}\nstderr:\n{text}\nstdout:\n{}",
-                    self.stdout()
+                    "cohort wrote no {needle:?} to {stream:?} within {limit:?}\nstdout:\n{}\nstderr:\n{}",
+                    self.stdout(),
+                    self.stderr()
                 );
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
