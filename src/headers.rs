@@ -57,10 +57,12 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
             .filter_map(|t| HeaderName::from_bytes(t.trim_ascii()).ok())
             .collect();
         for name in named {
-            if keep_upgrade && name == UPGRADE {
-                continue;
+            // The fixed list below removes those, with its exceptions: a client that
+            // sends `TE: trailers` must also name `TE` in `Connection` (RFC 9110
+            // §10.1.4), and an upgrade names `Upgrade`. cohort's own path does the same.
+            if !HOP_BY_HOP.contains(&name.as_str()) {
+                headers.remove(&name);
             }
-            headers.remove(&name);
         }
         headers.remove(CONNECTION);
     }
@@ -211,6 +213,21 @@ mod tests {
         let mut m = map(&[("te", "trailers, deflate")]);
         remove_hop_by_hop(&mut m, false);
         assert!(m.get(TE).is_none());
+    }
+
+    #[test]
+    fn te_trailers_named_in_connection_is_kept() {
+        let mut m = map(&[
+            ("connection", "TE, x-hop"),
+            ("te", "trailers"),
+            ("x-hop", "1"),
+        ]);
+        remove_hop_by_hop(&mut m, false);
+        assert_eq!(names(&m), ["te"]);
+        assert_eq!(m.get(TE).unwrap(), "trailers");
+        let mut m = map(&[("connection", "te"), ("te", "gzip")]);
+        remove_hop_by_hop(&mut m, false);
+        assert!(m.is_empty(), "left: {:?}", names(&m));
     }
 
     #[test]

@@ -107,6 +107,38 @@ async fn the_upstream_sees_an_end_to_end_request_with_forwarding_headers() {
     cohort.shutdown().await;
 }
 
+/// A client that sends `TE: trailers` names `TE` in `Connection` (RFC 9110 §10.1.4); the
+/// upstream still gets `TE: trailers`, on cohort's own path (HTTP/1.1) and on hyper's
+/// (an HTTP/1.0 request is handed to it).
+#[tokio::test]
+async fn te_trailers_named_in_connection_reaches_the_upstream_on_both_paths() {
+    let stable = FakeUpstream::start("stable").await;
+    let canary = FakeUpstream::start("canary").await;
+    let cohort = TestCohort::start(&route("app", &stable, &canary, "")).await;
+    for version in ["1.1", "1.0"] {
+        let request = format!(
+            "GET /te HTTP/{version}\r\n\
+             Host: app.example\r\n\
+             Connection: TE, x-hop\r\n\
+             TE: trailers\r\n\
+             x-hop: 1\r\n\
+             \r\n"
+        );
+        let answer = raw_exchange(cohort.proxy, &request).await;
+        assert_eq!(answer.status, 200, "HTTP/{version}: {}", answer.text());
+        let seen = stable.last_seen();
+        assert_eq!(
+            seen.one("te"),
+            Some("trailers"),
+            "HTTP/{version}: {:?}",
+            seen.headers
+        );
+        assert!(seen.headers.get("x-hop").is_none(), "HTTP/{version}");
+    }
+    assert_eq!(stable.hits(), 2);
+    cohort.shutdown().await;
+}
+
 #[tokio::test]
 async fn te_other_than_trailers_is_dropped_and_a_chunked_body_arrives_intact() {
     let stable = FakeUpstream::start("stable").await;
