@@ -225,6 +225,11 @@ fn check(path: &std::path::Path) -> ExitCode {
     let Some(config) = load_or_report(path) else {
         return ExitCode::from(1);
     };
+    // `run` and a reload read it too, and refuse the config without it.
+    if let Err(e) = cohort::reload::read_token(&config) {
+        eprintln!("{e}");
+        return ExitCode::from(1);
+    }
     cohort::out!(
         "{}: ok; listen {}, admin {}, {} route(s)",
         path.display(),

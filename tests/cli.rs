@@ -135,6 +135,37 @@ fn check_without_c_reads_config_cohort_toml_in_the_working_directory() {
     assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
 }
 
+/// `check` refuses what `run` refuses: an admin token file that cannot be read or is
+/// empty stops both, with the file, the key and the reason.
+#[test]
+fn check_and_run_refuse_a_missing_or_empty_admin_token_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let with_token = TWO_ROUTES.replace(
+        "[admin]\naddress = \"127.0.0.1:0\"",
+        "[admin]\naddress = \"127.0.0.1:0\"\ntoken_file = \"token\"",
+    );
+    assert_ne!(with_token, TWO_ROUTES);
+    let file = write_file(dir.path(), "cohort.toml", &with_token);
+    for (content, reason) in [(None, "cannot read"), (Some("  \n"), "is empty")] {
+        if let Some(content) = content {
+            write_file(dir.path(), "token", content);
+        }
+        for command in ["check", "run"] {
+            let out = run_to_end(&[command, "-c", &file], QUICK);
+            assert_eq!(out.status.code(), Some(1), "{command}: {}", describe(&out));
+            let stderr = stderr_of(&out);
+            assert!(
+                stderr.contains("cohort.toml: admin.token_file:") && stderr.contains(reason),
+                "{command}, {reason}: {}",
+                describe(&out)
+            );
+        }
+    }
+    write_file(dir.path(), "token", "tok-1\n");
+    let out = run_to_end(&["check", "-c", &file], QUICK);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+}
+
 #[test]
 fn check_reports_every_problem_as_file_key_reason_and_exits_1() {
     let dir = tempfile::tempdir().unwrap();
