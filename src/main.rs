@@ -5,7 +5,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use tracing_subscriber::filter::Targets;
+use tracing_subscriber::filter::{filter_fn, Targets};
+use tracing_subscriber::Layer as _;
 
 use bytes::Bytes;
 use http::Method;
@@ -152,14 +153,22 @@ fn init_logging(format: LogFormat) {
         },
         _ => (default(), None),
     };
+    // Access log lines are JSON in either format (DESIGN §1.8: log shippers parse them);
+    // everything else follows --log-format.
+    let is_access = |m: &tracing::Metadata<'_>| m.target() == cohort::proxy::ACCESS_LOG_TARGET;
+    let access = tracing_subscriber::fmt::layer()
+        .json()
+        .with_writer(std::io::stderr)
+        .with_filter(filter_fn(is_access));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let layer = tracing_subscriber::fmt::layer()
         .with_ansi(ansi)
         .with_writer(std::io::stderr);
-    let registry = tracing_subscriber::registry().with(filter);
+    let not_access = filter_fn(move |m| !is_access(m));
+    let registry = tracing_subscriber::registry().with(filter).with(access);
     match format {
-        LogFormat::Text => registry.with(layer).init(),
-        LogFormat::Json => registry.with(layer.json()).init(),
+        LogFormat::Text => registry.with(layer.with_filter(not_access)).init(),
+        LogFormat::Json => registry.with(layer.json().with_filter(not_access)).init(),
     }
     if let Some((spec, e)) = bad {
         tracing::warn!(rust_log = %spec, error = %e, "RUST_LOG is not valid; logging at info");

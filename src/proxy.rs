@@ -334,7 +334,7 @@ impl Completion {
         state.finished(self.variant, self.source, self.status, elapsed, self.cut);
         if let Some(log) = self.access_log {
             tracing::info!(
-                target: "cohort::access",
+                target: ACCESS_LOG_TARGET,
                 route = %route.name,
                 variant = %self.variant,
                 source = log.source.as_str(),
@@ -347,6 +347,9 @@ impl Completion {
         }
     }
 }
+
+/// The tracing target of access log lines (`listen.access_log`), always written as JSON.
+pub const ACCESS_LOG_TARGET: &str = "cohort::access";
 
 /// Counts a request as 499 if its future is dropped before a response exists
 /// (the client went away while cohort waited for the upstream).

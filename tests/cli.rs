@@ -943,44 +943,58 @@ fn access_lines(stderr: &str) -> Vec<serde_json::Value> {
         .collect()
 }
 
+/// One JSON access line per request, on both HTTP/1.1 engines, whatever `--log-format`
+/// the other log lines use (DESIGN §1.8).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_access_log_has_one_json_line_per_request_on_both_http1_engines() {
     let stable = FakeUpstream::start("stable").await;
     let canary = FakeUpstream::start("canary").await;
     let dir = tempfile::tempdir().unwrap();
     let file = access_log_config(dir.path(), &stable, &canary);
-    let mut cohort = Cohort::spawn(&["run", "-c", &file, "--log-format", "json"]);
-    let (proxy, _admin) = cohort.wait_serving(QUICK).await;
+    for format in ["text", "json"] {
+        let mut cohort = Cohort::spawn(&["run", "-c", &file, "--log-format", format]);
+        let (proxy, _admin) = cohort.wait_serving(QUICK).await;
 
-    // A plain GET (cohort's own path), then a chunked upload (handed to hyper).
-    let mut conn = support::RawConn::connect(proxy).await;
-    conn.write(b"GET /a?x=1 HTTP/1.1\r\nHost: h\r\nx-user-id: u1\r\n\r\n")
+        // A plain GET (cohort's own path), then a chunked upload (handed to hyper).
+        let mut conn = support::RawConn::connect(proxy).await;
+        conn.write(b"GET /a?x=1 HTTP/1.1\r\nHost: h\r\nx-user-id: u1\r\n\r\n")
+            .await;
+        assert_eq!(conn.read_response(false).await.status, 200);
+        conn.write(
+            b"POST /upload HTTP/1.1\r\nHost: h\r\nx-user-id: u2\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+        )
         .await;
-    assert_eq!(conn.read_response(false).await.status, 200);
-    conn.write(
-        b"POST /upload HTTP/1.1\r\nHost: h\r\nx-user-id: u2\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
-    )
-    .await;
-    assert_eq!(conn.read_response(false).await.status, 200);
+        assert_eq!(conn.read_response(false).await.status, 200);
 
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let lines = loop {
-        let lines = access_lines(&cohort.stderr());
-        if lines.len() >= 2 || Instant::now() > deadline {
-            break lines;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let lines = loop {
+            let lines = access_lines(&cohort.stderr());
+            if lines.len() >= 2 || Instant::now() > deadline {
+                break lines;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        let stderr = cohort.stderr();
+        assert_eq!(lines.len(), 2, "{format}: stderr:\n{stderr}");
+        for (line, (method, path)) in lines.iter().zip([("GET", "/a"), ("POST", "/upload")]) {
+            let fields = &line["fields"];
+            assert_eq!(fields["method"], method, "{line}");
+            assert_eq!(fields["path"], path, "{line}");
+            assert_eq!(fields["route"], "r", "{line}");
+            assert_eq!(fields["variant"], "stable", "{line}");
+            assert_eq!(fields["source"], "header", "{line}");
+            assert_eq!(fields["status"], 200, "{line}");
+            assert!(fields["duration_ms"].as_f64().is_some(), "{line}");
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
-    assert_eq!(lines.len(), 2, "stderr:\n{}", cohort.stderr());
-    for (line, (method, path)) in lines.iter().zip([("GET", "/a"), ("POST", "/upload")]) {
-        let fields = &line["fields"];
-        assert_eq!(fields["method"], method, "{line}");
-        assert_eq!(fields["path"], path, "{line}");
-        assert_eq!(fields["route"], "r", "{line}");
-        assert_eq!(fields["variant"], "stable", "{line}");
-        assert_eq!(fields["source"], "header", "{line}");
-        assert_eq!(fields["status"], 200, "{line}");
-        assert!(fields["duration_ms"].as_f64().is_some(), "{line}");
+        // The other lines keep the chosen format.
+        let serving = stderr
+            .lines()
+            .find(|l| l.contains("cohort is serving"))
+            .expect("a serving line");
+        let serving_is_json = serde_json::from_str::<serde_json::Value>(serving).is_ok();
+        assert_eq!(serving_is_json, format == "json", "{format}: {serving}");
+        cohort.signal("TERM");
+        cohort.exit_within(QUICK).await;
     }
 }
 
