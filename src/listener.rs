@@ -272,9 +272,32 @@ impl Connection {
             }
         };
         if let Err(e) = result {
+            if let Some(status) = answered_parse_error(&e).filter(|_| protocol == Wire::Http1) {
+                // hyper answered a request it could not parse and closed; count it as
+                // cohort's own path counts the ones it rejects.
+                self.ctx.metrics.unrouted(status);
+            }
             tracing::trace!(%peer, error = %e, "client connection ended with an error");
         }
     }
+}
+
+/// The status hyper's HTTP/1 server answers a request head it cannot parse with (its
+/// `on_error`: 431 for a head too large, 414 for a URI too long, 400 otherwise), or
+/// `None` for errors it answers nothing to.
+fn answered_parse_error(e: &hyper::Error) -> Option<u16> {
+    if !e.is_parse() || e.is_parse_version_h2() || e.is_parse_status() {
+        return None;
+    }
+    if e.is_parse_too_large() {
+        // hyper's error kinds tell 431 from 414 only through their text.
+        return Some(if e.to_string().contains("URI too long") {
+            414
+        } else {
+            431
+        });
+    }
+    Some(400)
 }
 
 /// Which HTTP a connection speaks.

@@ -1024,6 +1024,48 @@ async fn a_malformed_request_gets_400_is_counted_unrouted_and_ends_the_connectio
     cohort.shutdown().await;
 }
 
+/// A connection cohort handed to hyper (here after a chunked upload) is parsed by hyper
+/// from then on; what hyper rejects is counted like what cohort's own path rejects.
+#[tokio::test]
+async fn a_request_hyper_cannot_parse_is_counted_unrouted_with_its_status() {
+    let stable = FakeUpstream::start("stable").await;
+    let canary = FakeUpstream::start("canary").await;
+    let cohort = TestCohort::start(&route("app", &stable, &canary, "")).await;
+    let upload = "POST /up HTTP/1.1\r\nHost: app.example\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n";
+    let too_many_fields: String = (0..120).map(|i| format!("x-f{i}: {i}\r\n")).collect();
+    let cases = [
+        (
+            "400",
+            "GET / HTTP/1.1\r\nHost: app.example\r\nBad Header Name: x\r\n\r\n".to_owned(),
+        ),
+        (
+            "431",
+            format!("GET / HTTP/1.1\r\nHost: app.example\r\n{too_many_fields}\r\n"),
+        ),
+    ];
+    for (status, bad) in cases {
+        let mut conn = RawConn::connect(cohort.proxy).await;
+        conn.write(upload.as_bytes()).await;
+        assert_eq!(conn.read_response(false).await.status, 200);
+        conn.write(bad.as_bytes()).await;
+        let answer = conn.read_response(false).await;
+        assert_eq!(answer.status.to_string(), status, "{}", answer.text());
+        assert_eq!(
+            cohort
+                .series_eventually("cohort_unrouted_requests_total", &[("status", status)], 1.0)
+                .await,
+            1.0,
+            "{status}"
+        );
+    }
+    assert_eq!(
+        stable.hits() + canary.hits(),
+        2,
+        "only the two uploads went upstream"
+    );
+    cohort.shutdown().await;
+}
+
 // ---------------------------------------------------------------------------------------
 // Upstream connections that go away, and unusual upstream answers
 // ---------------------------------------------------------------------------------------

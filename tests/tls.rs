@@ -526,6 +526,47 @@ async fn failed_handshakes_are_counted_and_never_reach_the_router() {
     cohort.shutdown().await;
 }
 
+/// On a TLS connection hyper parses the heads: a malformed one gets its 400 and is
+/// counted in `cohort_unrouted_requests_total` like one on cohort's own plain path.
+#[tokio::test]
+async fn a_malformed_request_over_tls_gets_400_and_is_counted() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let pki = Pki::new("malformed");
+    let leaf = pki.server_leaf("server", &["localhost"]);
+    let stable = FakeUpstream::start("stable").await;
+    let canary = FakeUpstream::start("canary").await;
+    let cohort = tls_cohort(
+        &route("web", &stable, &canary, ""),
+        &listen_tls(&leaf, None),
+    )
+    .await;
+    let tcp = tokio::net::TcpStream::connect(cohort.proxy)
+        .await
+        .expect("connect");
+    let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+    let mut tls = tokio_rustls::TlsConnector::from(client_config(&pki.ca_path(), &[H1], None))
+        .connect(name, tcp)
+        .await
+        .expect("handshake");
+    tls.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\nBad Header Name: x\r\n\r\n")
+        .await
+        .expect("write");
+    let mut answer = Vec::new();
+    // cohort closes after the answer, with or without a close_notify.
+    let _ = tokio::time::timeout(PATIENCE, tls.read_to_end(&mut answer)).await;
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 400 "), "{text:?}");
+    assert_eq!(
+        cohort
+            .series_eventually("cohort_unrouted_requests_total", &[("status", "400")], 1.0)
+            .await,
+        1.0
+    );
+    assert_eq!(stable.hits() + canary.hits(), 0);
+    cohort.shutdown().await;
+}
+
 #[tokio::test]
 async fn bad_certificate_files_are_rejected_with_file_key_and_reason() {
     let pki = Pki::new("bad-files");
