@@ -574,3 +574,81 @@ async fn a_guard_without_a_rollout_guards_canary_percent() {
     assert_eq!(route_state(&cohort).await["canary_percent"], 50);
     cohort.shutdown().await;
 }
+
+/// Sends `n` keyed requests (keys `user-{from}`…) that the canary answers with 502.
+async fn canary_failures(cohort: &TestCohort, from: u32, n: u32) {
+    let (http, url) = (client(), cohort.url("/"));
+    for i in from..from + n {
+        let key = format!("user-{i}");
+        let answer = send(&http, "GET", &url, &[("x-user-id", &key)], Bytes::new()).await;
+        assert_eq!((answer.status, answer.variant()), (502, Some("canary")));
+    }
+}
+
+/// Waits until `n` reloads have been applied.
+async fn applied_reloads(cohort: &TestCohort, n: f64) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while cohort
+        .series("cohort_config_reloads_total", &[("result", "ok")])
+        .await
+        < n
+    {
+        assert!(
+            Instant::now() < deadline,
+            "reload {n} not applied within 5 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The guard's window belongs to the identity (route + salt, + `start` under a rollout):
+/// a reload that keeps it keeps the outcomes counted so far; a new salt starts clean.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn guard_outcomes_survive_a_reload_that_keeps_the_identity() {
+    let stable = FakeUpstream::start("stable").await;
+    let canary = FakeUpstream::start("canary").await;
+    canary.set_status(502);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state_root = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("cohort.toml");
+    let guarded = |min_requests: u32, salt: &str| {
+        config(
+            &stable,
+            &canary,
+            &state_root.path().join("state"),
+            "",
+            &format!(
+                "[routes.guard]\nwindow = \"60s\"\nmin_requests = {min_requests}\nmax_error_ratio = 0.5"
+            ),
+        )
+        .replace(
+            "salt = \"rollout-test\"",
+            &format!("salt = \"{salt}\"\ncanary_percent = 100"),
+        )
+    };
+    std::fs::write(&path, guarded(10, "one")).expect("write");
+    let cohort = TestCohort::start_from(&path, dir).await;
+    // 6 failures: below min_requests, no verdict.
+    canary_failures(&cohort, 0, 6).await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(route_state(&cohort).await["canary_percent"], 100);
+
+    // Same identity, min_requests 9: the 6 stay in the window, 4 more make 10.
+    std::fs::write(&path, guarded(9, "one")).expect("write");
+    applied_reloads(&cohort, 1.0).await;
+    canary_failures(&cohort, 6, 4).await;
+    let rolled = wait_for(&cohort, "the rollback", Duration::from_secs(2), |s| {
+        s["canary_percent"] == 0
+    })
+    .await;
+    assert_eq!(rolled["guard"]["rolled_back"]["reason"], "error_ratio");
+
+    // A new salt is a new identity: no rollback, an empty window (4 failures < 9).
+    std::fs::write(&path, guarded(9, "two")).expect("write");
+    applied_reloads(&cohort, 2.0).await;
+    assert_eq!(route_state(&cohort).await["canary_percent"], 100);
+    canary_failures(&cohort, 100, 4).await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(route_state(&cohort).await["canary_percent"], 100);
+    cohort.shutdown().await;
+}
