@@ -1,6 +1,8 @@
 //! Progressive rollouts and guards end to end: a canary that goes bad is rolled back to
 //! 0 % by itself, stable users never notice, a restart keeps it rolled back, `resume`
 //! clears it; `hold` stays on its step while failing; the webhook is retried.
+#[path = "support/process.rs"]
+mod process;
 mod support;
 
 use std::path::Path;
@@ -12,7 +14,7 @@ use bytes::Bytes;
 use cohort::guard::wall_now;
 use cohort::rollout::format_rfc3339;
 use http_body_util::BodyExt;
-use support::{client, get, send, FakeUpstream, TestCohort};
+use support::{client, get, key_in, send, FakeUpstream, TestCohort};
 
 fn config(
     stable: &FakeUpstream,
@@ -462,6 +464,43 @@ async fn manual_controls_on_a_rollout_route_and_the_webhook_retried_until_accept
     assert_eq!(body["percent"], 25.0);
     assert!(body["at"].as_str().expect("at").ends_with('Z'));
     assert!(body["canary"]["requests"].is_u64() && body["stable"]["requests"].is_u64());
+
+    // /assign answers with the effective share: a canary user is stable while rolled back.
+    let user = key_in("canary", "rollout-test", 25.0, "user");
+    let assign_url = cohort.admin_url(&format!("/assign?route=shop&key={user}"));
+    let assigned = |answer: support::Answer| -> serde_json::Value {
+        assert_eq!(answer.status, 200, "{}", answer.text());
+        serde_json::from_slice(&answer.body).expect("json")
+    };
+    assert_eq!(assigned(get(&assign_url, &[]).await)["variant"], "stable");
+
+    // `cohort rollout resume` (the binary, against this instance's admin API).
+    let admin = cohort.admin_url("");
+    let out = tokio::task::spawn_blocking(move || {
+        process::run_to_end(
+            &["rollout", "resume", "shop", "--admin", &admin],
+            Duration::from_secs(20),
+        )
+    })
+    .await
+    .expect("cli task");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(route_state(&cohort).await["canary_percent"], 25);
+    assert_eq!(assigned(get(&assign_url, &[]).await)["variant"], "canary");
+    // Rollbacks and resumes are not reloads (DESIGN §7).
+    assert_eq!(cohort.series("cohort_config_generation", &[]).await, 1.0);
+    assert_eq!(
+        cohort
+            .series("cohort_config_reloads_total", &[("result", "ok")])
+            .await,
+        0.0
+    );
     cohort.shutdown().await;
 }
 
