@@ -366,6 +366,72 @@ async fn with_a_token_file_changes_need_the_bearer_token() {
     cohort.shutdown().await;
 }
 
+/// A reload is all or nothing: a new config naming a token file that cannot be read is
+/// rejected, and the running token keeps guarding the API.
+#[tokio::test]
+async fn a_reload_naming_an_unreadable_token_file_is_rejected_and_the_token_stays() {
+    let (stable, canary) = upstreams().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("token"), "s3cret-token\n").expect("token");
+    let path = dir.path().join("cohort.toml");
+    let with_token = |file: &str, percent: &str| {
+        config_text(&stable, &canary, percent).replace(
+            "[admin]\naddress = \"127.0.0.1:0\"",
+            &format!("[admin]\naddress = \"127.0.0.1:0\"\ntoken_file = \"{file}\""),
+        )
+    };
+    write_in_place(&path, &with_token("token", "10"));
+    let cohort = TestCohort::start_from(&path, dir).await;
+
+    write_then_rename(&path, &with_token("no-such-token", "30"));
+    let start = Instant::now();
+    while cohort
+        .series("cohort_config_reloads_total", &[("result", "error")])
+        .await
+        < 1.0
+    {
+        assert!(start.elapsed() < APPLY_BOUND, "the reload was not tried");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(generation(&cohort).await, 1);
+    assert_eq!(percent(&cohort).await, 10.0, "nothing of it applied");
+    assert_eq!(
+        put_percent(&cohort, "web", r#"{"percent": 5}"#, None)
+            .await
+            .status,
+        401,
+        "the API is still guarded"
+    );
+    cohort.shutdown().await;
+}
+
+/// Addresses, worker count and `state_dir` are read at start only: a reload that changes
+/// them applies everything else and keeps serving where it was.
+#[tokio::test]
+async fn a_reload_keeps_the_start_only_settings_and_applies_the_rest() {
+    let (stable, canary) = upstreams().await;
+    let cohort = start_with_text(&config_text(&stable, &canary, "10")).await;
+    let path = cohort.config_path.clone();
+    let moved = config_text(&stable, &canary, "30")
+        .replace(
+            "address = \"127.0.0.1:0\"\nworkers = 1",
+            "address = \"127.0.0.1:1\"\nworkers = 2",
+        )
+        .replace(
+            "[admin]\naddress = \"127.0.0.1:0\"",
+            "[admin]\naddress = \"127.0.0.1:2\"",
+        );
+    let moved = format!("state_dir = \"/nonexistent/cohort-state\"\n{moved}");
+    assert!(moved.contains("127.0.0.1:1") && moved.contains("127.0.0.1:2"));
+    write_then_rename(&path, &moved);
+    wait_generation_above(&cohort, 1, APPLY_BOUND).await;
+    // The admin API still answers where it started (this very query), and so does the proxy.
+    assert_eq!(percent(&cohort).await, 30.0);
+    let answer = get(&cohort.url("/"), &[("x-user-id", "u1")]).await;
+    assert_eq!(answer.status, 200);
+    cohort.shutdown().await;
+}
+
 #[tokio::test]
 async fn an_empty_token_file_stops_startup() {
     let (stable, canary) = upstreams().await;
