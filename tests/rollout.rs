@@ -691,3 +691,70 @@ async fn guard_outcomes_survive_a_reload_that_keeps_the_identity() {
     assert_eq!(route_state(&cohort).await["canary_percent"], 100);
     cohort.shutdown().await;
 }
+
+/// Testers forced to the canary by an override are not the guard's business (DESIGN §7):
+/// their failures are not counted, so they roll nothing back; and once the canary is
+/// rolled back, they still reach it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn override_requests_are_not_judged_and_still_reach_a_rolled_back_canary() {
+    let stable = FakeUpstream::start("stable").await;
+    let canary = FakeUpstream::start("canary").await;
+    canary.set_status(502);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state_root = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("cohort.toml");
+    let text = config(
+        &stable,
+        &canary,
+        &state_root.path().join("state"),
+        "",
+        "[routes.guard]\nwindow = \"10s\"\nmin_requests = 5\nmax_error_ratio = 0.2",
+    )
+    .replace(
+        "salt = \"rollout-test\"",
+        "salt = \"rollout-test\"\ncanary_percent = 50\noverride = { trusted = [\"127.0.0.0/8\"] }",
+    );
+    std::fs::write(&path, &text).expect("write");
+    let cohort = TestCohort::start_from(&path, dir).await;
+    let http = client();
+    // A stable user, forced to the canary: 20 failures the guard must not see.
+    let user = key_in("stable", "rollout-test", 50.0, "tester");
+    let forced = [("x-user-id", user.as_str()), ("x-cohort-variant", "canary")];
+    for _ in 0..20 {
+        let answer = send(&http, "GET", &cohort.url("/"), &forced, Bytes::new()).await;
+        assert_eq!((answer.status, answer.variant()), (502, Some("canary")));
+    }
+    // Counted, 20 failures of 20 would roll back within one evaluation (250 ms).
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let state = route_state(&cohort).await;
+    assert_eq!(state["canary_percent"], 50, "{state}");
+    assert!(state["guard"]["rolled_back"].is_null(), "{state}");
+
+    let rollback = send(
+        &http,
+        "POST",
+        &cohort.admin_url("/routes/shop/rollback"),
+        &[],
+        Bytes::new(),
+    )
+    .await;
+    assert_eq!(rollback.status, 200, "{}", rollback.text());
+    assert_eq!(route_state(&cohort).await["canary_percent"], 0);
+    let answer = send(&http, "GET", &cohort.url("/"), &forced, Bytes::new()).await;
+    assert_eq!(
+        (answer.status, answer.variant()),
+        (502, Some("canary")),
+        "a tester still reaches the rolled-back canary"
+    );
+    let canary_user = key_in("canary", "rollout-test", 50.0, "user");
+    let organic = send(
+        &http,
+        "GET",
+        &cohort.url("/"),
+        &[("x-user-id", canary_user.as_str())],
+        Bytes::new(),
+    )
+    .await;
+    assert_eq!((organic.status, organic.variant()), (200, Some("stable")));
+    cohort.shutdown().await;
+}
