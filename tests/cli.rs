@@ -739,6 +739,38 @@ fn run_exits_1_when_its_address_is_taken() {
     drop(taken);
 }
 
+/// Two configurations that work but surprise later are named at startup: an admin API
+/// off loopback without a token (changes through it are refused), and a guard without
+/// `state_dir` (a rollback would not survive a restart). A plain config warns of neither.
+#[tokio::test]
+async fn startup_warns_of_an_open_admin_api_and_a_guard_without_state_dir() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = "[listen]\naddress = \"127.0.0.1:0\"\nworkers = 1\n[admin]\naddress = \"ADMIN\"\n[[routes]]\nname = \"r\"\nsalt = \"s\"\nstable = { endpoints = [\"http://127.0.0.1:1\"] }\ncanary = { endpoints = [\"http://127.0.0.1:2\"] }\n";
+    let warned = format!(
+        "{}[routes.guard]\nmax_error_ratio = 0.5\n",
+        base.replace("ADMIN", "0.0.0.0:0")
+    );
+    let quiet = base.replace("ADMIN", "127.0.0.1:0");
+    for (name, text, warns) in [("warned.toml", warned, true), ("quiet.toml", quiet, false)] {
+        let file = write_file(dir.path(), name, &text);
+        let mut cohort = Cohort::spawn(&["run", "-c", &file]);
+        cohort.wait_serving(QUICK).await;
+        let stderr = process::strip_ansi(&cohort.stderr());
+        for warning in [
+            "the admin listener is off loopback without admin.token_file",
+            "no state_dir is set: a rollback will not survive a restart",
+        ] {
+            assert_eq!(
+                stderr.contains(warning),
+                warns,
+                "{name}: {warning:?}\n{stderr}"
+            );
+        }
+        cohort.signal("TERM");
+        cohort.exit_within(QUICK).await;
+    }
+}
+
 /// Reads one series from a running instance's /metrics.
 async fn admin_series(admin: SocketAddr, name: &str, labels: &[(&str, &str)]) -> f64 {
     let text = get(&format!("http://{admin}/metrics"), &[]).await.text();
