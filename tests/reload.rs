@@ -131,6 +131,31 @@ async fn in_place_and_renamed_file_changes_apply_within_two_seconds() {
 
 /// Kubernetes mounts a ConfigMap as `cohort.toml -> ..data/cohort.toml`, `..data ->
 /// ..<timestamp>`, and updates it by re-pointing `..data` atomically.
+/// A file that keeps changing (a slow writer, a sync tool) is still read 500 ms after
+/// its first change at the latest: the debounce waits for 100 ms of quiet, not forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_that_keeps_changing_is_reloaded_within_the_debounce_cap() {
+    let (stable, canary) = upstreams().await;
+    let cohort = start_with_text(&config_text(&stable, &canary, "10")).await;
+    let path = cohort.config_path.clone();
+    let text = config_text(&stable, &canary, "20");
+    // A change every 30 ms for 3 s, each a different byte count so none is skipped.
+    let writer = tokio::spawn(async move {
+        for i in 0..100 {
+            write_in_place(&path, &format!("{text}{}\n", "#".repeat(i + 1)));
+            tokio::time::sleep(Duration::from_millis(30)).await;
+        }
+    });
+    let took = wait_generation_above(&cohort, 1, Duration::from_millis(1500)).await;
+    assert_eq!(percent(&cohort).await, 20.0);
+    assert!(
+        !writer.is_finished(),
+        "the writer was still writing: {took:?}"
+    );
+    writer.await.expect("writer");
+    cohort.shutdown().await;
+}
+
 #[tokio::test]
 async fn configmap_symlink_swap_applies_within_two_seconds() {
     let (stable, canary) = upstreams().await;
