@@ -264,7 +264,7 @@ impl Refusal {
 /// Token rules of DESIGN §4: with a token, `Authorization: Bearer <token>` compared in
 /// constant time; without one, changes only through a loopback admin listener.
 fn authorize(state: &State, headers: &http::HeaderMap) -> Result<(), Refusal> {
-    match state.admin_token() {
+    match current_token(state) {
         Some(token) => {
             let presented = headers
                 .get(http::header::AUTHORIZATION)
@@ -290,6 +290,30 @@ fn authorize(state: &State, headers: &http::HeaderMap) -> Result<(), Refusal> {
             Ok(())
         }
         None => Err(Refusal::Forbidden),
+    }
+}
+
+/// The token mutating calls need. The token file is read again on each such call, so a
+/// rotated secret (a Kubernetes Secret's symlink swap) applies without a reload; a file
+/// that has become empty or unreadable keeps the last token read, as a bad reload would.
+fn current_token(state: &State) -> Option<Arc<String>> {
+    let last = state.admin_token();
+    let snapshot = state.snapshot.load();
+    let Some(file) = &snapshot.config.admin.token_file else {
+        return last;
+    };
+    match crate::reload::read_token_file(file) {
+        Ok(token) if last.as_deref() == Some(&token) => last,
+        Ok(token) => {
+            tracing::info!(file = %file.display(), "admin token changed");
+            let token = Arc::new(token);
+            state.set_admin_token(Some(token.clone()));
+            Some(token)
+        }
+        Err(reason) => {
+            tracing::warn!(%reason, "admin.token_file: keeping the last token read");
+            last
+        }
     }
 }
 

@@ -130,7 +130,7 @@ impl Control {
         let token = read_token(&config)?;
         let current = self.state.snapshot.load_full();
         keep_start_only_settings(&current.config, &mut config);
-        self.state.set_admin_token(token);
+        self.state.set_admin_token(token.map(Arc::new));
         self.state.metrics.reload(true);
         if *current.config == config {
             tracing::info!(

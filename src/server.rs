@@ -37,8 +37,8 @@ impl State {
         self.admin_token.load_full()
     }
 
-    pub fn set_admin_token(&self, token: Option<String>) {
-        self.admin_token.store(token.map(Arc::new));
+    pub fn set_admin_token(&self, token: Option<Arc<String>>) {
+        self.admin_token.store(token);
     }
 }
 

@@ -457,6 +457,44 @@ async fn a_reload_keeps_the_start_only_settings_and_applies_the_rest() {
     cohort.shutdown().await;
 }
 
+/// A rotated token file (a Kubernetes Secret's symlink swap, here a rename) applies on
+/// the next call, with no reload; a token file that becomes empty keeps the last token
+/// for authorization, and refuses changes as a reload would.
+#[tokio::test]
+async fn a_rotated_token_applies_at_once_and_an_emptied_file_keeps_the_last() {
+    let (stable, canary) = upstreams().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token_path = dir.path().join("token");
+    std::fs::write(&token_path, "first-token\n").expect("token");
+    let path = dir.path().join("cohort.toml");
+    let text = config_text(&stable, &canary, "10").replace(
+        "[admin]\naddress = \"127.0.0.1:0\"",
+        "[admin]\naddress = \"127.0.0.1:0\"\ntoken_file = \"token\"",
+    );
+    write_in_place(&path, &text);
+    let cohort = TestCohort::start_from(&path, dir).await;
+    let running = &cohort;
+    let status = |token: &'static str| async move {
+        put_percent(running, "web", r#"{"percent": 5}"#, Some(token))
+            .await
+            .status
+    };
+    assert_eq!(status("first-token").await, 200);
+
+    write_then_rename(&token_path, "second-token\n");
+    assert_eq!(status("second-token").await, 200, "the new token applies");
+    assert_eq!(status("first-token").await, 401, "the old one is gone");
+
+    // Emptied: the last token still authorizes, but no change can apply (every change is
+    // a new config, and a config with an empty token file is refused, as on reload).
+    write_then_rename(&token_path, "  \n");
+    let refused = put_percent(running, "web", r#"{"percent": 7}"#, Some("second-token")).await;
+    assert_eq!(refused.status, 409, "{}", refused.text());
+    assert!(refused.text().contains("is empty"), "{}", refused.text());
+    assert_eq!(status("first-token").await, 401);
+    cohort.shutdown().await;
+}
+
 #[tokio::test]
 async fn an_empty_token_file_stops_startup() {
     let (stable, canary) = upstreams().await;
