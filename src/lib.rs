@@ -28,6 +28,7 @@ pub mod guard;
 pub mod h1;
 pub mod headers;
 pub mod listener;
+pub mod log_filter;
 pub mod metrics;
 pub mod proxy;
 pub mod reload;

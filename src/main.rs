@@ -138,20 +138,20 @@ fn main() -> ExitCode {
     }
 }
 
-/// `RUST_LOG` as `level` or `target=level` pairs (`warn,cohort::access=info`). A
-/// `Targets` filter rather than `EnvFilter`: it needs no regex engine, whose code and
-/// tables would otherwise sit in every sidecar's memory.
+/// `RUST_LOG` as `level` or `target=level` pairs (`warn,cohort::access=info`, see
+/// `log_filter`). A `Targets` filter rather than `EnvFilter`: it needs no regex engine,
+/// whose code and tables would otherwise sit in every sidecar's memory.
 fn init_logging(format: LogFormat) {
     use tracing_subscriber::layer::SubscriberExt as _;
     use tracing_subscriber::util::SubscriberInitExt as _;
 
-    let default = || "info".parse::<Targets>().unwrap_or_default();
+    let info = || Targets::new().with_default(tracing::level_filters::LevelFilter::INFO);
     let (filter, bad) = match std::env::var("RUST_LOG") {
-        Ok(spec) if !spec.trim().is_empty() => match spec.parse::<Targets>() {
+        Ok(spec) => match cohort::log_filter::parse(&spec) {
             Ok(filter) => (filter, None),
-            Err(e) => (default(), Some((spec, e))),
+            Err(e) => (info(), Some((spec, e))),
         },
-        _ => (default(), None),
+        Err(_) => (info(), None),
     };
     // Access log lines are JSON in either format (DESIGN §1.8: log shippers parse them);
     // everything else follows --log-format.

@@ -1050,16 +1050,34 @@ async fn rust_log_target_lists_select_what_is_logged_and_a_bad_value_falls_back_
         quiet.stderr()
     );
 
-    // A value that does not parse: a warning, and info logging (the access log is on).
-    let env = [("RUST_LOG", "cohort=loud")];
-    let mut fallback = Cohort::spawn_with(&["run", "-c", &file, "--log-format", "json"], &env);
-    let (proxy, _) = fallback.wait_serving(QUICK).await;
-    assert!(
-        fallback.stderr().contains("RUST_LOG is not valid"),
-        "{}",
-        fallback.stderr()
+    // Values that do not parse (a bad level, EnvFilter's span syntax, a bare word that
+    // tracing's own parser would take as a target): a warning, and info logging.
+    for value in ["cohort=loud", "cohort[span]=debug", "verbose"] {
+        let env = [("RUST_LOG", value)];
+        let mut fallback = Cohort::spawn_with(&["run", "-c", &file, "--log-format", "json"], &env);
+        let (proxy, _) = fallback.wait_serving(QUICK).await;
+        assert!(
+            fallback.stderr().contains("RUST_LOG is not valid"),
+            "{value}: {}",
+            fallback.stderr()
+        );
+        let answer = get(&format!("http://{proxy}/"), &[("x-user-id", "u")]).await;
+        assert_eq!(answer.status, 200);
+        fallback.wait_stderr("cohort::access", QUICK).await;
+    }
+
+    // A target list alone does not hide errors: a start that fails still says why.
+    write_file(dir.path(), "empty-token", "\n");
+    let text = std::fs::read_to_string(&file).unwrap().replace(
+        "[admin]\naddress = \"127.0.0.1:0\"",
+        "[admin]\naddress = \"127.0.0.1:0\"\ntoken_file = \"empty-token\"",
     );
-    let answer = get(&format!("http://{proxy}/"), &[("x-user-id", "u")]).await;
-    assert_eq!(answer.status, 200);
-    fallback.wait_stderr("cohort::access", QUICK).await;
+    let failing = write_file(dir.path(), "failing.toml", &text);
+    let mut failed = Cohort::spawn_with(
+        &["run", "-c", &failing],
+        &[("RUST_LOG", "cohort::access=info")],
+    );
+    assert_eq!(failed.exit_within(QUICK).await.code(), Some(1));
+    let (_, stderr) = failed.take_output();
+    assert!(stderr.contains("admin.token_file"), "{stderr}");
 }
