@@ -131,11 +131,11 @@ fn print_split(split: &BTreeMap<String, usize>) {
     );
 }
 
-/// `127.0.0.1:port` if that port is free now, else an ephemeral port.
 /// Any free port on loopback.
 const EPHEMERAL: SocketAddr =
     SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 0);
 
+/// `127.0.0.1:port` if that port is free now, else an ephemeral port.
 fn free_or_ephemeral(port: u16) -> SocketAddr {
     let preferred = SocketAddr::from(([127, 0, 0, 1], port));
     match std::net::TcpListener::bind(preferred) {
@@ -144,6 +144,7 @@ fn free_or_ephemeral(port: u16) -> SocketAddr {
     }
 }
 
+/// Whether starting failed because a listen address was in use.
 fn port_taken(e: &anyhow::Error) -> bool {
     matches!(
         e.downcast_ref::<crate::StartError>(),
