@@ -355,6 +355,10 @@ pub const DEFAULT_GUARD_WINDOW: Duration = Duration::from_secs(30);
 pub const DEFAULT_GUARD_MIN_REQUESTS: u64 = 50;
 /// Longest guard window: windows are bounded, fixed-size buckets.
 pub const MAX_GUARD_WINDOW: Duration = Duration::from_secs(3600);
+/// Longest `timeouts.connect` / `timeouts.request`.
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+/// Most worker threads `listen.workers` may ask for (each holds per-route metric lanes).
+pub const MAX_WORKERS: usize = 1024;
 
 /// Where a cohort key may come from, in the route's order.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -723,6 +727,12 @@ impl Validator<'_> {
             Some(name) => self.header_name("listen.variant_header", name),
         };
         let tls = raw.tls.and_then(|t| self.server_tls("listen.tls", t, true));
+        if raw.workers > MAX_WORKERS {
+            self.fail(
+                "listen.workers",
+                format!("must be at most {MAX_WORKERS} (0 = one per CPU)"),
+            );
+        }
         Listen {
             address,
             workers: raw.workers,
@@ -1309,15 +1319,21 @@ impl Validator<'_> {
 
     fn timeouts(&mut self, key: &str, raw: RawTimeouts) -> Timeouts {
         let defaults = Timeouts::default();
+        let mut timeout = |name: &str, text: Option<String>, default: Duration| {
+            let Some(text) = text else {
+                return default;
+            };
+            let key = format!("{key}.{name}");
+            let d = self.positive_duration(&key, &text);
+            // Deadlines are `now + timeout`: a bound keeps that sum representable.
+            if d > MAX_TIMEOUT {
+                self.fail(key, "must be at most 24h");
+            }
+            d
+        };
         Timeouts {
-            connect: raw
-                .connect
-                .map(|d| self.positive_duration(&format!("{key}.connect"), &d))
-                .unwrap_or(defaults.connect),
-            request: raw
-                .request
-                .map(|d| self.positive_duration(&format!("{key}.request"), &d))
-                .unwrap_or(defaults.request),
+            connect: timeout("connect", raw.connect, defaults.connect),
+            request: timeout("request", raw.request, defaults.request),
         }
     }
 

@@ -37,7 +37,8 @@ async fn demo(duration: Option<Duration>) -> anyhow::Result<()> {
     // One listener for the whole demo: a signal is remembered from here on, also when it
     // arrives between two requests of the traffic loop.
     let mut stop = crate::signals::StopSignals::new();
-    let deadline = duration.map(|d| Instant::now() + d);
+    // A duration too long to add to the clock is as good as none.
+    let deadline = duration.and_then(|d| Instant::now().checked_add(d));
     let stable = start_upstream("stable").await?;
     let canary = start_upstream("canary").await?;
     let preferred = (free_or_ephemeral(8080), free_or_ephemeral(9901));

@@ -83,7 +83,8 @@ pub(crate) fn rollout_line(route: &Value) -> Option<String> {
     match rollout.get("step").and_then(Value::as_u64) {
         Some(step) => {
             let share = steps.get(step as usize).map_or(NONE, String::as_str);
-            let _ = write!(line, " · step {} of {} ({share} %)", step + 1, steps.len());
+            let number = step.saturating_add(1);
+            let _ = write!(line, " · step {number} of {} ({share} %)", steps.len());
         }
         None => {
             let _ = write!(line, " · starts {}", string(rollout, "start"));

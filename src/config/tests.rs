@@ -199,6 +199,15 @@ fn bad_values_are_rejected() {
             "routes[0].timeouts.request: must be greater than zero",
         ),
         (
+            // Beyond what `Instant::now() + timeout` can hold on Linux.
+            "timeouts = { request = \"10000000000000000000s\" }",
+            "routes[0].timeouts.request: must be at most 24h",
+        ),
+        (
+            "timeouts = { connect = \"25h\" }",
+            "routes[0].timeouts.connect: must be at most 24h",
+        ),
+        (
             "sticky = [\"cookie:\"]",
             "routes[0].sticky[0]: \"\" is not a valid cookie name",
         ),
@@ -219,6 +228,16 @@ fn bad_values_are_rejected() {
         err.contains("listen.address: \"localhost\" is not an IP address with port"),
         "{err}"
     );
+    let err = parse_err(&format!(
+        "[listen]\nworkers = 4611686018427387904\n{MINIMAL}"
+    ));
+    assert!(
+        err.contains("listen.workers: must be at most 1024 (0 = one per CPU)"),
+        "{err}"
+    );
+    parse_ok(&format!(
+        "[listen]\nworkers = 1024\n{MINIMAL}\ntimeouts = {{ request = \"24h\" }}"
+    ));
     let err = parse_err(&MINIMAL.replace("name = \"default\"", "name = \"a b\""));
     assert!(
         err.contains("routes[0].name: \"a b\" may contain only"),
