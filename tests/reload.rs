@@ -38,6 +38,13 @@ canary = {{ endpoints = ["{}"] }}
     )
 }
 
+/// `text` (a [`config_text`]) with `admin.token_file = "{file}"`.
+fn with_token_file(text: &str, file: &str) -> String {
+    let admin = "[admin]\naddress = \"127.0.0.1:0\"";
+    assert!(text.contains(admin), "no admin section in:\n{text}");
+    text.replace(admin, &format!("{admin}\ntoken_file = \"{file}\""))
+}
+
 async fn routes(cohort: &TestCohort) -> serde_json::Value {
     let answer = get(&cohort.admin_url("/routes"), &[]).await;
     assert_eq!(answer.status, 200);
@@ -366,11 +373,10 @@ async fn with_a_token_file_changes_need_the_bearer_token() {
     let dir = tempfile::tempdir().expect("tempdir");
     std::fs::write(dir.path().join("token"), "  s3cret-token \n").expect("token");
     let path = dir.path().join("cohort.toml");
-    let text = config_text(&stable, &canary, "10").replace(
-        "[admin]\naddress = \"127.0.0.1:0\"",
-        "[admin]\naddress = \"127.0.0.1:0\"\ntoken_file = \"token\"",
+    write_in_place(
+        &path,
+        &with_token_file(&config_text(&stable, &canary, "10"), "token"),
     );
-    write_in_place(&path, &text);
     let cohort = TestCohort::start_from(&path, dir).await;
     assert_eq!(
         put_percent(&cohort, "web", r#"{"percent": 5}"#, None)
@@ -399,12 +405,8 @@ async fn a_reload_naming_an_unreadable_token_file_is_rejected_and_the_token_stay
     let dir = tempfile::tempdir().expect("tempdir");
     std::fs::write(dir.path().join("token"), "s3cret-token\n").expect("token");
     let path = dir.path().join("cohort.toml");
-    let with_token = |file: &str, percent: &str| {
-        config_text(&stable, &canary, percent).replace(
-            "[admin]\naddress = \"127.0.0.1:0\"",
-            &format!("[admin]\naddress = \"127.0.0.1:0\"\ntoken_file = \"{file}\""),
-        )
-    };
+    let with_token =
+        |file: &str, percent: &str| with_token_file(&config_text(&stable, &canary, percent), file);
     write_in_place(&path, &with_token("token", "10"));
     let cohort = TestCohort::start_from(&path, dir).await;
 
@@ -467,11 +469,10 @@ async fn a_rotated_token_applies_at_once_and_an_emptied_file_keeps_the_last() {
     let token_path = dir.path().join("token");
     std::fs::write(&token_path, "first-token\n").expect("token");
     let path = dir.path().join("cohort.toml");
-    let text = config_text(&stable, &canary, "10").replace(
-        "[admin]\naddress = \"127.0.0.1:0\"",
-        "[admin]\naddress = \"127.0.0.1:0\"\ntoken_file = \"token\"",
+    write_in_place(
+        &path,
+        &with_token_file(&config_text(&stable, &canary, "10"), "token"),
     );
-    write_in_place(&path, &text);
     let cohort = TestCohort::start_from(&path, dir).await;
     let running = &cohort;
     let status = |token: &'static str| async move {
@@ -501,11 +502,10 @@ async fn an_empty_token_file_stops_startup() {
     let dir = tempfile::tempdir().expect("tempdir");
     std::fs::write(dir.path().join("token"), " \n").expect("token");
     let path = dir.path().join("cohort.toml");
-    let text = config_text(&stable, &canary, "10").replace(
-        "[admin]\naddress = \"127.0.0.1:0\"",
-        "[admin]\naddress = \"127.0.0.1:0\"\ntoken_file = \"token\"",
+    write_in_place(
+        &path,
+        &with_token_file(&config_text(&stable, &canary, "10"), "token"),
     );
-    write_in_place(&path, &text);
     let config = cohort::config::load(&path).expect("valid");
     let err = cohort::start(config)
         .await

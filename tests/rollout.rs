@@ -50,6 +50,29 @@ canary = {{ endpoints = ["{}"] }}
     )
 }
 
+/// A route "shop" with `guard` and no rollout: `salt` replaces the default salt and
+/// `route_extra` (e.g. `canary_percent = 50`) follows it.
+fn guard_only_config(
+    stable: &FakeUpstream,
+    canary: &FakeUpstream,
+    state_dir: &Path,
+    guard: &str,
+    salt: &str,
+    route_extra: &str,
+) -> String {
+    config(
+        stable,
+        canary,
+        state_dir,
+        "",
+        &format!("[routes.guard]\n{guard}"),
+    )
+    .replace(
+        "salt = \"rollout-test\"",
+        &format!("salt = \"{salt}\"\n{route_extra}"),
+    )
+}
+
 async fn route_state(cohort: &TestCohort) -> serde_json::Value {
     let answer = get(&cohort.admin_url("/routes"), &[]).await;
     assert_eq!(answer.status, 200);
@@ -558,16 +581,13 @@ async fn a_guard_without_a_rollout_guards_canary_percent() {
     let dir = tempfile::tempdir().expect("tempdir");
     let state_root = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("cohort.toml");
-    let text = config(
+    let text = guard_only_config(
         &stable,
         &canary,
         &state_root.path().join("state"),
-        "",
-        "[routes.guard]\nwindow = \"2s\"\nmin_requests = 5\nmax_error_ratio_vs_stable = 0.1",
-    )
-    .replace(
-        "salt = \"rollout-test\"",
-        "salt = \"rollout-test\"\ncanary_percent = 50",
+        "window = \"2s\"\nmin_requests = 5\nmax_error_ratio_vs_stable = 0.1",
+        "rollout-test",
+        "canary_percent = 50",
     );
     std::fs::write(&path, &text).expect("write");
     let cohort = TestCohort::start_from(&path, dir).await;
@@ -651,18 +671,13 @@ async fn guard_outcomes_survive_a_reload_that_keeps_the_identity() {
     let state_root = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("cohort.toml");
     let guarded = |min_requests: u32, salt: &str| {
-        config(
+        guard_only_config(
             &stable,
             &canary,
             &state_root.path().join("state"),
-            "",
-            &format!(
-                "[routes.guard]\nwindow = \"60s\"\nmin_requests = {min_requests}\nmax_error_ratio = 0.5"
-            ),
-        )
-        .replace(
-            "salt = \"rollout-test\"",
-            &format!("salt = \"{salt}\"\ncanary_percent = 100"),
+            &format!("window = \"60s\"\nmin_requests = {min_requests}\nmax_error_ratio = 0.5"),
+            salt,
+            "canary_percent = 100",
         )
     };
     std::fs::write(&path, guarded(10, "one")).expect("write");
@@ -703,16 +718,13 @@ async fn override_requests_are_not_judged_and_still_reach_a_rolled_back_canary()
     let dir = tempfile::tempdir().expect("tempdir");
     let state_root = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("cohort.toml");
-    let text = config(
+    let text = guard_only_config(
         &stable,
         &canary,
         &state_root.path().join("state"),
-        "",
-        "[routes.guard]\nwindow = \"10s\"\nmin_requests = 5\nmax_error_ratio = 0.2",
-    )
-    .replace(
-        "salt = \"rollout-test\"",
-        "salt = \"rollout-test\"\ncanary_percent = 50\noverride = { trusted = [\"127.0.0.0/8\"] }",
+        "window = \"10s\"\nmin_requests = 5\nmax_error_ratio = 0.2",
+        "rollout-test",
+        "canary_percent = 50\noverride = { trusted = [\"127.0.0.0/8\"] }",
     );
     std::fs::write(&path, &text).expect("write");
     let cohort = TestCohort::start_from(&path, dir).await;
