@@ -962,6 +962,19 @@ async fn a_body_arriving_after_its_head_is_waited_for_and_forwarded_whole() {
     assert_eq!((seen.method.as_str(), seen.body_len), ("POST", 10_000));
     assert_eq!(&seen.body[..], body.as_bytes());
 
+    // Its duration runs from the head's arrival (DESIGN §1.8), so it holds both 100 ms
+    // waits for the body (samples are folded into the histogram every 250 ms).
+    let labels = [("route", "app"), ("variant", "stable")];
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    let mut sum = 0.0;
+    while sum < 0.15 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        sum = cohort
+            .series("cohort_request_duration_seconds_sum", &labels)
+            .await;
+    }
+    assert!(sum >= 0.15, "duration sum {sum} s");
+
     // The connection goes on.
     conn.write(get("/after").as_bytes()).await;
     assert_eq!(conn.read_response(false).await.status, 200);

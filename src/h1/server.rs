@@ -99,7 +99,15 @@ pub fn serve<'a>(
                 let (ready, out) = loop {
                     if let Some(buf) = pending.as_ref().filter(|b| !b.is_empty()) {
                         let mut out = Lent::take();
-                        match prepare(ctx, *peer, buf, &mut out) {
+                        // A request that took more than one read started when its head
+                        // deadline was set: that instant is the timer's, less the timeout
+                        // (read back rather than kept in every connection's state).
+                        let arrived = if head_started {
+                            timer.deadline().into_std().checked_sub(HEAD_TIMEOUT)
+                        } else {
+                            None
+                        };
+                        match prepare(ctx, *peer, buf, arrived, &mut out) {
                             Step::Partial => {}
                             Step::Handover => return handover(pending),
                             Step::Ready(ready) => break (ready, out),
@@ -247,7 +255,15 @@ enum Ready {
 }
 
 /// Parses, routes and rewrites the request at the start of `buf` (no I/O).
-fn prepare(ctx: &ProxyContext, peer: SocketAddr, buf: &[u8], out: &mut Vec<u8>) -> Step {
+/// `arrived`: when the request's first bytes were read, if that was before this call
+/// (durations run from there, DESIGN §1.8); `None` for now.
+fn prepare(
+    ctx: &ProxyContext,
+    peer: SocketAddr,
+    buf: &[u8],
+    arrived: Option<Instant>,
+    out: &mut Vec<u8>,
+) -> Step {
     let mut storage = head::field_storage();
     let req = match head::parse_request(buf, &mut storage) {
         ParsedRequest::Partial => return Step::Partial,
@@ -270,7 +286,7 @@ fn prepare(ctx: &ProxyContext, peer: SocketAddr, buf: &[u8], out: &mut Vec<u8>) 
     if buf.len() < req.message_len() {
         return Step::Partial;
     }
-    let start = Instant::now();
+    let start = arrived.unwrap_or_else(Instant::now);
     let snap = ctx.snapshot.load_full();
     let path = req.target.split('?').next().unwrap_or("/");
     let Some(index) = snap.table.find(&snap.config.routes, req.host, path) else {
