@@ -206,20 +206,15 @@ async fn a_bad_config_is_rejected_counted_and_the_old_one_keeps_serving() {
         .await;
 
     write_then_rename(&path, &config_text(&stable, &canary, "100.5"));
-    let start = Instant::now();
-    loop {
-        let errors = cohort
-            .series("cohort_config_reloads_total", &[("result", "error")])
-            .await;
-        if errors > before {
-            break;
-        }
-        assert!(
-            start.elapsed() < APPLY_BOUND,
-            "the bad config was not noticed"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    cohort
+        .wait_series_at_least(
+            "cohort_config_reloads_total",
+            &[("result", "error")],
+            before + 1.0,
+            APPLY_BOUND,
+            "the bad config was not noticed",
+        )
+        .await;
     assert_eq!(generation(&cohort).await, 1);
     assert_eq!(percent(&cohort).await, 10.0);
     let answer = get(&cohort.url("/"), &[("x-user-id", "u1")]).await;
@@ -246,18 +241,15 @@ async fn an_identical_config_keeps_its_generation() {
     // Same meaning, different bytes (a comment): a reload that counts as ok, same generation.
     let text = format!("# touched\n{}", config_text(&stable, &canary, "10"));
     write_then_rename(&path, &text);
-    let start = Instant::now();
-    while cohort
-        .series("cohort_config_reloads_total", &[("result", "ok")])
-        .await
-        < 1.0
-    {
-        assert!(
-            start.elapsed() < APPLY_BOUND,
-            "the touched file was not reloaded"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    cohort
+        .wait_series_at_least(
+            "cohort_config_reloads_total",
+            &[("result", "ok")],
+            1.0,
+            APPLY_BOUND,
+            "the touched file was not reloaded",
+        )
+        .await;
     assert_eq!(generation(&cohort).await, 1);
     cohort.shutdown().await;
 }
@@ -411,15 +403,15 @@ async fn a_reload_naming_an_unreadable_token_file_is_rejected_and_the_token_stay
     let cohort = TestCohort::start_from(&path, dir).await;
 
     write_then_rename(&path, &with_token("no-such-token", "30"));
-    let start = Instant::now();
-    while cohort
-        .series("cohort_config_reloads_total", &[("result", "error")])
-        .await
-        < 1.0
-    {
-        assert!(start.elapsed() < APPLY_BOUND, "the reload was not tried");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    cohort
+        .wait_series_at_least(
+            "cohort_config_reloads_total",
+            &[("result", "error")],
+            1.0,
+            APPLY_BOUND,
+            "the reload was not tried",
+        )
+        .await;
     assert_eq!(generation(&cohort).await, 1);
     assert_eq!(percent(&cohort).await, 10.0, "nothing of it applied");
     assert_eq!(

@@ -646,18 +646,16 @@ async fn canary_failures(cohort: &TestCohort, from: u32, n: u32) {
 
 /// Waits until `n` reloads have been applied.
 async fn applied_reloads(cohort: &TestCohort, n: f64) {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while cohort
-        .series("cohort_config_reloads_total", &[("result", "ok")])
-        .await
-        < n
-    {
-        assert!(
-            Instant::now() < deadline,
-            "reload {n} not applied within 5 s"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let what = format!("reload {n} not applied");
+    cohort
+        .wait_series_at_least(
+            "cohort_config_reloads_total",
+            &[("result", "ok")],
+            n,
+            Duration::from_secs(5),
+            &what,
+        )
+        .await;
 }
 
 /// The guard's window belongs to the identity (route + salt, + `start` under a rollout):

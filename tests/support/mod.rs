@@ -743,6 +743,23 @@ impl TestCohort {
         }
     }
 
+    /// Waits until one series reaches at least `min` (a counter, say); panics with `what`
+    /// if it has not after `bound`.
+    pub async fn wait_series_at_least(
+        &self,
+        name: &str,
+        labels: &[(&str, &str)],
+        min: f64,
+        bound: Duration,
+        what: &str,
+    ) {
+        let start = Instant::now();
+        while self.series(name, labels).await < min {
+            assert!(start.elapsed() < bound, "{what} (within {bound:?})");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     pub async fn shutdown(mut self) {
         if let Some(running) = self.running.take() {
             running.shutdown().await;
