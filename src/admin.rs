@@ -133,7 +133,8 @@ fn route_json(snap: &Snapshot, index: usize) -> Value {
     let share = state.share();
     let rollout = route.rollout.as_ref().map(|r| {
         let now = crate::guard::wall_now();
-        let position = r.position(now);
+        let resumed_at = state.memory().resumed_at();
+        let position = r.position_from(r.origin(resumed_at), now);
         json!({
             "state": state.rollout_state().as_str(),
             "step": state.step(),
@@ -141,14 +142,22 @@ fn route_json(snap: &Snapshot, index: usize) -> Value {
             "start": r.start_text,
             "step_every": humantime::format_duration(r.step_every).to_string(),
             "scheduled_step": position.step,
+            "resumed_at": resumed_at.map(crate::rollout::format_rfc3339),
             "next_step_at": position.next_at.map(crate::rollout::format_rfc3339),
         })
     });
+    let rolled_back = state.memory().rolled_back().map(|r| {
+        let mut record = json!({
+            "reason": r.reason.as_str(),
+            "at": crate::rollout::format_rfc3339(r.at),
+            "remembered": r.saved.is_remembered(),
+        });
+        if let crate::guard::Saved::Failed(reason) = &r.saved {
+            record["not_remembered_because"] = json!(reason);
+        }
+        record
+    });
     let guard = route.guard.as_ref().map(|g| {
-        let memory = state.guard_state();
-        let rolled_back = memory.and_then(|m| m.rolled_back()).map(
-            |r| json!({ "reason": r.reason.as_str(), "at": crate::rollout::format_rfc3339(r.at) }),
-        );
         json!({
             "action": match g.action {
                 crate::rollout::GuardAction::Rollback => "rollback",
@@ -168,6 +177,8 @@ fn route_json(snap: &Snapshot, index: usize) -> Value {
         "sticky": route.sticky,
         "stable": variant(Variant::Stable),
         "canary": variant(Variant::Canary),
+        "configured_percent": route.canary_bp,
+        "rolled_back": rolled_back,
         "rollout": rollout,
         "guard": guard,
     })
@@ -221,6 +232,7 @@ async fn change(
         Err(e) => {
             let status = match &e {
                 ChangeError::UnknownRoute(_) => StatusCode::NOT_FOUND,
+                ChangeError::Invalid(_) => StatusCode::BAD_REQUEST,
                 ChangeError::ReadOnly(_) | ChangeError::Conflict(_) => StatusCode::CONFLICT,
                 ChangeError::Write(_) => StatusCode::INTERNAL_SERVER_ERROR,
             };

@@ -1,6 +1,7 @@
 //! Rollout and guard runtime: per-identity memory (windows, hold, rollback), the
 //! evaluator that turns schedule + verdict into the share in force at least once a
-//! second, rollback persistence in `state_dir`, and the `on_rollback` webhook.
+//! second, rollbacks and resumes (persisted by `crate::state_dir`), and the
+//! `on_rollback` webhook.
 //!
 //! The decisions themselves are pure (`crate::rollout`); this module feeds them clocks
 //! and counts and carries out what they say.
@@ -20,6 +21,7 @@ use crate::rollout::{
     self, format_rfc3339, verdict, Figures, GuardAction, Reason, UnixMillis, Verdict,
 };
 use crate::server::State;
+use crate::state_dir::{self, Stored};
 use crate::window::Window;
 
 /// How often guards are judged and schedules re-read.
@@ -34,22 +36,58 @@ pub fn wall_now() -> UnixMillis {
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
-/// A rollback as remembered in memory and in `state_dir`.
+/// A rollback in force.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RollbackRecord {
     pub reason: Reason,
     pub at: UnixMillis,
+    pub saved: Saved,
 }
 
-/// Memory of one rollout identity (route name + salt + start): it survives reloads
-/// that keep the identity, and a rollback survives restarts through `state_dir`.
-pub struct GuardState {
-    pub identity: String,
+/// Whether a rollback will survive a restart.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Saved {
+    /// It is in `state_dir` (written now, or read from there at start).
+    Remembered,
+    /// No `state_dir` is set: memory only.
+    NoStateDir,
+    /// Writing it failed (the reason): memory only, and said so loudly.
+    Failed(String),
+}
+
+impl Saved {
+    pub fn is_remembered(&self) -> bool {
+        matches!(self, Saved::Remembered)
+    }
+}
+
+/// The changeable part of a route's memory, under one lock.
+#[derive(Default)]
+struct Remembered {
+    rolled_back: Option<RollbackRecord>,
+    /// When the last rollback was resumed (rollout routes: the ramp restarts here).
+    resumed_at: Option<UnixMillis>,
+    /// The step a failing `action = "hold"` guard stays on.
+    holding: Option<usize>,
+}
+
+/// The guard's outcome windows of one identity.
+pub struct Windows {
     pub canary: Window,
     pub stable: Window,
+}
+
+/// Memory of one route identity (route name + salt, + `start` under a rollout): a
+/// rollback (of any route: the kill switch), a resume, a hold, and for routes with a
+/// rollout or guard the outcome windows. It survives reloads that keep the identity;
+/// rollbacks and resumes survive restarts through `state_dir`.
+pub struct GuardState {
+    pub identity: String,
+    /// Outcome windows, for routes with a rollout or a guard only: a plain route pays
+    /// nothing per request for being able to be rolled back.
+    windows: Option<Windows>,
     window_len: Duration,
-    rolled_back: Mutex<Option<RollbackRecord>>,
-    holding: Mutex<Option<usize>>,
+    memory: Mutex<Remembered>,
     state_file: Option<PathBuf>,
 }
 
@@ -57,142 +95,161 @@ pub struct GuardState {
 pub enum ResumeError {
     #[error("nothing to resume: the route is not rolled back")]
     NothingToResume,
-    #[error("cannot clear the rollback in {path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    #[error("cannot record the resume in {path}: {reason}")]
+    Io { path: PathBuf, reason: String },
 }
 
 impl GuardState {
     fn new(
         identity: String,
-        window_len: Duration,
+        window_len: Option<Duration>,
         lanes: usize,
         state_dir: Option<&Path>,
     ) -> GuardState {
-        let state_file = state_dir.map(|dir| dir.join(state_file_name(&identity)));
-        let rolled_back = state_file.as_deref().and_then(read_record);
-        let seconds = window_len.as_secs().max(1);
+        let state_file = state_dir.map(|dir| state_dir::file_for(dir, &identity));
+        let mut memory = Remembered::default();
+        match state_file.as_deref().and_then(state_dir::read) {
+            Some(Stored::RolledBack { reason, at }) => {
+                memory.rolled_back = Some(RollbackRecord {
+                    reason,
+                    at,
+                    saved: Saved::Remembered,
+                });
+            }
+            Some(Stored::Resumed { at }) => memory.resumed_at = Some(at),
+            None => {}
+        }
+        let windows = window_len.map(|len| {
+            let seconds = len.as_secs().max(1);
+            Windows {
+                canary: Window::with_lanes(seconds, lanes),
+                stable: Window::with_lanes(seconds, lanes),
+            }
+        });
         GuardState {
             identity,
-            canary: Window::with_lanes(seconds, lanes),
-            stable: Window::with_lanes(seconds, lanes),
-            window_len,
-            rolled_back: Mutex::new(rolled_back),
-            holding: Mutex::new(None),
+            windows,
+            window_len: window_len.unwrap_or_default(),
+            memory: Mutex::new(memory),
             state_file,
         }
     }
 
+    fn lock(&self) -> std::sync::MutexGuard<'_, Remembered> {
+        self.memory.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     pub fn rolled_back(&self) -> Option<RollbackRecord> {
-        self.rolled_back
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+        self.lock().rolled_back.clone()
+    }
+
+    pub fn resumed_at(&self) -> Option<UnixMillis> {
+        self.lock().resumed_at
     }
 
     pub fn held_step(&self) -> Option<usize> {
-        *self.holding.lock().unwrap_or_else(PoisonError::into_inner)
+        self.lock().holding
     }
 
     fn set_holding(&self, step: Option<usize>) {
-        *self.holding.lock().unwrap_or_else(PoisonError::into_inner) = step;
+        self.lock().holding = step;
     }
 
-    /// Records a rollback (in memory, then atomically in `state_dir`). Returns false if
-    /// it was already rolled back.
-    pub fn roll_back(&self, route: &Route, reason: Reason, at: UnixMillis) -> bool {
-        {
-            let mut slot = self
-                .rolled_back
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            if slot.is_some() {
-                return false;
-            }
-            *slot = Some(RollbackRecord { reason, at });
+    /// What the pure schedule needs to know of this memory.
+    pub fn memory(&self) -> rollout::Memory {
+        let memory = self.lock();
+        rollout::Memory {
+            held_step: memory.holding,
+            rolled_back: memory.rolled_back.is_some(),
+            resumed_at: memory.resumed_at,
         }
-        if let Some(path) = &self.state_file {
-            let record = json!({
-                "route": route.name,
-                "salt": route.salt,
-                "start": route.rollout.as_ref().map(|r| r.start_text.clone()),
-                "reason": reason.as_str(),
-                "at": format_rfc3339(at),
-                "at_ms": at,
-            });
-            if let Err(e) = crate::writeback::write_new_atomically(path, &format!("{record}\n")) {
-                tracing::error!(route = %route.name, error = %e, "cannot remember the rollback in state_dir; it will not survive a restart");
-            }
-        }
-        true
     }
 
-    /// Clears a rollback and empties the window: a deliberate fresh start.
-    pub fn resume(&self) -> Result<(), ResumeError> {
-        let mut slot = self
-            .rolled_back
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        if slot.is_none() {
+    /// Records a rollback: in memory first (it is in force from this moment), then
+    /// atomically in `state_dir`. Returns the new record, or `None` if the route was
+    /// already rolled back.
+    pub fn roll_back(
+        &self,
+        route: &Route,
+        reason: Reason,
+        at: UnixMillis,
+    ) -> Option<RollbackRecord> {
+        let mut memory = self.lock();
+        if memory.rolled_back.is_some() {
+            return None;
+        }
+        memory.rolled_back = Some(RollbackRecord {
+            reason,
+            at,
+            saved: Saved::NoStateDir,
+        });
+        let saved = match &self.state_file {
+            None => Saved::NoStateDir,
+            Some(path) => match state_dir::write(path, route, Stored::RolledBack { reason, at }) {
+                Ok(()) => Saved::Remembered,
+                Err(e) => {
+                    tracing::error!(route = %route.name, error = %e, "cannot remember the rollback in state_dir: it is in force now but will not survive a restart");
+                    Saved::Failed(e)
+                }
+            },
+        };
+        let record = RollbackRecord { reason, at, saved };
+        memory.rolled_back = Some(record.clone());
+        Some(record)
+    }
+
+    /// Clears a rollback and empties the windows: a deliberate fresh start. On a rollout
+    /// route the ramp restarts at its first step from `now`, and that is recorded in
+    /// `state_dir` before anything changes in memory: if it cannot be, the rollback stays.
+    pub fn resume(&self, route: &Route, now: UnixMillis) -> Result<(), ResumeError> {
+        let mut memory = self.lock();
+        if memory.rolled_back.is_none() {
             return Err(ResumeError::NothingToResume);
         }
+        let restarts = route.rollout.is_some();
         if let Some(path) = &self.state_file {
-            match std::fs::remove_file(path) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(source) => {
-                    return Err(ResumeError::Io {
-                        path: path.clone(),
-                        source,
-                    })
-                }
-            }
+            let recorded = if restarts {
+                state_dir::write(path, route, Stored::Resumed { at: now })
+            } else {
+                state_dir::clear(path).map_err(|e| e.to_string())
+            };
+            recorded.map_err(|reason| ResumeError::Io {
+                path: path.clone(),
+                reason,
+            })?;
         }
-        *slot = None;
-        self.set_holding(None);
-        self.canary.clear();
-        self.stable.clear();
+        memory.rolled_back = None;
+        memory.holding = None;
+        if restarts {
+            memory.resumed_at = Some(now);
+        }
+        if let Some(windows) = &self.windows {
+            windows.canary.clear();
+            windows.stable.clear();
+        }
         Ok(())
     }
 
-    pub fn window(&self, variant: Variant) -> &Window {
-        match variant {
-            Variant::Stable => &self.stable,
-            Variant::Canary => &self.canary,
+    /// The guard window of `variant`, for routes with a rollout or guard.
+    pub fn window(&self, variant: Variant) -> Option<&Window> {
+        let windows = self.windows.as_ref()?;
+        Some(match variant {
+            Variant::Stable => &windows.stable,
+            Variant::Canary => &windows.canary,
+        })
+    }
+
+    /// The figures of both variants over the guard window at metrics time `mono`
+    /// (canary, stable); zeros for routes without windows.
+    pub fn figures(&self, mono: u64) -> (Figures, Figures) {
+        match &self.windows {
+            Some(w) => (
+                Figures::from_counts(&w.canary.counts(mono)),
+                Figures::from_counts(&w.stable.counts(mono)),
+            ),
+            None => (Figures::default(), Figures::default()),
         }
     }
-}
-
-/// `rollback-<hash>.json`: one file per identity, named by a hash so any salt works.
-fn state_file_name(identity: &str) -> String {
-    format!(
-        "rollback-{:016x}.json",
-        xxhash_rust::xxh3::xxh3_64(identity.as_bytes())
-    )
-}
-
-fn read_record(path: &Path) -> Option<RollbackRecord> {
-    let text = std::fs::read_to_string(path).ok()?;
-    let value: Value = match serde_json::from_str(&text) {
-        Ok(v) => v,
-        Err(e) => {
-            // A damaged record still means "this canary failed": stay rolled back.
-            tracing::warn!(file = %path.display(), error = %e, "unreadable rollback record; treating the rollout as rolled back");
-            return Some(RollbackRecord {
-                reason: Reason::Manual,
-                at: 0,
-            });
-        }
-    };
-    Some(RollbackRecord {
-        reason: value["reason"]
-            .as_str()
-            .and_then(Reason::parse)
-            .unwrap_or(Reason::Manual),
-        at: value["at_ms"].as_i64().unwrap_or(0),
-    })
 }
 
 /// All identities' memory, keyed by identity.
@@ -212,17 +269,22 @@ impl Guards {
         }
     }
 
-    /// The memory for `route`, if it has a rollout or a guard; created on first use
-    /// (reading a remembered rollback from `state_dir`).
-    pub fn for_route(&self, route: &Route, state_dir: Option<&Path>) -> Option<Arc<GuardState>> {
-        if route.rollout.is_none() && route.guard.is_none() {
-            return None;
-        }
+    /// The memory for `route`, created on first use (reading what `state_dir`
+    /// remembers). Every route has one: any route can be rolled back. A rollout first
+    /// seen past its first step is announced (`now` places it).
+    pub fn for_route(
+        &self,
+        route: &Route,
+        state_dir: Option<&Path>,
+        now: UnixMillis,
+    ) -> Arc<GuardState> {
         let identity = route.rollout_identity();
-        let window_len = route
-            .guard
-            .as_ref()
-            .map_or(crate::config::DEFAULT_GUARD_WINDOW, |g| g.window);
+        let window_len = (route.rollout.is_some() || route.guard.is_some()).then(|| {
+            route
+                .guard
+                .as_ref()
+                .map_or(crate::config::DEFAULT_GUARD_WINDOW, |g| g.window)
+        });
         let mut map = self
             .by_identity
             .lock()
@@ -230,29 +292,32 @@ impl Guards {
         let state = map
             .entry(identity.clone())
             .and_modify(|existing| {
-                if existing.window_len != window_len {
-                    // A new window length needs new buckets; the rollback stays.
-                    let fresh =
-                        GuardState::new(identity.clone(), window_len, self.lanes, state_dir);
-                    *fresh
-                        .rolled_back
-                        .lock()
-                        .unwrap_or_else(PoisonError::into_inner) = existing.rolled_back();
+                let same_windows = existing.windows.is_some() == window_len.is_some()
+                    && window_len.map_or(true, |len| len == existing.window_len);
+                if !same_windows {
+                    // New window lengths need new buckets; rollback and resume stay.
+                    let fresh = GuardState::new(identity.clone(), window_len, self.lanes, None);
+                    {
+                        let (old, mut new) = (existing.lock(), fresh.lock());
+                        new.rolled_back.clone_from(&old.rolled_back);
+                        new.resumed_at = old.resumed_at;
+                    }
+                    let fresh = GuardState {
+                        state_file: existing.state_file.clone(),
+                        ..fresh
+                    };
                     *existing = Arc::new(fresh);
                 }
             })
             .or_insert_with(|| {
-                Arc::new(GuardState::new(
-                    identity.clone(),
-                    window_len,
-                    self.lanes,
-                    state_dir,
-                ))
+                let fresh = GuardState::new(identity.clone(), window_len, self.lanes, state_dir);
+                announce_late_start(route, &fresh, now);
+                Arc::new(fresh)
             });
-        Some(state.clone())
+        state.clone()
     }
 
-    /// Forgets identities the config no longer has (their rollbacks stay on disk).
+    /// Forgets identities the config no longer has (their records stay on disk).
     pub fn retain(&self, config: &Config) {
         let live: Vec<String> = config.routes.iter().map(Route::rollout_identity).collect();
         self.by_identity
@@ -262,24 +327,37 @@ impl Guards {
     }
 }
 
-/// Rolls a route back by hand (`POST /routes/{name}/rollback` on a rollout route):
-/// a guard rollback with reason `manual`; the config file is not touched.
-/// `mono` is the metrics clock the windows run on.
+/// The warning of DESIGN §7 for a rollout first seen past its first step.
+fn announce_late_start(route: &Route, memory: &GuardState, now: UnixMillis) {
+    let Some(rollout) = &route.rollout else {
+        return;
+    };
+    let remembered = memory.memory();
+    if remembered.rolled_back {
+        return;
+    }
+    if let Some(late) = rollout::late_start(rollout, now, remembered.resumed_at) {
+        tracing::warn!(route = %route.name, "rollout {:?} {late}", route.name);
+    }
+}
+
+/// Rolls a route back by hand (`POST /routes/{name}/rollback`, any route): reason
+/// `manual`, in memory at once and in `state_dir`; the config file is not touched, so
+/// it works on a read-only ConfigMap. Returns the rollback in force (this one, or an
+/// earlier one). `mono` is the metrics clock the windows run on.
 pub fn manual_rollback(
     route: &Route,
     route_state: &crate::snapshot::RouteState,
     now: UnixMillis,
     mono: u64,
-) {
-    let Some(memory) = route_state.guard_state() else {
-        return;
-    };
-    if memory.roll_back(route, Reason::Manual, now) {
-        let canary = Figures::from_counts(&memory.canary.counts(mono));
-        let stable = Figures::from_counts(&memory.stable.counts(mono));
+) -> Option<RollbackRecord> {
+    let memory = route_state.memory();
+    if memory.roll_back(route, Reason::Manual, now).is_some() {
+        let (canary, stable) = memory.figures(mono);
         announce_rollback(route, route_state, Reason::Manual, now, &canary, &stable);
     }
     route_state.refresh(route, now);
+    memory.rolled_back()
 }
 
 /// Judges every guard and re-reads every schedule, at least once a second.
@@ -297,25 +375,30 @@ pub fn evaluate_once(state: &State, now: UnixMillis) {
     let snap = state.snapshot.load_full();
     let mono = state.metrics.clock().now();
     for (route, route_state) in snap.config.routes.iter().zip(&snap.routes) {
-        let Some(memory) = route_state.guard_state() else {
-            continue;
-        };
         if let Some(guard) = &route.guard {
-            let canary = Figures::from_counts(&memory.canary.counts(mono));
-            let stable = Figures::from_counts(&memory.stable.counts(mono));
+            let memory = route_state.memory();
+            let (canary, stable) = memory.figures(mono);
             route_state.metrics.guard_figures(&canary, &stable);
             let judged = verdict(guard, &canary, &stable);
-            let scheduled = route.rollout.as_ref().and_then(|r| r.position(now).step);
             match (guard.action, judged) {
                 (GuardAction::Rollback, Verdict::Fail(reason))
-                    if memory.roll_back(route, reason, now) =>
+                    if memory.roll_back(route, reason, now).is_some() =>
                 {
                     announce_rollback(route, route_state, reason, now, &canary, &stable);
                 }
                 (GuardAction::Hold, Verdict::Fail(reason)) if memory.held_step().is_none() => {
-                    let at = route_state.step().or(scheduled);
-                    tracing::warn!(route = %route.name, reason = reason.as_str(), step = ?at, "guard failing: holding the current step");
-                    memory.set_holding(at.or(Some(0)));
+                    let scheduled = scheduled_step(route, memory, now);
+                    let at = route_state.step().or(scheduled).unwrap_or(0);
+                    tracing::warn!(
+                        route = %route.name,
+                        reason = reason.as_str(),
+                        step = at + 1,
+                        canary_requests = canary.requests,
+                        canary_error_ratio = canary.error_ratio.map(rounded),
+                        canary_p99_seconds = canary.p99_seconds.map(rounded),
+                        "guard failing: holding the current step"
+                    );
+                    memory.set_holding(Some(at));
                 }
                 (GuardAction::Hold, Verdict::Pass) if memory.held_step().is_some() => {
                     tracing::info!(route = %route.name, "guard passes again: following the schedule");
@@ -328,6 +411,21 @@ pub fn evaluate_once(state: &State, now: UnixMillis) {
     }
 }
 
+/// The rollout step the clock says at `now`, counted from the last resume.
+fn scheduled_step(route: &Route, memory: &GuardState, now: UnixMillis) -> Option<usize> {
+    let rollout = route.rollout.as_ref()?;
+    rollout
+        .position_from(rollout.origin(memory.resumed_at()), now)
+        .step
+}
+
+/// A figure for a log line: four decimals are plenty for ratios and seconds.
+fn rounded(value: f64) -> f64 {
+    (value * 10_000.0).round() / 10_000.0
+}
+
+/// Counts, logs and (with `on_rollback`) reports a rollback that has just happened. A
+/// guard's rollback is an ERROR (something failed); a manual one a WARN (someone acted).
 fn announce_rollback(
     route: &Route,
     route_state: &crate::snapshot::RouteState,
@@ -337,19 +435,29 @@ fn announce_rollback(
     stable: &Figures,
 ) {
     route_state.metrics.rolled_back(reason);
-    tracing::error!(
-        route = %route.name,
-        reason = reason.as_str(),
-        canary_requests = canary.requests,
-        canary_errors = canary.errors,
-        canary_error_ratio = ?canary.error_ratio,
-        canary_p99_seconds = ?canary.p99_seconds,
-        "canary rolled back to 0 %"
-    );
+    macro_rules! rollback_line {
+        ($level:ident) => {
+            tracing::$level!(
+                route = %route.name,
+                reason = reason.as_str(),
+                canary_requests = canary.requests,
+                canary_errors = canary.errors,
+                canary_error_ratio = canary.error_ratio.map(rounded),
+                canary_p99_seconds = canary.p99_seconds.map(rounded),
+                stable_error_ratio = stable.error_ratio.map(rounded),
+                "canary rolled back to 0 %"
+            )
+        };
+    }
+    if reason == Reason::Manual {
+        rollback_line!(warn);
+    } else {
+        rollback_line!(error);
+    }
     let Some(url) = route.guard.as_ref().and_then(|g| g.on_rollback.clone()) else {
         return;
     };
-    let step = route.rollout.as_ref().and_then(|r| r.position(now).step);
+    let step = scheduled_step(route, route_state.memory(), now);
     let percent = route
         .rollout
         .as_ref()
@@ -438,20 +546,31 @@ pub async fn deliver_webhook(url: String, body: Value, route: String) {
     }
 }
 
-/// The effective share of a route for tools that run without a live instance
-/// (`cohort assign`): the schedule at `now`, or 0 if `state_dir` remembers a rollback.
+/// What `state_dir` remembers of `route`, for tools that run without a live instance
+/// (`cohort check`, `cohort assign`).
+pub fn offline_memory(route: &Route, config: &Config) -> rollout::Memory {
+    let stored = config
+        .state_dir
+        .as_deref()
+        .and_then(|dir| state_dir::read(&state_dir::file_for(dir, &route.rollout_identity())));
+    rollout::Memory {
+        held_step: None,
+        rolled_back: matches!(stored, Some(Stored::RolledBack { .. })),
+        resumed_at: match stored {
+            Some(Stored::Resumed { at }) => Some(at),
+            _ => None,
+        },
+    }
+}
+
+/// The effective share of a route without a live instance: the schedule at `now`
+/// (from the last resume), or 0 if `state_dir` remembers a rollback.
 pub fn offline_share(route: &Route, config: &Config, now: UnixMillis) -> BasisPoints {
-    let rolled_back = (route.rollout.is_some() || route.guard.is_some())
-        && config.state_dir.as_deref().is_some_and(|dir| {
-            dir.join(state_file_name(&route.rollout_identity()))
-                .exists()
-        });
     rollout::effective(
         route.rollout.as_ref(),
         route.canary_bp,
         now,
-        None,
-        rolled_back,
+        offline_memory(route, config),
     )
     .share
 }

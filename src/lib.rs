@@ -37,6 +37,7 @@ pub mod router;
 pub mod server;
 pub mod signals;
 pub mod snapshot;
+pub mod state_dir;
 pub mod status_page;
 pub mod status_table;
 pub mod tls;

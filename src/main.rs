@@ -14,7 +14,8 @@ use http::Method;
 use cohort::client;
 use cohort::cohort::{assign, BasisPoints};
 use cohort::config::{self, DEFAULT_CONFIG_PATH};
-use cohort::guard::{offline_share, wall_now};
+use cohort::guard::{offline_memory, offline_share, wall_now};
+use cohort::rollout::{describe_guard, describe_rollout, late_start};
 
 #[derive(Parser)]
 #[command(
@@ -239,6 +240,14 @@ fn check(path: &std::path::Path) -> ExitCode {
         eprintln!("{e}");
         return ExitCode::from(1);
     }
+    // `run` refuses to start without a usable state_dir: so does `check`.
+    if let Some(dir) = &config.state_dir {
+        if let Err(e) = cohort::state_dir::check(dir) {
+            eprintln!("{}: {e}", path.display());
+            return ExitCode::from(1);
+        }
+    }
+    let now = wall_now();
     cohort::out!(
         "{}: ok; listen {}, admin {}, {} route(s)",
         path.display(),
@@ -266,6 +275,23 @@ fn check(path: &std::path::Path) -> ExitCode {
             list(&route.stable.endpoints),
             list(&route.canary.endpoints),
         );
+        let memory = offline_memory(route, &config);
+        if let Some(rollout) = &route.rollout {
+            cohort::out!("  rollout: {}", describe_rollout(rollout, now, memory));
+            if !memory.rolled_back {
+                if let Some(late) = late_start(rollout, now, memory.resumed_at) {
+                    eprintln!("warning: rollout {:?} {late}", route.name);
+                }
+            }
+        } else if memory.rolled_back {
+            cohort::out!(
+                "  rolled back (remembered in state_dir): canary 0 % until `cohort rollout resume {}`",
+                route.name
+            );
+        }
+        if let Some(guard) = &route.guard {
+            cohort::out!("  guard: {}", describe_guard(guard));
+        }
     }
     ExitCode::SUCCESS
 }
@@ -342,16 +368,44 @@ async fn change(admin: AdminArgs, route: String, what: Change) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let rollout = state["rollout"]["state"]
-        .as_str()
-        .map(|s| format!(" (rollout {s})"))
-        .unwrap_or_default();
-    cohort::out!(
-        "route {route}: canary {}%{rollout}",
-        state["canary_percent"]
+    let percent = |value: &serde_json::Value| {
+        value
             .as_f64()
             .and_then(|p| BasisPoints::from_percent(p).ok())
             .map_or_else(|| "?".to_owned(), |bp| bp.to_string())
+    };
+    let rolled_back = &state["rolled_back"];
+    let note = if let Some(reason) = rolled_back["reason"].as_str() {
+        let kept = match (
+            rolled_back["remembered"].as_bool(),
+            rolled_back["not_remembered_because"].as_str(),
+        ) {
+            (Some(true), _) => "remembered in state_dir".to_owned(),
+            (_, Some(why)) => {
+                eprintln!(
+                    "warning: the rollback is in force but will not survive a restart: {why}"
+                );
+                format!("in memory only: {why}")
+            }
+            _ => "in memory only: no state_dir is set".to_owned(),
+        };
+        let mut note = format!(" (rolled back: {reason}, {kept}");
+        if matches!(what, Change::Set(_)) {
+            note.push_str(&format!(
+                "; {}% applies after `cohort rollout resume {route}`",
+                percent(&state["configured_percent"])
+            ));
+        }
+        note + ")"
+    } else {
+        state["rollout"]["state"]
+            .as_str()
+            .map(|s| format!(" (rollout {s})"))
+            .unwrap_or_default()
+    };
+    cohort::out!(
+        "route {route}: canary {}%{note}",
+        percent(&state["canary_percent"])
     );
     ExitCode::SUCCESS
 }

@@ -62,6 +62,9 @@ pub enum ReloadError {
 pub enum ChangeError {
     #[error("no route named {0:?}")]
     UnknownRoute(String),
+    /// The change can never be valid for the route as configured (400).
+    #[error("{0}")]
+    Invalid(String),
     #[error("{0}")]
     ReadOnly(String),
     #[error("{0}")]
@@ -166,6 +169,12 @@ impl Control {
                     "route is under a rollout: its share follows [routes.rollout]; change the steps, or roll back".to_owned(),
                 ))
             }
+            // Said before any file check: no file edit could make it valid.
+            Some(r) if bp > BasisPoints::ZERO && r.canary.endpoints.is_empty() => {
+                return Err(ChangeError::Invalid(format!(
+                    "route {route:?} has no canary endpoints, so its canary share can only be 0; add canary.endpoints to the config first"
+                )))
+            }
             Some(_) => {}
         }
         let text = std::fs::read_to_string(&self.path)
@@ -194,29 +203,28 @@ impl Control {
 }
 
 impl Control {
-    /// `POST /routes/{name}/rollback`: on a rollout route, a guard rollback with reason
-    /// `manual` (remembered in `state_dir`, config file untouched, so it works on a
-    /// read-only ConfigMap); elsewhere, `canary_percent = 0` written back to the file.
+    /// `POST /routes/{name}/rollback`, on any route: the canary's share is 0 at once,
+    /// in memory, remembered in `state_dir` when set; the config file is not touched,
+    /// so the kill switch works on a read-only ConfigMap and whatever else the file
+    /// holds. Only a resume clears it. Not a reload: the generation stays.
     pub async fn rollback(&self, route: &str) -> Result<(), ChangeError> {
+        // No file lock: the kill switch must not wait behind a slow write-back.
         let snap = self.state.snapshot.load_full();
         let index = snap
             .route_index(route)
             .ok_or_else(|| ChangeError::UnknownRoute(route.to_owned()))?;
         let (config_route, route_state) = snap.route(index);
-        if config_route.rollout.is_some() {
-            let _serial = self.last_text.lock().await;
-            crate::guard::manual_rollback(
-                config_route,
-                route_state,
-                crate::guard::wall_now(),
-                self.state.metrics.clock().now(),
-            );
-            return Ok(());
-        }
-        self.set_canary(route, BasisPoints::ZERO).await.map(|_| ())
+        crate::guard::manual_rollback(
+            config_route,
+            route_state,
+            crate::guard::wall_now(),
+            self.state.metrics.clock().now(),
+        );
+        Ok(())
     }
 
-    /// `POST /routes/{name}/resume`: clears a rollback and empties the guard window.
+    /// `POST /routes/{name}/resume`: clears a rollback and empties the guard window; a
+    /// rollout's ramp restarts at its first step from now.
     pub async fn resume(&self, route: &str) -> Result<(), ChangeError> {
         let _serial = self.last_text.lock().await;
         let snap = self.state.snapshot.load_full();
@@ -224,15 +232,27 @@ impl Control {
             .route_index(route)
             .ok_or_else(|| ChangeError::UnknownRoute(route.to_owned()))?;
         let (config_route, route_state) = snap.route(index);
-        let memory = route_state.guard_state().ok_or_else(|| {
-            ChangeError::Conflict("nothing to resume: the route has no rollout or guard".to_owned())
-        })?;
-        memory.resume().map_err(|e| match e {
-            crate::guard::ResumeError::NothingToResume => ChangeError::Conflict(e.to_string()),
-            crate::guard::ResumeError::Io { .. } => ChangeError::Write(e.to_string()),
-        })?;
-        tracing::info!(route, "rollback cleared by hand: the rollout resumes");
-        route_state.refresh(config_route, crate::guard::wall_now());
+        let now = crate::guard::wall_now();
+        route_state
+            .memory()
+            .resume(config_route, now)
+            .map_err(|e| match e {
+                crate::guard::ResumeError::NothingToResume => ChangeError::Conflict(e.to_string()),
+                crate::guard::ResumeError::Io { .. } => ChangeError::Write(e.to_string()),
+            })?;
+        match &config_route.rollout {
+            Some(rollout) => tracing::warn!(
+                route,
+                first_step = %rollout.share_of(Some(0)),
+                "rollback cleared by hand: the rollout restarts at its first step"
+            ),
+            None => tracing::warn!(
+                route,
+                canary_percent = %config_route.canary_bp,
+                "rollback cleared by hand: the canary gets its configured share again"
+            ),
+        }
+        route_state.refresh(config_route, now);
         Ok(())
     }
 }

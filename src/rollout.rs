@@ -35,19 +35,31 @@ impl Rollout {
     /// The step in force at `now`: 0 before `start`, then `steps[floor((now − start) /
     /// step_every)]`, the last step after that (DESIGN §7).
     pub fn position(&self, now: UnixMillis) -> Position {
+        self.position_from(self.start, now)
+    }
+
+    /// Where the ramp begins: `start`, or the moment of a later resume, from which the
+    /// ramp restarts at `steps[0]` (DESIGN §7: a resume never returns a failed canary
+    /// to a later step). A resume before `start` leaves the schedule as it is.
+    pub fn origin(&self, resumed_at: Option<UnixMillis>) -> UnixMillis {
+        resumed_at.map_or(self.start, |at| at.max(self.start))
+    }
+
+    /// The step in force at `now` for a ramp that begins at `origin`.
+    pub fn position_from(&self, origin: UnixMillis, now: UnixMillis) -> Position {
         let every = self.step_every.as_millis().max(1) as i128;
-        if now < self.start {
+        if now < origin {
             return Position {
                 step: None,
-                next_at: Some(self.start),
+                next_at: Some(origin),
             };
         }
-        let elapsed = i128::from(now) - i128::from(self.start);
+        let elapsed = i128::from(now) - i128::from(origin);
         let raw = elapsed / every;
         let last = self.steps.len().saturating_sub(1);
         let step = usize::try_from(raw).map_or(last, |s| s.min(last));
         let next_at = (step < last).then(|| {
-            let at = i128::from(self.start) + (step as i128 + 1) * every;
+            let at = i128::from(origin) + (step as i128 + 1) * every;
             i64::try_from(at).unwrap_or(i64::MAX)
         });
         Position {
@@ -222,44 +234,56 @@ pub struct Effective {
     pub state: RolloutState,
 }
 
-/// Combines schedule, hold and rollback into the share in force (pure).
+/// What one replica remembers of a route beyond its config and the clock.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Memory {
+    /// The step a failing `action = "hold"` guard stays on.
+    pub held_step: Option<usize>,
+    /// A rollback (guard or manual) is in force: cleared only by a resume.
+    pub rolled_back: bool,
+    /// When the last rollback was resumed: the ramp restarts at `steps[0]` from then.
+    pub resumed_at: Option<UnixMillis>,
+}
+
+/// Combines schedule, hold, rollback and resume into the share in force (pure).
 ///
-/// - rolled back → 0, whatever the schedule says;
+/// - rolled back → 0, whatever the schedule says, on every route;
 /// - holding at step h → `steps[h]` (never beyond the schedule's own step);
-/// - otherwise the schedule.
+/// - otherwise the schedule, counted from the last resume when there was one.
 ///
 /// Without a rollout, `canary_percent` is the plan.
 pub fn effective(
     rollout: Option<&Rollout>,
     canary_percent: BasisPoints,
     now: UnixMillis,
-    held_step: Option<usize>,
-    rolled_back: bool,
+    memory: Memory,
 ) -> Effective {
     let Some(rollout) = rollout else {
         return Effective {
-            share: if rolled_back {
+            share: if memory.rolled_back {
                 BasisPoints::ZERO
             } else {
                 canary_percent
             },
             step: None,
-            state: if rolled_back {
+            state: if memory.rolled_back {
                 RolloutState::RolledBack
             } else {
                 RolloutState::Complete
             },
         };
     };
-    let scheduled = rollout.position(now).step;
-    if rolled_back {
+    let scheduled = rollout
+        .position_from(rollout.origin(memory.resumed_at), now)
+        .step;
+    if memory.rolled_back {
         return Effective {
             share: BasisPoints::ZERO,
             step: scheduled,
             state: RolloutState::RolledBack,
         };
     }
-    match (scheduled, held_step) {
+    match (scheduled, memory.held_step) {
         (None, _) => Effective {
             share: BasisPoints::ZERO,
             step: None,
@@ -285,6 +309,170 @@ pub fn effective(
             },
         },
     }
+}
+
+/// A rollout first seen already past its first step (a `start` in the past, copied
+/// from an example, say): every replica computes that step from the clock, which keeps
+/// a fleet consistent, but a human should hear that a later step applies at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LateStart {
+    /// How long ago the ramp began (its start, or the last resume).
+    pub ago_ms: i64,
+    pub resumed: bool,
+    /// The 0-based step that applies now.
+    pub step: usize,
+    pub steps: usize,
+    pub share: BasisPoints,
+}
+
+/// The late start of `rollout` at `now`, if the step in force is past the first.
+pub fn late_start(
+    rollout: &Rollout,
+    now: UnixMillis,
+    resumed_at: Option<UnixMillis>,
+) -> Option<LateStart> {
+    let origin = rollout.origin(resumed_at);
+    let step = rollout.position_from(origin, now).step?;
+    (step > 0).then(|| LateStart {
+        ago_ms: now.saturating_sub(origin),
+        resumed: origin != rollout.start,
+        step,
+        steps: rollout.steps.len(),
+        share: rollout.share_of(Some(step)),
+    })
+}
+
+impl fmt::Display for LateStart {
+    /// `started 26 h ago: step 5 of 5 (100 %) applies now`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} {} ago: step {} of {} ({} %) applies now",
+            if self.resumed { "resumed" } else { "started" },
+            Elapsed(self.ago_ms),
+            self.step + 1,
+            self.steps,
+            self.share
+        )
+    }
+}
+
+/// A span of time for people, in its largest sensible unit: `45 s`, `12 min`, `26 h`,
+/// `9 d` (rounded down; a unit is used from twice its size so `90 min` stays exact).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Elapsed(pub i64);
+
+impl fmt::Display for Elapsed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let seconds = self.0.max(0) / 1000;
+        match seconds {
+            s if s < 120 => write!(f, "{s} s"),
+            s if s < 2 * 3600 => write!(f, "{} min", s / 60),
+            s if s < 3 * 86_400 => write!(f, "{} h", s / 3600),
+            s => write!(f, "{} d", s / 86_400),
+        }
+    }
+}
+
+/// One line on where a rollout stands at `now`, for `cohort check`: start, steps, the
+/// step in force and when the next comes, e.g. `start 2026-12-01T09:00:00Z, steps
+/// 1/5/25/50/100 % every 10m; step 3 of 5 (25 %) in force; next step at
+/// 2026-12-01T09:30:00Z (in 4 min)`.
+pub fn describe_rollout(rollout: &Rollout, now: UnixMillis, memory: Memory) -> String {
+    let steps: Vec<String> = rollout.steps.iter().map(ToString::to_string).collect();
+    let mut line = format!(
+        "start {}, steps {} % every {}",
+        rollout.start_text,
+        steps.join("/"),
+        humantime_like(rollout.step_every)
+    );
+    if memory.rolled_back {
+        line.push_str("; rolled back: canary 0 % until resumed");
+        return line;
+    }
+    let origin = rollout.origin(memory.resumed_at);
+    if origin != rollout.start {
+        line.push_str(&format!(
+            "; resumed at {}: the ramp restarted at step 1",
+            format_rfc3339(origin)
+        ));
+    }
+    let position = rollout.position_from(origin, now);
+    match position.step {
+        None => line.push_str(&format!(
+            "; pending: step 1 ({} %) begins at {} (in {})",
+            rollout.share_of(Some(0)),
+            format_rfc3339(origin),
+            Elapsed(origin.saturating_sub(now))
+        )),
+        Some(step) => line.push_str(&format!(
+            "; step {} of {} ({} %) in force",
+            step + 1,
+            rollout.steps.len(),
+            rollout.share_of(Some(step))
+        )),
+    }
+    match (position.step, position.next_at) {
+        (Some(_), Some(next)) => line.push_str(&format!(
+            "; next step at {} (in {})",
+            format_rfc3339(next),
+            Elapsed(next.saturating_sub(now))
+        )),
+        (Some(_), None) => line.push_str("; last step"),
+        (None, _) => {}
+    }
+    line
+}
+
+/// One line on a guard's settings, for `cohort check`.
+pub fn describe_guard(guard: &Guard) -> String {
+    let mut parts = vec![
+        format!(
+            "action {}",
+            match guard.action {
+                GuardAction::Rollback => "rollback",
+                GuardAction::Hold => "hold",
+            }
+        ),
+        format!("window {}", humantime_like(guard.window)),
+        format!("min_requests {}", guard.min_requests),
+    ];
+    if let Some(max) = guard.max_error_ratio {
+        parts.push(format!("max_error_ratio {max}"));
+    }
+    if let Some(max) = guard.max_error_ratio_vs_stable {
+        parts.push(format!("max_error_ratio_vs_stable {max}"));
+    }
+    if let Some(max) = guard.max_p99 {
+        parts.push(format!("max_p99 {}", humantime_like(max)));
+    }
+    if let Some(url) = &guard.on_rollback {
+        parts.push(format!("on_rollback {url}"));
+    }
+    parts.join(", ")
+}
+
+/// A config duration as a person wrote it: `10m`, `30s`, `500ms`, `1h30m`.
+fn humantime_like(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms == 0 {
+        return "0s".to_owned();
+    }
+    let mut rest = ms;
+    let mut out = String::new();
+    for (unit, size) in [
+        ("d", 86_400_000),
+        ("h", 3_600_000),
+        ("m", 60_000),
+        ("s", 1000),
+        ("ms", 1),
+    ] {
+        if rest >= size {
+            out.push_str(&format!("{}{unit}", rest / size));
+            rest %= size;
+        }
+    }
+    out
 }
 
 // ---------------------------------------------------------------------------------------

@@ -54,6 +54,11 @@ pub enum StartError {
     Workers(io::Error),
     #[error("{0}")]
     Token(#[from] ReloadError),
+    #[error("{}: {source}", file.display())]
+    StateDir {
+        file: std::path::PathBuf,
+        source: crate::state_dir::StateDirError,
+    },
     #[error("{}: listen.tls: {reason}", file.display())]
     Tls {
         file: std::path::PathBuf,
@@ -77,6 +82,14 @@ pub struct Running {
 /// which then hosts the admin listener; the proxy runs on its own worker threads.
 pub async fn start(config: Config) -> Result<Running, StartError> {
     let admin_token = reload::read_token(&config)?;
+    // Found now, not at the first rollback: a kill switch that cannot be remembered
+    // would send users back to a failed canary after the next restart.
+    if let Some(dir) = &config.state_dir {
+        crate::state_dir::check(dir).map_err(|source| StartError::StateDir {
+            file: config.source.clone(),
+            source,
+        })?;
+    }
     let workers = listener::worker_count(config.listen.workers);
     // Outcome windows get a lane per worker, summed when read.
     let metrics = Arc::new(Metrics::with_lanes(workers));

@@ -34,8 +34,8 @@ pub struct RouteState {
     /// The rollout step in force, −1 before `start` or without a rollout.
     step: AtomicI64,
     rollout_state: AtomicU8,
-    /// Rollout/guard memory, for routes that have either.
-    guard: Option<Arc<GuardState>>,
+    /// What this replica remembers of the route (rollback, resume, hold, guard windows).
+    memory: Arc<GuardState>,
     /// Every endpoint of both variants is plain HTTP/1.1: cohort's own client serves
     /// the route (`crate::h1`); otherwise hyper's does.
     plain_http1: bool,
@@ -79,7 +79,7 @@ impl Snapshot {
                     share: AtomicU16::new(route.canary_bp.get()),
                     step: AtomicI64::new(-1),
                     rollout_state: AtomicU8::new(0),
-                    guard: guards.for_route(route, config.state_dir.as_deref()),
+                    memory: guards.for_route(route, config.state_dir.as_deref(), now),
                     plain_http1: [Variant::Stable, Variant::Canary].iter().all(|&v| {
                         variant_upstream(route, v)
                             .iter()
@@ -142,22 +142,19 @@ impl RouteState {
             .unwrap_or(RolloutState::Complete)
     }
 
-    pub fn guard_state(&self) -> Option<&Arc<GuardState>> {
-        self.guard.as_ref()
+    /// The route's memory: every route has one, since any route can be rolled back.
+    pub fn memory(&self) -> &GuardState {
+        &self.memory
     }
 
     /// Recomputes the share in force from schedule, hold and rollback at `now`, and
     /// publishes it to requests and gauges.
     pub fn refresh(&self, route: &Route, now: UnixMillis) {
-        let (held, rolled_back) = self.guard.as_ref().map_or((None, false), |g| {
-            (g.held_step(), g.rolled_back().is_some())
-        });
         let effective = rollout::effective(
             route.rollout.as_ref(),
             route.canary_bp,
             now,
-            held,
-            rolled_back,
+            self.memory.memory(),
         );
         self.share.store(effective.share.get(), Ordering::Relaxed);
         self.step.store(
@@ -189,12 +186,10 @@ impl RouteState {
         cut: bool,
     ) {
         self.metrics.variant(variant).finished(status, elapsed, cut);
-        if let Some(guard) = &self.guard {
+        if let Some(window) = self.memory.window(variant) {
             if source != AssignSource::Override {
                 let now = self.metrics.variant(variant).clock_now();
-                guard
-                    .window(variant)
-                    .record(now, cut || status >= 500, elapsed.as_secs_f64());
+                window.record(now, cut || status >= 500, elapsed.as_secs_f64());
             }
         }
     }

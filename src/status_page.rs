@@ -56,12 +56,28 @@ pub(crate) struct RouteView {
 pub(crate) fn rollout_line(route: &Value) -> Option<String> {
     let rollout = route.get("rollout").filter(|r| r.is_object());
     let guard = route.get("guard").filter(|g| g.is_object());
-    let reason = guard
-        .and_then(|g| g.get("rolled_back"))
+    let rolled_back = route
+        .get("rolled_back")
+        .or_else(|| guard.and_then(|g| g.get("rolled_back")))
+        .filter(|r| r.is_object());
+    let reason = rolled_back
         .and_then(|r| r.get("reason"))
         .and_then(Value::as_str);
     let Some(rollout) = rollout else {
-        let state = guard?.get("state").and_then(Value::as_str)?;
+        let Some(guard) = guard else {
+            // Any route can be rolled back by hand.
+            return reason.map(|reason| {
+                let mut line = format!("rolled back ({reason})");
+                if let Some(at) = rolled_back
+                    .and_then(|r| r.get("at"))
+                    .and_then(Value::as_str)
+                {
+                    let _ = write!(line, " at {at}");
+                }
+                line + " · resume to serve the canary again"
+            });
+        };
+        let state = guard.get("state").and_then(Value::as_str)?;
         return Some(match reason {
             Some(reason) => {
                 format!("guard: rolled back ({reason}) · resume to serve the canary again")
@@ -165,13 +181,14 @@ impl RouteView {
             stable: VariantView::from_json(route.get("stable")),
             canary: VariantView::from_json(route.get("canary")),
             rollout: rollout_line(route),
-            rolled_back: ["rollout", "guard"].iter().any(|k| {
-                route
-                    .get(*k)
-                    .and_then(|v| v.get("state"))
-                    .and_then(Value::as_str)
-                    == Some("rolled_back")
-            }),
+            rolled_back: route.get("rolled_back").is_some_and(Value::is_object)
+                || ["rollout", "guard"].iter().any(|k| {
+                    route
+                        .get(*k)
+                        .and_then(|v| v.get("state"))
+                        .and_then(Value::as_str)
+                        == Some("rolled_back")
+                }),
         }
     }
 }
@@ -758,6 +775,20 @@ mod tests {
             ),
             "{html}"
         );
+    }
+
+    #[test]
+    fn a_plain_route_rolled_back_by_hand_says_so() {
+        let mut plain = route("web", 0.0, "w");
+        plain["rolled_back"] = serde_json::json!({
+            "reason": "manual", "at": "2026-12-02T10:00:00Z", "remembered": true
+        });
+        let html = render(&doc(vec![plain, route("other", 10.0, "o")]));
+        assert!(
+            html.contains("<div class=\"rollout bad\">rolled back (manual) at 2026-12-02T10:00:00Z · resume to serve the canary again</div>"),
+            "{html}"
+        );
+        assert_eq!(html.matches("class=\"rollout").count(), 1, "{html}");
     }
 
     #[test]

@@ -922,10 +922,44 @@ async fn set_rollback_and_status_talk_to_a_running_instance() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "route r: canary 0%\n");
+    // The kill switch acts in memory and leaves the file as it was (DESIGN §4).
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "route r: canary 0% (rolled back: manual, in memory only: no state_dir is set)\n"
+    );
     assert!(std::fs::read_to_string(&file)
         .unwrap()
-        .contains("canary_percent = 0"));
+        .contains("canary_percent = 2.5"));
+    // A `set` while rolled back is written, and waits for the resume.
+    let out = run_to_end(
+        &[
+            "set",
+            "r",
+            "5",
+            "--admin",
+            &admin_url,
+            "--token-file",
+            &token_file,
+        ],
+        QUICK,
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "route r: canary 0% (rolled back: manual, in memory only: no state_dir is set; 5% applies after `cohort rollout resume r`)\n"
+    );
+    let out = run_to_end(
+        &[
+            "rollout",
+            "resume",
+            "r",
+            "--admin",
+            &admin_url,
+            "--token-file",
+            &token_file,
+        ],
+        QUICK,
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "route r: canary 5%\n");
 
     let out = run_to_end(&["status", "--admin", "http://127.0.0.1:1"], QUICK);
     assert_eq!(

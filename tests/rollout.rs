@@ -274,9 +274,13 @@ async fn a_canary_that_goes_bad_at_step_two_is_rolled_back_and_stays_rolled_back
     .await;
     assert_eq!(resumed.status, 200, "{}", resumed.text());
     let state: serde_json::Value = serde_json::from_slice(&resumed.body).expect("json");
-    assert_ne!(state["canary_percent"], 0);
-    assert_ne!(state["rollout"]["state"], "rolled_back");
-    assert_eq!(std::fs::read_dir(&state_dir).expect("state_dir").count(), 0);
+    assert_eq!(state["canary_percent"], 10, "the first step again: {state}");
+    assert_eq!(state["rollout"]["state"], "ramping");
+    // The resume replaced the rollback record: a restart follows the resumed ramp.
+    let records: Vec<_> = std::fs::read_dir(&state_dir).expect("state_dir").collect();
+    assert_eq!(records.len(), 1);
+    let record = std::fs::read_to_string(records[0].as_ref().expect("entry").path()).expect("read");
+    assert!(record.contains("\"state\":\"resumed\""), "{record}");
     let again = send(
         &client(),
         "POST",
@@ -514,8 +518,15 @@ async fn manual_controls_on_a_rollout_route_and_the_webhook_retried_until_accept
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    assert_eq!(route_state(&cohort).await["canary_percent"], 25);
-    assert_eq!(assigned(get(&assign_url, &[]).await)["variant"], "canary");
+    // The ramp restarts at its first step from the resume, never at the last (DESIGN §7).
+    assert_eq!(route_state(&cohort).await["canary_percent"], 1);
+    assert_eq!(route_state(&cohort).await["rollout"]["step"], 0);
+    let first_step_user = key_in("canary", "rollout-test", 1.0, "user");
+    let first_step_url = cohort.admin_url(&format!("/assign?route=shop&key={first_step_user}"));
+    assert_eq!(
+        assigned(get(&first_step_url, &[]).await)["variant"],
+        "canary"
+    );
     // Rollbacks and resumes are not reloads (DESIGN §7).
     assert_eq!(cohort.series("cohort_config_generation", &[]).await, 1.0);
     assert_eq!(
