@@ -87,7 +87,9 @@ pub struct GuardState {
     /// nothing per request for being able to be rolled back.
     windows: Option<Windows>,
     window_len: Duration,
-    memory: Mutex<Remembered>,
+    /// Shared with the memory this one replaced when a reload changed the windows, so a
+    /// rollback can never land on a copy that is about to be dropped.
+    memory: Arc<Mutex<Remembered>>,
     state_file: Option<PathBuf>,
 }
 
@@ -130,7 +132,7 @@ impl GuardState {
             identity,
             windows,
             window_len: window_len.unwrap_or_default(),
-            memory: Mutex::new(memory),
+            memory: Arc::new(Mutex::new(memory)),
             state_file,
         }
     }
@@ -295,18 +297,13 @@ impl Guards {
                 let same_windows = existing.windows.is_some() == window_len.is_some()
                     && window_len.map_or(true, |len| len == existing.window_len);
                 if !same_windows {
-                    // New window lengths need new buckets; rollback and resume stay.
+                    // New window lengths need new buckets; the memory itself stays.
                     let fresh = GuardState::new(identity.clone(), window_len, self.lanes, None);
-                    {
-                        let (old, mut new) = (existing.lock(), fresh.lock());
-                        new.rolled_back.clone_from(&old.rolled_back);
-                        new.resumed_at = old.resumed_at;
-                    }
-                    let fresh = GuardState {
+                    *existing = Arc::new(GuardState {
+                        memory: existing.memory.clone(),
                         state_file: existing.state_file.clone(),
                         ..fresh
-                    };
-                    *existing = Arc::new(fresh);
+                    });
                 }
             })
             .or_insert_with(|| {

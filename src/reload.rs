@@ -208,7 +208,9 @@ impl Control {
     /// so the kill switch works on a read-only ConfigMap and whatever else the file
     /// holds. Only a resume clears it. Not a reload: the generation stays.
     pub async fn rollback(&self, route: &str) -> Result<(), ChangeError> {
-        // No file lock: the kill switch must not wait behind a slow write-back.
+        // Serialized with reloads (which read and parse, never wait on the network),
+        // so a snapshot being built cannot miss the rollback.
+        let _serial = self.last_text.lock().await;
         let snap = self.state.snapshot.load_full();
         let index = snap
             .route_index(route)
