@@ -43,7 +43,7 @@
 #                         running one). The load side shares one core, so with `other` each
 #                         wake-up the proxy causes there can preempt wrk or an upstream in
 #                         mid-batch; `batch` shows what the proxies do when the load side
-#                         does not pay for that (README, Performance)
+#                         does not pay for that (docs/performance.md)
 #   LOAD_NGINX_KEEPALIVE=1024  NGINX's upstream keepalive pool (cohort keeps up to 1024)
 #   LOAD_PORT_BASE=18400  ports used: base+1 stable, +2 canary, +10 cohort, +11 cohort admin,
 #                         +20 nginx proxy
