@@ -90,6 +90,21 @@ async fn variant_of(cohort: &TestCohort, key: &str) -> String {
     answer.variant().expect("variant header").to_owned()
 }
 
+/// The variant `cohort assign` (no live instance, state_dir read) prints for `key`.
+fn assign_offline(config: &Path, key: &str) -> String {
+    let config = config.display().to_string();
+    let out = run_to_end(
+        &["assign", "-c", &config, "--route", "web", "--key", key],
+        Duration::from_secs(10),
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    stdout
+        .trim_end()
+        .rsplit_once("variant=")
+        .map(|(_, v)| v.to_owned())
+        .unwrap_or_else(|| panic!("no variant in {stdout:?}"))
+}
+
 fn set_read_only(path: &Path, read_only: bool) {
     let mode = if read_only { 0o444 } else { 0o644 };
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).expect("chmod");
@@ -293,38 +308,10 @@ async fn a_resume_past_the_schedule_end_restarts_the_ramp_at_its_first_step() {
     assert_eq!(state["rollout"]["step"], 0);
     assert!(state["rollout"]["resumed_at"].is_string(), "{state}");
     // `cohort assign` (no live instance) agrees.
-    let key = key_in("canary", SALT, 10.0, "user");
-    let out = run_to_end(
-        &[
-            "assign",
-            "-c",
-            &kept_path.display().to_string(),
-            "--route",
-            "web",
-            "--key",
-            &key,
-        ],
-        Duration::from_secs(10),
-    );
-    assert!(
-        String::from_utf8_lossy(&out.stdout).contains("variant=canary"),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
-    let stable_key = key_in("stable", SALT, 10.0, "user");
-    let out = run_to_end(
-        &[
-            "assign",
-            "-c",
-            &kept_path.display().to_string(),
-            "--route",
-            "web",
-            "--key",
-            &stable_key,
-        ],
-        Duration::from_secs(10),
-    );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("variant=stable"));
+    for variant in ["canary", "stable"] {
+        let key = key_in(variant, SALT, 10.0, "user");
+        assert_eq!(assign_offline(&kept_path, &key), variant, "{key}");
+    }
     restarted.shutdown().await;
 }
 
