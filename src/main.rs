@@ -199,15 +199,14 @@ fn run(path: &std::path::Path) -> ExitCode {
             }
         };
         stops.next().await;
-        tracing::info!("stop signal received: draining in-flight requests");
-        running.begin_shutdown();
+        tracing::info!("stop signal received");
         tokio::select! {
-            _ = running.wait() => {
+            _ = running.stop_gracefully() => {
                 tracing::info!("drained; bye");
                 ExitCode::SUCCESS
             }
             _ = stops.next() => {
-                tracing::warn!("second stop signal: exiting without waiting for the drain");
+                tracing::warn!("second stop signal: exiting without waiting for the delay or the drain");
                 // Dropping the runtime would wait for the draining workers; leave now.
                 std::process::exit(1)
             }

@@ -235,4 +235,26 @@ impl Running {
         self.begin_shutdown();
         self.wait().await;
     }
+
+    /// The stop on SIGTERM (DESIGN §6): `/readyz` answers 503 at once; for
+    /// `listen.shutdown_delay` everything keeps serving, new connections and
+    /// keep-alive ones alike, while the orchestrator takes this instance out of its
+    /// endpoints (on Kubernetes that happens after the signal, not before, so a proxy
+    /// that stopped accepting at once would refuse the requests still on their way);
+    /// then [`Running::shutdown`]. The delay is read from the config in force now, so
+    /// a reload changes it. Dropping the future (a second signal) stops waiting.
+    pub async fn stop_gracefully(self) {
+        self.state.ready.store(false, Ordering::SeqCst);
+        let delay = self.state.snapshot.load().config.listen.shutdown_delay;
+        if !delay.is_zero() {
+            tracing::info!(
+                shutdown_delay = %humantime::format_duration(delay),
+                "shutdown delay: /readyz answers 503, still accepting and serving"
+            );
+            tokio::time::sleep(delay).await;
+            tracing::info!("shutdown delay over: no longer accepting connections");
+        }
+        tracing::info!("draining in-flight requests");
+        self.shutdown().await;
+    }
 }

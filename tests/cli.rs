@@ -637,6 +637,139 @@ async fn sigterm_closes_idle_connections_at_once() {
     drop(http2);
 }
 
+/// [`serve_config`] with `listen.shutdown_delay` set.
+fn serve_config_with_delay(
+    dir: &Path,
+    stable: &FakeUpstream,
+    canary: &FakeUpstream,
+    delay: &str,
+) -> String {
+    let file = serve_config(dir, stable, canary, "5s");
+    let text = std::fs::read_to_string(&file).expect("read config");
+    let with_delay = text.replace(
+        "drain_timeout = \"5s\"",
+        &format!("drain_timeout = \"5s\"\nshutdown_delay = \"{delay}\""),
+    );
+    assert_ne!(text, with_delay);
+    write_file(dir, "cohort.toml", &with_delay)
+}
+
+/// One GET on `conn`; the answer must be the stable upstream's 200, keeping the
+/// connection open (no `Connection: close` while the delay runs).
+async fn served_on(conn: &mut RawConn, what: &str) {
+    conn.write(b"GET /during-delay HTTP/1.1\r\nHost: t\r\nx-user-id: u\r\n\r\n")
+        .await;
+    let answer = conn.read_response(false).await;
+    assert_eq!(
+        (answer.status, answer.text().as_str()),
+        (200, "stable"),
+        "{what}"
+    );
+    assert_eq!(answer.header("connection"), None, "{what}: {answer:?}");
+}
+
+/// DESIGN §6 on Kubernetes: the endpoint of a terminating pod is removed only after
+/// SIGTERM, so clients keep arriving for a few seconds. With `shutdown_delay`, `/readyz`
+/// answers 503 at once, yet new connections are accepted and served (and keep-alive ones
+/// too) until the delay is over; then the listener closes, the drain runs, exit 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_delay_keeps_accepting_after_sigterm_then_stops() {
+    let stable = FakeUpstream::start("stable").await;
+    let canary = FakeUpstream::start("canary").await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = serve_config_with_delay(dir.path(), &stable, &canary, "2s");
+    let mut cohort = Cohort::spawn(&["run", "-c", &file]);
+    let (proxy, admin) = cohort.wait_serving(QUICK).await;
+    let mut kept_alive = RawConn::connect(proxy).await;
+    served_on(&mut kept_alive, "before the signal").await;
+
+    let signalled = Instant::now();
+    cohort.signal("TERM");
+    let readyz = format!("http://{admin}/readyz");
+    loop {
+        let ready = status_of(&readyz).await;
+        if ready == Some(503) {
+            break;
+        }
+        assert!(
+            signalled.elapsed() < Duration::from_millis(500),
+            "readyz still {ready:?} {:?} after SIGTERM",
+            signalled.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    // For 1.5 s of the 2 s delay: new connections, each served, and the old one.
+    let mut fresh = 0;
+    while signalled.elapsed() < Duration::from_millis(1500) {
+        let mut conn = RawConn::connect(proxy).await;
+        served_on(
+            &mut conn,
+            &format!(
+                "new connection {} ms after SIGTERM",
+                signalled.elapsed().as_millis()
+            ),
+        )
+        .await;
+        fresh += 1;
+        served_on(
+            &mut kept_alive,
+            "the keep-alive connection during the delay",
+        )
+        .await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(fresh >= 5, "only {fresh} new connections in 1.5 s");
+    assert_eq!(status_of(&readyz).await, Some(503), "still not ready");
+    assert!(cohort.try_exit().is_none(), "exited during the delay");
+
+    // Then the listener closes and the process exits cleanly.
+    refused_within(proxy, Duration::from_secs(3)).await;
+    let refused_after = signalled.elapsed();
+    assert!(
+        refused_after >= Duration::from_millis(1900),
+        "refused {refused_after:?} after SIGTERM, before the 2 s delay was over"
+    );
+    assert!(
+        kept_alive.closed_within(Duration::from_secs(2)).await,
+        "the idle keep-alive connection is closed by the drain"
+    );
+    let status = cohort.exit_within(Duration::from_secs(5)).await;
+    let stderr = cohort.stderr();
+    assert_eq!(status.code(), Some(0), "stderr:\n{stderr}");
+    assert!(stderr.contains("shutdown delay"), "{stderr}");
+    assert!(stderr.contains("shutdown delay over"), "{stderr}");
+}
+
+/// A second signal ends the process at once, during the delay as during the drain.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_sigterm_during_the_shutdown_delay_exits_at_once() {
+    let stable = FakeUpstream::start("stable").await;
+    let canary = FakeUpstream::start("canary").await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = serve_config_with_delay(dir.path(), &stable, &canary, "60s");
+    let mut cohort = Cohort::spawn(&["run", "-c", &file]);
+    let (proxy, _admin) = cohort.wait_serving(QUICK).await;
+    cohort.signal("TERM");
+    cohort
+        .wait_stderr("shutdown delay", Duration::from_secs(5))
+        .await;
+    let answer = get(&format!("http://{proxy}/"), &[("x-user-id", "u")]).await;
+    assert_eq!(answer.status, 200, "serving during the delay");
+    let second = Instant::now();
+    cohort.signal("TERM");
+    let status = cohort.exit_within(Duration::from_secs(5)).await;
+    assert!(
+        second.elapsed() < Duration::from_secs(2),
+        "the second signal took {:?} to act",
+        second.elapsed()
+    );
+    assert!(
+        !status.success(),
+        "a cut stop is not a clean exit: {status}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drain_timeout_bounds_the_wait_for_a_stuck_request() {
     let stable = FakeUpstream::start("stable").await;
@@ -786,6 +919,36 @@ async fn startup_warns_of_an_open_admin_api_and_a_guard_without_state_dir() {
 async fn admin_series(admin: SocketAddr, name: &str, labels: &[(&str, &str)]) -> f64 {
     let text = get(&format!("http://{admin}/metrics"), &[]).await.text();
     support::series_value(&text, name, labels)
+}
+
+/// `listen.shutdown_delay` is read when the signal comes, so a reload changes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_changes_the_shutdown_delay() {
+    let stable = FakeUpstream::start("stable").await;
+    let canary = FakeUpstream::start("canary").await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = serve_config_with_delay(dir.path(), &stable, &canary, "60s");
+    let mut cohort = Cohort::spawn(&["run", "-c", &file]);
+    let (proxy, admin) = cohort.wait_serving(QUICK).await;
+    serve_config_with_delay(dir.path(), &stable, &canary, "0s");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while admin_series(admin, "cohort_config_generation", &[]).await < 2.0 {
+        assert!(
+            Instant::now() < deadline,
+            "the edited file was not reloaded; stderr:\n{}",
+            cohort.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let signalled = Instant::now();
+    cohort.signal("TERM");
+    refused_within(proxy, Duration::from_millis(800)).await;
+    let status = cohort.exit_within(Duration::from_secs(5)).await;
+    assert_eq!(status.code(), Some(0), "stderr:\n{}", cohort.stderr());
+    assert!(
+        signalled.elapsed() < Duration::from_secs(3),
+        "the 60 s delay of the first config still applied"
+    );
 }
 
 #[tokio::test]
