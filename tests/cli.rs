@@ -1103,6 +1103,148 @@ async fn set_rollback_and_status_talk_to_a_running_instance() {
     );
 }
 
+/// A TCP port free right now: bound, then released for cohort to take.
+fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("0.0.0.0:0").expect("bind");
+    listener.local_addr().expect("local address").port()
+}
+
+/// DESIGN §6: `set`, `rollback`, `status` and `rollout resume` given `-c FILE` call that
+/// file's `admin.address` (an unspecified address on loopback) with the token of its
+/// `admin.token_file`; an explicit `--admin` or `--token-file` wins over the file.
+#[tokio::test]
+async fn admin_commands_find_the_instance_and_its_token_through_c() {
+    let stable = FakeUpstream::start("stable").await;
+    let canary = FakeUpstream::start("canary").await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = serve_config(dir.path(), &stable, &canary, "5s");
+    let port = free_port();
+    let text = std::fs::read_to_string(&file).unwrap().replace(
+        "[admin]\naddress = \"127.0.0.1:0\"",
+        &format!("[admin]\naddress = \"0.0.0.0:{port}\"\ntoken_file = \"token\""),
+    );
+    std::fs::write(&file, text).unwrap();
+    write_file(dir.path(), "token", "tok-from-file\n");
+    let wrong_token = write_file(dir.path(), "wrong-token", "not-it\n");
+    let mut cohort = Cohort::spawn(&["run", "-c", &file]);
+    let (_proxy, admin) = cohort.wait_serving(QUICK).await;
+    assert_eq!(admin.port(), port);
+
+    // Run from another directory: the token file resolves against the config's.
+    let elsewhere = tempfile::tempdir().unwrap();
+    let cli = |args: &[&str]| run_in(Some(elsewhere.path()), args, QUICK);
+
+    for args in [["status", "-c", &file], ["-c", &file, "status"]] {
+        let out = cli(&args);
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {}", describe(&out));
+        let table = stdout_of(&out);
+        assert!(
+            table.starts_with("ROUTE") && table.lines().any(|l| l.starts_with("r ")),
+            "{table}"
+        );
+    }
+    // Authorised with the file's token (a missing one is 401), and nothing to resume.
+    let out = cli(&["rollout", "resume", "r", "-c", &file]);
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    assert!(
+        stderr_of(&out).contains("409") && stderr_of(&out).contains("nothing to resume"),
+        "{}",
+        describe(&out)
+    );
+    // An explicit --token-file wins over the file's: refused, nothing changed.
+    let out = cli(&["set", "r", "50", "-c", &file, "--token-file", &wrong_token]);
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    assert!(stderr_of(&out).contains("401"), "{}", describe(&out));
+    // An explicit --admin wins over the file's address.
+    let out = cli(&["status", "-c", &file, "--admin", "127.0.0.1:1"]);
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    assert!(
+        stderr_of(&out).contains("cannot connect to 127.0.0.1:1"),
+        "{}",
+        describe(&out)
+    );
+
+    let out = cli(&["set", "r", "5", "-c", &file]);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    assert_eq!(stdout_of(&out), "route r: canary 5%\n");
+    let out = cli(&["rollback", "r", "-c", &file]);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    assert_eq!(stdout_of(&out), "route r: canary 0%\n");
+
+    cohort.signal("TERM");
+    assert_eq!(
+        cohort.exit_within(Duration::from_secs(5)).await.code(),
+        Some(0)
+    );
+}
+
+/// `--admin HOST:PORT` without a scheme is plain http, like `http://HOST:PORT`.
+#[tokio::test]
+async fn admin_accepts_host_and_port_without_a_scheme() {
+    let stable = FakeUpstream::start("stable").await;
+    let canary = FakeUpstream::start("canary").await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = serve_config(dir.path(), &stable, &canary, "5s");
+    let mut cohort = Cohort::spawn(&["run", "-c", &file]);
+    let (_proxy, admin) = cohort.wait_serving(QUICK).await;
+    for given in [admin.to_string(), format!("http://{admin}")] {
+        let out = run_to_end(&["status", "--admin", &given], QUICK);
+        assert_eq!(out.status.code(), Some(0), "{given}: {}", describe(&out));
+        assert!(stdout_of(&out).starts_with("ROUTE"), "{}", describe(&out));
+        // Loopback without a token file: changes are allowed.
+        let out = run_to_end(&["set", "r", "1", "--admin", &given], QUICK);
+        assert_eq!(out.status.code(), Some(0), "{given}: {}", describe(&out));
+    }
+    cohort.signal("TERM");
+    assert_eq!(
+        cohort.exit_within(Duration::from_secs(5)).await.code(),
+        Some(0)
+    );
+}
+
+/// A `-c` file the admin commands cannot use is a failed call (exit 1) with the reason,
+/// never a silent fallback to the default address.
+#[test]
+fn admin_commands_with_an_unusable_c_file_exit_1() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("missing.toml");
+    let missing = missing.to_str().unwrap();
+    let invalid = write_file(
+        dir.path(),
+        "invalid.toml",
+        "[admin]\naddress = \"nowhere\"\n",
+    );
+    // The instance's admin port is ephemeral: nothing in the file says where to call.
+    let ephemeral = write_file(dir.path(), "ephemeral.toml", TWO_ROUTES);
+    for (args, reason) in [
+        (
+            vec!["status", "-c", missing],
+            format!("{missing}: cannot read the file"),
+        ),
+        (
+            vec!["rollback", "web", "-c", &invalid],
+            format!("{invalid}: admin.address: \"nowhere\" is not an IP address"),
+        ),
+        (
+            vec!["set", "web", "5", "-c", &ephemeral],
+            format!("{ephemeral}: admin.address: 127.0.0.1:0 has no fixed port"),
+        ),
+        (
+            vec!["rollout", "resume", "web", "-c", missing],
+            format!("{missing}: cannot read the file"),
+        ),
+    ] {
+        let out = run_to_end(&args, QUICK);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {}", describe(&out));
+        assert!(
+            stderr_of(&out).contains(&reason),
+            "{args:?}: want {reason:?} in {}",
+            describe(&out)
+        );
+        assert_eq!(stdout_of(&out), "", "{args:?}");
+    }
+}
+
 #[test]
 fn output_into_a_closed_pipe_ends_quietly() {
     // `cohort check | head -0`: stdout is closed before cohort writes.
