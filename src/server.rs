@@ -108,7 +108,6 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         file: config.source.clone(),
         reason,
     })?;
-    let drain = config.listen.drain_timeout;
     let config_path = config.source.clone();
     if admin_token.is_none() && !config.admin.address.ip().is_loopback() {
         tracing::warn!(
@@ -144,7 +143,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
                 h1_pool: Default::default(),
                 scheme: if tls.is_some() { "https" } else { "http" },
             };
-            listener::spawn_worker(id, socket, ctx, tls.clone(), stop_rx.clone(), drain)
+            listener::spawn_worker(id, socket, ctx, tls.clone(), stop_rx.clone())
         });
         match spawned {
             Ok(handle) => handles.push(handle),
@@ -254,7 +253,11 @@ impl Running {
             tokio::time::sleep(delay).await;
             tracing::info!("shutdown delay over: no longer accepting connections");
         }
-        tracing::info!("draining in-flight requests");
+        let drain = self.state.snapshot.load().config.listen.drain_timeout;
+        tracing::info!(
+            drain_timeout = %humantime::format_duration(drain),
+            "draining in-flight requests"
+        );
         self.shutdown().await;
     }
 }

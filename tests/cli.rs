@@ -795,6 +795,43 @@ async fn drain_timeout_bounds_the_wait_for_a_stuck_request() {
     assert_eq!(in_flight.await.unwrap(), None, "the stuck request was cut");
 }
 
+/// `listen.drain_timeout` is not a start-only setting (DESIGN §3): a reload that
+/// shortens it bounds the next drain.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_changes_the_drain_timeout() {
+    let stable = FakeUpstream::start("stable").await;
+    let canary = FakeUpstream::start("canary").await;
+    stable.set_delay(Duration::from_secs(30));
+    let dir = tempfile::tempdir().unwrap();
+    let file = serve_config(dir.path(), &stable, &canary, "60s");
+    let mut cohort = Cohort::spawn(&["run", "-c", &file]);
+    let (proxy, admin) = cohort.wait_serving(QUICK).await;
+    serve_config(dir.path(), &stable, &canary, "1s");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while admin_series(admin, "cohort_config_generation", &[]).await < 2.0 {
+        assert!(
+            Instant::now() < deadline,
+            "the edited file was not reloaded; stderr:\n{}",
+            cohort.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let url = format!("http://{proxy}/stuck");
+    let in_flight = tokio::spawn(async move { status_within(&url, Duration::from_secs(40)).await });
+    wait_hits(&stable, 1).await;
+
+    let signalled = Instant::now();
+    cohort.signal("TERM");
+    let status = cohort.exit_within(Duration::from_secs(10)).await;
+    let took = signalled.elapsed();
+    assert_eq!(status.code(), Some(0), "stderr:\n{}", cohort.stderr());
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(4),
+        "drain_timeout reloaded to 1s (from 60s), exit after {took:?}"
+    );
+    assert_eq!(in_flight.await.unwrap(), None, "the stuck request was cut");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn log_format_json_writes_json_lines_to_stderr() {
     let stable = FakeUpstream::start("stable").await;
