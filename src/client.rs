@@ -171,7 +171,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_base_without_a_scheme_is_refused_by_call_but_not_by_admin_base() {
+    async fn call_itself_still_wants_the_scheme() {
         // `call` stays strict (the guard's webhook uses it too); the command line
         // normalises first.
         let err = call("127.0.0.1:1", Method::GET, "/", &[], Bytes::new())

@@ -8,6 +8,8 @@
 //! are whole numbers, and CPU seconds are not. On systems without `/proc` (anything but
 //! Linux) they are left out, as the Go collector leaves them out there; a file that
 //! cannot be read leaves out only what it would have given.
+// The parsers are tested on every system, but used on Linux only.
+#![cfg_attr(not(target_os = "linux"), allow(dead_code))]
 
 use std::fmt::Write as _;
 
@@ -157,7 +159,6 @@ struct Stat {
 /// Parses `/proc/<pid>/stat` (proc(5)). The second field is the command name in
 /// parentheses, which may itself hold spaces and parentheses, so the numbered fields
 /// are counted from the last `)`.
-#[cfg_attr(not(target_os = "linux"), allow(dead_code))]
 fn parse_stat(text: &str) -> Option<Stat> {
     let (_, rest) = text.rsplit_once(')')?;
     // `rest` starts at field 3 (state); field N is at index N - 3.
@@ -172,7 +173,6 @@ fn parse_stat(text: &str) -> Option<Stat> {
 }
 
 /// A `Key:   1234 kB` line of `/proc/<pid>/status`, in KiB.
-#[cfg_attr(not(target_os = "linux"), allow(dead_code))]
 fn status_kib(text: &str, key: &str) -> Option<u64> {
     text.lines().find_map(|line| {
         let value = line.strip_prefix(key)?.strip_prefix(':')?;
@@ -181,7 +181,6 @@ fn status_kib(text: &str, key: &str) -> Option<u64> {
 }
 
 /// The soft limit of `Max open files` in `/proc/<pid>/limits`; `None` when unlimited.
-#[cfg_attr(not(target_os = "linux"), allow(dead_code))]
 fn max_open_files(text: &str) -> Option<u64> {
     let line = text.lines().find(|l| l.starts_with("Max open files"))?;
     line["Max open files".len()..]
@@ -192,7 +191,6 @@ fn max_open_files(text: &str) -> Option<u64> {
 }
 
 /// The `btime` line of `/proc/stat`: the boot time in seconds since the Unix epoch.
-#[cfg_attr(not(target_os = "linux"), allow(dead_code))]
 fn boot_time(text: &str) -> Option<u64> {
     text.lines()
         .find_map(|line| line.strip_prefix("btime ")?.trim().parse().ok())
