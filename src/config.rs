@@ -295,8 +295,9 @@ pub struct Listen {
     pub drain_timeout: Duration,
     /// How long cohort keeps accepting and serving after SIGTERM, with `/readyz` at
     /// 503, before the drain begins: the time an orchestrator needs to stop sending
-    /// new connections (Kubernetes removes a terminating pod's endpoints only after
-    /// the signal). Read when the signal arrives, so a reload changes it.
+    /// new connections (Kubernetes starts removing a terminating pod's endpoints with
+    /// the signal; it takes seconds to propagate). Read when the signal arrives, so a
+    /// reload changes it.
     #[serde(serialize_with = "ser_duration")]
     pub shutdown_delay: Duration,
     /// Response header naming the variant; `None` when set to `""`.

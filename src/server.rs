@@ -238,8 +238,9 @@ impl Running {
     /// The stop on SIGTERM (DESIGN §6): `/readyz` answers 503 at once; for
     /// `listen.shutdown_delay` everything keeps serving, new connections and
     /// keep-alive ones alike, while the orchestrator takes this instance out of its
-    /// endpoints (on Kubernetes that happens after the signal, not before, so a proxy
-    /// that stopped accepting at once would refuse the requests still on their way);
+    /// endpoints (on Kubernetes the removal starts with the signal and takes seconds to
+    /// reach every kube-proxy and load balancer, so a proxy that stopped accepting at
+    /// once would refuse the requests still sent its way);
     /// then [`Running::shutdown`]. The delay is read from the config in force now, so
     /// a reload changes it. Dropping the future (a second signal) stops waiting.
     pub async fn stop_gracefully(self) {
