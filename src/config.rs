@@ -106,6 +106,7 @@ struct RawListen {
     #[serde(default)]
     workers: usize,
     drain_timeout: Option<String>,
+    shutdown_delay: Option<String>,
     variant_header: Option<String>,
     #[serde(default)]
     access_log: bool,
@@ -118,6 +119,7 @@ impl Default for RawListen {
             address: default_listen_address(),
             workers: 0,
             drain_timeout: None,
+            shutdown_delay: None,
             variant_header: None,
             access_log: false,
             tls: None,
@@ -291,6 +293,13 @@ pub struct Listen {
     pub workers: usize,
     #[serde(serialize_with = "ser_duration")]
     pub drain_timeout: Duration,
+    /// How long cohort keeps accepting and serving after SIGTERM, with `/readyz` at
+    /// 503, before the drain begins: the time an orchestrator needs to stop sending
+    /// new connections (Kubernetes starts removing a terminating pod's endpoints with
+    /// the signal; it takes seconds to propagate). Read when the signal arrives, so a
+    /// reload changes it.
+    #[serde(serialize_with = "ser_duration")]
+    pub shutdown_delay: Duration,
     /// Response header naming the variant; `None` when set to `""`.
     #[serde(serialize_with = "ser_opt_header")]
     pub variant_header: Option<HeaderName>,
@@ -538,6 +547,9 @@ impl Default for Timeouts {
 }
 
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest `listen.shutdown_delay`. Endpoint removal propagates in seconds; an hour is
+/// far beyond any orchestrator's grace period, so more is a typo (`"30m"` for `"30s"`).
+pub const MAX_SHUTDOWN_DELAY: Duration = Duration::from_secs(3600);
 
 /// IPv4-mapped IPv6 addresses (`::ffff:192.0.2.7`) are treated as the IPv4 address.
 pub fn canonical_ip(ip: IpAddr) -> IpAddr {
@@ -721,6 +733,14 @@ impl Validator<'_> {
             .drain_timeout
             .map(|d| self.duration("listen.drain_timeout", &d))
             .unwrap_or(DEFAULT_DRAIN_TIMEOUT);
+        // Absent or "0s": stop accepting at once, as before the setting existed.
+        let shutdown_delay = raw.shutdown_delay.map_or(Duration::ZERO, |d| {
+            let delay = self.duration("listen.shutdown_delay", &d);
+            if delay > MAX_SHUTDOWN_DELAY {
+                self.fail("listen.shutdown_delay", "must be at most 1h");
+            }
+            delay
+        });
         let variant_header = match raw.variant_header.as_deref() {
             None => Some(HeaderName::from_static(DEFAULT_VARIANT_HEADER)),
             Some("") => None,
@@ -737,6 +757,7 @@ impl Validator<'_> {
             address,
             workers: raw.workers,
             drain_timeout,
+            shutdown_delay,
             variant_header,
             access_log: raw.access_log,
             tls,

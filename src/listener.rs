@@ -49,14 +49,13 @@ pub fn worker_count(configured: usize) -> usize {
 }
 
 /// Starts one worker thread serving `listener` (through `tls` when set) until
-/// `shutdown` turns true, then drains its connections for up to `drain`.
+/// `shutdown` turns true, then drains its connections for up to `listen.drain_timeout`.
 pub fn spawn_worker(
     id: usize,
     listener: std::net::TcpListener,
     ctx: ProxyContext,
     tls: Option<Arc<ServerTls>>,
     shutdown: watch::Receiver<bool>,
-    drain: Duration,
 ) -> io::Result<std::thread::JoinHandle<()>> {
     std::thread::Builder::new()
         .name(format!("cohort-worker-{id}"))
@@ -73,7 +72,7 @@ pub fn spawn_worker(
                     return;
                 }
             };
-            runtime.block_on(serve(listener, Arc::new(ctx), tls, shutdown, drain));
+            runtime.block_on(serve(listener, Arc::new(ctx), tls, shutdown));
         })
 }
 
@@ -82,7 +81,6 @@ async fn serve(
     ctx: Arc<ProxyContext>,
     tls: Option<Arc<ServerTls>>,
     mut shutdown: watch::Receiver<bool>,
-    drain: Duration,
 ) {
     let listener = match TcpListener::from_std(listener) {
         Ok(l) => l,
@@ -125,6 +123,9 @@ async fn serve(
     connections_drain.begin();
     drop(listener);
     drop(open);
+    // Read now, from the config in force: `listen.drain_timeout` is not a start-only
+    // setting (DESIGN §3), so a reload since the start applies to this drain.
+    let drain = ctx.snapshot.load().config.listen.drain_timeout;
     tokio::select! {
         _ = all_closed.recv() => {}
         _ = tokio::time::sleep(drain) => {

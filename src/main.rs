@@ -4,7 +4,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::parser::ValueSource;
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use tracing_subscriber::filter::{filter_fn, Targets};
 use tracing_subscriber::Layer as _;
 
@@ -24,7 +25,8 @@ use cohort::rollout::{describe_guard, describe_rollout, late_start};
     about = "A sidecar reverse proxy for staged rollouts: sticky hashed cohorts, per-variant metrics."
 )]
 struct Cli {
-    /// Config file (TOML).
+    /// Config file (TOML). set, rollback, status and rollout resume read it only when
+    /// given, for the instance's admin.address and admin.token_file
     #[arg(short, long, global = true, default_value = DEFAULT_CONFIG_PATH)]
     config: PathBuf,
     /// Log format on stderr; the level comes from RUST_LOG (default info).
@@ -98,12 +100,49 @@ enum RolloutCommand {
 
 #[derive(clap::Args)]
 struct AdminArgs {
-    /// Admin listener of the running instance.
-    #[arg(long, default_value = "http://127.0.0.1:9901")]
-    admin: String,
-    /// File holding the admin token (admin.token_file of that instance).
+    /// Admin listener of the running instance: http://HOST:PORT or HOST:PORT [default:
+    /// admin.address of the file given with -c, else http://127.0.0.1:9901]
+    #[arg(long)]
+    admin: Option<String>,
+    /// File holding the admin token [default: admin.token_file of the file given with -c]
     #[arg(long)]
     token_file: Option<PathBuf>,
+}
+
+/// Where an admin-client command calls, and the token file it reads, if any.
+struct AdminTarget {
+    base: String,
+    token_file: Option<PathBuf>,
+}
+
+impl AdminArgs {
+    /// `--admin` and `--token-file` when given; else, when `-c FILE` was given on the
+    /// command line, that file's `admin.address` and `admin.token_file` (so a command
+    /// run beside an instance needs nothing but its config); else the defaults. A file
+    /// given with `-c` must load, whatever the flags say: a typo in its name is an
+    /// error, not a silent fallback to another instance.
+    fn resolve(self, config_file: Option<&std::path::Path>) -> Result<AdminTarget, String> {
+        let from_file = match config_file {
+            Some(path) => Some((path, config::load(path).map_err(|e| e.to_string())?.admin)),
+            None => None,
+        };
+        let base = match (self.admin, &from_file) {
+            (Some(admin), _) => client::admin_base(&admin),
+            (None, Some((path, admin))) if admin.address.port() == 0 => {
+                return Err(format!(
+                    "{}: admin.address: {} has no fixed port to call; pass --admin HOST:PORT",
+                    path.display(),
+                    admin.address
+                ))
+            }
+            (None, Some((_, admin))) => client::admin_url_for(admin.address),
+            (None, None) => client::DEFAULT_ADMIN_URL.to_owned(),
+        };
+        let token_file = self
+            .token_file
+            .or_else(|| from_file.and_then(|(_, admin)| admin.token_file));
+        Ok(AdminTarget { base, token_file })
+    }
 }
 
 fn parse_percent(text: &str) -> Result<BasisPoints, String> {
@@ -119,7 +158,13 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    // The admin-client commands read a config only when one is named: without `-c`
+    // they call the default address, as they always have.
+    let admin_config = (matches.value_source("config") == Some(ValueSource::CommandLine))
+        .then(|| cli.config.clone());
+    let admin_config = admin_config.as_deref();
     init_logging(cli.log_format);
     match cli.command.unwrap_or(Command::Run) {
         Command::Run => run(&cli.config),
@@ -130,12 +175,16 @@ fn main() -> ExitCode {
             route,
             percent,
             admin,
-        } => in_runtime(change(admin, route, Change::Set(percent))),
-        Command::Rollback { route, admin } => in_runtime(change(admin, route, Change::Rollback)),
+        } => admin_call(admin, admin_config, |a| {
+            change(a, route, Change::Set(percent))
+        }),
+        Command::Rollback { route, admin } => {
+            admin_call(admin, admin_config, |a| change(a, route, Change::Rollback))
+        }
         Command::Rollout {
             command: RolloutCommand::Resume { route, admin },
-        } => in_runtime(change(admin, route, Change::Resume)),
-        Command::Status { admin } => in_runtime(status(admin)),
+        } => admin_call(admin, admin_config, |a| change(a, route, Change::Resume)),
+        Command::Status { admin } => admin_call(admin, admin_config, status),
     }
 }
 
@@ -200,15 +249,14 @@ fn run(path: &std::path::Path) -> ExitCode {
             }
         };
         stops.next().await;
-        tracing::info!("stop signal received: draining in-flight requests");
-        running.begin_shutdown();
+        tracing::info!("stop signal received");
         tokio::select! {
-            _ = running.wait() => {
+            _ = running.stop_gracefully() => {
                 tracing::info!("drained; bye");
                 ExitCode::SUCCESS
             }
             _ = stops.next() => {
-                tracing::warn!("second stop signal: exiting without waiting for the drain");
+                tracing::warn!("second stop signal: exiting without waiting for the delay or the drain");
                 // Dropping the runtime would wait for the draining workers; leave now.
                 std::process::exit(1)
             }
@@ -318,6 +366,25 @@ fn assign_key(path: &std::path::Path, route_name: &str, key: &str) -> ExitCode {
     ExitCode::SUCCESS
 }
 
+/// Runs an admin-client command against the instance `args` and `-c` point at; a
+/// config that does not load is a failed call (exit 1), reported as `cohort check` does.
+fn admin_call<F>(
+    args: AdminArgs,
+    config_file: Option<&std::path::Path>,
+    command: impl FnOnce(AdminTarget) -> F,
+) -> ExitCode
+where
+    F: std::future::Future<Output = ExitCode>,
+{
+    match args.resolve(config_file) {
+        Ok(target) => in_runtime(command(target)),
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
 /// What `set`, `rollback` and `rollout resume` ask of a running instance.
 enum Change {
     Set(BasisPoints),
@@ -325,7 +392,7 @@ enum Change {
     Resume,
 }
 
-async fn change(admin: AdminArgs, route: String, what: Change) -> ExitCode {
+async fn change(admin: AdminTarget, route: String, what: Change) -> ExitCode {
     let token = match admin
         .token_file
         .as_deref()
@@ -361,7 +428,7 @@ async fn change(admin: AdminArgs, route: String, what: Change) -> ExitCode {
             String::new(),
         ),
     };
-    let state = match admin_json(&admin.admin, method, &path, &headers, Bytes::from(body)).await {
+    let state = match admin_json(&admin.base, method, &path, &headers, Bytes::from(body)).await {
         Ok(state) => state,
         Err(reason) => {
             eprintln!("{reason}");
@@ -410,8 +477,8 @@ async fn change(admin: AdminArgs, route: String, what: Change) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-async fn status(admin: AdminArgs) -> ExitCode {
-    match admin_json(&admin.admin, Method::GET, "/routes", &[], Bytes::new()).await {
+async fn status(admin: AdminTarget) -> ExitCode {
+    match admin_json(&admin.base, Method::GET, "/routes", &[], Bytes::new()).await {
         Ok(routes) => {
             cohort::out!("{}", cohort::status_table::table(&routes).trim_end());
             ExitCode::SUCCESS

@@ -4,6 +4,10 @@
 //! globally), so tests can run several instances in one process. Label sets are
 //! resolved once per (route, variant) when a snapshot is built, never per request;
 //! label values come from config and enums, never from request data.
+//!
+//! Counters are registered at 0 for every label value known at start (DESIGN §5), so
+//! `rate()` and `absent()` alerts work on a fresh instance; only
+//! `cohort_requests_total` waits for a status code to occur.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
@@ -18,6 +22,8 @@ use crate::cohort::Variant;
 use crate::rollout::{Figures, Reason, RolloutState};
 use crate::router::AssignSource;
 use crate::window::{Window, WindowStats, WINDOW_SECONDS};
+
+mod process;
 
 pub const REQUESTS_TOTAL: &str = "cohort_requests_total";
 pub const REQUEST_DURATION: &str = "cohort_request_duration_seconds";
@@ -34,6 +40,11 @@ pub const ROLLOUT_STEP: &str = "cohort_rollout_step";
 pub const ROLLOUT_STATE: &str = "cohort_rollout_state";
 pub const GUARD_ERROR_RATIO: &str = "cohort_guard_error_ratio";
 pub const GUARD_P99_SECONDS: &str = "cohort_guard_p99_seconds";
+pub const BUILD_INFO: &str = "cohort_build_info";
+
+/// The statuses cohort answers without a route (DESIGN §1, §10): exported at 0 from the
+/// start. Others (a 405 hyper might send one day) still count, from their first.
+pub const UNROUTED_STATUSES: [u16; 6] = [400, 404, 408, 413, 414, 431];
 
 /// How often buffered histogram samples are folded into their buckets; at 25,000
 /// requests a second a quarter second of samples is about 50 KB.
@@ -93,6 +104,8 @@ pub struct Metrics {
     reloads_error: Counter,
     generation: Gauge,
     tls_handshake_errors: Counter,
+    /// The `process_*` families, read when `/metrics` is rendered.
+    process: process::Collector,
     /// One-minute windows per (route, variant); they outlive snapshots so a reload
     /// does not reset the figures.
     windows: Mutex<HashMap<(String, Variant), Arc<Window>>>,
@@ -137,10 +150,23 @@ impl Metrics {
                 &METADATA,
             )
         };
+        recorder
+            .register_gauge(
+                &Key::from_parts(
+                    BUILD_INFO,
+                    vec![Label::new("version", env!("CARGO_PKG_VERSION"))],
+                ),
+                &METADATA,
+            )
+            .set(1.0);
+        let unrouted = StatusCounters::new(recorder.clone(), UNROUTED_REQUESTS_TOTAL, vec![]);
+        for status in UNROUTED_STATUSES {
+            unrouted.register(status);
+        }
         // Every series without request labels is registered up front, so dashboards
         // see it (at 0) before the first event.
         Metrics {
-            unrouted: StatusCounters::new(recorder.clone(), UNROUTED_REQUESTS_TOTAL, vec![]),
+            unrouted,
             reloads_ok: reload("ok"),
             reloads_error: reload("error"),
             generation: recorder
@@ -149,6 +175,7 @@ impl Metrics {
                 &Key::from_static_name(TLS_HANDSHAKE_ERRORS_TOTAL),
                 &METADATA,
             ),
+            process: process::Collector::new(),
             recorder,
             handle,
             windows: Mutex::new(HashMap::new()),
@@ -157,9 +184,12 @@ impl Metrics {
         }
     }
 
-    /// The Prometheus text exposition of everything recorded so far.
+    /// The Prometheus text exposition of everything recorded so far, and the process
+    /// figures as they are now.
     pub fn render(&self) -> String {
-        self.handle.render()
+        let mut text = self.handle.render();
+        self.process.render(&mut text);
+        text
     }
 
     /// Housekeeping the exporter needs now and then (histogram buffers).
@@ -191,8 +221,9 @@ impl Metrics {
         self.generation.set(generation as f64);
     }
 
-    /// Handles for one route; built when a snapshot is built. `guarded` routes (with a
-    /// rollout or a guard) also get the rollout and guard series.
+    /// Handles for one route; built when a snapshot is built. Every route gets its
+    /// rollback counters (a manual rollback works on any route); `guarded` routes (with
+    /// a rollout or a guard) also get the rollout and guard series.
     pub fn route(&self, route: &str, guarded: bool) -> RouteMetrics {
         let route_label = || Label::new("route", route.to_owned());
         let variant = |v: Variant| {
@@ -211,6 +242,15 @@ impl Metrics {
                 &METADATA,
             ),
             variants: [variant(Variant::Stable), variant(Variant::Canary)],
+            rollbacks: Reason::ALL.map(|r| {
+                self.recorder.register_counter(
+                    &Key::from_parts(
+                        ROLLBACKS_TOTAL,
+                        vec![route_label(), Label::new("reason", r.as_str())],
+                    ),
+                    &METADATA,
+                )
+            }),
             guarded: guarded.then(|| self.guarded(route)),
         }
     }
@@ -226,12 +266,6 @@ impl Metrics {
                 .register_gauge(&Key::from_parts(name, labels(extra)), &METADATA)
         };
         GuardedMetrics {
-            rollbacks: Reason::ALL.map(|r| {
-                self.recorder.register_counter(
-                    &Key::from_parts(ROLLBACKS_TOTAL, labels(Some(("reason", r.as_str())))),
-                    &METADATA,
-                )
-            }),
             step: gauge(ROLLOUT_STEP, None),
             states: RolloutState::ALL.map(|s| gauge(ROLLOUT_STATE, Some(("state", s.as_str())))),
             error_ratio: Variant::ALL
@@ -270,7 +304,7 @@ fn describe(r: &PrometheusRecorder) {
     );
     counter(
         UNROUTED_REQUESTS_TOTAL,
-        "Requests answered without a route (404 no route, 400 malformed), by status code.",
+        "Requests answered without a route, by status code (404 no route; 400, 408, 413, 414, 431 for a request that could not be read or was refused before routing).",
     );
     gauge(
         IN_FLIGHT_REQUESTS,
@@ -295,6 +329,10 @@ fn describe(r: &PrometheusRecorder) {
     counter(
         TLS_HANDSHAKE_ERRORS_TOTAL,
         "Failed TLS handshakes with downstream clients.",
+    );
+    gauge(
+        BUILD_INFO,
+        "Always 1; the version label names the running cohort's version.",
     );
     counter(
         ROLLBACKS_TOTAL,
@@ -322,12 +360,13 @@ fn describe(r: &PrometheusRecorder) {
 pub struct RouteMetrics {
     pub weight: Gauge,
     variants: [VariantMetrics; 2],
+    /// `cohort_rollbacks_total`, one per reason in `Reason::ALL`'s order.
+    rollbacks: [Counter; Reason::ALL.len()],
     guarded: Option<GuardedMetrics>,
 }
 
 /// Rollout and guard series of one route (DESIGN §7).
 struct GuardedMetrics {
-    rollbacks: [Counter; 4],
     step: Gauge,
     states: [Gauge; 5],
     error_ratio: [Gauge; 2],
@@ -350,10 +389,8 @@ impl RouteMetrics {
     }
 
     pub fn rolled_back(&self, reason: Reason) {
-        if let Some(g) = &self.guarded {
-            if let Some(i) = Reason::ALL.iter().position(|r| *r == reason) {
-                g.rollbacks[i].increment(1);
-            }
+        if let Some(i) = Reason::ALL.iter().position(|r| *r == reason) {
+            self.rollbacks[i].increment(1);
         }
     }
 
@@ -472,6 +509,11 @@ impl StatusCounters {
     }
 
     fn increment(&self, status: u16) {
+        self.register(status).increment(1);
+    }
+
+    /// The counter of `status`, registered (at 0) on first use.
+    fn register(&self, status: u16) -> &Counter {
         let status = status.clamp(STATUS_MIN, STATUS_MAX);
         let slot = &self.slots[usize::from(status - STATUS_MIN)];
         slot.get_or_init(|| {
@@ -480,6 +522,5 @@ impl StatusCounters {
             self.recorder
                 .register_counter(&Key::from_parts(self.name, labels), &METADATA)
         })
-        .increment(1);
     }
 }

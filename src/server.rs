@@ -121,7 +121,6 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         file: config.source.clone(),
         reason,
     })?;
-    let drain = config.listen.drain_timeout;
     let config_path = config.source.clone();
     if admin_token.is_none() && !config.admin.address.ip().is_loopback() {
         tracing::warn!(
@@ -157,7 +156,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
                 h1_pool: Default::default(),
                 scheme: if tls.is_some() { "https" } else { "http" },
             };
-            listener::spawn_worker(id, socket, ctx, tls.clone(), stop_rx.clone(), drain)
+            listener::spawn_worker(id, socket, ctx, tls.clone(), stop_rx.clone())
         });
         match spawned {
             Ok(handle) => handles.push(handle),
@@ -247,5 +246,32 @@ impl Running {
     pub async fn shutdown(self) {
         self.begin_shutdown();
         self.wait().await;
+    }
+
+    /// The stop on SIGTERM (DESIGN §6): `/readyz` answers 503 at once; for
+    /// `listen.shutdown_delay` everything keeps serving, new connections and
+    /// keep-alive ones alike, while the orchestrator takes this instance out of its
+    /// endpoints (on Kubernetes the removal starts with the signal and takes seconds to
+    /// reach every kube-proxy and load balancer, so a proxy that stopped accepting at
+    /// once would refuse the requests still sent its way);
+    /// then [`Running::shutdown`]. The delay is read from the config in force now, so
+    /// a reload changes it. Dropping the future (a second signal) stops waiting.
+    pub async fn stop_gracefully(self) {
+        self.state.ready.store(false, Ordering::SeqCst);
+        let delay = self.state.snapshot.load().config.listen.shutdown_delay;
+        if !delay.is_zero() {
+            tracing::info!(
+                shutdown_delay = %humantime::format_duration(delay),
+                "shutdown delay: /readyz answers 503, still accepting and serving"
+            );
+            tokio::time::sleep(delay).await;
+            tracing::info!("shutdown delay over: no longer accepting connections");
+        }
+        let drain = self.state.snapshot.load().config.listen.drain_timeout;
+        tracing::info!(
+            drain_timeout = %humantime::format_duration(drain),
+            "draining in-flight requests"
+        );
+        self.shutdown().await;
     }
 }

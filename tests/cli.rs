@@ -637,6 +637,139 @@ async fn sigterm_closes_idle_connections_at_once() {
     drop(http2);
 }
 
+/// [`serve_config`] with `listen.shutdown_delay` set.
+fn serve_config_with_delay(
+    dir: &Path,
+    stable: &FakeUpstream,
+    canary: &FakeUpstream,
+    delay: &str,
+) -> String {
+    let file = serve_config(dir, stable, canary, "5s");
+    let text = std::fs::read_to_string(&file).expect("read config");
+    let with_delay = text.replace(
+        "drain_timeout = \"5s\"",
+        &format!("drain_timeout = \"5s\"\nshutdown_delay = \"{delay}\""),
+    );
+    assert_ne!(text, with_delay);
+    write_file(dir, "cohort.toml", &with_delay)
+}
+
+/// One GET on `conn`; the answer must be the stable upstream's 200, keeping the
+/// connection open (no `Connection: close` while the delay runs).
+async fn served_on(conn: &mut RawConn, what: &str) {
+    conn.write(b"GET /during-delay HTTP/1.1\r\nHost: t\r\nx-user-id: u\r\n\r\n")
+        .await;
+    let answer = conn.read_response(false).await;
+    assert_eq!(
+        (answer.status, answer.text().as_str()),
+        (200, "stable"),
+        "{what}"
+    );
+    assert_eq!(answer.header("connection"), None, "{what}: {answer:?}");
+}
+
+/// DESIGN §6 on Kubernetes: the endpoint of a terminating pod is removed only after
+/// SIGTERM, so clients keep arriving for a few seconds. With `shutdown_delay`, `/readyz`
+/// answers 503 at once, yet new connections are accepted and served (and keep-alive ones
+/// too) until the delay is over; then the listener closes, the drain runs, exit 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_delay_keeps_accepting_after_sigterm_then_stops() {
+    let stable = FakeUpstream::start("stable").await;
+    let canary = FakeUpstream::start("canary").await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = serve_config_with_delay(dir.path(), &stable, &canary, "2s");
+    let mut cohort = Cohort::spawn(&["run", "-c", &file]);
+    let (proxy, admin) = cohort.wait_serving(QUICK).await;
+    let mut kept_alive = RawConn::connect(proxy).await;
+    served_on(&mut kept_alive, "before the signal").await;
+
+    let signalled = Instant::now();
+    cohort.signal("TERM");
+    let readyz = format!("http://{admin}/readyz");
+    loop {
+        let ready = status_of(&readyz).await;
+        if ready == Some(503) {
+            break;
+        }
+        assert!(
+            signalled.elapsed() < Duration::from_millis(500),
+            "readyz still {ready:?} {:?} after SIGTERM",
+            signalled.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    // For 1.5 s of the 2 s delay: new connections, each served, and the old one.
+    let mut fresh = 0;
+    while signalled.elapsed() < Duration::from_millis(1500) {
+        let mut conn = RawConn::connect(proxy).await;
+        served_on(
+            &mut conn,
+            &format!(
+                "new connection {} ms after SIGTERM",
+                signalled.elapsed().as_millis()
+            ),
+        )
+        .await;
+        fresh += 1;
+        served_on(
+            &mut kept_alive,
+            "the keep-alive connection during the delay",
+        )
+        .await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(fresh >= 5, "only {fresh} new connections in 1.5 s");
+    assert_eq!(status_of(&readyz).await, Some(503), "still not ready");
+    assert!(cohort.try_exit().is_none(), "exited during the delay");
+
+    // Then the listener closes and the process exits cleanly.
+    refused_within(proxy, Duration::from_secs(3)).await;
+    let refused_after = signalled.elapsed();
+    assert!(
+        refused_after >= Duration::from_millis(1900),
+        "refused {refused_after:?} after SIGTERM, before the 2 s delay was over"
+    );
+    assert!(
+        kept_alive.closed_within(Duration::from_secs(2)).await,
+        "the idle keep-alive connection is closed by the drain"
+    );
+    let status = cohort.exit_within(Duration::from_secs(5)).await;
+    let stderr = cohort.stderr();
+    assert_eq!(status.code(), Some(0), "stderr:\n{stderr}");
+    assert!(stderr.contains("shutdown delay"), "{stderr}");
+    assert!(stderr.contains("shutdown delay over"), "{stderr}");
+}
+
+/// A second signal ends the process at once, during the delay as during the drain.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_sigterm_during_the_shutdown_delay_exits_at_once() {
+    let stable = FakeUpstream::start("stable").await;
+    let canary = FakeUpstream::start("canary").await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = serve_config_with_delay(dir.path(), &stable, &canary, "60s");
+    let mut cohort = Cohort::spawn(&["run", "-c", &file]);
+    let (proxy, _admin) = cohort.wait_serving(QUICK).await;
+    cohort.signal("TERM");
+    cohort
+        .wait_stderr("shutdown delay", Duration::from_secs(5))
+        .await;
+    let answer = get(&format!("http://{proxy}/"), &[("x-user-id", "u")]).await;
+    assert_eq!(answer.status, 200, "serving during the delay");
+    let second = Instant::now();
+    cohort.signal("TERM");
+    let status = cohort.exit_within(Duration::from_secs(5)).await;
+    assert!(
+        second.elapsed() < Duration::from_secs(2),
+        "the second signal took {:?} to act",
+        second.elapsed()
+    );
+    assert!(
+        !status.success(),
+        "a cut stop is not a clean exit: {status}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drain_timeout_bounds_the_wait_for_a_stuck_request() {
     let stable = FakeUpstream::start("stable").await;
@@ -658,6 +791,43 @@ async fn drain_timeout_bounds_the_wait_for_a_stuck_request() {
     assert!(
         took >= Duration::from_millis(900) && took < Duration::from_secs(4),
         "drain_timeout = 1s, exit after {took:?}"
+    );
+    assert_eq!(in_flight.await.unwrap(), None, "the stuck request was cut");
+}
+
+/// `listen.drain_timeout` is not a start-only setting (DESIGN §3): a reload that
+/// shortens it bounds the next drain.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_changes_the_drain_timeout() {
+    let stable = FakeUpstream::start("stable").await;
+    let canary = FakeUpstream::start("canary").await;
+    stable.set_delay(Duration::from_secs(30));
+    let dir = tempfile::tempdir().unwrap();
+    let file = serve_config(dir.path(), &stable, &canary, "60s");
+    let mut cohort = Cohort::spawn(&["run", "-c", &file]);
+    let (proxy, admin) = cohort.wait_serving(QUICK).await;
+    serve_config(dir.path(), &stable, &canary, "1s");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while admin_series(admin, "cohort_config_generation", &[]).await < 2.0 {
+        assert!(
+            Instant::now() < deadline,
+            "the edited file was not reloaded; stderr:\n{}",
+            cohort.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let url = format!("http://{proxy}/stuck");
+    let in_flight = tokio::spawn(async move { status_within(&url, Duration::from_secs(40)).await });
+    wait_hits(&stable, 1).await;
+
+    let signalled = Instant::now();
+    cohort.signal("TERM");
+    let status = cohort.exit_within(Duration::from_secs(10)).await;
+    let took = signalled.elapsed();
+    assert_eq!(status.code(), Some(0), "stderr:\n{}", cohort.stderr());
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(4),
+        "drain_timeout reloaded to 1s (from 60s), exit after {took:?}"
     );
     assert_eq!(in_flight.await.unwrap(), None, "the stuck request was cut");
 }
@@ -786,6 +956,36 @@ async fn startup_warns_of_an_open_admin_api_and_a_guard_without_state_dir() {
 async fn admin_series(admin: SocketAddr, name: &str, labels: &[(&str, &str)]) -> f64 {
     let text = get(&format!("http://{admin}/metrics"), &[]).await.text();
     support::series_value(&text, name, labels)
+}
+
+/// `listen.shutdown_delay` is read when the signal comes, so a reload changes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_changes_the_shutdown_delay() {
+    let stable = FakeUpstream::start("stable").await;
+    let canary = FakeUpstream::start("canary").await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = serve_config_with_delay(dir.path(), &stable, &canary, "60s");
+    let mut cohort = Cohort::spawn(&["run", "-c", &file]);
+    let (proxy, admin) = cohort.wait_serving(QUICK).await;
+    serve_config_with_delay(dir.path(), &stable, &canary, "0s");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while admin_series(admin, "cohort_config_generation", &[]).await < 2.0 {
+        assert!(
+            Instant::now() < deadline,
+            "the edited file was not reloaded; stderr:\n{}",
+            cohort.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let signalled = Instant::now();
+    cohort.signal("TERM");
+    refused_within(proxy, Duration::from_millis(800)).await;
+    let status = cohort.exit_within(Duration::from_secs(5)).await;
+    assert_eq!(status.code(), Some(0), "stderr:\n{}", cohort.stderr());
+    assert!(
+        signalled.elapsed() < Duration::from_secs(3),
+        "the 60 s delay of the first config still applied"
+    );
 }
 
 #[tokio::test]
@@ -972,6 +1172,148 @@ async fn set_rollback_and_status_talk_to_a_running_instance() {
         cohort.exit_within(Duration::from_secs(5)).await.code(),
         Some(0)
     );
+}
+
+/// A TCP port free right now: bound, then released for cohort to take.
+fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("0.0.0.0:0").expect("bind");
+    listener.local_addr().expect("local address").port()
+}
+
+/// DESIGN §6: `set`, `rollback`, `status` and `rollout resume` given `-c FILE` call that
+/// file's `admin.address` (an unspecified address on loopback) with the token of its
+/// `admin.token_file`; an explicit `--admin` or `--token-file` wins over the file.
+#[tokio::test]
+async fn admin_commands_find_the_instance_and_its_token_through_c() {
+    let stable = FakeUpstream::start("stable").await;
+    let canary = FakeUpstream::start("canary").await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = serve_config(dir.path(), &stable, &canary, "5s");
+    let port = free_port();
+    let text = std::fs::read_to_string(&file).unwrap().replace(
+        "[admin]\naddress = \"127.0.0.1:0\"",
+        &format!("[admin]\naddress = \"0.0.0.0:{port}\"\ntoken_file = \"token\""),
+    );
+    std::fs::write(&file, text).unwrap();
+    write_file(dir.path(), "token", "tok-from-file\n");
+    let wrong_token = write_file(dir.path(), "wrong-token", "not-it\n");
+    let mut cohort = Cohort::spawn(&["run", "-c", &file]);
+    let (_proxy, admin) = cohort.wait_serving(QUICK).await;
+    assert_eq!(admin.port(), port);
+
+    // Run from another directory: the token file resolves against the config's.
+    let elsewhere = tempfile::tempdir().unwrap();
+    let cli = |args: &[&str]| run_in(Some(elsewhere.path()), args, QUICK);
+
+    for args in [["status", "-c", &file], ["-c", &file, "status"]] {
+        let out = cli(&args);
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {}", describe(&out));
+        let table = stdout_of(&out);
+        assert!(
+            table.starts_with("ROUTE") && table.lines().any(|l| l.starts_with("r ")),
+            "{table}"
+        );
+    }
+    // Authorised with the file's token (a missing one is 401), and nothing to resume.
+    let out = cli(&["rollout", "resume", "r", "-c", &file]);
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    assert!(
+        stderr_of(&out).contains("409") && stderr_of(&out).contains("nothing to resume"),
+        "{}",
+        describe(&out)
+    );
+    // An explicit --token-file wins over the file's: refused, nothing changed.
+    let out = cli(&["set", "r", "50", "-c", &file, "--token-file", &wrong_token]);
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    assert!(stderr_of(&out).contains("401"), "{}", describe(&out));
+    // An explicit --admin wins over the file's address.
+    let out = cli(&["status", "-c", &file, "--admin", "127.0.0.1:1"]);
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    assert!(
+        stderr_of(&out).contains("cannot connect to 127.0.0.1:1"),
+        "{}",
+        describe(&out)
+    );
+
+    let out = cli(&["set", "r", "5", "-c", &file]);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    assert_eq!(stdout_of(&out), "route r: canary 5%\n");
+    let out = cli(&["rollback", "r", "-c", &file]);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    assert_eq!(stdout_of(&out), "route r: canary 0%\n");
+
+    cohort.signal("TERM");
+    assert_eq!(
+        cohort.exit_within(Duration::from_secs(5)).await.code(),
+        Some(0)
+    );
+}
+
+/// `--admin HOST:PORT` without a scheme is plain http, like `http://HOST:PORT`.
+#[tokio::test]
+async fn admin_accepts_host_and_port_without_a_scheme() {
+    let stable = FakeUpstream::start("stable").await;
+    let canary = FakeUpstream::start("canary").await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = serve_config(dir.path(), &stable, &canary, "5s");
+    let mut cohort = Cohort::spawn(&["run", "-c", &file]);
+    let (_proxy, admin) = cohort.wait_serving(QUICK).await;
+    for given in [admin.to_string(), format!("http://{admin}")] {
+        let out = run_to_end(&["status", "--admin", &given], QUICK);
+        assert_eq!(out.status.code(), Some(0), "{given}: {}", describe(&out));
+        assert!(stdout_of(&out).starts_with("ROUTE"), "{}", describe(&out));
+        // Loopback without a token file: changes are allowed.
+        let out = run_to_end(&["set", "r", "1", "--admin", &given], QUICK);
+        assert_eq!(out.status.code(), Some(0), "{given}: {}", describe(&out));
+    }
+    cohort.signal("TERM");
+    assert_eq!(
+        cohort.exit_within(Duration::from_secs(5)).await.code(),
+        Some(0)
+    );
+}
+
+/// A `-c` file the admin commands cannot use is a failed call (exit 1) with the reason,
+/// never a silent fallback to the default address.
+#[test]
+fn admin_commands_with_an_unusable_c_file_exit_1() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("missing.toml");
+    let missing = missing.to_str().unwrap();
+    let invalid = write_file(
+        dir.path(),
+        "invalid.toml",
+        "[admin]\naddress = \"nowhere\"\n",
+    );
+    // The instance's admin port is ephemeral: nothing in the file says where to call.
+    let ephemeral = write_file(dir.path(), "ephemeral.toml", TWO_ROUTES);
+    for (args, reason) in [
+        (
+            vec!["status", "-c", missing],
+            format!("{missing}: cannot read the file"),
+        ),
+        (
+            vec!["rollback", "web", "-c", &invalid],
+            format!("{invalid}: admin.address: \"nowhere\" is not an IP address"),
+        ),
+        (
+            vec!["set", "web", "5", "-c", &ephemeral],
+            format!("{ephemeral}: admin.address: 127.0.0.1:0 has no fixed port"),
+        ),
+        (
+            vec!["rollout", "resume", "web", "-c", missing],
+            format!("{missing}: cannot read the file"),
+        ),
+    ] {
+        let out = run_to_end(&args, QUICK);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {}", describe(&out));
+        assert!(
+            stderr_of(&out).contains(&reason),
+            "{args:?}: want {reason:?} in {}",
+            describe(&out)
+        );
+        assert_eq!(stdout_of(&out), "", "{args:?}");
+    }
 }
 
 #[test]

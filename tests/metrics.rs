@@ -2,6 +2,8 @@
 //! through a real cohort, then exact counts per (route, variant, status), histogram
 //! buckets, assignment sources, gauges, HELP/TYPE, label hygiene, per-instance
 //! recorders, and `promtool check metrics` on the real page.
+#[path = "support/process.rs"]
+mod process;
 #[path = "support/prom.rs"]
 mod prom;
 mod support;
@@ -10,6 +12,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use cohort::cohort::{assign, BasisPoints, Variant};
+use cohort::rollout::Reason;
 use prom::Exposition;
 use support::{get, route, FakeUpstream, TestCohort};
 
@@ -414,7 +417,10 @@ async fn every_metric_has_help_and_type() {
             "{} has no TYPE",
             sample.name
         );
-        assert!(family.starts_with("cohort_"), "{family} is not namespaced");
+        assert!(
+            family.starts_with("cohort_") || family.starts_with("process_"),
+            "{family} is neither cohort's nor the process collector's"
+        );
     }
     cohort.shutdown().await;
 }
@@ -468,6 +474,8 @@ async fn no_label_ever_carries_request_data() {
                 }
                 "source" => SOURCES.contains(&value.as_str()),
                 "result" => value == "ok" || value == "error",
+                "reason" => Reason::ALL.iter().any(|r| r.as_str() == value),
+                "version" => value == env!("CARGO_PKG_VERSION"),
                 "le" => BUCKET_LES.contains(&value.as_str()),
                 _ => false,
             };
@@ -525,4 +533,145 @@ async fn promtool_accepts_the_real_metrics_page() {
     let text = cohort.metrics().await;
     cohort.shutdown().await;
     support::promtool_check_metrics(&text);
+}
+
+/// DESIGN §5: what a production scrape of a fresh instance (no traffic yet) finds. Every
+/// counter with known labels is there at 0, so `rate()` and `absent()` alerts work from
+/// the first scrape; the build info and the process collector's families are there too.
+/// The real binary, so the process figures are its own and its start is recent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fresh_instance_exports_every_known_series_at_zero_and_the_process_figures() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    // Two unguarded routes: rollbacks are counted on every route, not only guarded ones.
+    // Nothing listens upstream; no request is sent.
+    let config = process::write_file(
+        dir.path(),
+        "cohort.toml",
+        r#"
+[listen]
+address = "127.0.0.1:0"
+workers = 1
+
+[admin]
+address = "127.0.0.1:0"
+
+[[routes]]
+name = "web"
+path_prefix = "/"
+salt = "web-v1"
+canary_percent = 5
+stable = { endpoints = ["http://127.0.0.1:9"] }
+canary = { endpoints = ["http://127.0.0.1:9"] }
+
+[[routes]]
+name = "api"
+path_prefix = "/api"
+salt = "api-v1"
+stable = { endpoints = ["http://127.0.0.1:9"] }
+"#,
+    );
+    let started = std::time::SystemTime::now();
+    let mut cohort = process::Cohort::spawn(&["run", "-c", &config]);
+    let (_proxy, admin) = cohort.wait_serving(Duration::from_secs(20)).await;
+    let answer = get(&format!("http://{admin}/metrics"), &[]).await;
+    assert_eq!(answer.status, 200);
+    let text = answer.text();
+    let exp = Exposition::parse(&text);
+
+    for status in ["400", "404", "408", "413", "414", "431"] {
+        let labels = [("status", status)];
+        assert_eq!(
+            exp.get("cohort_unrouted_requests_total", &labels),
+            Some(0.0),
+            "unrouted {status}"
+        );
+    }
+    for result in ["ok", "error"] {
+        let labels = [("result", result)];
+        assert_eq!(
+            exp.get("cohort_config_reloads_total", &labels),
+            Some(0.0),
+            "reloads {result}"
+        );
+    }
+    for route in ["web", "api"] {
+        for reason in Reason::ALL {
+            let labels = [("route", route), ("reason", reason.as_str())];
+            assert_eq!(
+                exp.get("cohort_rollbacks_total", &labels),
+                Some(0.0),
+                "rollbacks {labels:?}"
+            );
+        }
+        for variant in ["stable", "canary"] {
+            for kind in ["connect", "timeout", "reset", "tls", "protocol"] {
+                let labels = [("route", route), ("variant", variant), ("kind", kind)];
+                assert_eq!(
+                    exp.get("cohort_upstream_errors_total", &labels),
+                    Some(0.0),
+                    "upstream errors {labels:?}"
+                );
+            }
+        }
+    }
+    assert_eq!(exp.sum("cohort_requests_total", &[]), 0.0, "no traffic yet");
+    assert_eq!(
+        exp.get(
+            "cohort_build_info",
+            &[("version", env!("CARGO_PKG_VERSION"))]
+        ),
+        Some(1.0)
+    );
+
+    // The process collector's figures, with plausible values.
+    let one = |name: &str| {
+        exp.get(name, &[])
+            .unwrap_or_else(|| panic!("no {name} in\n{text}"))
+    };
+    let rss = one("process_resident_memory_bytes");
+    assert!(rss > 1024.0 * 1024.0, "RSS {rss}");
+    assert!(one("process_virtual_memory_bytes") >= rss);
+    let fds = one("process_open_fds");
+    assert!(fds > 3.0, "open fds {fds}");
+    assert!(one("process_max_fds") >= fds);
+    let cpu = one("process_cpu_seconds_total");
+    assert!(cpu >= 0.0, "CPU seconds {cpu}");
+    let start = one("process_start_time_seconds");
+    let unix = |t: std::time::SystemTime| {
+        t.duration_since(std::time::UNIX_EPOCH)
+            .expect("clock after 1970")
+            .as_secs_f64()
+    };
+    let now = unix(std::time::SystemTime::now());
+    // Ticks of 10 ms after a boot time in whole seconds (rounded down): a little slack.
+    assert!(
+        start >= unix(started) - 2.0 && start <= now + 1.0 && now - start < 60.0,
+        "start time {start}, spawned at {}, now {now}",
+        unix(started)
+    );
+
+    let families = [
+        ("cohort_build_info", "gauge"),
+        ("cohort_rollbacks_total", "counter"),
+        ("process_cpu_seconds_total", "counter"),
+        ("process_resident_memory_bytes", "gauge"),
+        ("process_virtual_memory_bytes", "gauge"),
+        ("process_open_fds", "gauge"),
+        ("process_max_fds", "gauge"),
+        ("process_start_time_seconds", "gauge"),
+    ];
+    for (name, kind) in families {
+        let help = exp.help.get(name).map(String::as_str).unwrap_or("");
+        assert!(!help.trim().is_empty(), "{name} has no HELP text");
+        assert_eq!(
+            exp.types.get(name).map(String::as_str),
+            Some(kind),
+            "{name}"
+        );
+    }
+    support::promtool_check_metrics(&text);
+
+    cohort.signal("TERM");
+    let status = cohort.exit_within(Duration::from_secs(10)).await;
+    assert_eq!(status.code(), Some(0), "stderr:\n{}", cohort.stderr());
 }

@@ -30,6 +30,7 @@ fn minimal_config_gets_documented_defaults() {
     assert_eq!(c.admin.address, "127.0.0.1:9901".parse().unwrap());
     assert_eq!(c.listen.workers, 0);
     assert_eq!(c.listen.drain_timeout, Duration::from_secs(30));
+    assert_eq!(c.listen.shutdown_delay, Duration::ZERO);
     assert_eq!(
         c.listen.variant_header.as_ref().map(HeaderName::as_str),
         Some("x-cohort-variant")
@@ -50,6 +51,7 @@ fn full_route_is_compiled() {
 address = "127.0.0.1:0"
 workers = 2
 drain_timeout = "5s"
+shutdown_delay = "5s"
 variant_header = ""
 access_log = true
 
@@ -68,6 +70,7 @@ timeouts = { connect = "250ms", request = "2s" }
     );
     assert_eq!(c.listen.variant_header, None);
     assert_eq!(c.listen.drain_timeout, Duration::from_secs(5));
+    assert_eq!(c.listen.shutdown_delay, Duration::from_secs(5));
     let r = &c.routes[0];
     assert_eq!(r.host.as_deref(), Some("shop.example.com"));
     assert_eq!(
@@ -238,6 +241,27 @@ fn bad_values_are_rejected() {
     parse_ok(&format!(
         "[listen]\nworkers = 1024\n{MINIMAL}\ntimeouts = {{ request = \"24h\" }}"
     ));
+    for (delay, expected) in [
+        ("\"1h 1s\"", "listen.shutdown_delay: must be at most 1h"),
+        (
+            "\"10000000000000000000s\"",
+            "listen.shutdown_delay: must be at most 1h",
+        ),
+        (
+            "\"soon\"",
+            "listen.shutdown_delay: \"soon\" is not a duration such as",
+        ),
+        ("5", "listen.shutdown_delay: invalid type: integer"),
+    ] {
+        let err = parse_err(&format!("[listen]\nshutdown_delay = {delay}\n{MINIMAL}"));
+        assert!(err.contains(expected), "for {delay}: {err}");
+    }
+    for (delay, expected) in [("0s", 0), ("1h", 3600), ("2s 500ms", 2)] {
+        let c = parse_ok(&format!(
+            "[listen]\nshutdown_delay = \"{delay}\"\n{MINIMAL}"
+        ));
+        assert_eq!(c.listen.shutdown_delay.as_secs(), expected, "{delay}");
+    }
     let err = parse_err(&MINIMAL.replace("name = \"default\"", "name = \"a b\""));
     assert!(
         err.contains("routes[0].name: \"a b\" may contain only"),
