@@ -222,8 +222,9 @@ impl Metrics {
     }
 
     /// Handles for one route; built when a snapshot is built. Every route gets its
-    /// rollback counters (a manual rollback works on any route); `guarded` routes (with
-    /// a rollout or a guard) also get the rollout and guard series.
+    /// rollback counters and its one-hot state (a manual rollback works on any route,
+    /// and `cohort_rollout_state{state="rolled_back"}` is what alerts watch); `guarded`
+    /// routes (with a rollout or a guard) also get the step and guard series.
     pub fn route(&self, route: &str, guarded: bool) -> RouteMetrics {
         let route_label = || Label::new("route", route.to_owned());
         let variant = |v: Variant| {
@@ -251,6 +252,15 @@ impl Metrics {
                     &METADATA,
                 )
             }),
+            states: RolloutState::ALL.map(|s| {
+                self.recorder.register_gauge(
+                    &Key::from_parts(
+                        ROLLOUT_STATE,
+                        vec![route_label(), Label::new("state", s.as_str())],
+                    ),
+                    &METADATA,
+                )
+            }),
             guarded: guarded.then(|| self.guarded(route)),
         }
     }
@@ -267,7 +277,6 @@ impl Metrics {
         };
         GuardedMetrics {
             step: gauge(ROLLOUT_STEP, None),
-            states: RolloutState::ALL.map(|s| gauge(ROLLOUT_STATE, Some(("state", s.as_str())))),
             error_ratio: Variant::ALL
                 .map(|v| gauge(GUARD_ERROR_RATIO, Some(("variant", v.as_str())))),
             p99: Variant::ALL.map(|v| gauge(GUARD_P99_SECONDS, Some(("variant", v.as_str())))),
@@ -362,13 +371,15 @@ pub struct RouteMetrics {
     variants: [VariantMetrics; 2],
     /// `cohort_rollbacks_total`, one per reason in `Reason::ALL`'s order.
     rollbacks: [Counter; Reason::ALL.len()],
+    /// One-hot `cohort_rollout_state`, in `RolloutState::ALL`'s order: a plain route is
+    /// `complete`, or `rolled_back` after a manual rollback.
+    states: [Gauge; RolloutState::ALL.len()],
     guarded: Option<GuardedMetrics>,
 }
 
 /// Rollout and guard series of one route (DESIGN §7).
 struct GuardedMetrics {
     step: Gauge,
-    states: [Gauge; 5],
     error_ratio: [Gauge; 2],
     p99: [Gauge; 2],
 }
@@ -378,13 +389,14 @@ impl RouteMetrics {
         &self.variants[v.index()]
     }
 
-    /// `cohort_rollout_step` (−1 before start) and the one-hot `cohort_rollout_state`.
+    /// The one-hot `cohort_rollout_state` and, on guarded routes, `cohort_rollout_step`
+    /// (−1 before start).
     pub fn rollout(&self, step: Option<usize>, state: RolloutState) {
+        for (gauge, s) in self.states.iter().zip(RolloutState::ALL) {
+            gauge.set(if s == state { 1.0 } else { 0.0 });
+        }
         if let Some(g) = &self.guarded {
             g.step.set(step.map_or(-1.0, |s| s as f64));
-            for (gauge, s) in g.states.iter().zip(RolloutState::ALL) {
-                gauge.set(if s == state { 1.0 } else { 0.0 });
-            }
         }
     }
 

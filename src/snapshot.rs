@@ -170,9 +170,7 @@ impl RouteState {
         self.rollout_state
             .store(u8::try_from(state_index).unwrap_or(0), Ordering::Relaxed);
         self.metrics.weight.set(effective.share.ratio());
-        if route.rollout.is_some() || route.guard.is_some() {
-            self.metrics.rollout(effective.step, effective.state);
-        }
+        self.metrics.rollout(effective.step, effective.state);
     }
 
     /// Counts one finished request: metrics, the minute window, and the guard's window

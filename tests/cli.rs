@@ -1240,7 +1240,10 @@ async fn admin_commands_find_the_instance_and_its_token_through_c() {
     assert_eq!(stdout_of(&out), "route r: canary 5%\n");
     let out = cli(&["rollback", "r", "-c", &file]);
     assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
-    assert_eq!(stdout_of(&out), "route r: canary 0%\n");
+    assert_eq!(
+        stdout_of(&out),
+        "route r: canary 0% (rolled back: manual, in memory only: no state_dir is set)\n"
+    );
 
     cohort.signal("TERM");
     assert_eq!(

@@ -151,6 +151,29 @@ async fn the_kill_switch_works_on_a_read_only_file_beside_a_bad_edit_and_after_a
     assert_eq!(json(&assign)["variant"], "stable");
     let page = get(&cohort.admin_url("/"), &[]).await.text();
     assert!(page.contains("rolled back (manual)"), "status page: {page}");
+    for (series, labels, want) in [
+        (
+            "cohort_rollbacks_total",
+            &[("route", "web"), ("reason", "manual")][..],
+            1.0,
+        ),
+        (
+            "cohort_rollout_state",
+            &[("route", "web"), ("state", "rolled_back")][..],
+            1.0,
+        ),
+        (
+            "cohort_rollout_state",
+            &[("route", "web"), ("state", "complete")][..],
+            0.0,
+        ),
+    ] {
+        assert_eq!(
+            cohort.series(series, labels).await,
+            want,
+            "{series} {labels:?}"
+        );
+    }
     // A rollback is not a reload; a second one changes nothing and still answers 200.
     assert_eq!(cohort.series("cohort_config_generation", &[]).await, 1.0);
     let again = json(&admin_post(&cohort, "/routes/web/rollback").await);
@@ -165,6 +188,15 @@ async fn the_kill_switch_works_on_a_read_only_file_beside_a_bad_edit_and_after_a
     assert_eq!(resumed["canary_percent"], 25.0);
     assert!(resumed["rolled_back"].is_null());
     assert_eq!(variant_of(&cohort, &canary_user).await, "canary");
+    assert_eq!(
+        cohort
+            .series(
+                "cohort_rollout_state",
+                &[("route", "web"), ("state", "complete")]
+            )
+            .await,
+        1.0
+    );
     assert_eq!(std::fs::read_dir(&state_dir).expect("state_dir").count(), 0);
     assert_eq!(admin_post(&cohort, "/routes/web/resume").await.status, 409);
 

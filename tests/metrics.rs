@@ -476,6 +476,9 @@ async fn no_label_ever_carries_request_data() {
                 "result" => value == "ok" || value == "error",
                 "reason" => Reason::ALL.iter().any(|r| r.as_str() == value),
                 "version" => value == env!("CARGO_PKG_VERSION"),
+                "state" => cohort::rollout::RolloutState::ALL
+                    .iter()
+                    .any(|state| state.as_str() == value),
                 "le" => BUCKET_LES.contains(&value.as_str()),
                 _ => false,
             };
