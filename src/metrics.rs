@@ -15,6 +15,7 @@ use metrics_exporter_prometheus::{
 };
 
 use crate::cohort::Variant;
+use crate::request_log::WarnGate;
 use crate::rollout::{Figures, Reason, RolloutState};
 use crate::router::AssignSource;
 use crate::window::{Window, WindowStats, WINDOW_SECONDS};
@@ -108,6 +109,11 @@ pub struct Clock(Instant);
 impl Clock {
     pub fn now(&self) -> u64 {
         self.0.elapsed().as_secs()
+    }
+
+    /// Milliseconds since the instance started (the upstream-failure warnings' clock).
+    pub fn millis(&self) -> u64 {
+        u64::try_from(self.0.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 }
 
@@ -373,6 +379,8 @@ pub struct VariantMetrics {
     requests: StatusCounters,
     duration: Histogram,
     upstream_errors: [Counter; 5],
+    /// One per upstream error kind: at most one warning a second each.
+    warn_gates: [WarnGate; 5],
     in_flight: Gauge,
     assignments: [Counter; 5],
     window: Arc<Window>,
@@ -406,6 +414,7 @@ impl VariantMetrics {
                 .register_histogram(&Key::from_parts(REQUEST_DURATION, labels(None)), &METADATA),
             upstream_errors: UpstreamErrorKind::ALL
                 .map(|kind| counter(UPSTREAM_ERRORS_TOTAL, ("kind", kind.as_str()))),
+            warn_gates: Default::default(),
             in_flight: recorder.register_gauge(
                 &Key::from_parts(IN_FLIGHT_REQUESTS, labels(None)),
                 &METADATA,
@@ -448,6 +457,16 @@ impl VariantMetrics {
 
     pub fn upstream_error(&self, kind: UpstreamErrorKind) {
         self.upstream_errors[kind.index()].increment(1);
+    }
+
+    /// The gate of the upstream-failure warnings of `kind` (`crate::request_log`).
+    pub fn warn_gate(&self, kind: UpstreamErrorKind) -> &WarnGate {
+        &self.warn_gates[kind.index()]
+    }
+
+    /// Milliseconds on the clock the windows run on.
+    pub fn clock_millis(&self) -> u64 {
+        self.clock.millis()
     }
 }
 

@@ -18,6 +18,8 @@ pub struct ChunkedScanner {
     size_line_len: usize,
     /// Bytes of the trailer section so far, bounded by [`MAX_TRAILERS`].
     trailer_len: usize,
+    /// Chunk data bytes so far (the payload, for the access log).
+    data: u64,
 }
 
 /// What one [`ChunkedScanner::feed`] learned, so the proxy knows whether the bytes it is
@@ -126,6 +128,7 @@ impl ChunkedScanner {
                     let skipped =
                         usize::try_from(remaining).map_or(available, |r| r.min(available));
                     let remaining = remaining - skipped as u64;
+                    self.data += skipped as u64;
                     at += skipped;
                     self.state = if remaining == 0 {
                         State::Framing(Framing::DataCr)
@@ -141,6 +144,11 @@ impl ChunkedScanner {
                 }
             }
         }
+    }
+
+    /// Chunk data bytes fed so far: the body's payload, without its framing.
+    pub fn data_bytes(&self) -> u64 {
+        self.data
     }
 
     /// Whether the end of the body has been seen, so the connection may carry the next

@@ -26,8 +26,8 @@ use super::upstream::Conn;
 use crate::cohort::Variant;
 use crate::config::{Endpoint, Route};
 use crate::drain::DrainWatch;
-use crate::metrics::UpstreamErrorKind;
 use crate::proxy::{self, AccessLog, Completion, Pending, ProxyContext};
+use crate::request_id::{self, RequestId};
 use crate::router::{self, IpText};
 use crate::snapshot::{RouteState, Snapshot};
 use crate::upstream::UpstreamError;
@@ -308,9 +308,19 @@ fn prepare(
     let variant_metrics = state.metrics.variant(decision.variant);
     variant_metrics.assigned(decision.source);
     variant_metrics.started();
+    // The client's id passes through as it came; a request without one gets one
+    // drawn here, on the stack, and written straight into the upstream head.
+    let drawn = match req.request_id {
+        Some(id) if request_id::usable(id) => None,
+        _ => Some(RequestId::generate()),
+    };
+    let id = match &drawn {
+        Some(drawn) => drawn.as_bytes(),
+        None => req.request_id.unwrap_or_default(),
+    };
     let access_log = snap.config.listen.access_log.then(|| {
         let method = Method::from_bytes(req.method.as_bytes()).unwrap_or(Method::GET);
-        Box::new(AccessLog::new(method, path, peer, decision.source))
+        Box::new(AccessLog::new(method, path, peer, decision.source, id))
     });
     // Rendered per request rather than kept per connection: a few dozen instructions
     // for an IPv4 address, where keeping it cost every idle connection 40 bytes of
@@ -325,6 +335,7 @@ fn prepare(
             .as_ref()
             .filter(|o| !o.trusts(ip))
             .map(|o| &o.header),
+        request_id: drawn.as_ref().map(RequestId::as_bytes),
     };
     head::write_upstream_request(&req, &forwarding, out);
     out.extend_from_slice(&buf[req.head_len..req.message_len()]);
@@ -340,6 +351,7 @@ fn prepare(
         pending: Pending::new(completion),
         snap,
         consumed: req.message_len(),
+        body_len: req.content_length as u64,
         head_request: req.is_head(),
         // Safe to send again after a reused connection turned out closed.
         idempotent: matches!(req.method, "GET" | "HEAD" | "OPTIONS" | "PUT" | "DELETE"),
@@ -355,6 +367,8 @@ struct Forward {
     set_cookie: Option<http::HeaderValue>,
     pending: Pending,
     consumed: usize,
+    /// Bytes of the request body (sent in the same write as the head).
+    body_len: u64,
     head_request: bool,
     idempotent: bool,
     close: bool,
@@ -426,15 +440,23 @@ impl Forward {
             // The pending completion counts 499 as it drops.
             Err(Failure::ClientGone) => return false,
             Err(Failure::Upstream(e)) => {
-                let kind = e.kind();
-                state.metrics.variant(self.variant).upstream_error(kind);
-                tracing::debug!(route = %route.name, variant = %self.variant, error = %e, "upstream request failed");
-                let status = proxy::error_status(kind);
+                let status = proxy::error_status(e.kind());
+                let body = proxy::error_body(&e);
                 let mut out = Lent::take();
-                head::write_local_response(status, proxy::error_body(&e), &deco, &mut out);
+                head::write_local_response(status, body, &deco, &mut out);
                 let mut completion = self.pending.take();
+                completion.upstream_failed(&e);
                 completion.status = status.as_u16();
+                if completion.logged() {
+                    completion.endpoint = e.authority().map(Arc::from);
+                    if !e.nothing_sent() {
+                        completion.request_body_bytes = self.body_len;
+                    }
+                }
                 let written = client.write_all(&out).await.is_ok();
+                if written {
+                    completion.response_body_bytes = body.len() as u64;
+                }
                 completion.finish();
                 return written && !deco.close;
             }
@@ -442,7 +464,20 @@ impl Forward {
         let fin = &answer.fin;
         let mut completion = self.pending.take();
         completion.status = fin.status;
-        let relay = relay_body(conn, &mut answer.buf, fin, client, &mut answer.head).await;
+        completion.request_body_bytes = self.body_len;
+        if completion.logged() {
+            // Only for the log line: an idle access log costs no reference count.
+            completion.endpoint = Some(conn.key().clone());
+        }
+        let relay = relay_body(
+            conn,
+            &mut answer.buf,
+            fin,
+            client,
+            &mut answer.head,
+            &mut completion.response_body_bytes,
+        )
+        .await;
         let keep_alive = match relay {
             Relayed::Complete(conn) => {
                 if let Some(conn) = conn.filter(|_| fin.reusable) {
@@ -450,12 +485,9 @@ impl Forward {
                 }
                 fin.framing != Framing::UntilClose
             }
-            Relayed::UpstreamCut => {
+            Relayed::UpstreamCut(error) => {
                 completion.cut = true;
-                state
-                    .metrics
-                    .variant(self.variant)
-                    .upstream_error(UpstreamErrorKind::Reset);
+                completion.upstream_failed(&error);
                 false
             }
             Relayed::ClientGone => false,
@@ -709,18 +741,22 @@ async fn client_gone(client: &TcpStream) -> bool {
 enum Relayed {
     /// The body reached the client whole; the connection, unless it must close.
     Complete(Option<Conn>),
-    UpstreamCut,
+    /// The upstream broke the body off (reset, early close, broken chunked framing).
+    UpstreamCut(UpstreamError),
     ClientGone,
 }
 
 /// Streams the response: the head in `out` with the body bytes already in `buf`
-/// (after `head_len`), then the rest as it arrives, one buffer at a time.
+/// (after `head_len`), then the rest as it arrives, one buffer at a time. `sent` ends
+/// as the body bytes that reached the client (payload: chunked framing not counted,
+/// as on hyper's engine, which decodes it).
 async fn relay_body(
     mut conn: Conn,
     buf: &mut Lent,
     fin: &Final,
     client: &mut TcpStream,
     out: &mut Lent,
+    sent: &mut u64,
 ) -> Relayed {
     let mut body = Body::new(fin.framing);
     let mut clean = true;
@@ -730,51 +766,76 @@ async fn relay_body(
             clean &= n == first.len();
             out.extend_from_slice(&first[..n]);
         }
-        Err(_) => return Relayed::UpstreamCut,
+        Err(e) => return cut(&conn, &e),
     }
     if client.write_all(out).await.is_err() {
         return Relayed::ClientGone;
     }
+    *sent = body.payload();
     while !body.done() {
         buf.clear();
         let n = match conn.stream.read_buf(&mut **buf).await {
             Ok(n) => n,
-            Err(_) => return Relayed::UpstreamCut,
+            Err(e) => return cut(&conn, &e),
         };
         if n == 0 {
             if fin.framing == Framing::UntilClose {
                 return Relayed::Complete(None);
             }
-            return Relayed::UpstreamCut;
+            return cut(&conn, &"closed in the middle of the response body");
         }
         let taken = match body.take(buf) {
             Ok(taken) => taken,
-            Err(_) => return Relayed::UpstreamCut,
+            Err(e) => return cut(&conn, &e),
         };
         clean &= taken == n;
         if client.write_all(&buf[..taken]).await.is_err() {
             return Relayed::ClientGone;
         }
+        *sent = body.payload();
     }
     // Bytes past the end of the body: the upstream is confused; do not reuse it.
     Relayed::Complete(clean.then_some(conn))
 }
 
+/// The upstream broke the response body off, for `why`.
+fn cut(conn: &Conn, why: &dyn std::fmt::Display) -> Relayed {
+    Relayed::UpstreamCut(UpstreamError::Reset {
+        authority: conn.key().to_string(),
+        source: format!("response body cut: {why}").into(),
+    })
+}
+
 /// Tracks where a response body ends.
 enum Body {
     Empty,
-    Length(u64),
+    /// Bytes left, of `total`.
+    Length {
+        left: u64,
+        total: u64,
+    },
     Chunked(ChunkedScanner),
-    UntilClose,
+    /// Bytes so far.
+    UntilClose(u64),
 }
 
 impl Body {
     fn new(framing: Framing) -> Body {
         match framing {
             Framing::Empty => Body::Empty,
-            Framing::Length(n) => Body::Length(n),
+            Framing::Length(n) => Body::Length { left: n, total: n },
             Framing::Chunked => Body::Chunked(ChunkedScanner::new()),
-            Framing::UntilClose => Body::UntilClose,
+            Framing::UntilClose => Body::UntilClose(0),
+        }
+    }
+
+    /// Payload bytes taken so far (chunked framing not counted).
+    fn payload(&self) -> u64 {
+        match self {
+            Body::Empty => 0,
+            Body::Length { left, total } => total - left,
+            Body::Chunked(scanner) => scanner.data_bytes(),
+            Body::UntilClose(n) => *n,
         }
     }
 
@@ -782,7 +843,7 @@ impl Body {
     fn take(&mut self, bytes: &[u8]) -> Result<usize, super::chunked::ChunkedError> {
         Ok(match self {
             Body::Empty => 0,
-            Body::Length(left) => {
+            Body::Length { left, .. } => {
                 let n = usize::try_from(*left)
                     .unwrap_or(usize::MAX)
                     .min(bytes.len());
@@ -793,16 +854,19 @@ impl Body {
                 Scan::More => bytes.len(),
                 Scan::End(n) => n,
             },
-            Body::UntilClose => bytes.len(),
+            Body::UntilClose(seen) => {
+                *seen += bytes.len() as u64;
+                bytes.len()
+            }
         })
     }
 
     fn done(&self) -> bool {
         match self {
             Body::Empty => true,
-            Body::Length(left) => *left == 0,
+            Body::Length { left, .. } => *left == 0,
             Body::Chunked(scanner) => scanner.is_done(),
-            Body::UntilClose => false,
+            Body::UntilClose(_) => false,
         }
     }
 }
