@@ -17,10 +17,10 @@ use hyper_util::rt::TokioIo;
 
 use crate::cohort::Variant;
 use crate::headers::{self, X_COHORT_VARIANT};
-use crate::metrics::{Metrics, UpstreamErrorKind};
+use crate::metrics::Metrics;
 use crate::request_id::{self, RequestId, X_REQUEST_ID};
 pub(crate) use crate::request_log::AccessLog;
-use crate::request_log::{self, Causes, Finished};
+use crate::request_log::{self, Causes};
 use crate::router::{self, AssignSource, Decision};
 use crate::snapshot::{SharedSnapshot, Snapshot};
 use crate::upstream::{Lease, Pool, Progress, UpstreamError};
@@ -144,8 +144,10 @@ pub async fn handle(
 
     // No await from here on: the request cannot be dropped before it is counted.
     let mut completion = pending.take();
-    completion.endpoint = reached.cloned();
-    completion.progress = Some(progress);
+    if let Some(log) = completion.log() {
+        log.endpoint = reached.cloned();
+        log.progress = Some(progress);
+    }
     let mut response = match result {
         Ok((mut resp, lease)) => {
             let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
@@ -157,7 +159,7 @@ pub async fn handle(
                     drop(lease);
                     resp.map(|_| ProxyBody::empty())
                 }
-                _ => resp.map(|body| ProxyBody::upstream(body, lease)),
+                _ => resp.map(|body| ProxyBody::upstream(body, lease, reached.cloned())),
             }
         }
         Err(e) => {
@@ -312,16 +314,6 @@ pub(crate) struct Completion {
     start: Instant,
     /// The upstream cut the response body after its headers.
     pub(crate) cut: bool,
-    /// The authority of the endpoint the request went to, if one was chosen.
-    pub(crate) endpoint: Option<Arc<str>>,
-    /// Why the upstream failed, if it did.
-    pub(crate) error: Option<UpstreamErrorKind>,
-    /// Request body bytes forwarded upstream: counted here by cohort's own engine...
-    pub(crate) request_body_bytes: u64,
-    /// ... and as hyper's upstream connection takes them on hyper's.
-    pub(crate) progress: Option<Arc<Progress>>,
-    /// Response body bytes sent to the client.
-    pub(crate) response_body_bytes: u64,
     access_log: Option<Box<AccessLog>>,
 }
 
@@ -341,19 +333,13 @@ impl Completion {
             status: 499,
             start,
             cut: false,
-            endpoint: None,
-            error: None,
-            request_body_bytes: 0,
-            progress: None,
-            response_body_bytes: 0,
             access_log,
         }
     }
 
-    /// Whether this request writes an access log line (what only the line needs can be
-    /// skipped otherwise).
-    pub(crate) fn logged(&self) -> bool {
-        self.access_log.is_some()
+    /// The access log line's figures, when the request writes one.
+    pub(crate) fn log(&mut self) -> Option<&mut AccessLog> {
+        self.access_log.as_deref_mut()
     }
 
     /// Counts an upstream failure (metrics, the rate-limited warning) and keeps its
@@ -362,7 +348,9 @@ impl Completion {
         let (route, state) = self.snap.route(self.route);
         let metrics = state.metrics.variant(self.variant);
         request_log::upstream_failed(&route.name, self.variant, metrics, error);
-        self.error = Some(error.kind());
+        if let Some(log) = self.log() {
+            log.error = Some(error.kind());
+        }
     }
 
     pub(crate) fn finish(self) {
@@ -370,18 +358,7 @@ impl Completion {
         let (route, state) = self.snap.route(self.route);
         state.finished(self.variant, self.source, self.status, elapsed, self.cut);
         if let Some(log) = &self.access_log {
-            let sent = self.progress.as_ref().map_or(0, |p| p.body_bytes());
-            let done = Finished {
-                route: &route.name,
-                variant: self.variant,
-                status: self.status,
-                elapsed,
-                endpoint: self.endpoint.as_deref(),
-                error: self.error,
-                request_body_bytes: self.request_body_bytes + sent,
-                response_body_bytes: self.response_body_bytes,
-            };
-            request_log::access(log, &done);
+            log.write(&route.name, self.variant, self.status, elapsed);
         }
     }
 }
@@ -427,15 +404,21 @@ enum Inner {
     Upstream {
         body: Incoming,
         lease: Option<Lease>,
+        /// The endpoint's authority, for the warning if it cuts the body.
+        endpoint: Option<Arc<str>>,
     },
     Local(Option<Bytes>),
 }
 
 impl ProxyBody {
     /// `lease` is the HTTP/1.1 connection to give back at the end (HTTP/2 ones are shared).
-    fn upstream(body: Incoming, lease: Option<Lease>) -> ProxyBody {
+    fn upstream(body: Incoming, lease: Option<Lease>, endpoint: Option<Arc<str>>) -> ProxyBody {
         ProxyBody {
-            inner: Inner::Upstream { body, lease },
+            inner: Inner::Upstream {
+                body,
+                lease,
+                endpoint,
+            },
             completion: None,
         }
     }
@@ -492,8 +475,12 @@ impl Body for ProxyBody {
                 // cut too (hyper closes it), and the request keeps its status.
                 if let Some(c) = &mut this.completion {
                     c.cut = true;
+                    let endpoint = match &this.inner {
+                        Inner::Upstream { endpoint, .. } => endpoint.as_deref(),
+                        Inner::Local(_) => None,
+                    };
                     let error = UpstreamError::Reset {
-                        authority: c.endpoint.as_deref().unwrap_or_default().to_owned(),
+                        authority: endpoint.unwrap_or_default().to_owned(),
                         source: Causes(e).to_string().into(),
                     };
                     c.upstream_failed(&error);
@@ -501,8 +488,9 @@ impl Body for ProxyBody {
                 this.finish();
             }
             Poll::Ready(Some(Ok(frame))) => {
-                if let (Some(c), Some(data)) = (&mut this.completion, frame.data_ref()) {
-                    c.response_body_bytes += data.len() as u64;
+                let log = this.completion.as_mut().and_then(Completion::log);
+                if let (Some(log), Some(data)) = (log, frame.data_ref()) {
+                    log.response_body_bytes += data.len() as u64;
                 }
             }
             Poll::Pending => {}

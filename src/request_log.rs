@@ -10,6 +10,7 @@ use std::error::Error;
 use std::fmt;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::Method;
@@ -18,7 +19,7 @@ use crate::cohort::Variant;
 use crate::metrics::{UpstreamErrorKind, VariantMetrics};
 use crate::proxy::ACCESS_LOG_TARGET;
 use crate::router::AssignSource;
-use crate::upstream::UpstreamError;
+use crate::upstream::{Progress, UpstreamError};
 
 /// Counts an upstream failure and, unless one was written for the same (route,
 /// variant, kind) less than [`WarnGate::INTERVAL_MS`] ago, writes a WARN line naming
@@ -112,14 +113,25 @@ impl fmt::Display for Causes<'_> {
     }
 }
 
-/// What the access log line needs beyond the request's counters: kept only when
-/// `listen.access_log` is on.
+/// What the access log line needs beyond the request's counters: kept, in one heap
+/// block, only when `listen.access_log` is on, so the figures only the line shows
+/// cost a request nothing otherwise.
 pub(crate) struct AccessLog {
     method: Method,
     path: String,
     peer: SocketAddr,
     source: AssignSource,
     request_id: String,
+    /// The authority of the endpoint the request went to, if one was chosen.
+    pub(crate) endpoint: Option<Arc<str>>,
+    /// Why the upstream failed, if it did.
+    pub(crate) error: Option<UpstreamErrorKind>,
+    /// Request body bytes forwarded upstream: counted here by cohort's own engine...
+    pub(crate) request_body_bytes: u64,
+    /// ... and as hyper's upstream connection takes them on hyper's.
+    pub(crate) progress: Option<Arc<Progress>>,
+    /// Response body bytes sent to the client (cohort's own error text included).
+    pub(crate) response_body_bytes: u64,
 }
 
 impl AccessLog {
@@ -136,43 +148,36 @@ impl AccessLog {
             peer,
             source,
             request_id: String::from_utf8_lossy(request_id).into_owned(),
+            endpoint: None,
+            error: None,
+            request_body_bytes: 0,
+            progress: None,
+            response_body_bytes: 0,
         }
     }
-}
 
-/// A finished request's figures, as both engines counted them.
-pub(crate) struct Finished<'a> {
-    pub route: &'a str,
-    pub variant: Variant,
-    pub status: u16,
-    pub elapsed: Duration,
-    /// The authority of the endpoint the request went to, if one was chosen.
-    pub endpoint: Option<&'a str>,
-    pub error: Option<UpstreamErrorKind>,
-    /// Request body bytes forwarded upstream.
-    pub request_body_bytes: u64,
-    /// Response body bytes sent to the client (cohort's own error text included).
-    pub response_body_bytes: u64,
-}
-
-/// Writes the access log line (JSON, target [`ACCESS_LOG_TARGET`]).
-pub(crate) fn access(log: &AccessLog, done: &Finished<'_>) {
-    tracing::info!(
-        target: ACCESS_LOG_TARGET,
-        route = done.route,
-        variant = done.variant.as_str(),
-        source = log.source.as_str(),
-        method = log.method.as_str(),
-        path = log.path.as_str(),
-        status = done.status,
-        duration_ms = millis(done.elapsed),
-        peer = %log.peer,
-        endpoint = done.endpoint,
-        error_kind = done.error.map(UpstreamErrorKind::as_str),
-        request_body_bytes = done.request_body_bytes,
-        response_body_bytes = done.response_body_bytes,
-        request_id = log.request_id.as_str(),
-    );
+    /// Writes the line (JSON, target [`ACCESS_LOG_TARGET`]) for a request that ended
+    /// with `status` after `elapsed`.
+    pub(crate) fn write(&self, route: &str, variant: Variant, status: u16, elapsed: Duration) {
+        let request_body_bytes =
+            self.request_body_bytes + self.progress.as_ref().map_or(0, |p| p.body_bytes());
+        tracing::info!(
+            target: ACCESS_LOG_TARGET,
+            route,
+            variant = variant.as_str(),
+            source = self.source.as_str(),
+            method = self.method.as_str(),
+            path = self.path.as_str(),
+            status,
+            duration_ms = millis(elapsed),
+            peer = %self.peer,
+            endpoint = self.endpoint.as_deref(),
+            error_kind = self.error.map(UpstreamErrorKind::as_str),
+            request_body_bytes,
+            response_body_bytes = self.response_body_bytes,
+            request_id = self.request_id.as_str(),
+        );
+    }
 }
 
 /// Milliseconds with at most three decimals (whole microseconds): a float of whole

@@ -151,7 +151,7 @@ fn parsing_routing_and_rewriting_heads_allocates_nothing() {
             proto: "http",
             variant: decision.variant.as_str(),
             untrusted_override: None,
-            request_id: req.request_id.is_none().then_some(id.as_bytes()),
+            request_id: req.request_id.is_none().then_some(&id),
         };
         write_upstream_request(&req, &forwarding, &mut out);
         let mut fields = field_storage();

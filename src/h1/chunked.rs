@@ -275,6 +275,18 @@ mod tests {
     }
 
     #[test]
+    fn the_payload_is_counted_without_its_framing_however_split() {
+        let body = b"5;ext=1\r\nhello\r\n10\r\n0123456789abcdef\r\n0\r\nx-sum: 1\r\n\r\n";
+        for split in 0..body.len() {
+            let mut scanner = ChunkedScanner::new();
+            let (a, b) = body.split_at(split);
+            assert_eq!(scanner.feed(a), Ok(Scan::More), "split at {split}");
+            assert_eq!(scanner.feed(b), Ok(Scan::End(b.len())), "split at {split}");
+            assert_eq!(scanner.data_bytes(), 21, "split at {split}");
+        }
+    }
+
+    #[test]
     fn a_simple_body_ends_after_the_last_chunk() {
         let body = b"5\r\nhello\r\n0\r\n\r\n";
         assert_eq!(scan(body), Ok(Some(body.len())));

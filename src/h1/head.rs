@@ -11,6 +11,7 @@ use std::ops::Range;
 use http::{HeaderName, StatusCode};
 
 use crate::headers::is_trailers_only;
+use crate::request_id::RequestId;
 use crate::router::Fields;
 
 /// Header fields a head may carry (hyper's limit too).
@@ -205,7 +206,7 @@ pub struct Forwarding<'a> {
     pub untrusted_override: Option<&'a HeaderName>,
     /// `X-Request-Id`, drawn by cohort when the client sent none it could use; the
     /// client's own passes through as it came.
-    pub request_id: Option<&'a [u8]>,
+    pub request_id: Option<&'a RequestId>,
 }
 
 /// Writes the request head for the upstream hop: hop-by-hop fields dropped (the fixed
@@ -271,8 +272,7 @@ pub fn write_upstream_request(req: &Request<'_, '_>, fwd: &Forwarding<'_>, out: 
     out.extend_from_slice(b"\r\nx-cohort-variant: ");
     out.extend_from_slice(fwd.variant.as_bytes());
     if let Some(id) = fwd.request_id {
-        out.extend_from_slice(b"\r\nx-request-id: ");
-        out.extend_from_slice(id);
+        out.extend_from_slice(id.field_line());
     }
     out.extend_from_slice(b"\r\n\r\n");
 }

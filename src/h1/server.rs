@@ -310,17 +310,26 @@ fn prepare(
     variant_metrics.started();
     // The client's id passes through as it came; a request without one gets one
     // drawn here, on the stack, and written straight into the upstream head.
+    // (Initialised in place only when drawn: no `Option<RequestId>` moved around.)
+    let drawn_id;
     let drawn = match req.request_id {
         Some(id) if request_id::usable(id) => None,
-        _ => Some(RequestId::generate()),
+        _ => {
+            drawn_id = RequestId::generate();
+            Some(&drawn_id)
+        }
     };
-    let id = match &drawn {
+    let id = match drawn {
         Some(drawn) => drawn.as_bytes(),
         None => req.request_id.unwrap_or_default(),
     };
     let access_log = snap.config.listen.access_log.then(|| {
         let method = Method::from_bytes(req.method.as_bytes()).unwrap_or(Method::GET);
-        Box::new(AccessLog::new(method, path, peer, decision.source, id))
+        let mut log = AccessLog::new(method, path, peer, decision.source, id);
+        // The body leaves in the same write as the head; a failure that sent nothing
+        // takes it back (`Forward::run`).
+        log.request_body_bytes = req.content_length as u64;
+        Box::new(log)
     });
     // Rendered per request rather than kept per connection: a few dozen instructions
     // for an IPv4 address, where keeping it cost every idle connection 40 bytes of
@@ -335,7 +344,7 @@ fn prepare(
             .as_ref()
             .filter(|o| !o.trusts(ip))
             .map(|o| &o.header),
-        request_id: drawn.as_ref().map(RequestId::as_bytes),
+        request_id: drawn,
     };
     head::write_upstream_request(&req, &forwarding, out);
     out.extend_from_slice(&buf[req.head_len..req.message_len()]);
@@ -351,7 +360,6 @@ fn prepare(
         pending: Pending::new(completion),
         snap,
         consumed: req.message_len(),
-        body_len: req.content_length as u64,
         head_request: req.is_head(),
         // Safe to send again after a reused connection turned out closed.
         idempotent: matches!(req.method, "GET" | "HEAD" | "OPTIONS" | "PUT" | "DELETE"),
@@ -367,8 +375,6 @@ struct Forward {
     set_cookie: Option<http::HeaderValue>,
     pending: Pending,
     consumed: usize,
-    /// Bytes of the request body (sent in the same write as the head).
-    body_len: u64,
     head_request: bool,
     idempotent: bool,
     close: bool,
@@ -447,15 +453,15 @@ impl Forward {
                 let mut completion = self.pending.take();
                 completion.upstream_failed(&e);
                 completion.status = status.as_u16();
-                if completion.logged() {
-                    completion.endpoint = e.authority().map(Arc::from);
-                    if !e.nothing_sent() {
-                        completion.request_body_bytes = self.body_len;
-                    }
-                }
                 let written = client.write_all(&out).await.is_ok();
-                if written {
-                    completion.response_body_bytes = body.len() as u64;
+                if let Some(log) = completion.log() {
+                    log.endpoint = e.authority().map(Arc::from);
+                    if e.nothing_sent() {
+                        log.request_body_bytes = 0;
+                    }
+                    if written {
+                        log.response_body_bytes = body.len() as u64;
+                    }
                 }
                 completion.finish();
                 return written && !deco.close;
@@ -464,20 +470,22 @@ impl Forward {
         let fin = &answer.fin;
         let mut completion = self.pending.take();
         completion.status = fin.status;
-        completion.request_body_bytes = self.body_len;
-        if completion.logged() {
-            // Only for the log line: an idle access log costs no reference count.
-            completion.endpoint = Some(conn.key().clone());
+        if let Some(log) = completion.log() {
+            log.endpoint = Some(conn.key().clone());
         }
+        let mut body = Body::new(fin.framing);
         let relay = relay_body(
             conn,
             &mut answer.buf,
             fin,
             client,
             &mut answer.head,
-            &mut completion.response_body_bytes,
+            &mut body,
         )
         .await;
+        if let Some(log) = completion.log() {
+            log.response_body_bytes = body.payload(fin.framing);
+        }
         let keep_alive = match relay {
             Relayed::Complete(conn) => {
                 if let Some(conn) = conn.filter(|_| fin.reusable) {
@@ -742,23 +750,22 @@ enum Relayed {
     /// The body reached the client whole; the connection, unless it must close.
     Complete(Option<Conn>),
     /// The upstream broke the body off (reset, early close, broken chunked framing).
-    UpstreamCut(UpstreamError),
+    /// Boxed: rare, and every response's future holds room for the largest variant.
+    UpstreamCut(Box<UpstreamError>),
     ClientGone,
 }
 
 /// Streams the response: the head in `out` with the body bytes already in `buf`
-/// (after `head_len`), then the rest as it arrives, one buffer at a time. `sent` ends
-/// as the body bytes that reached the client (payload: chunked framing not counted,
-/// as on hyper's engine, which decodes it).
+/// (after `head_len`), then the rest as it arrives, one buffer at a time. `body`
+/// tracks the body's framing (the caller's, so it can read the payload relayed).
 async fn relay_body(
     mut conn: Conn,
     buf: &mut Lent,
     fin: &Final,
     client: &mut TcpStream,
     out: &mut Lent,
-    sent: &mut u64,
+    body: &mut Body,
 ) -> Relayed {
-    let mut body = Body::new(fin.framing);
     let mut clean = true;
     let first = &buf[fin.head_len..];
     match body.take(first) {
@@ -771,7 +778,6 @@ async fn relay_body(
     if client.write_all(out).await.is_err() {
         return Relayed::ClientGone;
     }
-    *sent = body.payload();
     while !body.done() {
         buf.clear();
         let n = match conn.stream.read_buf(&mut **buf).await {
@@ -792,7 +798,6 @@ async fn relay_body(
         if client.write_all(&buf[..taken]).await.is_err() {
             return Relayed::ClientGone;
         }
-        *sent = body.payload();
     }
     // Bytes past the end of the body: the upstream is confused; do not reuse it.
     Relayed::Complete(clean.then_some(conn))
@@ -800,20 +805,17 @@ async fn relay_body(
 
 /// The upstream broke the response body off, for `why`.
 fn cut(conn: &Conn, why: &dyn std::fmt::Display) -> Relayed {
-    Relayed::UpstreamCut(UpstreamError::Reset {
+    Relayed::UpstreamCut(Box::new(UpstreamError::Reset {
         authority: conn.key().to_string(),
         source: format!("response body cut: {why}").into(),
-    })
+    }))
 }
 
 /// Tracks where a response body ends.
 enum Body {
     Empty,
-    /// Bytes left, of `total`.
-    Length {
-        left: u64,
-        total: u64,
-    },
+    /// Bytes left.
+    Length(u64),
     Chunked(ChunkedScanner),
     /// Bytes so far.
     UntilClose(u64),
@@ -823,19 +825,20 @@ impl Body {
     fn new(framing: Framing) -> Body {
         match framing {
             Framing::Empty => Body::Empty,
-            Framing::Length(n) => Body::Length { left: n, total: n },
+            Framing::Length(n) => Body::Length(n),
             Framing::Chunked => Body::Chunked(ChunkedScanner::new()),
             Framing::UntilClose => Body::UntilClose(0),
         }
     }
 
-    /// Payload bytes taken so far (chunked framing not counted).
-    fn payload(&self) -> u64 {
-        match self {
-            Body::Empty => 0,
-            Body::Length { left, total } => total - left,
-            Body::Chunked(scanner) => scanner.data_bytes(),
-            Body::UntilClose(n) => *n,
+    /// Payload bytes taken so far of a body with this `framing` (chunked framing not
+    /// counted, as on hyper's engine, which decodes it).
+    fn payload(&self, framing: Framing) -> u64 {
+        match (self, framing) {
+            (Body::Length(left), Framing::Length(total)) => total.saturating_sub(*left),
+            (Body::Chunked(scanner), _) => scanner.data_bytes(),
+            (Body::UntilClose(n), _) => *n,
+            _ => 0,
         }
     }
 
@@ -843,7 +846,7 @@ impl Body {
     fn take(&mut self, bytes: &[u8]) -> Result<usize, super::chunked::ChunkedError> {
         Ok(match self {
             Body::Empty => 0,
-            Body::Length { left, .. } => {
+            Body::Length(left) => {
                 let n = usize::try_from(*left)
                     .unwrap_or(usize::MAX)
                     .min(bytes.len());
@@ -864,7 +867,7 @@ impl Body {
     fn done(&self) -> bool {
         match self {
             Body::Empty => true,
-            Body::Length { left, .. } => *left == 0,
+            Body::Length(left) => *left == 0,
             Body::Chunked(scanner) => scanner.is_done(),
             Body::UntilClose(_) => false,
         }

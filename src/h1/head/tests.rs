@@ -21,7 +21,7 @@ fn upstream(raw: &str, untrusted_override: Option<&HeaderName>) -> String {
 fn upstream_with_id(
     raw: &str,
     untrusted_override: Option<&HeaderName>,
-    drawn: Option<&[u8]>,
+    drawn: Option<&crate::request_id::RequestId>,
 ) -> String {
     let mut s = storage();
     let ParsedRequest::Ready(req) = parse_request(raw.as_bytes(), &mut s) else {
@@ -455,8 +455,8 @@ fn the_first_request_id_is_read_and_passes_through_unchanged() {
 
 #[test]
 fn a_drawn_request_id_is_written_and_replaces_a_blank_one() {
-    let id = b"01234567-89ab-4def-8123-456789abcdef";
-    let head = upstream_with_id("GET / HTTP/1.1\r\nHost: a\r\n\r\n", None, Some(id));
+    let id = crate::request_id::RequestId::from_bits(0x0123_4567_89ab_cdef_0123_4567_89ab_cdef);
+    let head = upstream_with_id("GET / HTTP/1.1\r\nHost: a\r\n\r\n", None, Some(&id));
     assert!(
         head.ends_with("x-cohort-variant: canary\r\nx-request-id: 01234567-89ab-4def-8123-456789abcdef\r\n\r\n"),
         "{head}"
@@ -464,7 +464,7 @@ fn a_drawn_request_id_is_written_and_replaces_a_blank_one() {
     let head = upstream_with_id(
         "GET / HTTP/1.1\r\nHost: a\r\nX-Request-Id:  \r\nAccept: */*\r\n\r\n",
         None,
-        Some(id),
+        Some(&id),
     );
     assert_eq!(head.matches("x-request-id").count(), 1, "{head}");
     assert!(!head.contains("X-Request-Id"), "{head}");
