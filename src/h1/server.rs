@@ -319,11 +319,11 @@ fn prepare(
             Some(&drawn_id)
         }
     };
-    let id = match drawn {
-        Some(drawn) => drawn.as_bytes(),
-        None => req.request_id.unwrap_or_default(),
-    };
     let access_log = snap.config.listen.access_log.then(|| {
+        let id = match drawn {
+            Some(drawn) => drawn.as_bytes(),
+            None => req.request_id.unwrap_or_default(),
+        };
         let method = Method::from_bytes(req.method.as_bytes()).unwrap_or(Method::GET);
         let mut log = AccessLog::new(method, path, peer, decision.source, id);
         // The body leaves in the same write as the head; a failure that sent nothing
