@@ -97,6 +97,10 @@ pub struct Metrics {
     /// One-minute windows per (route, variant); they outlive snapshots so a reload
     /// does not reset the figures.
     windows: Mutex<HashMap<(String, Variant), Arc<Window>>>,
+    /// The upstream-failure warnings' gates per (route, variant), one per error kind;
+    /// kept across snapshots too, so a reload during an outage neither adds a line nor
+    /// loses the count held back.
+    warn_gates: Mutex<HashMap<(String, Variant), Arc<WarnGates>>>,
     /// Lanes of each window: one per proxy worker.
     lanes: usize,
     clock: Clock,
@@ -158,6 +162,7 @@ impl Metrics {
             recorder,
             handle,
             windows: Mutex::new(HashMap::new()),
+            warn_gates: Mutex::new(HashMap::new()),
             lanes: workers,
             clock: Clock(Instant::now()),
         }
@@ -209,7 +214,14 @@ impl Metrics {
                 .entry((route.to_owned(), v))
                 .or_insert_with(|| Arc::new(Window::with_lanes(WINDOW_SECONDS, self.lanes)))
                 .clone();
-            VariantMetrics::new(&self.recorder, route, v, window, self.clock)
+            let warn_gates = self
+                .warn_gates
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .entry((route.to_owned(), v))
+                .or_default()
+                .clone();
+            VariantMetrics::new(&self.recorder, route, v, window, warn_gates, self.clock)
         };
         RouteMetrics {
             weight: self.recorder.register_gauge(
@@ -374,13 +386,16 @@ impl RouteMetrics {
     }
 }
 
+/// A (route, variant)'s warning gates, by [`UpstreamErrorKind`].
+type WarnGates = [WarnGate; 5];
+
 /// Handles of one (route, variant).
 pub struct VariantMetrics {
     requests: StatusCounters,
     duration: Histogram,
     upstream_errors: [Counter; 5],
     /// One per upstream error kind: at most one warning a second each.
-    warn_gates: [WarnGate; 5],
+    warn_gates: Arc<WarnGates>,
     in_flight: Gauge,
     assignments: [Counter; 5],
     window: Arc<Window>,
@@ -393,6 +408,7 @@ impl VariantMetrics {
         route: &str,
         variant: Variant,
         window: Arc<Window>,
+        warn_gates: Arc<WarnGates>,
         clock: Clock,
     ) -> VariantMetrics {
         let labels = |extra: Option<(&'static str, &'static str)>| {
@@ -414,7 +430,7 @@ impl VariantMetrics {
                 .register_histogram(&Key::from_parts(REQUEST_DURATION, labels(None)), &METADATA),
             upstream_errors: UpstreamErrorKind::ALL
                 .map(|kind| counter(UPSTREAM_ERRORS_TOTAL, ("kind", kind.as_str()))),
-            warn_gates: Default::default(),
+            warn_gates,
             in_flight: recorder.register_gauge(
                 &Key::from_parts(IN_FLIGHT_REQUESTS, labels(None)),
                 &METADATA,
@@ -500,5 +516,37 @@ impl StatusCounters {
                 .register_counter(&Key::from_parts(self.name, labels), &METADATA)
         })
         .increment(1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn warning_gates_outlive_a_snapshot() {
+        let metrics = Metrics::new();
+        let kind = UpstreamErrorKind::Connect;
+        let before = metrics.route("r", false);
+        let gate = before.variant(Variant::Canary).warn_gate(kind);
+        assert_eq!(gate.admit(0), Some(0));
+        assert_eq!(gate.admit(10), None);
+        // A reload builds the route's handles again: same gate, same count held back.
+        let after = metrics.route("r", false);
+        let gate = after.variant(Variant::Canary).warn_gate(kind);
+        assert_eq!(gate.admit(20), None);
+        assert_eq!(gate.admit(1000), Some(2));
+        // Other variants, kinds and routes have their own.
+        let other = after.variant(Variant::Stable).warn_gate(kind);
+        assert_eq!(other.admit(30), Some(0));
+        let timeout = after
+            .variant(Variant::Canary)
+            .warn_gate(UpstreamErrorKind::Timeout);
+        assert_eq!(timeout.admit(40), Some(0));
+        let elsewhere = metrics.route("s", false);
+        assert_eq!(
+            elsewhere.variant(Variant::Canary).warn_gate(kind).admit(50),
+            Some(0)
+        );
     }
 }
