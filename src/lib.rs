@@ -32,6 +32,8 @@ pub mod log_filter;
 pub mod metrics;
 pub mod proxy;
 pub mod reload;
+pub mod request_id;
+pub mod request_log;
 pub mod rollout;
 pub mod router;
 pub mod server;

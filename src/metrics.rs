@@ -19,6 +19,7 @@ use metrics_exporter_prometheus::{
 };
 
 use crate::cohort::Variant;
+use crate::request_log::WarnGate;
 use crate::rollout::{Figures, Reason, RolloutState};
 use crate::router::AssignSource;
 use crate::window::{Window, WindowStats, WINDOW_SECONDS};
@@ -109,6 +110,10 @@ pub struct Metrics {
     /// One-minute windows per (route, variant); they outlive snapshots so a reload
     /// does not reset the figures.
     windows: Mutex<HashMap<(String, Variant), Arc<Window>>>,
+    /// The upstream-failure warnings' gates per (route, variant), one per error kind;
+    /// kept across snapshots too, so a reload during an outage neither adds a line nor
+    /// loses the count held back.
+    warn_gates: Mutex<HashMap<(String, Variant), Arc<WarnGates>>>,
     /// Lanes of each window: one per proxy worker.
     lanes: usize,
     clock: Clock,
@@ -121,6 +126,11 @@ pub struct Clock(Instant);
 impl Clock {
     pub fn now(&self) -> u64 {
         self.0.elapsed().as_secs()
+    }
+
+    /// Milliseconds since the instance started (the upstream-failure warnings' clock).
+    pub fn millis(&self) -> u64 {
+        u64::try_from(self.0.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 }
 
@@ -179,6 +189,7 @@ impl Metrics {
             recorder,
             handle,
             windows: Mutex::new(HashMap::new()),
+            warn_gates: Mutex::new(HashMap::new()),
             lanes: workers,
             clock: Clock(Instant::now()),
         }
@@ -235,7 +246,14 @@ impl Metrics {
                 .entry((route.to_owned(), v))
                 .or_insert_with(|| Arc::new(Window::with_lanes(WINDOW_SECONDS, self.lanes)))
                 .clone();
-            VariantMetrics::new(&self.recorder, route, v, window, self.clock)
+            let warn_gates = self
+                .warn_gates
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .entry((route.to_owned(), v))
+                .or_default()
+                .clone();
+            VariantMetrics::new(&self.recorder, route, v, window, warn_gates, self.clock)
         };
         RouteMetrics {
             weight: self.recorder.register_gauge(
@@ -417,11 +435,16 @@ impl RouteMetrics {
     }
 }
 
+/// A (route, variant)'s warning gates, by [`UpstreamErrorKind`].
+type WarnGates = [WarnGate; 5];
+
 /// Handles of one (route, variant).
 pub struct VariantMetrics {
     requests: StatusCounters,
     duration: Histogram,
     upstream_errors: [Counter; 5],
+    /// One per upstream error kind: at most one warning a second each.
+    warn_gates: Arc<WarnGates>,
     in_flight: Gauge,
     assignments: [Counter; 5],
     window: Arc<Window>,
@@ -434,6 +457,7 @@ impl VariantMetrics {
         route: &str,
         variant: Variant,
         window: Arc<Window>,
+        warn_gates: Arc<WarnGates>,
         clock: Clock,
     ) -> VariantMetrics {
         let labels = |extra: Option<(&'static str, &'static str)>| {
@@ -455,6 +479,7 @@ impl VariantMetrics {
                 .register_histogram(&Key::from_parts(REQUEST_DURATION, labels(None)), &METADATA),
             upstream_errors: UpstreamErrorKind::ALL
                 .map(|kind| counter(UPSTREAM_ERRORS_TOTAL, ("kind", kind.as_str()))),
+            warn_gates,
             in_flight: recorder.register_gauge(
                 &Key::from_parts(IN_FLIGHT_REQUESTS, labels(None)),
                 &METADATA,
@@ -498,6 +523,16 @@ impl VariantMetrics {
     pub fn upstream_error(&self, kind: UpstreamErrorKind) {
         self.upstream_errors[kind.index()].increment(1);
     }
+
+    /// The gate of the upstream-failure warnings of `kind` (`crate::request_log`).
+    pub fn warn_gate(&self, kind: UpstreamErrorKind) -> &WarnGate {
+        &self.warn_gates[kind.index()]
+    }
+
+    /// Milliseconds on the clock the windows run on.
+    pub fn clock_millis(&self) -> u64 {
+        self.clock.millis()
+    }
 }
 
 /// Counters keyed by status code, created on first use (a status code is bounded,
@@ -534,5 +569,37 @@ impl StatusCounters {
             self.recorder
                 .register_counter(&Key::from_parts(self.name, labels), &METADATA)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn warning_gates_outlive_a_snapshot() {
+        let metrics = Metrics::new();
+        let kind = UpstreamErrorKind::Connect;
+        let before = metrics.route("r", false);
+        let gate = before.variant(Variant::Canary).warn_gate(kind);
+        assert_eq!(gate.admit(0), Some(0));
+        assert_eq!(gate.admit(10), None);
+        // A reload builds the route's handles again: same gate, same count held back.
+        let after = metrics.route("r", false);
+        let gate = after.variant(Variant::Canary).warn_gate(kind);
+        assert_eq!(gate.admit(20), None);
+        assert_eq!(gate.admit(1000), Some(2));
+        // Other variants, kinds and routes have their own.
+        let other = after.variant(Variant::Stable).warn_gate(kind);
+        assert_eq!(other.admit(30), Some(0));
+        let timeout = after
+            .variant(Variant::Canary)
+            .warn_gate(UpstreamErrorKind::Timeout);
+        assert_eq!(timeout.admit(40), Some(0));
+        let elsewhere = metrics.route("s", false);
+        assert_eq!(
+            elsewhere.variant(Variant::Canary).warn_gate(kind).admit(50),
+            Some(0)
+        );
     }
 }

@@ -10,7 +10,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use http::header::{CONTENT_TYPE, HOST, SET_COOKIE};
 use http::uri::PathAndQuery;
-use http::{HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
+use http::{HeaderValue, Request, Response, StatusCode, Uri, Version};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
@@ -18,9 +18,12 @@ use hyper_util::rt::TokioIo;
 use crate::cohort::Variant;
 use crate::headers::{self, X_COHORT_VARIANT};
 use crate::metrics::Metrics;
+use crate::request_id::{self, RequestId, X_REQUEST_ID};
+pub(crate) use crate::request_log::AccessLog;
+use crate::request_log::{self, Causes};
 use crate::router::{self, AssignSource, Decision};
 use crate::snapshot::{SharedSnapshot, Snapshot};
-use crate::upstream::{Lease, Pool, UpstreamError};
+use crate::upstream::{Lease, Pool, Progress, UpstreamError};
 
 /// What every request on one worker shares.
 pub struct ProxyContext {
@@ -69,12 +72,26 @@ pub async fn handle(
     let variant_metrics = state.metrics.variant(variant);
     variant_metrics.assigned(decision.source);
     variant_metrics.started();
+    // The client's id passes through unchanged; a request without one gets one drawn
+    // here, forwarded upstream whether or not anything is logged (Envoy's behaviour).
+    let drawn = match req.headers().get(&X_REQUEST_ID) {
+        Some(id) if request_id::usable(id.as_bytes()) => None,
+        _ => Some(RequestId::generate()),
+    };
     let access_log = snap.config.listen.access_log.then(|| {
+        let id = match &drawn {
+            Some(id) => id.as_bytes(),
+            None => req
+                .headers()
+                .get(&X_REQUEST_ID)
+                .map_or(&[][..], |v| v.as_bytes()),
+        };
         Box::new(AccessLog::new(
             req.method().clone(),
             req.uri().path(),
             peer,
             decision.source,
+            id,
         ))
     });
     // From here on the request is counted exactly once, even if the client leaves.
@@ -88,15 +105,20 @@ pub async fn handle(
 
     let upgrade = req.version() == Version::HTTP_11 && headers::is_upgrade_request(req.headers());
     let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
-    let upstream_req = prepare_upstream_request(req, route, &decision, client, ctx.scheme);
+    let upstream_req = prepare_upstream_request(req, route, &decision, client, ctx.scheme, drawn);
 
+    let progress = Progress::new();
     let mut endpoints = state.endpoints(variant);
+    // The endpoint the request went to last, for the access log.
+    let mut reached = None;
     let result = match endpoints.next() {
         None => Err(UpstreamError::NoEndpoints),
         Some((endpoint, authority)) => {
+            reached = Some(authority);
+            let timeouts = &route.timeouts;
             match ctx
                 .pool
-                .send(endpoint, authority, upstream_req, &route.timeouts)
+                .send(endpoint, authority, upstream_req, timeouts, &progress)
                 .await
             {
                 Ok(ok) => Ok(ok),
@@ -105,11 +127,13 @@ pub async fn handle(
                 // experiment.
                 Err((first_error, Some(req))) if first_error.nothing_sent() => {
                     match endpoints.next().filter(|(e, _)| e != endpoint) {
-                        Some((endpoint, authority)) => ctx
-                            .pool
-                            .send(endpoint, authority, req, &route.timeouts)
-                            .await
-                            .map_err(|(e, _)| e),
+                        Some((endpoint, authority)) => {
+                            reached = Some(authority);
+                            ctx.pool
+                                .send(endpoint, authority, req, timeouts, &progress)
+                                .await
+                                .map_err(|(e, _)| e)
+                        }
                         None => Err(first_error),
                     }
                 }
@@ -118,6 +142,12 @@ pub async fn handle(
         }
     };
 
+    // No await from here on: the request cannot be dropped before it is counted.
+    let mut completion = pending.take();
+    if let Some(log) = completion.log() {
+        log.endpoint = reached.cloned();
+        log.progress = Some(progress);
+    }
     let mut response = match result {
         Ok((mut resp, lease)) => {
             let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
@@ -129,20 +159,16 @@ pub async fn handle(
                     drop(lease);
                     resp.map(|_| ProxyBody::empty())
                 }
-                _ => resp.map(|body| ProxyBody::upstream(body, lease)),
+                _ => resp.map(|body| ProxyBody::upstream(body, lease, reached.cloned())),
             }
         }
         Err(e) => {
-            let kind = e.kind();
-            variant_metrics.upstream_error(kind);
-            tracing::debug!(route = %route.name, %variant, error = %e, "upstream request failed");
-            let status = error_status(kind);
-            local_response(status, error_body(&e))
+            completion.upstream_failed(&e);
+            local_response(error_status(e.kind()), error_body(&e))
         }
     };
 
     decorate_response(&mut response, &snap, variant, &decision, ctx.scheme);
-    let mut completion = pending.take();
     completion.status = response.status().as_u16();
     if response.status() == StatusCode::SWITCHING_PROTOCOLS {
         // A tunnel has no end the metrics could wait for: count it when the 101 leaves.
@@ -160,6 +186,7 @@ fn prepare_upstream_request(
     decision: &Decision,
     client: &Peer,
     scheme: &'static str,
+    drawn_id: Option<RequestId>,
 ) -> Request<Incoming> {
     let peer = client.addr;
     let (mut parts, body) = req.into_parts();
@@ -188,6 +215,12 @@ fn prepare_upstream_request(
         X_COHORT_VARIANT.clone(),
         HeaderValue::from_static(decision.variant.as_str()),
     );
+    if let Some(id) = drawn_id {
+        // Hex digits and hyphens: always a valid header value.
+        if let Ok(value) = HeaderValue::from_bytes(id.as_bytes()) {
+            headers.insert(X_REQUEST_ID.clone(), value);
+        }
+    }
     // HTTP/1.1 upstreams get origin-form targets; an HTTP/2 or absolute-form request
     // carries scheme and authority in its URI, which `Host` now holds instead.
     if parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
@@ -270,30 +303,6 @@ async fn tunnel(downstream: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade:
     }
 }
 
-/// Details kept for the access log line, only when `listen.access_log` is on.
-pub(crate) struct AccessLog {
-    method: Method,
-    path: String,
-    peer: SocketAddr,
-    source: AssignSource,
-}
-
-impl AccessLog {
-    pub(crate) fn new(
-        method: Method,
-        path: &str,
-        peer: SocketAddr,
-        source: AssignSource,
-    ) -> AccessLog {
-        AccessLog {
-            method,
-            path: path.to_owned(),
-            peer,
-            source,
-        }
-    }
-}
-
 /// Everything needed to count one request once.
 pub(crate) struct Completion {
     snap: Arc<Snapshot>,
@@ -328,22 +337,28 @@ impl Completion {
         }
     }
 
+    /// The access log line's figures, when the request writes one.
+    pub(crate) fn log(&mut self) -> Option<&mut AccessLog> {
+        self.access_log.as_deref_mut()
+    }
+
+    /// Counts an upstream failure (metrics, the rate-limited warning) and keeps its
+    /// kind for the access log: both engines' one call when an upstream fails.
+    pub(crate) fn upstream_failed(&mut self, error: &UpstreamError) {
+        let (route, state) = self.snap.route(self.route);
+        let metrics = state.metrics.variant(self.variant);
+        request_log::upstream_failed(&route.name, self.variant, metrics, error);
+        if let Some(log) = self.log() {
+            log.error = Some(error.kind());
+        }
+    }
+
     pub(crate) fn finish(self) {
         let elapsed = self.start.elapsed();
         let (route, state) = self.snap.route(self.route);
         state.finished(self.variant, self.source, self.status, elapsed, self.cut);
-        if let Some(log) = self.access_log {
-            tracing::info!(
-                target: ACCESS_LOG_TARGET,
-                route = %route.name,
-                variant = %self.variant,
-                source = log.source.as_str(),
-                method = %log.method,
-                path = %log.path,
-                status = self.status,
-                duration_ms = elapsed.as_secs_f64() * 1000.0,
-                peer = %log.peer,
-            );
+        if let Some(log) = &self.access_log {
+            log.write(&route.name, self.variant, self.status, elapsed);
         }
     }
 }
@@ -389,15 +404,21 @@ enum Inner {
     Upstream {
         body: Incoming,
         lease: Option<Lease>,
+        /// The endpoint's authority, for the warning if it cuts the body.
+        endpoint: Option<Arc<str>>,
     },
     Local(Option<Bytes>),
 }
 
 impl ProxyBody {
     /// `lease` is the HTTP/1.1 connection to give back at the end (HTTP/2 ones are shared).
-    fn upstream(body: Incoming, lease: Option<Lease>) -> ProxyBody {
+    fn upstream(body: Incoming, lease: Option<Lease>, endpoint: Option<Arc<str>>) -> ProxyBody {
         ProxyBody {
-            inner: Inner::Upstream { body, lease },
+            inner: Inner::Upstream {
+                body,
+                lease,
+                endpoint,
+            },
             completion: None,
         }
     }
@@ -449,20 +470,30 @@ impl Body for ProxyBody {
                 this.return_connection();
                 this.finish();
             }
-            Poll::Ready(Some(Err(_))) => {
+            Poll::Ready(Some(Err(e))) => {
                 // The upstream cut the body after its headers: the client's stream is
                 // cut too (hyper closes it), and the request keeps its status.
                 if let Some(c) = &mut this.completion {
                     c.cut = true;
-                    let (_, state) = c.snap.route(c.route);
-                    state
-                        .metrics
-                        .variant(c.variant)
-                        .upstream_error(crate::metrics::UpstreamErrorKind::Reset);
+                    let endpoint = match &this.inner {
+                        Inner::Upstream { endpoint, .. } => endpoint.as_deref(),
+                        Inner::Local(_) => None,
+                    };
+                    let error = UpstreamError::Reset {
+                        authority: endpoint.unwrap_or_default().to_owned(),
+                        source: Causes(e).to_string().into(),
+                    };
+                    c.upstream_failed(&error);
                 }
                 this.finish();
             }
-            _ => {}
+            Poll::Ready(Some(Ok(frame))) => {
+                let log = this.completion.as_mut().and_then(Completion::log);
+                if let (Some(log), Some(data)) = (log, frame.data_ref()) {
+                    log.response_body_bytes += data.len() as u64;
+                }
+            }
+            Poll::Pending => {}
         }
         polled
     }

@@ -95,6 +95,23 @@ impl UpstreamError {
         }
     }
 
+    /// The endpoint the failure happened at (its authority), if one was chosen.
+    pub fn authority(&self) -> Option<&str> {
+        match self {
+            UpstreamError::NoEndpoints => None,
+            UpstreamError::Resolve { authority, .. }
+            | UpstreamError::Connect { authority, .. }
+            | UpstreamError::ConnectTimeout { authority, .. }
+            | UpstreamError::ResponseTimeout { authority, .. }
+            | UpstreamError::Tls { authority, .. }
+            | UpstreamError::Handshake { authority, .. }
+            | UpstreamError::Reset { authority, .. }
+            | UpstreamError::Protocol { authority, .. } => {
+                Some(authority.as_str()).filter(|a| !a.is_empty())
+            }
+        }
+    }
+
     /// The same failure for each request that waited on one shared connection attempt:
     /// same kind and message (the source itself cannot be cloned).
     fn shared_copy(&self) -> UpstreamError {
@@ -119,7 +136,7 @@ impl UpstreamError {
             },
             // An HTTP/2 handshake failure is a connect failure (DESIGN §1 table).
             other => UpstreamError::Connect {
-                authority: String::new(),
+                authority: other.authority().unwrap_or_default().to_owned(),
                 source: io::Error::other(other.to_string()),
             },
         }
@@ -289,6 +306,7 @@ impl Pool {
         authority: &Arc<str>,
         req: Request<Incoming>,
         timeouts: &Timeouts,
+        progress: &Arc<Progress>,
     ) -> Result<(Response<Incoming>, Option<Lease>), (UpstreamError, Option<Request<Incoming>>)>
     {
         let slot = match &endpoint.transport {
@@ -302,14 +320,13 @@ impl Pool {
                     // Boxed: the HTTP/2 path's state would otherwise widen every
                     // request's future, and hyper keeps one such slot per client
                     // connection for its whole life, idle or not.
-                    return Box::pin(self.send_h2(key, endpoint, authority, req, timeouts))
-                        .await
-                        .map(|resp| (resp, None));
+                    let sending = self.send_h2(key, endpoint, authority, req, timeouts, progress);
+                    return Box::pin(sending).await.map(|resp| (resp, None));
                 }
                 Slot::Keyed(key)
             }
         };
-        self.send_h1(slot, endpoint, authority, req, timeouts)
+        self.send_h1(slot, endpoint, authority, req, timeouts, progress)
             .await
             .map(|(resp, lease)| (resp, Some(lease)))
     }
@@ -321,6 +338,7 @@ impl Pool {
         authority: &str,
         mut req: Request<Incoming>,
         timeouts: &Timeouts,
+        progress: &Arc<Progress>,
     ) -> Result<(Response<Incoming>, Lease), (UpstreamError, Option<Request<Incoming>>)> {
         // Idle connections first; one the upstream closed meanwhile hands the request
         // back unsent, and the next one is tried.
@@ -328,7 +346,11 @@ impl Pool {
             if !sender.is_ready() && sender.ready().await.is_err() {
                 continue;
             }
-            match exchange(authority, req, timeouts, |r| sender.try_send_request(r)).await {
+            match exchange(authority, req, timeouts, progress, |r| {
+                sender.try_send_request(r)
+            })
+            .await
+            {
                 Ok(resp) => return Ok((resp, self.lease(slot, sender))),
                 Err(Exchange::NotSent(back)) => req = back,
                 Err(Exchange::Failed(e)) => return Err((e, None)),
@@ -340,7 +362,11 @@ impl Pool {
             Ok(sender) => sender,
             Err(e) => return Err((e, Some(req))),
         };
-        match exchange(authority, req, timeouts, |r| sender.try_send_request(r)).await {
+        match exchange(authority, req, timeouts, progress, |r| {
+            sender.try_send_request(r)
+        })
+        .await
+        {
             Ok(resp) => Ok((resp, self.lease(slot, sender))),
             Err(Exchange::NotSent(back)) => Err((closed_before_sending(authority), Some(back))),
             Err(Exchange::Failed(e)) => Err((e, None)),
@@ -356,6 +382,7 @@ impl Pool {
         authority: &str,
         req: Request<Incoming>,
         timeouts: &Timeouts,
+        progress: &Arc<Progress>,
     ) -> Result<Response<Incoming>, (UpstreamError, Option<Request<Incoming>>)> {
         let mut req = to_h2(req, endpoint);
         let mut fresh = false;
@@ -379,7 +406,11 @@ impl Pool {
                 fresh = true;
                 continue;
             }
-            match exchange(authority, req, timeouts, |r| sender.try_send_request(r)).await {
+            match exchange(authority, req, timeouts, progress, |r| {
+                sender.try_send_request(r)
+            })
+            .await
+            {
                 Ok(resp) => return Ok(resp),
                 Err(Exchange::NotSent(back)) if !fresh => {
                     self.forget_h2(&key, &sender);
@@ -522,13 +553,15 @@ async fn exchange<F, Fut>(
     authority: &str,
     req: Request<Incoming>,
     timeouts: &Timeouts,
+    progress: &Arc<Progress>,
     send: F,
 ) -> Result<Response<Incoming>, Exchange>
 where
     F: FnOnce(Request<SentBody>) -> Fut,
     Fut: Future<Output = Result<Response<Incoming>, TrySendError<Request<SentBody>>>>,
 {
-    let progress = Arc::new(Progress::new());
+    // The stall clock starts now, for this attempt (a retry starts it again).
+    progress.mark();
     let req = req.map(|body| SentBody {
         inner: body,
         progress: MarkOnDrop(progress.clone()),
@@ -559,19 +592,28 @@ where
     }
 }
 
-/// When a request last made progress upstream: sent, a body frame handed over, or
-/// its body finished with. Nanoseconds since `base`, so it fits one atomic.
-struct Progress {
+/// A request's progress upstream, one per request on hyper's engine: when it last
+/// moved (sent, a body frame handed over, or its body finished with; nanoseconds since
+/// `base`, so it fits one atomic), and how many request body bytes the upstream
+/// connection took (for the access log).
+pub struct Progress {
     base: Instant,
     nanos: AtomicU64,
+    body_bytes: AtomicU64,
 }
 
 impl Progress {
-    fn new() -> Progress {
-        Progress {
+    pub fn new() -> Arc<Progress> {
+        Arc::new(Progress {
             base: Instant::now(),
             nanos: AtomicU64::new(0),
-        }
+            body_bytes: AtomicU64::new(0),
+        })
+    }
+
+    /// Request body bytes handed to the upstream connection so far.
+    pub fn body_bytes(&self) -> u64 {
+        self.body_bytes.load(Ordering::Relaxed)
     }
 
     fn mark(&self) {
@@ -617,8 +659,12 @@ impl Body for SentBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        if polled.is_ready() {
+        if let Poll::Ready(frame) = &polled {
             self.progress.0.mark();
+            if let Some(data) = frame.as_ref().and_then(|f| f.as_ref().ok()?.data_ref()) {
+                let n = data.len() as u64;
+                self.progress.0.body_bytes.fetch_add(n, Ordering::Relaxed);
+            }
         }
         polled
     }

@@ -144,11 +144,14 @@ fn parsing_routing_and_rewriting_heads_allocates_nothing() {
         let decision = decide(route, route.canary_bp, &req.fields, peer, || {
             unreachable!("the request carries its key")
         });
+        // The request carries no id: one is drawn and written, still on the stack.
+        let id = cohort::request_id::RequestId::generate();
         let forwarding = Forwarding {
             peer: b"192.0.2.7",
             proto: "http",
             variant: decision.variant.as_str(),
             untrusted_override: None,
+            request_id: req.request_id.is_none().then_some(&id),
         };
         write_upstream_request(&req, &forwarding, &mut out);
         let mut fields = field_storage();
@@ -162,6 +165,7 @@ fn parsing_routing_and_rewriting_heads_allocates_nothing() {
     assert!(
         text.starts_with("GET /api/cart?items=3 HTTP/1.1\r\n")
             && text.contains("x-forwarded-for: 203.0.113.1, 192.0.2.7\r\n")
+            && text.contains("\r\nx-request-id: ")
             && text.contains("\r\n\r\nHTTP/1.1 200 OK\r\n"),
         "{text}"
     );

@@ -18,6 +18,8 @@ pub struct ChunkedScanner {
     size_line_len: usize,
     /// Bytes of the trailer section so far, bounded by [`MAX_TRAILERS`].
     trailer_len: usize,
+    /// Chunk data bytes so far (the payload, for the access log).
+    data: u64,
 }
 
 /// What one [`ChunkedScanner::feed`] learned, so the proxy knows whether the bytes it is
@@ -126,6 +128,7 @@ impl ChunkedScanner {
                     let skipped =
                         usize::try_from(remaining).map_or(available, |r| r.min(available));
                     let remaining = remaining - skipped as u64;
+                    self.data += skipped as u64;
                     at += skipped;
                     self.state = if remaining == 0 {
                         State::Framing(Framing::DataCr)
@@ -141,6 +144,11 @@ impl ChunkedScanner {
                 }
             }
         }
+    }
+
+    /// Chunk data bytes fed so far: the body's payload, without its framing.
+    pub fn data_bytes(&self) -> u64 {
+        self.data
     }
 
     /// Whether the end of the body has been seen, so the connection may carry the next
@@ -264,6 +272,18 @@ mod tests {
             offset += piece.len();
         }
         Ok(None)
+    }
+
+    #[test]
+    fn the_payload_is_counted_without_its_framing_however_split() {
+        let body = b"5;ext=1\r\nhello\r\n10\r\n0123456789abcdef\r\n0\r\nx-sum: 1\r\n\r\n";
+        for split in 0..body.len() {
+            let mut scanner = ChunkedScanner::new();
+            let (a, b) = body.split_at(split);
+            assert_eq!(scanner.feed(a), Ok(Scan::More), "split at {split}");
+            assert_eq!(scanner.feed(b), Ok(Scan::End(b.len())), "split at {split}");
+            assert_eq!(scanner.data_bytes(), 21, "split at {split}");
+        }
     }
 
     #[test]

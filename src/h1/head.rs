@@ -11,6 +11,7 @@ use std::ops::Range;
 use http::{HeaderName, StatusCode};
 
 use crate::headers::is_trailers_only;
+use crate::request_id::RequestId;
 use crate::router::Fields;
 
 /// Header fields a head may carry (hyper's limit too).
@@ -79,6 +80,8 @@ pub struct Request<'h, 'b> {
     /// The client said `Connection: close`.
     pub close: bool,
     pub host: Option<&'b str>,
+    /// The first `x-request-id` value, as sent.
+    pub request_id: Option<&'b [u8]>,
     connection: ConnectionOptions<'h, 'b>,
 }
 
@@ -138,6 +141,7 @@ pub fn parse_request<'h, 'b>(
     let mut content_length = None;
     let mut close = false;
     let mut host = None;
+    let mut request_id = None;
     let mut connection = ConnectionOptions::new(fields);
     for field in fields {
         match Known::of(field.name) {
@@ -165,6 +169,7 @@ pub fn parse_request<'h, 'b>(
                 }
             }
             Known::Upgrade | Known::Expect => return ParsedRequest::Handover(Handover::Upgrade),
+            Known::XRequestId if request_id.is_none() => request_id = Some(field.value),
             _ => {}
         }
     }
@@ -184,6 +189,7 @@ pub fn parse_request<'h, 'b>(
         content_length,
         close,
         host,
+        request_id,
         connection,
     })
 }
@@ -198,11 +204,15 @@ pub struct Forwarding<'a> {
     pub variant: &'static str,
     /// The override header, when the client is not trusted to send it.
     pub untrusted_override: Option<&'a HeaderName>,
+    /// `X-Request-Id`, drawn by cohort when the client sent none it could use; the
+    /// client's own passes through as it came.
+    pub request_id: Option<&'a RequestId>,
 }
 
 /// Writes the request head for the upstream hop: hop-by-hop fields dropped (the fixed
 /// list and whatever `Connection` names), `X-Forwarded-*` and `X-Cohort-Variant` set,
-/// split `Cookie` lines folded, everything else passed through as the client wrote it.
+/// a drawn `X-Request-Id` added (replacing a blank one), split `Cookie` lines folded,
+/// everything else passed through as the client wrote it.
 pub fn write_upstream_request(req: &Request<'_, '_>, fwd: &Forwarding<'_>, out: &mut Vec<u8>) {
     let fields = req.fields.0;
     out.extend_from_slice(req.method.as_bytes());
@@ -219,6 +229,7 @@ pub fn write_upstream_request(req: &Request<'_, '_>, fwd: &Forwarding<'_>, out: 
         let skip = match known {
             Known::Te => !is_trailers_only(field.value),
             Known::XForwardedProto | Known::XForwardedHost | Known::XCohortVariant => true,
+            Known::XRequestId => fwd.request_id.is_some(),
             _ => known.is_hop_by_hop(),
         } || connection.names(name)
             || fwd
@@ -260,6 +271,9 @@ pub fn write_upstream_request(req: &Request<'_, '_>, fwd: &Forwarding<'_>, out: 
     }
     out.extend_from_slice(b"\r\nx-cohort-variant: ");
     out.extend_from_slice(fwd.variant.as_bytes());
+    if let Some(id) = fwd.request_id {
+        out.extend_from_slice(id.field_line());
+    }
     out.extend_from_slice(b"\r\n\r\n");
 }
 
@@ -557,6 +571,7 @@ enum Known {
     XForwardedProto,
     XForwardedHost,
     XCohortVariant,
+    XRequestId,
     Other,
 }
 
@@ -582,6 +597,7 @@ impl Known {
             (7, b'u') if is(b"upgrade") => Known::Upgrade,
             (10, b'c') if is(b"connection") => Known::Connection,
             (10, b'k') if is(b"keep-alive") => Known::KeepAlive,
+            (12, b'x') if is(b"x-request-id") => Known::XRequestId,
             (14, b'c') if is(b"content-length") => Known::ContentLength,
             (15, b'x') if is(b"x-forwarded-for") => Known::XForwardedFor,
             (16, b'p') if is(b"proxy-connection") => Known::ProxyConnection,

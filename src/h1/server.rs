@@ -26,8 +26,8 @@ use super::upstream::Conn;
 use crate::cohort::Variant;
 use crate::config::{Endpoint, Route};
 use crate::drain::DrainWatch;
-use crate::metrics::UpstreamErrorKind;
 use crate::proxy::{self, AccessLog, Completion, Pending, ProxyContext};
+use crate::request_id::{self, RequestId};
 use crate::router::{self, IpText};
 use crate::snapshot::{RouteState, Snapshot};
 use crate::upstream::UpstreamError;
@@ -308,9 +308,28 @@ fn prepare(
     let variant_metrics = state.metrics.variant(decision.variant);
     variant_metrics.assigned(decision.source);
     variant_metrics.started();
+    // The client's id passes through as it came; a request without one gets one
+    // drawn here, on the stack, and written straight into the upstream head.
+    // (Initialised in place only when drawn: no `Option<RequestId>` moved around.)
+    let drawn_id;
+    let drawn = match req.request_id {
+        Some(id) if request_id::usable(id) => None,
+        _ => {
+            drawn_id = RequestId::generate();
+            Some(&drawn_id)
+        }
+    };
     let access_log = snap.config.listen.access_log.then(|| {
+        let id = match drawn {
+            Some(drawn) => drawn.as_bytes(),
+            None => req.request_id.unwrap_or_default(),
+        };
         let method = Method::from_bytes(req.method.as_bytes()).unwrap_or(Method::GET);
-        Box::new(AccessLog::new(method, path, peer, decision.source))
+        let mut log = AccessLog::new(method, path, peer, decision.source, id);
+        // The body leaves in the same write as the head; a failure that sent nothing
+        // takes it back (`Forward::run`).
+        log.request_body_bytes = req.content_length as u64;
+        Box::new(log)
     });
     // Rendered per request rather than kept per connection: a few dozen instructions
     // for an IPv4 address, where keeping it cost every idle connection 40 bytes of
@@ -325,6 +344,7 @@ fn prepare(
             .as_ref()
             .filter(|o| !o.trusts(ip))
             .map(|o| &o.header),
+        request_id: drawn,
     };
     head::write_upstream_request(&req, &forwarding, out);
     out.extend_from_slice(&buf[req.head_len..req.message_len()]);
@@ -426,15 +446,23 @@ impl Forward {
             // The pending completion counts 499 as it drops.
             Err(Failure::ClientGone) => return false,
             Err(Failure::Upstream(e)) => {
-                let kind = e.kind();
-                state.metrics.variant(self.variant).upstream_error(kind);
-                tracing::debug!(route = %route.name, variant = %self.variant, error = %e, "upstream request failed");
-                let status = proxy::error_status(kind);
+                let status = proxy::error_status(e.kind());
+                let body = proxy::error_body(&e);
                 let mut out = Lent::take();
-                head::write_local_response(status, proxy::error_body(&e), &deco, &mut out);
+                head::write_local_response(status, body, &deco, &mut out);
                 let mut completion = self.pending.take();
+                completion.upstream_failed(&e);
                 completion.status = status.as_u16();
                 let written = client.write_all(&out).await.is_ok();
+                if let Some(log) = completion.log() {
+                    log.endpoint = e.authority().map(Arc::from);
+                    if e.nothing_sent() {
+                        log.request_body_bytes = 0;
+                    }
+                    if written {
+                        log.response_body_bytes = body.len() as u64;
+                    }
+                }
                 completion.finish();
                 return written && !deco.close;
             }
@@ -442,7 +470,22 @@ impl Forward {
         let fin = &answer.fin;
         let mut completion = self.pending.take();
         completion.status = fin.status;
-        let relay = relay_body(conn, &mut answer.buf, fin, client, &mut answer.head).await;
+        if let Some(log) = completion.log() {
+            log.endpoint = Some(conn.key().clone());
+        }
+        let mut body = Body::new(fin.framing);
+        let relay = relay_body(
+            conn,
+            &mut answer.buf,
+            fin,
+            client,
+            &mut answer.head,
+            &mut body,
+        )
+        .await;
+        if let Some(log) = completion.log() {
+            log.response_body_bytes = body.payload(fin.framing);
+        }
         let keep_alive = match relay {
             Relayed::Complete(conn) => {
                 if let Some(conn) = conn.filter(|_| fin.reusable) {
@@ -450,12 +493,9 @@ impl Forward {
                 }
                 fin.framing != Framing::UntilClose
             }
-            Relayed::UpstreamCut => {
+            Relayed::UpstreamCut(error) => {
                 completion.cut = true;
-                state
-                    .metrics
-                    .variant(self.variant)
-                    .upstream_error(UpstreamErrorKind::Reset);
+                completion.upstream_failed(&error);
                 false
             }
             Relayed::ClientGone => false,
@@ -709,20 +749,23 @@ async fn client_gone(client: &TcpStream) -> bool {
 enum Relayed {
     /// The body reached the client whole; the connection, unless it must close.
     Complete(Option<Conn>),
-    UpstreamCut,
+    /// The upstream broke the body off (reset, early close, broken chunked framing).
+    /// Boxed: rare, and every response's future holds room for the largest variant.
+    UpstreamCut(Box<UpstreamError>),
     ClientGone,
 }
 
 /// Streams the response: the head in `out` with the body bytes already in `buf`
-/// (after `head_len`), then the rest as it arrives, one buffer at a time.
+/// (after `head_len`), then the rest as it arrives, one buffer at a time. `body`
+/// tracks the body's framing (the caller's, so it can read the payload relayed).
 async fn relay_body(
     mut conn: Conn,
     buf: &mut Lent,
     fin: &Final,
     client: &mut TcpStream,
     out: &mut Lent,
+    body: &mut Body,
 ) -> Relayed {
-    let mut body = Body::new(fin.framing);
     let mut clean = true;
     let first = &buf[fin.head_len..];
     match body.take(first) {
@@ -730,7 +773,7 @@ async fn relay_body(
             clean &= n == first.len();
             out.extend_from_slice(&first[..n]);
         }
-        Err(_) => return Relayed::UpstreamCut,
+        Err(e) => return cut(&conn, &e),
     }
     if client.write_all(out).await.is_err() {
         return Relayed::ClientGone;
@@ -739,17 +782,17 @@ async fn relay_body(
         buf.clear();
         let n = match conn.stream.read_buf(&mut **buf).await {
             Ok(n) => n,
-            Err(_) => return Relayed::UpstreamCut,
+            Err(e) => return cut(&conn, &e),
         };
         if n == 0 {
             if fin.framing == Framing::UntilClose {
                 return Relayed::Complete(None);
             }
-            return Relayed::UpstreamCut;
+            return cut(&conn, &"closed in the middle of the response body");
         }
         let taken = match body.take(buf) {
             Ok(taken) => taken,
-            Err(_) => return Relayed::UpstreamCut,
+            Err(e) => return cut(&conn, &e),
         };
         clean &= taken == n;
         if client.write_all(&buf[..taken]).await.is_err() {
@@ -760,12 +803,22 @@ async fn relay_body(
     Relayed::Complete(clean.then_some(conn))
 }
 
+/// The upstream broke the response body off, for `why`.
+fn cut(conn: &Conn, why: &dyn std::fmt::Display) -> Relayed {
+    Relayed::UpstreamCut(Box::new(UpstreamError::Reset {
+        authority: conn.key().to_string(),
+        source: format!("response body cut: {why}").into(),
+    }))
+}
+
 /// Tracks where a response body ends.
 enum Body {
     Empty,
+    /// Bytes left.
     Length(u64),
     Chunked(ChunkedScanner),
-    UntilClose,
+    /// Bytes so far.
+    UntilClose(u64),
 }
 
 impl Body {
@@ -774,7 +827,18 @@ impl Body {
             Framing::Empty => Body::Empty,
             Framing::Length(n) => Body::Length(n),
             Framing::Chunked => Body::Chunked(ChunkedScanner::new()),
-            Framing::UntilClose => Body::UntilClose,
+            Framing::UntilClose => Body::UntilClose(0),
+        }
+    }
+
+    /// Payload bytes taken so far of a body with this `framing` (chunked framing not
+    /// counted, as on hyper's engine, which decodes it).
+    fn payload(&self, framing: Framing) -> u64 {
+        match (self, framing) {
+            (Body::Length(left), Framing::Length(total)) => total.saturating_sub(*left),
+            (Body::Chunked(scanner), _) => scanner.data_bytes(),
+            (Body::UntilClose(n), _) => *n,
+            _ => 0,
         }
     }
 
@@ -793,7 +857,10 @@ impl Body {
                 Scan::More => bytes.len(),
                 Scan::End(n) => n,
             },
-            Body::UntilClose => bytes.len(),
+            Body::UntilClose(seen) => {
+                *seen += bytes.len() as u64;
+                bytes.len()
+            }
         })
     }
 
@@ -802,7 +869,7 @@ impl Body {
             Body::Empty => true,
             Body::Length(left) => *left == 0,
             Body::Chunked(scanner) => scanner.is_done(),
-            Body::UntilClose => false,
+            Body::UntilClose(_) => false,
         }
     }
 }

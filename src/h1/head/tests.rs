@@ -14,6 +14,15 @@ fn handover(raw: &str) -> Option<Handover> {
 
 /// The upstream head for `raw` as text.
 fn upstream(raw: &str, untrusted_override: Option<&HeaderName>) -> String {
+    upstream_with_id(raw, untrusted_override, None)
+}
+
+/// The upstream head for `raw` as text, with `drawn` as cohort's request id.
+fn upstream_with_id(
+    raw: &str,
+    untrusted_override: Option<&HeaderName>,
+    drawn: Option<&crate::request_id::RequestId>,
+) -> String {
     let mut s = storage();
     let ParsedRequest::Ready(req) = parse_request(raw.as_bytes(), &mut s) else {
         panic!("not a forwardable request: {raw:?}");
@@ -24,6 +33,7 @@ fn upstream(raw: &str, untrusted_override: Option<&HeaderName>) -> String {
         proto: "http",
         variant: "canary",
         untrusted_override,
+        request_id: drawn,
     };
     write_upstream_request(&req, &fwd, &mut out);
     String::from_utf8(out).unwrap()
@@ -420,4 +430,43 @@ fn the_status_line_goes_out_as_http_1_1() {
     assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head:?}");
     let head = client_head("HTTP/1.1 200 OK\nContent-Length: 0\r\n\r\n", &plain);
     assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head:?}");
+}
+
+#[test]
+fn the_first_request_id_is_read_and_passes_through_unchanged() {
+    let raw = "GET / HTTP/1.1\r\nHost: a\r\nX-Request-ID: Abc-1\r\nx-request-id: second\r\n\r\n";
+    let mut s = storage();
+    let ParsedRequest::Ready(req) = parse_request(raw.as_bytes(), &mut s) else {
+        panic!("not ready");
+    };
+    assert_eq!(req.request_id, Some(&b"Abc-1"[..]));
+    let head = upstream(raw, None);
+    assert!(
+        head.contains("X-Request-ID: Abc-1\r\nx-request-id: second\r\n"),
+        "{head}"
+    );
+    let mut none = storage();
+    let ParsedRequest::Ready(req) = parse_request(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", &mut none)
+    else {
+        panic!("not ready");
+    };
+    assert_eq!(req.request_id, None);
+}
+
+#[test]
+fn a_drawn_request_id_is_written_and_replaces_a_blank_one() {
+    let id = crate::request_id::RequestId::from_bits(0x0123_4567_89ab_cdef_0123_4567_89ab_cdef);
+    let head = upstream_with_id("GET / HTTP/1.1\r\nHost: a\r\n\r\n", None, Some(&id));
+    assert!(
+        head.ends_with("x-cohort-variant: canary\r\nx-request-id: 01234567-89ab-4def-8123-456789abcdef\r\n\r\n"),
+        "{head}"
+    );
+    let head = upstream_with_id(
+        "GET / HTTP/1.1\r\nHost: a\r\nX-Request-Id:  \r\nAccept: */*\r\n\r\n",
+        None,
+        Some(&id),
+    );
+    assert_eq!(head.matches("x-request-id").count(), 1, "{head}");
+    assert!(!head.contains("X-Request-Id"), "{head}");
+    assert!(head.contains("Accept: */*\r\n"), "{head}");
 }
