@@ -399,3 +399,303 @@ async fn dashboard_uses_metrics_cohort_exports() {
         );
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// Kubernetes
+// ---------------------------------------------------------------------------------------
+
+/// The oldest Kubernetes the manifests are written for (the preStop `sleep` action). The
+/// newest is kubernetes-validate's default: the latest version whose schemas it bundles.
+const KUBERNETES_OLDEST: &str = "1.30.0";
+
+fn kubernetes_dir() -> std::path::PathBuf {
+    root().join("config/kubernetes")
+}
+
+fn yaml(name: &str) -> serde_yaml::Value {
+    let path = kubernetes_dir().join(name);
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{name}: {e}"));
+    serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("{name}: {e}"))
+}
+
+/// The files the kustomization lists, in its order.
+fn kustomization_resources() -> Vec<String> {
+    yaml("kustomization.yaml")["resources"]
+        .as_sequence()
+        .expect("resources")
+        .iter()
+        .map(|r| r.as_str().expect("a file name").to_owned())
+        .collect()
+}
+
+/// The kustomization lists every manifest of the folder, and nothing that is not there.
+#[test]
+fn kustomization_lists_every_manifest() {
+    let listed: BTreeSet<String> = kustomization_resources().into_iter().collect();
+    let present: BTreeSet<String> = std::fs::read_dir(kubernetes_dir())
+        .expect("config/kubernetes")
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.ends_with(".yaml") && n != "kustomization.yaml")
+        .collect();
+    assert_eq!(listed, present);
+    let kinds: BTreeSet<String> = listed
+        .iter()
+        .map(|f| yaml(f)["kind"].as_str().expect("kind").to_owned())
+        .collect();
+    for kind in [
+        "ConfigMap",
+        "Deployment",
+        "PodDisruptionBudget",
+        "Secret",
+        "Service",
+    ] {
+        assert!(kinds.contains(kind), "no {kind} in the kit");
+    }
+}
+
+/// Every manifest against the Kubernetes API schemas, strictly (an unknown or misspelt
+/// field fails), for the oldest supported version and the newest bundled one. Offline:
+/// kubernetes-validate (PyPI) carries the schemas. A missing tool fails the test.
+#[test]
+fn manifests_pass_kubernetes_validate_strictly() {
+    let files = kustomization_resources();
+    for version in [Some(KUBERNETES_OLDEST), None] {
+        let mut command = std::process::Command::new("python3");
+        command
+            .current_dir(kubernetes_dir())
+            .args(["-m", "kubernetes_validate", "--strict"]);
+        if let Some(version) = version {
+            command.args(["--kubernetes-version", version]);
+        }
+        let out = command.args(&files).output().unwrap_or_else(|e| {
+            panic!("cannot run python3 -m kubernetes_validate ({e}): scripts/test installs it")
+        });
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            out.status.success(),
+            "kubernetes-validate (Kubernetes {}) rejected the manifests:\n{text}",
+            version.unwrap_or("latest bundled")
+        );
+        assert!(!text.contains("No module named"), "{text}");
+        // One "passed" line per object: nothing was skipped as unknown.
+        assert_eq!(
+            text.matches(" passed for resource ").count(),
+            files.len(),
+            "{text}"
+        );
+    }
+}
+
+/// The pod template of web.
+fn pod_spec() -> serde_yaml::Value {
+    yaml("deployment.yaml")["spec"]["template"]["spec"].clone()
+}
+
+fn container(pod: &serde_yaml::Value, name: &str) -> serde_yaml::Value {
+    pod["containers"]
+        .as_sequence()
+        .expect("containers")
+        .iter()
+        .find(|c| c["name"] == name)
+        .unwrap_or_else(|| panic!("no container {name}"))
+        .clone()
+}
+
+/// Where `volume` is mounted in `container`.
+fn mount_path(container: &serde_yaml::Value, volume: &str) -> String {
+    let mount = container["volumeMounts"]
+        .as_sequence()
+        .expect("volumeMounts")
+        .iter()
+        .find(|m| m["name"] == volume)
+        .unwrap_or_else(|| panic!("{volume} is not mounted"));
+    // A subPath mount is never updated: the ConfigMap's edits would not arrive.
+    assert!(mount.get("subPath").is_none(), "{volume} uses subPath");
+    mount["mountPath"].as_str().expect("mountPath").to_owned()
+}
+
+fn volume(pod: &serde_yaml::Value, name: &str) -> serde_yaml::Value {
+    pod["volumes"]
+        .as_sequence()
+        .expect("volumes")
+        .iter()
+        .find(|v| v["name"] == name)
+        .unwrap_or_else(|| panic!("no volume {name}"))
+        .clone()
+}
+
+/// The embedded cohort.toml, as the pods read it.
+fn configmap_toml() -> String {
+    yaml("configmap.yaml")["data"]["cohort.toml"]
+        .as_str()
+        .expect("data.cohort.toml")
+        .to_owned()
+}
+
+/// The ConfigMap's cohort.toml passes `cohort check` (the real binary), with the
+/// container paths it names (the state_dir volume, the Secret's token file) standing
+/// on real files as the pod mounts them.
+#[test]
+fn configmap_cohort_toml_passes_cohort_check() {
+    let state = tempfile::tempdir().expect("state dir");
+    let secrets = tempfile::tempdir().expect("secret dir");
+    std::fs::write(secrets.path().join("token"), "a-test-token\n").expect("token");
+    let out = deploy::cohort_check_container_config(
+        &configmap_toml(),
+        &[
+            ("/var/lib/cohort", state.path()),
+            ("/run/secrets/cohort", secrets.path()),
+        ],
+    );
+    assert!(out.contains("route \"web\""), "{out}");
+}
+
+/// The pieces fit: the paths and ports the Deployment gives cohort are the ones its
+/// cohort.toml uses, the Service and the budget select the pods, the scrape
+/// annotations name the admin port, the grace period covers the drain.
+#[test]
+fn deployment_configmap_secret_and_service_agree() {
+    let toml = configmap_toml();
+    let config = cohort::config::parse(&toml, std::path::Path::new("/etc/cohort/cohort.toml"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let deployment = yaml("deployment.yaml");
+    let pod = pod_spec();
+    let cohort = container(&pod, "cohort");
+
+    // The config file: the ConfigMap's key in its mounted directory, as `-c` says.
+    let args: Vec<&str> = cohort["args"]
+        .as_sequence()
+        .expect("args")
+        .iter()
+        .filter_map(|a| a.as_str())
+        .collect();
+    assert_eq!(args[0], "run");
+    let config_dir = mount_path(&cohort, "cohort-config");
+    assert_eq!(args[1..], ["-c", &format!("{config_dir}/cohort.toml")]);
+    assert_eq!(volume(&pod, "cohort-config")["configMap"]["name"], "cohort");
+    assert_eq!(yaml("configmap.yaml")["metadata"]["name"], "cohort");
+
+    // The token: the Secret's key `token` in its mounted directory.
+    let secret = yaml("secret.yaml");
+    assert_eq!(
+        volume(&pod, "cohort-token")["secret"]["secretName"],
+        secret["metadata"]["name"]
+    );
+    let token_dir = mount_path(&cohort, "cohort-token");
+    assert_eq!(
+        config.admin.token_file.as_deref(),
+        Some(std::path::Path::new(&format!("{token_dir}/token")))
+    );
+    // Shipped empty, so that no copy of the kit runs with a token everybody knows
+    // (cohort refuses to start with an empty token).
+    assert_eq!(secret["stringData"]["token"], "");
+
+    // state_dir on the cohort-state volume.
+    assert_eq!(
+        config.state_dir.as_deref(),
+        Some(std::path::Path::new(&mount_path(&cohort, "cohort-state")))
+    );
+
+    // Ports: the listener and the admin listener, probes and scrape annotations on it.
+    let port = |name: &str| -> u16 {
+        cohort["ports"]
+            .as_sequence()
+            .expect("ports")
+            .iter()
+            .find(|p| p["name"] == name)
+            .and_then(|p| p["containerPort"].as_u64())
+            .and_then(|p| u16::try_from(p).ok())
+            .unwrap_or_else(|| panic!("no port {name}"))
+    };
+    assert_eq!(port("http"), config.listen.address.port());
+    assert_eq!(port("admin"), config.admin.address.port());
+    assert!(
+        !config.admin.address.ip().is_loopback(),
+        "the kubelet probes the pod IP"
+    );
+    assert_eq!(cohort["readinessProbe"]["httpGet"]["path"], "/readyz");
+    assert_eq!(cohort["readinessProbe"]["httpGet"]["port"], "admin");
+    assert_eq!(cohort["livenessProbe"]["httpGet"]["path"], "/healthz");
+    assert_eq!(cohort["livenessProbe"]["httpGet"]["port"], "admin");
+    let annotations = &deployment["spec"]["template"]["metadata"]["annotations"];
+    assert_eq!(annotations["prometheus.io/scrape"], "true");
+    assert_eq!(
+        annotations["prometheus.io/port"],
+        config.admin.address.port().to_string().as_str()
+    );
+    assert_eq!(annotations["prometheus.io/path"], "/metrics");
+
+    // The grace period covers the preStop sleep and the drain, with a margin.
+    let pre_stop = cohort["lifecycle"]["preStop"]["sleep"]["seconds"]
+        .as_u64()
+        .expect("preStop sleep");
+    let grace = pod["terminationGracePeriodSeconds"]
+        .as_u64()
+        .expect("terminationGracePeriodSeconds");
+    let drain = config.listen.drain_timeout.as_secs();
+    assert!(
+        grace >= pre_stop + drain + 5,
+        "grace {grace} s for preStop {pre_stop} s + drain {drain} s"
+    );
+
+    // Non-root with a read-only root filesystem, for every container.
+    assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+    assert_ne!(pod["securityContext"]["runAsUser"], 0);
+    for c in pod["containers"].as_sequence().expect("containers") {
+        assert_eq!(
+            c["securityContext"]["readOnlyRootFilesystem"], true,
+            "{:?}",
+            c["name"]
+        );
+        assert_eq!(c["securityContext"]["allowPrivilegeEscalation"], false);
+        assert!(c["resources"]["requests"].is_mapping(), "{:?}", c["name"]);
+        assert!(c["resources"]["limits"]["memory"].is_string());
+    }
+
+    // The Service sends clients to cohort's port; it and the budget select the pods.
+    let labels = &deployment["spec"]["template"]["metadata"]["labels"];
+    let service = yaml("service.yaml");
+    assert_eq!(service["spec"]["ports"][0]["targetPort"], "http");
+    assert_eq!(&service["spec"]["selector"], labels);
+    let pdb = yaml("pdb.yaml");
+    assert_eq!(&pdb["spec"]["selector"]["matchLabels"], labels);
+    assert_eq!(&deployment["spec"]["selector"]["matchLabels"], labels);
+
+    // stable is the app container on the pod's loopback; canary the web-canary Service.
+    let route = &config.routes[0];
+    let app = container(&pod, "app");
+    let app_listen = app["args"]
+        .as_sequence()
+        .expect("app args")
+        .iter()
+        .filter_map(|a| a.as_str())
+        .skip_while(|a| *a != "--listen")
+        .nth(1)
+        .expect("--listen");
+    assert_eq!(
+        app_listen,
+        format!(
+            "{}:{}",
+            route.stable.endpoints[0].host, route.stable.endpoints[0].port
+        )
+    );
+    let canary_service = yaml("canary-service.yaml");
+    let canary_endpoint = &route.canary.endpoints[0];
+    assert_eq!(
+        canary_service["metadata"]["name"].as_str(),
+        Some(canary_endpoint.host.as_str())
+    );
+    assert_eq!(
+        canary_service["spec"]["ports"][0]["port"].as_u64(),
+        Some(u64::from(canary_endpoint.port))
+    );
+    let canary_pod = yaml("canary-deployment.yaml")["spec"]["template"].clone();
+    assert_eq!(
+        &canary_service["spec"]["selector"],
+        &canary_pod["metadata"]["labels"]
+    );
+}
