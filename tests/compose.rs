@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use deploy::{cohort_check_container_config, promtool, root};
-use process::{run_to_end, strip_ansi, Cohort};
+use process::{run_to_end, Cohort};
 use serde_yaml::Value;
 
 fn compose() -> Value {
@@ -202,7 +202,7 @@ async fn upstream_services_answer_with_their_names() {
         assert_eq!(flag(&args, "--name"), name);
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let mut upstream = Cohort::spawn(&args);
-        let address = serving_address(&mut upstream).await;
+        let address = deploy::demo_upstream_address(&mut upstream).await;
         let answer = support::get(&format!("http://{address}/"), &[]).await;
         assert_eq!(answer.status, 200);
         assert_eq!(answer.header("x-upstream"), Some(name));
@@ -211,23 +211,6 @@ async fn upstream_services_answer_with_their_names() {
         let status = upstream.exit_within(Duration::from_secs(5)).await;
         assert!(status.success(), "{name}: {status}");
     }
-}
-
-/// The address a `demo-upstream` logged in its start line.
-async fn serving_address(upstream: &mut Cohort) -> std::net::SocketAddr {
-    let text = upstream
-        .wait_stderr("demo upstream is serving", Duration::from_secs(10))
-        .await;
-    let line = strip_ansi(
-        text.lines()
-            .find(|l| l.contains("demo upstream is serving"))
-            .expect("the line"),
-    );
-    let value = line
-        .split_whitespace()
-        .find_map(|field| field.strip_prefix("address="))
-        .unwrap_or_else(|| panic!("no address= in {line:?}"));
-    value.parse().unwrap_or_else(|e| panic!("{value:?}: {e}"))
 }
 
 #[test]

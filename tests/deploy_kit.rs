@@ -14,28 +14,11 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use deploy::{promtool, root};
-use process::{run_to_end, strip_ansi, Cohort};
+use process::{run_to_end, Cohort};
 
 // ---------------------------------------------------------------------------------------
 // cohort demo-upstream
 // ---------------------------------------------------------------------------------------
-
-/// The address a `demo-upstream` logged in its start line.
-async fn serving_address(upstream: &mut Cohort) -> std::net::SocketAddr {
-    let text = upstream
-        .wait_stderr("demo upstream is serving", Duration::from_secs(10))
-        .await;
-    let line = strip_ansi(
-        text.lines()
-            .find(|l| l.contains("demo upstream is serving"))
-            .expect("the line"),
-    );
-    let value = line
-        .split_whitespace()
-        .find_map(|field| field.strip_prefix("address="))
-        .unwrap_or_else(|| panic!("no address= in {line:?}"));
-    value.parse().unwrap_or_else(|e| panic!("{value:?}: {e}"))
-}
 
 #[tokio::test]
 async fn demo_upstream_answers_with_its_name_status_and_delay_and_stops_on_sigterm() {
@@ -50,7 +33,7 @@ async fn demo_upstream_answers_with_its_name_status_and_delay_and_stops_on_sigte
         "--delay",
         "150ms",
     ]);
-    let address = serving_address(&mut upstream).await;
+    let address = deploy::demo_upstream_address(&mut upstream).await;
     assert!(
         address.ip().is_loopback() && address.port() != 0,
         "{address}"
@@ -107,7 +90,7 @@ async fn demo_upstream_defaults_to_200_without_delay() {
         "--listen",
         "127.0.0.1:0",
     ]);
-    let address = serving_address(&mut upstream).await;
+    let address = deploy::demo_upstream_address(&mut upstream).await;
     let answer = support::get(&format!("http://{address}/"), &[]).await;
     assert_eq!(answer.status, 200);
     assert_eq!(answer.header("x-upstream"), Some("stable"));
@@ -476,11 +459,14 @@ fn manifests_pass_kubernetes_validate_strictly() {
             String::from_utf8_lossy(&out.stderr)
         );
         assert!(
+            !text.contains("No module named"),
+            "kubernetes-validate is not installed (scripts/test installs it with pip):\n{text}"
+        );
+        assert!(
             out.status.success(),
             "kubernetes-validate (Kubernetes {}) rejected the manifests:\n{text}",
             version.unwrap_or("latest bundled")
         );
-        assert!(!text.contains("No module named"), "{text}");
         // One "passed" line per object: nothing was skipped as unknown.
         assert_eq!(
             text.matches(" passed for resource ").count(),

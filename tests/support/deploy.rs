@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use crate::process::run_to_end;
+use crate::process::{run_to_end, strip_ansi, Cohort};
 
 /// The repository's root.
 pub fn root() -> PathBuf {
@@ -70,4 +70,21 @@ pub fn promtool(dir: &Path, args: &[&str]) -> String {
         out.status
     );
     text
+}
+
+/// The address a `cohort demo-upstream` process logged in its start line.
+pub async fn demo_upstream_address(upstream: &mut Cohort) -> std::net::SocketAddr {
+    let text = upstream
+        .wait_stderr("demo upstream is serving", Duration::from_secs(10))
+        .await;
+    let line = strip_ansi(
+        text.lines()
+            .find(|l| l.contains("demo upstream is serving"))
+            .expect("the line"),
+    );
+    let value = line
+        .split_whitespace()
+        .find_map(|field| field.strip_prefix("address="))
+        .unwrap_or_else(|| panic!("no address= in {line:?}"));
+    value.parse().unwrap_or_else(|e| panic!("{value:?}: {e}"))
 }
