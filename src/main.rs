@@ -130,11 +130,13 @@ fn parse_percent(text: &str) -> Result<BasisPoints, String> {
     BasisPoints::from_percent(percent).map_err(|e| e.to_string())
 }
 
+/// A final status an upstream can answer with: 1xx are interim answers, not a reply.
 fn parse_status(text: &str) -> Result<http::StatusCode, String> {
     text.parse::<u16>()
         .ok()
+        .filter(|code| (200..=599).contains(code))
         .and_then(|code| http::StatusCode::from_u16(code).ok())
-        .ok_or_else(|| format!("{text:?} is not an HTTP status code (100..=999)"))
+        .ok_or_else(|| format!("{text:?} is not a final HTTP status code (200..=599)"))
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {

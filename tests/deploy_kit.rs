@@ -103,6 +103,8 @@ fn demo_upstream_rejects_bad_arguments_as_usage_errors() {
     for args in [
         &["demo-upstream"][..],
         &["demo-upstream", "--name", "x", "--status", "42"],
+        &["demo-upstream", "--name", "x", "--status", "101"],
+        &["demo-upstream", "--name", "x", "--status", "600"],
         &["demo-upstream", "--name", "x", "--status", "abc"],
         &["demo-upstream", "--name", "x", "--delay", "soon"],
         &["demo-upstream", "--name", "x", "--listen", "localhost"],
