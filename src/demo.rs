@@ -1,5 +1,6 @@
 //! `cohort demo`: two built-in upstreams and the proxy on loopback, a little traffic,
-//! and the live split printed, so a newcomer sees cohort work with nothing installed.
+//! and the live split printed, so a newcomer sees cohort work with nothing installed;
+//! and `cohort demo-upstream`, one such upstream on its own, for docker-compose.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -184,25 +185,112 @@ override = {{ trusted = ["127.0.0.0/8", "::1/128"] }}
     Ok(crate::start(config).await?)
 }
 
+/// What a built-in upstream answers: its name in the body and in `x-upstream`, with
+/// `status`, after `delay`. The demo's two upstreams and `cohort demo-upstream` share it.
+#[derive(Debug, Clone)]
+pub struct UpstreamSpec {
+    pub name: String,
+    pub status: http::StatusCode,
+    pub delay: Duration,
+}
+
 /// A built-in upstream that answers every request with its own name.
 async fn start_upstream(name: &'static str) -> anyhow::Result<SocketAddr> {
     let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
     let addr = listener.local_addr()?;
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            let service =
-                hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| async move {
-                    let body = format!("hello from {name} (path {})\n", req.uri().path());
-                    Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(body))))
-                });
-            tokio::spawn(async move {
-                let _ = auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
-        }
-    });
+    let spec = UpstreamSpec {
+        name: name.to_owned(),
+        status: http::StatusCode::OK,
+        delay: Duration::ZERO,
+    };
+    tokio::spawn(serve_upstream(listener, spec));
     Ok(addr)
+}
+
+/// Accepts connections on `listener` and answers every request as `spec` says, until
+/// the task is dropped. HTTP/1.1 and h2c (prior knowledge) both work, like the
+/// upstreams a real service would put behind cohort.
+pub async fn serve_upstream(listener: TcpListener, spec: UpstreamSpec) {
+    let spec = std::sync::Arc::new(spec);
+    loop {
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            // Out of file descriptors and the like: a pause, not the end of the server.
+            Err(e) => {
+                tracing::warn!(error = %e, "demo upstream: accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let spec = spec.clone();
+        let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+            let spec = spec.clone();
+            async move { Ok::<_, Infallible>(upstream_answer(&spec, req.uri().path()).await) }
+        });
+        tokio::spawn(async move {
+            let _ = auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+async fn upstream_answer(spec: &UpstreamSpec, path: &str) -> Response<Full<Bytes>> {
+    if !spec.delay.is_zero() {
+        tokio::time::sleep(spec.delay).await;
+    }
+    let body = format!("hello from {} (path {path})\n", spec.name);
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = spec.status;
+    // run_upstream refuses a name that is not a valid header value, and the demo's names
+    // are constants: this never skips the header in practice, and cannot panic.
+    if let Ok(value) = http::HeaderValue::from_str(&spec.name) {
+        response.headers_mut().insert("x-upstream", value);
+    }
+    response
+}
+
+/// `cohort demo-upstream`: one built-in upstream on `listen`, until SIGTERM or Ctrl-C.
+/// docker-compose runs the cohort image three times with it (cohort, stable, canary).
+pub async fn run_upstream(listen: SocketAddr, spec: UpstreamSpec) -> ExitCode {
+    // Listening for signals before binding: a SIGTERM right after the start line is
+    // not lost.
+    let mut stop = crate::signals::StopSignals::new();
+    if http::HeaderValue::from_str(&spec.name).is_err() {
+        eprintln!(
+            "demo-upstream: --name {:?} cannot be sent as a header value",
+            spec.name
+        );
+        return ExitCode::from(2);
+    }
+    let listener = match TcpListener::bind(listen).await {
+        Ok(listener) => listener,
+        Err(e) => {
+            eprintln!("demo-upstream: cannot listen on {listen}: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let address = match listener.local_addr() {
+        Ok(address) => address,
+        Err(e) => {
+            eprintln!("demo-upstream: cannot read the bound address: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    tracing::info!(
+        name = %spec.name,
+        %address,
+        status = spec.status.as_u16(),
+        delay = %humantime::format_duration(spec.delay),
+        "demo upstream is serving"
+    );
+    let name = spec.name.clone();
+    tokio::select! {
+        () = serve_upstream(listener, spec) => {}
+        () = stop.next() => {}
+    }
+    tracing::info!(name = %name, "demo upstream stopped");
+    ExitCode::SUCCESS
 }
 
 /// The demo's client: one keep-alive connection to the proxy.

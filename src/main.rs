@@ -86,6 +86,22 @@ enum Command {
         #[arg(long, value_parser = parse_duration)]
         duration: Option<Duration>,
     },
+    /// Serve a tiny upstream that answers every request with its name (body and
+    /// `x-upstream` header): the stable and canary of docker-compose, or local experiments.
+    DemoUpstream {
+        /// The name it answers with.
+        #[arg(long)]
+        name: String,
+        /// Address to listen on (`127.0.0.1:0` picks a free port; the log line says which).
+        #[arg(long, default_value = "0.0.0.0:8080")]
+        listen: std::net::SocketAddr,
+        /// Status code of every answer (e.g. 500 for a failing canary).
+        #[arg(long, default_value = "200", value_parser = parse_status)]
+        status: http::StatusCode,
+        /// Wait this long before answering (e.g. "50ms").
+        #[arg(long, default_value = "0s", value_parser = parse_duration)]
+        delay: Duration,
+    },
 }
 
 #[derive(Subcommand)]
@@ -153,6 +169,15 @@ fn parse_percent(text: &str) -> Result<BasisPoints, String> {
     BasisPoints::from_percent(percent).map_err(|e| e.to_string())
 }
 
+/// A final status an upstream can answer with: 1xx are interim answers, not a reply.
+fn parse_status(text: &str) -> Result<http::StatusCode, String> {
+    text.parse::<u16>()
+        .ok()
+        .filter(|code| (200..=599).contains(code))
+        .and_then(|code| http::StatusCode::from_u16(code).ok())
+        .ok_or_else(|| format!("{text:?} is not a final HTTP status code (200..=599)"))
+}
+
 fn parse_duration(text: &str) -> Result<Duration, String> {
     humantime::parse_duration(text).map_err(|e| format!("{text:?} is not a duration: {e}"))
 }
@@ -171,6 +196,19 @@ fn main() -> ExitCode {
         Command::Check => check(&cli.config),
         Command::Assign { route, key } => assign_key(&cli.config, &route, &key),
         Command::Demo { duration } => in_runtime(cohort::demo::run(duration)),
+        Command::DemoUpstream {
+            name,
+            listen,
+            status,
+            delay,
+        } => in_runtime(cohort::demo::run_upstream(
+            listen,
+            cohort::demo::UpstreamSpec {
+                name,
+                status,
+                delay,
+            },
+        )),
         Command::Set {
             route,
             percent,
