@@ -17,7 +17,7 @@ use metrics_exporter_prometheus::{
 use crate::cohort::Variant;
 use crate::rollout::{Figures, Reason, RolloutState};
 use crate::router::AssignSource;
-use crate::window::{Window, WindowStats, WINDOW_SECONDS};
+use crate::window::{HistorySlot, Window, WindowStats, WINDOW_SECONDS};
 
 pub const REQUESTS_TOTAL: &str = "cohort_requests_total";
 pub const REQUEST_DURATION: &str = "cohort_request_duration_seconds";
@@ -93,8 +93,8 @@ pub struct Metrics {
     reloads_error: Counter,
     generation: Gauge,
     tls_handshake_errors: Counter,
-    /// One-minute windows per (route, variant); they outlive snapshots so a reload
-    /// does not reset the figures.
+    /// One-minute windows per (route, variant), each with its 15-minute history; they
+    /// outlive snapshots so a reload does not reset the figures or the charts.
     windows: Mutex<HashMap<(String, Variant), Arc<Window>>>,
     /// Lanes of each window: one per proxy worker.
     lanes: usize,
@@ -108,6 +108,18 @@ pub struct Clock(Instant);
 impl Clock {
     pub fn now(&self) -> u64 {
         self.0.elapsed().as_secs()
+    }
+
+    /// The wall time of `second` on this clock, given the wall time now: how the
+    /// history's slots are placed next to wall-clock events.
+    pub fn wall_at(
+        &self,
+        second: u64,
+        wall_now: crate::rollout::UnixMillis,
+    ) -> crate::rollout::UnixMillis {
+        let millis = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+        let started = wall_now.saturating_sub(millis(self.0.elapsed()));
+        started.saturating_add(millis(Duration::from_secs(second)))
     }
 }
 
@@ -201,7 +213,7 @@ impl Metrics {
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .entry((route.to_owned(), v))
-                .or_insert_with(|| Arc::new(Window::with_lanes(WINDOW_SECONDS, self.lanes)))
+                .or_insert_with(|| Arc::new(Window::with_history(WINDOW_SECONDS, self.lanes)))
                 .clone();
             VariantMetrics::new(&self.recorder, route, v, window, self.clock)
         };
@@ -444,6 +456,11 @@ impl VariantMetrics {
     /// Figures over the last minute.
     pub fn window_stats(&self) -> WindowStats {
         self.window.stats(self.clock.now())
+    }
+
+    /// The last 15 minutes in 15-second slots, oldest first, ending at clock time `now`.
+    pub fn history(&self, now: u64) -> Vec<HistorySlot> {
+        self.window.history(now)
     }
 
     pub fn upstream_error(&self, kind: UpstreamErrorKind) {
