@@ -27,6 +27,7 @@ pub mod drain;
 pub mod guard;
 pub mod h1;
 pub mod headers;
+pub mod history;
 pub mod listener;
 pub mod log_filter;
 pub mod metrics;
