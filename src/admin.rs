@@ -84,7 +84,7 @@ async fn route(state: &State, control: &Control, req: Request<Incoming>) -> Resp
         "/" => with_type(
             StatusCode::OK,
             "text/html; charset=utf-8",
-            crate::status_page::render(&routes_json(&snap)),
+            crate::status_page::render(&page_json(state, &snap)),
         ),
         "/metrics" => with_type(StatusCode::OK, PROMETHEUS_TEXT, state.metrics.render()),
         "/healthz" => text(StatusCode::OK, "ok\n"),
@@ -111,6 +111,18 @@ pub fn routes_json(snap: &Snapshot) -> Value {
         .map(|i| route_json(snap, i))
         .collect();
     json!({ "generation": snap.generation, "routes": routes })
+}
+
+/// `/routes` with each route's `GET /routes/{name}/history` as `"history"`: what the
+/// status page draws.
+pub fn page_json(state: &State, snap: &Snapshot) -> Value {
+    let mut doc = routes_json(snap);
+    if let Some(routes) = doc.get_mut("routes").and_then(Value::as_array_mut) {
+        for (index, route) in routes.iter_mut().enumerate() {
+            route["history"] = history_json(state, snap, index);
+        }
+    }
+    doc
 }
 
 /// `GET /routes/{name}/history`: the route's last 15 minutes per variant in 15-second

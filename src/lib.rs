@@ -19,6 +19,7 @@ macro_rules! out {
 }
 
 pub mod admin;
+pub mod charts;
 pub mod client;
 pub mod cohort;
 pub mod config;
