@@ -382,46 +382,62 @@ pub(crate) fn chart(history: &History, metric: Metric) -> String {
             (TOP + BOTTOM) / 2.0 + 3.0
         );
     }
-    // Markers under the lines, so the data stays readable where they cross.
-    let mut rows_end = [f64::NEG_INFINITY; LABEL_ROWS.len()];
-    for marker in history.markers.iter().filter(|m| history.visible(m.at)) {
+    // Markers under the lines, so the data stays readable where they cross. Rollbacks
+    // and resumes are placed first, so theirs are the labels that find room, and drawn
+    // last, so a step at the same moment (a resume restarts the ramp) does not hide them.
+    let mut shown: Vec<&Marker> = history
+        .markers
+        .iter()
+        .filter(|m| history.visible(m.at))
+        .collect();
+    shown.sort_by_key(|m| (m.kind == MarkerKind::Step, m.at));
+    let mut rows: [Vec<(f64, f64)>; LABEL_ROWS.len()] = Default::default();
+    let (mut steps, mut others) = (String::new(), String::new());
+    for marker in shown {
         let x = history.x(marker.at);
         let colour = marker.colour();
-        let dash = if marker.kind == MarkerKind::Step {
-            " stroke-dasharray=\"3 2\""
+        let (out, dash) = if marker.kind == MarkerKind::Step {
+            (&mut steps, " stroke-dasharray=\"3 2\"")
         } else {
-            ""
+            (&mut others, "")
         };
         // The label goes right of its line, or left of it near the right edge, in the
-        // first row where it overlaps no earlier label; with no room it is left out
-        // (the line's tooltip still says it). The line starts at its own label's row,
-        // so it never runs through another marker's label above.
+        // first row where it overlaps no other label; with no room it is left out (the
+        // line's tooltip still says it). The line starts at its own label's row, so it
+        // never runs through a label above.
         let width = label_width(&marker.label);
         let (start, anchor, text_x) = if x + 3.0 + width <= RIGHT {
             (x + 3.0, "start", x + 3.0)
         } else {
             (x - 3.0 - width, "end", x - 3.0)
         };
-        let row = rows_end.iter().position(|end| start >= end + 3.0);
+        let end = start + width;
+        let row = rows.iter().position(|taken| {
+            taken
+                .iter()
+                .all(|&(from, to)| end + 3.0 <= from || start >= to + 3.0)
+        });
         let line_top = row.map_or(TOP, |row| LABEL_ROWS[row] - 8.0);
         let _ = write!(
-            svg,
+            out,
             "<g class=\"event {}\"><title>{}</title><line x1=\"{x:.1}\" y1=\"{line_top:.1}\" \
              x2=\"{x:.1}\" y2=\"{BOTTOM}\" stroke=\"{colour}\" stroke-width=\"1.5\"{dash}/>",
             marker.class(),
             escape(&marker.detail),
         );
         if let Some(row) = row {
-            rows_end[row] = start + width;
+            rows[row].push((start, end));
             let _ = write!(
-                svg,
+                out,
                 "<text x=\"{text_x:.1}\" y=\"{}\" text-anchor=\"{anchor}\" fill=\"{colour}\">{}</text>",
                 LABEL_ROWS[row],
                 escape(&marker.label)
             );
         }
-        svg.push_str("</g>");
+        out.push_str("</g>");
     }
+    svg.push_str(&steps);
+    svg.push_str(&others);
     for (variant, colour, points) in [
         ("stable", STABLE, &history.stable),
         ("canary", CANARY, &history.canary),
@@ -630,6 +646,10 @@ mod tests {
                 "{svg}"
             );
             assert!(!svg.contains(">2.5 %</text>"), "{svg}");
+            // Steps are drawn first: a resume's line stays visible over the step its
+            // ramp restarts at.
+            let last_step = svg.rfind("<g class=\"event step\">").expect("a step");
+            assert!(svg.find("<g class=\"event rollback\">") > Some(last_step));
         }
     }
 
