@@ -230,7 +230,15 @@ impl Marker {
                 },
             ),
             "resume" => (MarkerKind::Resume, "resume".to_owned(), "resume".to_owned()),
-            "step" => (MarkerKind::Step, step_text.clone(), step_text),
+            // Beside a step's line the new share is what matters, and short labels
+            // leave room for their neighbours; the tooltip names the step.
+            "step" => (
+                MarkerKind::Step,
+                percent
+                    .as_ref()
+                    .map_or_else(|| step_text.clone(), |p| format!("{p} %")),
+                step_text,
+            ),
             _ => (
                 MarkerKind::Step,
                 step_text.clone(),
@@ -632,7 +640,7 @@ mod tests {
             // Labels: the resume is too close to the rollback for one row, so it takes
             // the second; the share change 90 s later finds no room and keeps its
             // tooltip only.
-            assert!(svg.contains(">step 2 · 5 %</text>"));
+            assert!(svg.contains(">5 %</text>"), "{svg}");
             assert!(
                 svg.contains(&format!(
                     "y=\"10\" text-anchor=\"start\" fill=\"{ROLLBACK}\">rollback</text>"
