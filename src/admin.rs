@@ -84,7 +84,7 @@ async fn route(state: &State, control: &Control, req: Request<Incoming>) -> Resp
         "/" => with_type(
             StatusCode::OK,
             "text/html; charset=utf-8",
-            crate::status_page::render(&routes_json(&snap)),
+            crate::status_page::render(&page_json(state, &snap)),
         ),
         "/metrics" => with_type(StatusCode::OK, PROMETHEUS_TEXT, state.metrics.render()),
         "/healthz" => text(StatusCode::OK, "ok\n"),
@@ -111,6 +111,37 @@ pub fn routes_json(snap: &Snapshot) -> Value {
         .map(|i| route_json(snap, i))
         .collect();
     json!({ "generation": snap.generation, "routes": routes })
+}
+
+/// `/routes` with each route's `GET /routes/{name}/history` as `"history"`: what the
+/// status page draws.
+pub fn page_json(state: &State, snap: &Snapshot) -> Value {
+    let mut doc = routes_json(snap);
+    if let Some(routes) = doc.get_mut("routes").and_then(Value::as_array_mut) {
+        for (index, route) in routes.iter_mut().enumerate() {
+            route["history"] = history_json(state, snap, index);
+        }
+    }
+    doc
+}
+
+/// `GET /routes/{name}/history`: the route's last 15 minutes per variant in 15-second
+/// slots, and its steps, rollbacks and resumes (see [`crate::history`]).
+pub fn history_json(state: &State, snap: &Snapshot, index: usize) -> Value {
+    let (route, route_state) = snap.route(index);
+    let clock = state.metrics.clock();
+    let now = clock.now();
+    let wall_now = crate::guard::wall_now();
+    let metrics = |v: Variant| route_state.metrics.variant(v).history(now);
+    crate::history::history_json(
+        &route.name,
+        &metrics(Variant::Stable),
+        &metrics(Variant::Canary),
+        &route_state.memory().events(),
+        now,
+        wall_now,
+        &|second| clock.wall_at(second, wall_now),
+    )
 }
 
 /// One route of `/routes`, also the answer to a change of that route.
@@ -188,7 +219,7 @@ fn route_json(snap: &Snapshot, index: usize) -> Value {
 const MAX_BODY: usize = 64 * 1024;
 
 /// `PUT /routes/{name}/canary`, `POST /routes/{name}/rollback` and
-/// `POST /routes/{name}/resume`.
+/// `POST /routes/{name}/resume`; and `GET /routes/{name}/history`, which reads.
 async fn change(
     state: &State,
     control: &Control,
@@ -199,6 +230,19 @@ async fn change(
         Some((name, action)) if !name.is_empty() => (percent_decode(name), action),
         _ => return text(StatusCode::NOT_FOUND, "unknown admin path\n"),
     };
+    if action == "history" {
+        if req.method() != Method::GET && req.method() != Method::HEAD {
+            return text(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "use GET /routes/{name}/history\n",
+            );
+        }
+        let snap = state.snapshot.load_full();
+        return match snap.route_index(&name) {
+            Some(index) => json_response(StatusCode::OK, &history_json(state, &snap, index)),
+            None => text_owned(StatusCode::NOT_FOUND, format!("no route named {name:?}\n")),
+        };
+    }
     let expected_method = match action {
         "canary" => Method::PUT,
         "rollback" | "resume" => Method::POST,

@@ -17,6 +17,7 @@ use serde_json::{json, Value};
 
 use crate::cohort::{BasisPoints, Variant};
 use crate::config::{Config, Route};
+use crate::history::{Event, Events};
 use crate::rollout::{
     self, format_rfc3339, verdict, Figures, GuardAction, Reason, UnixMillis, Verdict,
 };
@@ -69,6 +70,8 @@ struct Remembered {
     resumed_at: Option<UnixMillis>,
     /// The step a failing `action = "hold"` guard stays on.
     holding: Option<usize>,
+    /// Steps, rollbacks and resumes for the status page's time axis.
+    events: Events,
 }
 
 /// The guard's outcome windows of one identity.
@@ -112,6 +115,7 @@ impl GuardState {
         let mut memory = Remembered::default();
         match state_file.as_deref().and_then(state_dir::read) {
             Some(Stored::RolledBack { reason, at }) => {
+                memory.events.rolled_back(reason, at);
                 memory.rolled_back = Some(RollbackRecord {
                     reason,
                     at,
@@ -197,6 +201,7 @@ impl GuardState {
         };
         let record = RollbackRecord { reason, at, saved };
         memory.rolled_back = Some(record.clone());
+        memory.events.rolled_back(reason, at);
         Some(record)
     }
 
@@ -222,6 +227,7 @@ impl GuardState {
         }
         memory.rolled_back = None;
         memory.holding = None;
+        memory.events.resumed(now);
         if restarts {
             memory.resumed_at = Some(now);
         }
@@ -230,6 +236,18 @@ impl GuardState {
             windows.stable.clear();
         }
         Ok(())
+    }
+
+    /// Notes the share a refresh computed at `now`, for the time axis of the charts.
+    pub fn observe(&self, effective: &rollout::Effective, now: UnixMillis) {
+        let mut memory = self.lock();
+        let rolled_back = memory.rolled_back.is_some();
+        memory.events.observe(effective, rolled_back, now);
+    }
+
+    /// Steps, rollbacks and resumes of this identity, oldest first.
+    pub fn events(&self) -> Vec<Event> {
+        self.lock().events.list()
     }
 
     /// The guard window of `variant`, for routes with a rollout or guard.

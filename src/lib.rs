@@ -19,6 +19,7 @@ macro_rules! out {
 }
 
 pub mod admin;
+pub mod charts;
 pub mod client;
 pub mod cohort;
 pub mod config;
@@ -27,6 +28,7 @@ pub mod drain;
 pub mod guard;
 pub mod h1;
 pub mod headers;
+pub mod history;
 pub mod listener;
 pub mod log_filter;
 pub mod metrics;

@@ -22,7 +22,7 @@ use crate::cohort::Variant;
 use crate::request_log::WarnGate;
 use crate::rollout::{Figures, Reason, RolloutState};
 use crate::router::AssignSource;
-use crate::window::{Window, WindowStats, WINDOW_SECONDS};
+use crate::window::{HistorySlot, Window, WindowStats, WINDOW_SECONDS};
 
 mod process;
 
@@ -107,8 +107,8 @@ pub struct Metrics {
     tls_handshake_errors: Counter,
     /// The `process_*` families, read when `/metrics` is rendered.
     process: process::Collector,
-    /// One-minute windows per (route, variant); they outlive snapshots so a reload
-    /// does not reset the figures.
+    /// One-minute windows per (route, variant), each with its 15-minute history; they
+    /// outlive snapshots so a reload does not reset the figures or the charts.
     windows: Mutex<HashMap<(String, Variant), Arc<Window>>>,
     /// The upstream-failure warnings' gates per (route, variant), one per error kind;
     /// kept across snapshots too, so a reload during an outage neither adds a line nor
@@ -131,6 +131,18 @@ impl Clock {
     /// Milliseconds since the instance started (the upstream-failure warnings' clock).
     pub fn millis(&self) -> u64 {
         u64::try_from(self.0.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// The wall time of `second` on this clock, given the wall time now: how the
+    /// history's slots are placed next to wall-clock events.
+    pub fn wall_at(
+        &self,
+        second: u64,
+        wall_now: crate::rollout::UnixMillis,
+    ) -> crate::rollout::UnixMillis {
+        let millis = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+        let started = wall_now.saturating_sub(millis(self.0.elapsed()));
+        started.saturating_add(millis(Duration::from_secs(second)))
     }
 }
 
@@ -244,7 +256,7 @@ impl Metrics {
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .entry((route.to_owned(), v))
-                .or_insert_with(|| Arc::new(Window::with_lanes(WINDOW_SECONDS, self.lanes)))
+                .or_insert_with(|| Arc::new(Window::with_history(WINDOW_SECONDS, self.lanes)))
                 .clone();
             let warn_gates = self
                 .warn_gates
@@ -518,6 +530,11 @@ impl VariantMetrics {
     /// Figures over the last minute.
     pub fn window_stats(&self) -> WindowStats {
         self.window.stats(self.clock.now())
+    }
+
+    /// The last 15 minutes in 15-second slots, oldest first, ending at clock time `now`.
+    pub fn history(&self, now: u64) -> Vec<HistorySlot> {
+        self.window.history(now)
     }
 
     pub fn upstream_error(&self, kind: UpstreamErrorKind) {

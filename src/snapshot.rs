@@ -157,6 +157,7 @@ impl RouteState {
             self.memory.memory(),
         );
         self.share.store(effective.share.get(), Ordering::Relaxed);
+        self.memory.observe(&effective, now);
         self.step.store(
             effective
                 .step

@@ -2,7 +2,10 @@
 //! `cohort status` table ([`crate::status_table`]): both read the `/routes` document.
 //!
 //! The page is one self-contained HTML document (inline CSS, no script, no external
-//! asset) that reloads itself every 5 s. Every string that comes from config (route
+//! asset) that reloads itself every 5 s. Under each route's figures, small inline SVG
+//! charts show its last 15 minutes ([`crate::charts`]) when the route's object carries
+//! the `GET /routes/{name}/history` document as `"history"` (the admin listener adds
+//! it); without it, the page is the same minus the charts. Every string that comes from config (route
 //! names, hosts, salts, sticky sources, endpoints) is HTML-escaped. The document is read
 //! defensively: a missing or mistyped field shows as "–" instead of failing, so the page
 //! also renders a `/routes` document from an older or newer cohort.
@@ -49,6 +52,8 @@ pub(crate) struct RouteView {
     pub rollout: Option<String>,
     /// The route is rolled back (the line above says why).
     pub rolled_back: bool,
+    /// The last 15 minutes, when the document carries them.
+    pub history: Option<crate::charts::History>,
 }
 
 /// "rollout ramping · step 2 of 5 (5 %) · next step at 2026-12-01T09:20:00Z", or the
@@ -189,6 +194,9 @@ impl RouteView {
                         .and_then(Value::as_str)
                         == Some("rolled_back")
                 }),
+            history: route
+                .get("history")
+                .and_then(crate::charts::History::from_json),
         }
     }
 }
@@ -245,7 +253,7 @@ fn strings(value: Option<&Value>) -> Vec<String> {
 // ---------------------------------------------------------------------------------------
 
 /// `x` with at most `decimals` decimals, trailing zeros removed: `2.50` → `2.5`, `3.00` → `3`.
-fn trimmed(x: f64, decimals: usize) -> String {
+pub(crate) fn trimmed(x: f64, decimals: usize) -> String {
     let text = format!("{x:.decimals$}");
     if text.contains('.') {
         text.trim_end_matches('0').trim_end_matches('.').to_owned()
@@ -370,6 +378,19 @@ td.bad .err{background:var(--bad-bg);border-radius:4px;padding:0 6px}
 td.none{color:var(--muted);font-weight:400}
 .eps code{display:inline-block;margin:0 4px 3px 0}
 .empty{color:var(--muted)}
+.charts{margin-top:14px;border-top:1px solid var(--line);padding-top:10px}
+.chart-key{display:flex;align-items:center;flex-wrap:wrap;gap:4px 6px;font-size:12px;color:var(--muted)}
+.chart-key .key{display:inline-block;width:16px;height:3px;border-radius:2px;margin-left:10px}
+.chart-key .key:first-child{margin-left:0}
+.chart-key .key.s{background:var(--stable)}.chart-key .key.c{background:var(--canary)}
+.chart-key .key.step{height:10px;width:0;border-left:2px dashed #4b5563}
+.chart-key .key.rb{height:10px;width:2px;background:#dc2626}
+.chart-key .key.rs{height:10px;width:2px;background:#16a34a}
+.chart-key .span{margin-left:auto}
+.chart-row{display:grid;grid-template-columns:repeat(auto-fit,minmax(280px,1fr));gap:4px 18px;margin-top:4px}
+.chart-row figure{margin:0}
+.chart-row figcaption{font-size:12px;font-weight:600;color:var(--ink);margin:4px 0 0 40px}
+.chart-row svg{display:block;width:100%;max-width:420px;height:auto}
 ";
 
 /// Renders the status page from the `/routes` JSON document.
@@ -490,7 +511,11 @@ fn route_card(html: &mut String, route: &RouteView) {
     for (variant, _share, figures) in route.variants() {
         variant_row(html, variant, figures);
     }
-    html.push_str("</tbody>\n</table>\n</section>\n");
+    html.push_str("</tbody>\n</table>\n");
+    if let Some(history) = &route.history {
+        html.push_str(&crate::charts::charts_block(history));
+    }
+    html.push_str("</section>\n");
 }
 
 fn variant_row(html: &mut String, variant: &str, v: &VariantView) {

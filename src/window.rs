@@ -6,9 +6,16 @@
 //! A window has one lane of slots per proxy worker, summed when read (DESIGN §7): each
 //! worker thread writes only its own lane, so moving a slot to a new second never races
 //! another writer and no count is lost.
+//!
+//! The one-minute window also keeps the status page's 15-minute history
+//! ([`Window::with_history`]) without a second record per request: a request is counted
+//! once, in its one-second slot; when the worker reuses that slot a minute later, it first
+//! adds the slot's old counts into the 15-second history slot they belong to. A reader
+//! adds the seconds still in one-second slots (not yet folded) to the folded ones, so the
+//! history is exact and shares its numbers with the figures.
 
 use std::cell::Cell;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
 
 use crate::metrics::DURATION_BUCKETS;
 
@@ -17,6 +24,10 @@ pub const WINDOW_SECONDS: u64 = 60;
 pub const MAX_SLOTS: u64 = 60;
 /// One count per finite bucket, plus the `+Inf` overflow.
 pub const HISTOGRAM_LEN: usize = DURATION_BUCKETS.len() + 1;
+/// Slots of the history: 60 of [`HISTORY_SLOT_SECONDS`], the last 15 minutes.
+pub const HISTORY_SLOTS: u64 = 60;
+/// Seconds per history slot.
+pub const HISTORY_SLOT_SECONDS: u64 = 15;
 
 #[derive(Default)]
 struct Slot {
@@ -25,6 +36,44 @@ struct Slot {
     requests: AtomicU64,
     errors: AtomicU64,
     histogram: [AtomicU64; HISTOGRAM_LEN],
+}
+
+/// One 15-second slot of the history, folded from one-second slots. Counts are 32-bit:
+/// half the memory of a [`Slot`], and a worker would need 280 million requests a second
+/// to overflow one (they saturate rather than wrap).
+#[derive(Default)]
+struct Span {
+    /// The history period this span holds, plus one (0 marks a never-used span).
+    period: AtomicU32,
+    requests: AtomicU32,
+    errors: AtomicU32,
+    histogram: [AtomicU32; HISTOGRAM_LEN],
+}
+
+impl Slot {
+    fn read(&self) -> Counts {
+        Counts {
+            requests: self.requests.load(Relaxed),
+            errors: self.errors.load(Relaxed),
+            histogram: std::array::from_fn(|i| self.histogram[i].load(Relaxed)),
+        }
+    }
+}
+
+impl Span {
+    fn read(&self) -> Counts {
+        Counts {
+            requests: u64::from(self.requests.load(Relaxed)),
+            errors: u64::from(self.errors.load(Relaxed)),
+            histogram: std::array::from_fn(|i| u64::from(self.histogram[i].load(Relaxed))),
+        }
+    }
+}
+
+/// One worker's slots, and its history spans (none for windows without history).
+struct Lane {
+    slots: Box<[Slot]>,
+    history: Box<[Span]>,
 }
 
 /// Figures over the window.
@@ -48,9 +97,16 @@ pub struct Counts {
     pub histogram: [u64; HISTOGRAM_LEN],
 }
 
+/// The counts of one history slot: `start` is its first second on the window's clock.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct HistorySlot {
+    pub start: u64,
+    pub counts: Counts,
+}
+
 pub struct Window {
     /// One lane of slots per worker.
-    lanes: Box<[Box<[Slot]>]>,
+    lanes: Box<[Lane]>,
     /// Slots per lane.
     len: u64,
     /// Seconds per slot.
@@ -84,10 +140,25 @@ impl Window {
 
     /// [`Window::covering`] with one lane per worker (at least one).
     pub fn with_lanes(seconds: u64, lanes: usize) -> Window {
+        Window::build(seconds, lanes, 0)
+    }
+
+    /// [`Window::with_lanes`] that also keeps the last 15 minutes in
+    /// [`HISTORY_SLOTS`] slots ([`Window::history`]). Slots of one second or of a width
+    /// dividing [`HISTORY_SLOT_SECONDS`] fold exactly; wider ones would land whole in
+    /// the history slot of their first second.
+    pub fn with_history(seconds: u64, lanes: usize) -> Window {
+        Window::build(seconds, lanes, HISTORY_SLOTS)
+    }
+
+    fn build(seconds: u64, lanes: usize, history: u64) -> Window {
         let seconds = seconds.max(1);
         let width = seconds.div_ceil(MAX_SLOTS);
         let len = seconds.div_ceil(width);
-        let lane = || (0..len).map(|_| Slot::default()).collect();
+        let lane = || Lane {
+            slots: (0..len).map(|_| Slot::default()).collect(),
+            history: (0..history).map(|_| Span::default()).collect(),
+        };
         Window {
             lanes: (0..lanes.max(1)).map(|_| lane()).collect(),
             len,
@@ -104,12 +175,18 @@ impl Window {
     pub fn record(&self, now: u64, error: bool, seconds: f64) {
         let period = now / self.width;
         let lane = &self.lanes[LANE.with(Cell::get) % self.lanes.len()];
-        let slot = &lane[(period % self.len()) as usize];
+        let slot = &lane.slots[(period % self.len()) as usize];
         let tag = period + 1;
-        if slot.second.load(Relaxed) != tag {
-            // The slot held an older second: clear its counts. Only this thread writes
-            // this lane, so nothing recorded meanwhile can be lost (a reader summing at
-            // this instant may see the slot half cleared, once).
+        let held = slot.second.load(Relaxed);
+        if held != tag {
+            // The slot held an older second: move its counts into the history (once a
+            // second at most, O(1)), then clear them. Only this thread writes this lane,
+            // so nothing recorded meanwhile can be lost (a reader summing at this
+            // instant may see the slot half cleared, or missing from the history, once).
+            if held != 0 && !lane.history.is_empty() {
+                slot.second.store(0, Relaxed);
+                self.fold(lane, slot, held - 1);
+            }
             slot.requests.store(0, Relaxed);
             slot.errors.store(0, Relaxed);
             for bucket in &slot.histogram {
@@ -128,12 +205,87 @@ impl Window {
         slot.histogram[bucket].fetch_add(1, Relaxed);
     }
 
+    /// Adds the counts of `slot`, which held `period`, to the history span of its time.
+    fn fold(&self, lane: &Lane, slot: &Slot, period: u64) {
+        let history_period = period * self.width / HISTORY_SLOT_SECONDS;
+        let span = &lane.history[(history_period % lane.history.len() as u64) as usize];
+        let tag = u32::try_from(history_period + 1).unwrap_or(u32::MAX);
+        let held = span.period.load(Relaxed);
+        if held > tag {
+            // A newer period holds this span: this second is older than the history.
+            return;
+        }
+        if held < tag {
+            span.requests.store(0, Relaxed);
+            span.errors.store(0, Relaxed);
+            for bucket in &span.histogram {
+                bucket.store(0, Relaxed);
+            }
+            span.period.store(tag, Relaxed);
+        }
+        let add = |into: &AtomicU32, from: &AtomicU64| {
+            let count = u32::try_from(from.load(Relaxed)).unwrap_or(u32::MAX);
+            if count > 0 {
+                let _ = into.fetch_update(Relaxed, Relaxed, |old| Some(old.saturating_add(count)));
+            }
+        };
+        add(&span.requests, &slot.requests);
+        add(&span.errors, &slot.errors);
+        for (into, from) in span.histogram.iter().zip(&slot.histogram) {
+            add(into, from);
+        }
+    }
+
+    /// The last 15 minutes ending at `now`, oldest first, one entry per history slot
+    /// since the clock's start (at most [`HISTORY_SLOTS`]); empty for windows without
+    /// history. Folded spans and the seconds still in one-second slots are added up.
+    pub fn history(&self, now: u64) -> Vec<HistorySlot> {
+        if self.lanes.iter().all(|lane| lane.history.is_empty()) {
+            return Vec::new();
+        }
+        let current = now / HISTORY_SLOT_SECONDS;
+        let oldest = current.saturating_sub(HISTORY_SLOTS - 1);
+        let mut slots: Vec<HistorySlot> = (oldest..=current)
+            .map(|period| HistorySlot {
+                start: period * HISTORY_SLOT_SECONDS,
+                counts: Counts::default(),
+            })
+            .collect();
+        let mut add = |period: u64, counts: Counts| {
+            let Some(slot) = period
+                .checked_sub(oldest)
+                .filter(|_| period <= current)
+                .and_then(|i| slots.get_mut(i as usize))
+            else {
+                return;
+            };
+            slot.counts.requests += counts.requests;
+            slot.counts.errors += counts.errors;
+            for (sum, count) in slot.counts.histogram.iter_mut().zip(counts.histogram) {
+                *sum += count;
+            }
+        };
+        for lane in self.lanes.iter() {
+            for span in lane.history.iter() {
+                if let Some(period) = span.period.load(Relaxed).checked_sub(1) {
+                    add(u64::from(period), span.read());
+                }
+            }
+            for slot in lane.slots.iter() {
+                if let Some(period) = slot.second.load(Relaxed).checked_sub(1) {
+                    add(period * self.width / HISTORY_SLOT_SECONDS, slot.read());
+                }
+            }
+        }
+        slots
+    }
+
     /// Sums over the slots of the last `len` periods, the current one included.
     pub fn counts(&self, now: u64) -> Counts {
         let period = now / self.width;
         let oldest = period.saturating_sub(self.len() - 1) + 1;
         let mut counts = Counts::default();
-        for slot in self.lanes.iter().flat_map(|lane| lane.iter()) {
+        for slot in self.lanes.iter().flat_map(|lane| lane.slots.iter()) {
             let tag = slot.second.load(Relaxed);
             if tag < oldest || tag > period + 1 {
                 continue;
@@ -147,10 +299,15 @@ impl Window {
         counts
     }
 
-    /// Forgets everything (a deliberate resume starts a fresh window).
+    /// Forgets everything, history included (a deliberate resume starts a fresh window).
     pub fn clear(&self) {
-        for slot in self.lanes.iter().flat_map(|lane| lane.iter()) {
-            slot.second.store(0, Relaxed);
+        for lane in self.lanes.iter() {
+            for slot in lane.slots.iter() {
+                slot.second.store(0, Relaxed);
+            }
+            for span in lane.history.iter() {
+                span.period.store(0, Relaxed);
+            }
         }
     }
 
@@ -271,6 +428,102 @@ mod tests {
         short.record(5, true, 0.001);
         short.clear();
         assert_eq!(short.counts(5).requests, 0);
+    }
+
+    /// (start, requests, errors) of each history slot.
+    fn totals(history: &[HistorySlot]) -> Vec<(u64, u64, u64)> {
+        history
+            .iter()
+            .map(|s| (s.start, s.counts.requests, s.counts.errors))
+            .collect()
+    }
+
+    #[test]
+    fn the_history_holds_what_the_minute_counted_in_fifteen_second_slots() {
+        let w = Window::with_history(WINDOW_SECONDS, 1);
+        // Two requests a second for two minutes, one error every 10 s: the first
+        // minute's seconds have been folded into the history as the second minute
+        // reused their slots; the second minute's are still in one-second slots.
+        for s in 0..120 {
+            w.record(s, s % 10 == 0, 0.002);
+            w.record(s, false, 0.002);
+        }
+        let history = w.history(119);
+        assert_eq!(history.len(), 8, "slots since the clock started");
+        for (i, slot) in history.iter().enumerate() {
+            assert_eq!(slot.start, i as u64 * 15);
+            assert_eq!(slot.counts.requests, 30, "slot {i}");
+            assert_eq!(slot.counts.histogram[2], 30, "1–2.5 ms bucket, slot {i}");
+        }
+        let errors: u64 = history.iter().map(|s| s.counts.errors).sum();
+        assert_eq!(errors, 12);
+        // The figures and the history are the same numbers.
+        let minute: u64 = history[4..].iter().map(|s| s.counts.requests).sum();
+        assert_eq!(minute, w.counts(119).requests);
+        // Windows without history have none, and record as before.
+        let plain = Window::with_lanes(60, 2);
+        plain.record(5, false, 0.001);
+        plain.record(70, false, 0.001);
+        assert!(plain.history(70).is_empty());
+    }
+
+    #[test]
+    fn the_history_keeps_fifteen_minutes_and_forgets_what_is_older() {
+        let w = Window::with_history(WINDOW_SECONDS, 1);
+        w.record(3, true, 0.001);
+        // Never reused, the second-3 slot still counts while it is in the 15 minutes...
+        assert_eq!(totals(&w.history(899)[..1]), vec![(0, 1, 1)]);
+        assert_eq!(w.history(899).len(), 60);
+        // ...and drops out after them.
+        let later = w.history(900);
+        assert_eq!((later[0].start, later.len()), (15, 60));
+        assert!(later.iter().all(|s| s.counts.requests == 0));
+        // A second folded after a newer one took its span is dropped, not mixed in: the
+        // slot of second 6 is reused only at 966, after second 905 (same span) folded.
+        let w = Window::with_history(WINDOW_SECONDS, 1);
+        w.record(6, false, 0.001);
+        w.record(905, false, 0.001);
+        w.record(965, false, 0.001); // folds 905 into span 0
+        w.record(966, false, 0.001); // folds 6, whose span now holds 905
+        let history = w.history(966);
+        assert_eq!(history.iter().map(|s| s.counts.requests).sum::<u64>(), 3);
+        assert_eq!(history.first().map(|s| s.start), Some(75));
+        // Idle for an hour, then one request: the hour-old slot folds into a span whose
+        // time is long gone, and the history shows only the new request.
+        let w = Window::with_history(WINDOW_SECONDS, 1);
+        w.record(10, false, 0.001);
+        w.record(3610, false, 0.001); // same one-second slot: folds second 10
+        let history = w.history(3610);
+        assert_eq!(history.iter().map(|s| s.counts.requests).sum::<u64>(), 1);
+        assert_eq!(history.last().map(|s| s.counts.requests), Some(1));
+    }
+
+    #[test]
+    fn every_lane_folds_into_its_own_history() {
+        let w = std::sync::Arc::new(Window::with_history(WINDOW_SECONDS, 3));
+        let threads: Vec<_> = (0..3)
+            .map(|worker| {
+                let w = w.clone();
+                std::thread::spawn(move || {
+                    enter_lane(worker);
+                    for s in 0..180 {
+                        w.record(s, worker == 2, 0.03);
+                    }
+                })
+            })
+            .collect();
+        for thread in threads {
+            thread.join().expect("worker thread");
+        }
+        let history = w.history(179);
+        assert_eq!(history.len(), 12);
+        assert!(totals(&history)
+            .iter()
+            .all(|&(_, requests, errors)| (requests, errors) == (45, 15)));
+        let p99 = quantile(0.99, &history[0].counts.histogram);
+        assert!(p99.is_some_and(|p| p > 0.025 && p <= 0.05), "{p99:?}");
+        w.clear();
+        assert!(w.history(179).iter().all(|s| s.counts.requests == 0));
     }
 
     #[test]

@@ -712,7 +712,10 @@ fn deployment_configmap_secret_and_service_agree() {
         "shutdown_delay replaces cohort's preStop sleep"
     );
     let delay = config.listen.shutdown_delay.as_secs();
-    assert!(delay >= 5, "shutdown_delay {delay} s covers endpoint removal");
+    assert!(
+        delay >= 5,
+        "shutdown_delay {delay} s covers endpoint removal"
+    );
     let grace = pod["terminationGracePeriodSeconds"]
         .as_u64()
         .expect("terminationGracePeriodSeconds");
@@ -730,7 +733,10 @@ fn deployment_configmap_secret_and_service_agree() {
     let app_sleep = app["lifecycle"]["preStop"]["sleep"]["seconds"]
         .as_u64()
         .expect("the app's preStop sleep");
-    assert!(app_sleep >= delay, "the app serves while cohort's delay runs");
+    assert!(
+        app_sleep >= delay,
+        "the app serves while cohort's delay runs"
+    );
 
     // Non-root with a read-only root filesystem, for every container.
     assert_eq!(pod["securityContext"]["runAsNonRoot"], true);

@@ -1,7 +1,8 @@
 //! The HTML status page (`GET /` on the admin listener, DESIGN §4) of a real cohort with
-//! live traffic: the figures of `/routes` are on the page as served over HTTP, and a
-//! real browser (headless Chromium) renders them. The screenshot is kept at
-//! `target/status-page.png` for people to look at.
+//! live traffic: the figures of `/routes` and the charts of `/routes/{name}/history` are
+//! on the page as served over HTTP, and a real browser (headless Chromium) renders them.
+//! The screenshots are kept at `target/status-page.png` and
+//! `target/status-page-charts.png` for people to look at.
 //!
 //! Chromium comes from the Debian package `chromium` (`scripts/test` installs it). A
 //! missing browser fails this test; it never skips.
@@ -10,13 +11,24 @@ mod support;
 use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use serde_json::Value;
-use support::{get, key_in, FakeUpstream, TestCohort, PATIENCE};
+use support::{client, get, key_in, send, FakeUpstream, TestCohort, PATIENCE};
 
 /// How long one Chromium run may take before it is killed and the test fails.
 const CHROMIUM_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// One browser at a time: two tests each starting Chromium twice on two cores made
+/// every run slow enough to flirt with the timeout.
+static BROWSER: Mutex<()> = Mutex::new(());
+
+/// The window of the first test's screenshot; the charts test uses a taller one, so both
+/// route cards fit.
+const WINDOW: (u32, u32) = (1280, 900);
+const CHARTS_WINDOW: (u32, u32) = (1280, 1200);
 
 const CHECKOUT_SALT: &str = "checkout-v2";
 /// Config text with markup in it: the page must show it as text.
@@ -77,9 +89,29 @@ async fn drive_traffic(cohort: &TestCohort, stable: &FakeUpstream, canary: &Fake
 }
 
 async fn routes_json(cohort: &TestCohort) -> Value {
-    let answer = get(&cohort.admin_url("/routes"), &[]).await;
-    assert_eq!(answer.status, 200);
-    serde_json::from_slice(&answer.body).expect("/routes is JSON")
+    admin_json(cohort, "/routes").await
+}
+
+async fn admin_json(cohort: &TestCohort, path: &str) -> Value {
+    let answer = get(&cohort.admin_url(path), &[]).await;
+    assert_eq!(answer.status, 200, "{path}: {}", answer.text());
+    serde_json::from_slice(&answer.body).unwrap_or_else(|e| panic!("{path} is not JSON: {e}"))
+}
+
+/// What the status page draws: `/routes` with each route's `/routes/{name}/history`
+/// as its `"history"`.
+async fn page_json(cohort: &TestCohort) -> Value {
+    let mut doc = routes_json(cohort).await;
+    let names: Vec<String> = doc["routes"]
+        .as_array()
+        .expect("routes")
+        .iter()
+        .map(|r| r["name"].as_str().expect("a name").to_owned())
+        .collect();
+    for (i, name) in names.iter().enumerate() {
+        doc["routes"][i]["history"] = admin_json(cohort, &format!("/routes/{name}/history")).await;
+    }
+    doc
 }
 
 /// `/routes` once every request sent is counted (metrics are recorded when a response
@@ -229,13 +261,14 @@ async fn the_status_page_shows_live_figures_and_renders_in_a_browser() {
     assert_figures(&html, "served page");
     assert!(!html.contains("<script"), "the page needs no JavaScript");
 
-    // It is exactly the rendering of `/routes`: compare with a document fetched in the same
-    // second (the request rate's divisor moves with the clock until a minute has passed).
+    // It is exactly the rendering of `/routes` and the histories: compare with documents
+    // fetched in the same second (the request rate's divisor moves with the clock until a
+    // minute has passed, and the charts' "now" with every second).
     let deadline = Instant::now() + PATIENCE;
     loop {
-        let before = routes_json(&cohort).await;
+        let before = page_json(&cohort).await;
         let html = get(&cohort.admin_url("/"), &[]).await.text();
-        let after = routes_json(&cohort).await;
+        let after = page_json(&cohort).await;
         if before == after {
             assert_eq!(html, cohort::status_page::render(&before));
             break;
@@ -245,25 +278,180 @@ async fn the_status_page_shows_live_figures_and_renders_in_a_browser() {
 
     // (b) A real browser renders it.
     let url = cohort.admin_url("/");
-    let (png, dom, timings) = tokio::task::spawn_blocking(move || browse(&url))
+    let (png, dom) = browse_async(url, WINDOW).await;
+    assert_figures(&dom, "browser DOM");
+    assert_png(&png, WINDOW);
+    keep_screenshot("status-page.png", &png);
+
+    cohort.shutdown().await;
+}
+
+/// Screenshot and DOM of `url` in a window of `size`, off the async runtime.
+async fn browse_async(url: String, size: (u32, u32)) -> (Vec<u8>, String) {
+    let (png, dom, timings) = tokio::task::spawn_blocking(move || browse(&url, size))
         .await
         .expect("chromium task");
     eprintln!(
         "chromium: screenshot in {:.2?}, DOM dump in {:.2?}",
         timings[0], timings[1]
     );
-    assert_figures(&dom, "browser DOM");
-    assert_png(&png);
-    let kept = target_dir().join("status-page.png");
+    (png, dom)
+}
+
+/// Keeps a screenshot under `target/` and says where.
+fn keep_screenshot(name: &str, png: &[u8]) {
+    let kept = target_dir().join(name);
     std::fs::create_dir_all(target_dir()).expect("create target dir");
-    std::fs::write(&kept, &png).expect("keep screenshot");
+    std::fs::write(&kept, png).expect("keep screenshot");
     eprintln!("status page screenshot: {}", kept.display());
+}
+
+/// The `<svg>` of one chart (`rate`, `error_ratio`, `p99`) in a route card.
+fn chart<'a>(card: &'a str, metric: &str) -> &'a str {
+    let start = card
+        .find(&format!("<svg class=\"chart\" data-metric=\"{metric}\""))
+        .unwrap_or_else(|| panic!("no {metric} chart in:\n{card}"));
+    let chart = &card[start..];
+    &chart[..chart.find("</svg>").expect("chart end")]
+}
+
+#[tokio::test]
+async fn the_charts_show_both_variants_and_mark_a_rollback() {
+    let (cohort, [stable, canary, _search_stable, _search_canary]) = start().await;
+    drive_traffic(&cohort, &stable, &canary).await;
+    counted_routes(&cohort).await;
+
+    // The kill switch: from now on the canary's users go to stable.
+    let rollback = send(
+        &client(),
+        "POST",
+        &cohort.admin_url("/routes/checkout/rollback"),
+        &[],
+        Bytes::new(),
+    )
+    .await;
+    assert_eq!(rollback.status, 200, "{}", rollback.text());
+    let canary_key = key_in("canary", CHECKOUT_SALT, 10.0, "user");
+    canary.set_status(200);
+    for _ in 0..10 {
+        let answer = get(&cohort.url("/cart"), &[("x-user-id", &canary_key)]).await;
+        assert_eq!(answer.variant(), Some("stable"), "rolled back");
+    }
+
+    // `/routes/{name}/history`: the same requests as the figures, in 15-second slots,
+    // and the rollback with the share it ended.
+    let deadline = Instant::now() + PATIENCE;
+    let history = loop {
+        let history = admin_json(&cohort, "/routes/checkout/history").await;
+        let total = |variant: &str| -> u64 {
+            history[variant]
+                .as_array()
+                .expect("points")
+                .iter()
+                .filter_map(|p| p["requests"].as_u64())
+                .sum()
+        };
+        if (total("stable"), total("canary")) == (40, 40) {
+            break history;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "history never counted: {history}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    assert_eq!(history["route"], "checkout");
+    assert_eq!(history["slot_seconds"], 15);
+    let events = history["events"].as_array().expect("events");
+    assert_eq!(events.len(), 1, "{history}");
+    assert_eq!(events[0]["kind"], "rollback");
+    assert_eq!(events[0]["reason"], "manual");
+    assert_eq!(events[0]["percent"], 10);
+    assert_eq!(
+        events[0]["at"],
+        routes_json(&cohort).await["routes"][0]["rolled_back"]["at"],
+        "the marker is where the rollback happened"
+    );
+    // The canary's 10 failures of 40, in whichever slots the requests fell (a slow
+    // machine can spread them over two), and its 20 ms delay in its p99.
+    let canary_points = history["canary"].as_array().expect("points");
+    let errors: f64 = canary_points
+        .iter()
+        .filter_map(|p| Some(p["error_ratio"].as_f64()? * p["requests"].as_f64()?))
+        .sum();
+    assert!((errors - 10.0).abs() < 1e-6, "{history}");
+    assert!(
+        canary_points
+            .iter()
+            .any(|p| p["p99_seconds"].as_f64() > Some(0.02)),
+        "{history}"
+    );
+    let idle = admin_json(&cohort, "/routes/search/history").await;
+    assert!(
+        idle["canary"]
+            .as_array()
+            .expect("points")
+            .iter()
+            .all(|p| p["error_ratio"].is_null() && p["p99_seconds"].is_null()),
+        "no traffic is no error ratio and no p99: {idle}"
+    );
+    assert_eq!(
+        get(&cohort.admin_url("/routes/nope/history"), &[])
+            .await
+            .status,
+        404
+    );
+    let post = send(
+        &client(),
+        "POST",
+        &cohort.admin_url("/routes/checkout/history"),
+        &[],
+        Bytes::new(),
+    )
+    .await;
+    assert_eq!(post.status, 405);
+
+    // The page in a real browser: three charts per route, a line per variant in each,
+    // the rollback marked on every one of them.
+    let (png, dom) = browse_async(cohort.admin_url("/"), CHARTS_WINDOW).await;
+    let checkout = card(&dom, "checkout");
+    assert!(checkout.contains("<div class=\"charts\">"), "{checkout}");
+    for metric in ["rate", "error_ratio", "p99"] {
+        let svg = chart(checkout, metric);
+        for variant in ["stable", "canary"] {
+            assert!(
+                svg.contains(&format!("<polyline class=\"series {variant}\" points=\"")),
+                "{metric}: a {variant} line: {svg}"
+            );
+        }
+        assert!(
+            svg.contains("<g class=\"event rollback\"><title>rollback (manual) of 10 % at "),
+            "{metric}: the rollback is marked: {svg}"
+        );
+        assert!(svg.contains(">rollback</text>"), "{metric}: {svg}");
+        assert!(svg.contains(">15 min ago</text>") && svg.contains(">now</text>"));
+    }
+    // The idle route: rates at zero, and no error ratio or p99 to draw.
+    let search = card(&dom, "search");
+    assert!(chart(search, "rate").contains("<polyline class=\"series canary\""));
+    for metric in ["error_ratio", "p99"] {
+        let svg = chart(search, metric);
+        assert!(
+            svg.contains(">no traffic in the last 15 min</text>"),
+            "{svg}"
+        );
+        assert!(!svg.contains("<polyline"), "{metric}: {svg}");
+    }
+    // The page without charts would still say everything the figures say.
+    assert!(checkout.contains("<td class=\"num requests\">40</td>"));
+    assert_png(&png, CHARTS_WINDOW);
+    keep_screenshot("status-page-charts.png", &png);
 
     cohort.shutdown().await;
 }
 
-/// Asserts a PNG signature, a 1280×900 image header and more than a blank page's size.
-fn assert_png(png: &[u8]) {
+/// Asserts a PNG signature, an image header of `size` and more than a blank page's size.
+fn assert_png(png: &[u8], size: (u32, u32)) {
     assert!(
         png.starts_with(b"\x89PNG\r\n\x1a\n"),
         "the screenshot is not a PNG"
@@ -271,7 +459,7 @@ fn assert_png(png: &[u8]) {
     assert_eq!(&png[12..16], b"IHDR", "PNG starts with its header chunk");
     let width = u32::from_be_bytes(png[16..20].try_into().expect("4 bytes"));
     let height = u32::from_be_bytes(png[20..24].try_into().expect("4 bytes"));
-    assert_eq!((width, height), (1280, 900), "the window size");
+    assert_eq!((width, height), size, "the window size");
     // A blank 1280×900 page compresses to a few KB; text, bars and tables take far more.
     assert!(
         png.len() > 20_000,
@@ -289,14 +477,16 @@ fn target_dir() -> PathBuf {
 
 /// Takes a screenshot of `url` and dumps its DOM, each in its own headless Chromium run
 /// with a fresh profile. Returns the PNG, the DOM and how long each run took.
-fn browse(url: &str) -> (Vec<u8>, String, [Duration; 2]) {
+fn browse(url: &str, size: (u32, u32)) -> (Vec<u8>, String, [Duration; 2]) {
+    let _one_at_a_time = BROWSER.lock().unwrap_or_else(|e| e.into_inner());
     let tmp = tempfile::tempdir().expect("tempdir");
     let dir = tmp.path();
     let shot = dir.join("status.png");
     let started = Instant::now();
+    let window = format!("--window-size={},{}", size.0, size.1);
     chromium(
         &dir.join("profile-screenshot"),
-        &[&format!("--screenshot={}", shot.display())],
+        &[&format!("--screenshot={}", shot.display()), &window],
         url,
         &dir.join("screenshot.out"),
     );
@@ -309,7 +499,12 @@ fn browse(url: &str) -> (Vec<u8>, String, [Duration; 2]) {
 
     let started = Instant::now();
     let dom_path = dir.join("dom.html");
-    chromium(&dir.join("profile-dom"), &["--dump-dom"], url, &dom_path);
+    chromium(
+        &dir.join("profile-dom"),
+        &["--dump-dom", &window],
+        url,
+        &dom_path,
+    );
     let dom_time = started.elapsed();
     let dom = std::fs::read_to_string(&dom_path).expect("read DOM dump");
     let png = std::fs::read(&shot).expect("read screenshot");
@@ -338,7 +533,6 @@ fn chromium(profile: &Path, extra: &[&str], url: &str, stdout_path: &Path) {
         ])
         .arg(format!("--user-data-dir={}", profile.display()))
         .args(extra)
-        .arg("--window-size=1280,900")
         .arg(url)
         .stdin(Stdio::null())
         .stdout(stdout)
