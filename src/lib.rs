@@ -18,10 +18,11 @@ macro_rules! out {
     }};
 }
 
+pub use cohort_core::{cohort, rollout};
+
 pub mod admin;
 pub mod charts;
 pub mod client;
-pub mod cohort;
 pub mod config;
 pub mod demo;
 pub mod drain;
@@ -36,7 +37,6 @@ pub mod proxy;
 pub mod reload;
 pub mod request_id;
 pub mod request_log;
-pub mod rollout;
 pub mod router;
 pub mod server;
 pub mod signals;

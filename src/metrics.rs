@@ -51,10 +51,7 @@ pub const UNROUTED_STATUSES: [u16; 6] = [400, 404, 408, 413, 414, 431];
 /// requests a second a quarter second of samples is about 50 KB.
 pub const UPKEEP_INTERVAL: std::time::Duration = std::time::Duration::from_millis(250);
 
-/// Histogram buckets of `cohort_request_duration_seconds`, in seconds (DESIGN §5).
-pub const DURATION_BUCKETS: [f64; 14] = [
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-];
+pub use cohort_core::histogram::DURATION_BUCKETS;
 
 static METADATA: Metadata<'static> = Metadata::new("cohort", Level::INFO, Some("cohort"));
 

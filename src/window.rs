@@ -17,13 +17,11 @@
 use std::cell::Cell;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
 
-use crate::metrics::DURATION_BUCKETS;
+pub use cohort_core::histogram::{quantile, Counts, DURATION_BUCKETS, HISTOGRAM_LEN};
 
 pub const WINDOW_SECONDS: u64 = 60;
 /// Most slots a window has; longer windows get wider slots.
 pub const MAX_SLOTS: u64 = 60;
-/// One count per finite bucket, plus the `+Inf` overflow.
-pub const HISTOGRAM_LEN: usize = DURATION_BUCKETS.len() + 1;
 /// Slots of the history: 60 of [`HISTORY_SLOT_SECONDS`], the last 15 minutes.
 pub const HISTORY_SLOTS: u64 = 60;
 /// Seconds per history slot.
@@ -87,14 +85,6 @@ pub struct WindowStats {
     pub error_ratio: Option<f64>,
     /// Interpolated from the histogram buckets as Prometheus' `histogram_quantile` does.
     pub p99_seconds: Option<f64>,
-}
-
-/// Raw sums over a window.
-#[derive(Debug, Clone, Copy, PartialEq, Default)]
-pub struct Counts {
-    pub requests: u64,
-    pub errors: u64,
-    pub histogram: [u64; HISTOGRAM_LEN],
 }
 
 /// The counts of one history slot: `start` is its first second on the window's clock.
@@ -327,31 +317,6 @@ impl Window {
     }
 }
 
-/// The q-quantile of bucket counts (non-cumulative, last = +Inf), interpolated linearly
-/// within the bucket as Prometheus' `histogram_quantile` does: a quantile in the first
-/// bucket interpolates from 0, one in the `+Inf` bucket answers the highest finite bound.
-pub fn quantile(q: f64, counts: &[u64; HISTOGRAM_LEN]) -> Option<f64> {
-    let total: u64 = counts.iter().sum();
-    if total == 0 {
-        return None;
-    }
-    let rank = q * total as f64;
-    let mut cumulative = 0u64;
-    for (i, &count) in counts.iter().enumerate() {
-        let below = cumulative;
-        cumulative += count;
-        if (cumulative as f64) >= rank && count > 0 {
-            let Some(&upper) = DURATION_BUCKETS.get(i) else {
-                return DURATION_BUCKETS.last().copied();
-            };
-            let lower = if i == 0 { 0.0 } else { DURATION_BUCKETS[i - 1] };
-            let into = (rank - below as f64) / count as f64;
-            return Some(lower + (upper - lower) * into);
-        }
-    }
-    DURATION_BUCKETS.last().copied()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -527,24 +492,6 @@ mod tests {
     }
 
     #[test]
-    fn p99_interpolates_like_histogram_quantile() {
-        // 100 requests in the 1ms..2.5ms bucket: the 99th is at 99 % of that bucket.
-        let mut counts = [0u64; HISTOGRAM_LEN];
-        counts[2] = 100;
-        let p99 = quantile(0.99, &counts).unwrap();
-        assert!((p99 - (0.001 + 0.0015 * 0.99)).abs() < 1e-12, "{p99}");
-        // Everything in the first bucket interpolates from zero.
-        let mut first = [0u64; HISTOGRAM_LEN];
-        first[0] = 10;
-        assert!((quantile(0.5, &first).unwrap() - 0.00025).abs() < 1e-12);
-        // The +Inf bucket answers the highest finite bound.
-        let mut slow = [0u64; HISTOGRAM_LEN];
-        slow[HISTOGRAM_LEN - 1] = 5;
-        assert_eq!(quantile(0.99, &slow), Some(10.0));
-        assert_eq!(quantile(0.99, &[0; HISTOGRAM_LEN]), None);
-    }
-
-    #[test]
     fn p99_of_a_window_sees_the_slow_tail() {
         let w = Window::default();
         for i in 0..1000 {
@@ -552,5 +499,41 @@ mod tests {
         }
         let p99 = w.stats(10).p99_seconds.unwrap();
         assert!(p99 > 0.5 && p99 <= 1.0, "{p99}");
+    }
+
+    #[test]
+    fn verdict_reads_a_real_window_on_a_fake_clock() {
+        use crate::rollout::{verdict, Figures, Guard, GuardAction, Reason, Verdict};
+        use std::time::Duration;
+        let g = Guard {
+            window: Duration::from_secs(30),
+            min_requests: 50,
+            max_error_ratio: Some(0.05),
+            max_error_ratio_vs_stable: Some(0.02),
+            max_p99: Some(Duration::from_millis(500)),
+            action: GuardAction::Rollback,
+            on_rollback: None,
+        };
+        let (canary, stable) = (Window::covering(30), Window::covering(30));
+        for s in 0..30u64 {
+            for i in 0..10 {
+                canary.record(100 + s, s >= 20 && i < 5, 0.004);
+                stable.record(100 + s, false, 0.004);
+            }
+        }
+        let judge = |now| {
+            verdict(
+                &g,
+                &Figures::from_counts(&canary.counts(now)),
+                &Figures::from_counts(&stable.counts(now)),
+            )
+        };
+        // Seconds 120..130 had 50 % errors: 50 of 300 is 16.7 %.
+        assert_eq!(judge(129), Verdict::Fail(Reason::ErrorRatio));
+        // 40 s later the bad seconds have left the window, and so has almost all traffic.
+        assert_eq!(judge(169), Verdict::TooFewRequests);
+        let f = Figures::from_counts(&canary.counts(129));
+        assert_eq!((f.requests, f.errors), (300, 50));
+        assert!(f.p99_seconds.expect("p99") <= 0.005);
     }
 }

@@ -7,7 +7,7 @@ use std::fmt;
 use std::time::Duration;
 
 use crate::cohort::BasisPoints;
-use crate::window::{quantile, Counts};
+use crate::histogram::{quantile, Counts};
 
 /// Wall-clock time as milliseconds since the Unix epoch (UTC).
 pub type UnixMillis = i64;

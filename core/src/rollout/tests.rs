@@ -1,5 +1,4 @@
 use super::*;
-use crate::window::Window;
 
 const MIN: i64 = 60_000;
 
@@ -161,32 +160,6 @@ fn verdict_from_bucket_counts() {
         verdict(&lenient, &figures(100, 100, Some(9.0)), &calm),
         Verdict::Pass
     );
-}
-
-#[test]
-fn verdict_reads_a_real_window_on_a_fake_clock() {
-    let g = guard();
-    let (canary, stable) = (Window::covering(30), Window::covering(30));
-    for s in 0..30u64 {
-        for i in 0..10 {
-            canary.record(100 + s, s >= 20 && i < 5, 0.004);
-            stable.record(100 + s, false, 0.004);
-        }
-    }
-    let judge = |now| {
-        verdict(
-            &g,
-            &Figures::from_counts(&canary.counts(now)),
-            &Figures::from_counts(&stable.counts(now)),
-        )
-    };
-    // Seconds 120..130 had 50 % errors: 50 of 300 is 16.7 %.
-    assert_eq!(judge(129), Verdict::Fail(Reason::ErrorRatio));
-    // 40 s later the bad seconds have left the window, and so has almost all traffic.
-    assert_eq!(judge(169), Verdict::TooFewRequests);
-    let f = Figures::from_counts(&canary.counts(129));
-    assert_eq!((f.requests, f.errors), (300, 50));
-    assert!(f.p99_seconds.expect("p99") <= 0.005);
 }
 
 #[test]
