@@ -12,7 +12,6 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use http::Method;
 use serde_json::{json, Value};
 
 use crate::cohort::{BasisPoints, Variant};
@@ -519,33 +518,19 @@ pub async fn deliver_webhook(url: String, body: Value, route: String) {
         Ok(u) => u,
         Err(_) => return,
     };
-    let base = format!(
-        "http://{}",
-        uri.authority().map(|a| a.as_str()).unwrap_or_default()
-    );
-    let path = uri
-        .path_and_query()
-        .map_or("/".to_owned(), |p| p.as_str().to_owned());
     let payload = Bytes::from(body.to_string());
     let started = tokio::time::Instant::now();
     let mut delay = Duration::from_millis(500);
     let mut attempt = 1u32;
     loop {
-        let result = crate::client::call(
-            &base,
-            Method::POST,
-            &path,
-            &[("content-type", "application/json")],
-            payload.clone(),
-        )
-        .await;
+        let result = crate::webhook::post_json(&uri, payload.clone()).await;
         match result {
-            Ok(answer) if answer.status.is_success() => {
+            Ok(status) if status.is_success() => {
                 tracing::info!(%route, attempt, "on_rollback webhook delivered");
                 return;
             }
-            Ok(answer) => {
-                tracing::warn!(%route, attempt, status = %answer.status, "on_rollback webhook refused; retrying")
+            Ok(status) => {
+                tracing::warn!(%route, attempt, status = %status, "on_rollback webhook refused; retrying")
             }
             Err(e) => {
                 tracing::warn!(%route, attempt, error = %e, "on_rollback webhook failed; retrying")

@@ -47,6 +47,7 @@ pub mod status_table;
 pub mod tls;
 pub mod upstream;
 pub mod watch;
+mod webhook;
 pub mod window;
 pub mod writeback;
 
