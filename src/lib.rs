@@ -2,35 +2,18 @@
 //!
 //! The pure core ([`cohort`], [`config`], [`router`], [`window`]) decides; the shell
 //! ([`server`], [`listener`], [`proxy`], [`upstream`], [`admin`], [`metrics`]) does I/O.
-
-/// `println!` for command output that may go into a pipe closed early (`cohort status
-/// | head -1`): a closed stdout ends the command quietly instead of panicking.
-#[macro_export]
-macro_rules! out {
-    ($($arg:tt)*) => {{
-        use std::io::Write as _;
-        let mut stdout = std::io::stdout().lock();
-        if let Err(e) = writeln!(stdout, $($arg)*).and_then(|()| stdout.flush()) {
-            if e.kind() == std::io::ErrorKind::BrokenPipe {
-                std::process::exit(0);
-            }
-        }
-    }};
-}
+//! The command line is the binary's (`src/main.rs`, `src/cli/`).
 
 pub mod admin;
 pub mod charts;
-pub mod client;
 pub mod cohort;
 pub mod config;
-pub mod demo;
 pub mod drain;
 pub mod guard;
 pub mod h1;
 pub mod headers;
 pub mod history;
 pub mod listener;
-pub mod log_filter;
 pub mod metrics;
 pub mod proxy;
 pub mod reload;
@@ -39,11 +22,9 @@ pub mod request_log;
 pub mod rollout;
 pub mod router;
 pub mod server;
-pub mod signals;
 pub mod snapshot;
 pub mod state_dir;
 pub mod status_page;
-pub mod status_table;
 pub mod tls;
 pub mod upstream;
 pub mod watch;
@@ -51,4 +32,5 @@ mod webhook;
 pub mod window;
 pub mod writeback;
 
+pub use proxy::ACCESS_LOG_TARGET;
 pub use server::{start, Running, StartError};
