@@ -1,36 +1,43 @@
-//! cohort: a sidecar reverse proxy for staged rollouts.
+//! cohort: a sidecar reverse proxy for staged rollouts, as a library: [`start`] a
+//! [`Running`] instance from a validated [`config::Config`]. The `cohort` binary
+//! (`src/main.rs`, `src/cli/`) is its command line; tests and embedders use this.
 //!
-//! The pure core ([`cohort`], [`config`], [`router`], [`window`]) decides; the shell
-//! ([`server`], [`listener`], [`proxy`], [`upstream`], [`admin`], [`metrics`]) does I/O.
-//! The command line is the binary's (`src/main.rs`, `src/cli/`).
+//! The pure core decides: [`cohort`] (hashing and assignment), [`config`] (schema and
+//! validation), [`router`] (route matching and the decision), [`rollout`] (schedules,
+//! verdicts, time). The shell does I/O: the server and listeners, the two HTTP/1
+//! engines (hyper's in `proxy`, the own fast path in [`h1`]), upstream pools, reload
+//! and the file watcher, the guard evaluator ([`guard`]), the admin listener and
+//! metrics. `window` (the sliding windows the guards read) keeps its own clock, so it
+//! is shell, not core.
+#![forbid(unsafe_code)]
 
-pub mod admin;
-pub mod charts;
+mod admin;
+mod charts;
 pub mod cohort;
 pub mod config;
-pub mod drain;
+mod drain;
 pub mod guard;
 pub mod h1;
-pub mod headers;
-pub mod history;
-pub mod listener;
-pub mod metrics;
-pub mod proxy;
+mod headers;
+mod history;
+mod listener;
+mod metrics;
+mod proxy;
 pub mod reload;
 pub mod request_id;
-pub mod request_log;
+mod request_log;
 pub mod rollout;
 pub mod router;
-pub mod server;
-pub mod snapshot;
+mod server;
+mod snapshot;
 pub mod state_dir;
 pub mod status_page;
-pub mod tls;
-pub mod upstream;
-pub mod watch;
+mod tls;
+mod upstream;
+mod watch;
 mod webhook;
-pub mod window;
-pub mod writeback;
+mod window;
+mod writeback;
 
 pub use proxy::ACCESS_LOG_TARGET;
 pub use server::{start, Running, StartError};

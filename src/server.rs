@@ -75,7 +75,6 @@ pub struct Running {
     workers: Vec<std::thread::JoinHandle<()>>,
     /// The admin listener, file watcher and SIGHUP handler.
     control_tasks: Vec<tokio::task::JoinHandle<()>>,
-    control: Arc<Control>,
 }
 
 /// Binds the listeners and starts serving `config`. Must run inside a tokio runtime,
@@ -198,7 +197,6 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         stop,
         workers: handles,
         control_tasks,
-        control,
     })
 }
 
@@ -209,15 +207,6 @@ impl Running {
 
     pub fn admin_addr(&self) -> SocketAddr {
         self.admin_addr
-    }
-
-    pub fn state(&self) -> &Arc<State> {
-        &self.state
-    }
-
-    /// Applies config changes: what file events, SIGHUP and the admin API call.
-    pub fn control(&self) -> &Arc<Control> {
-        &self.control
     }
 
     /// Starts a graceful shutdown: `/readyz` answers 503 at once, the listener stops

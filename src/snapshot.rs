@@ -50,7 +50,7 @@ struct VariantEndpoints {
 impl Snapshot {
     /// Compiles `config`; `now` places rollout schedules, `guards` holds the memory of
     /// each rollout identity across snapshots.
-    pub fn build(
+    pub(crate) fn build(
         config: Arc<Config>,
         generation: u64,
         metrics: &Metrics,
@@ -143,7 +143,7 @@ impl RouteState {
     }
 
     /// The route's memory: every route has one, since any route can be rolled back.
-    pub fn memory(&self) -> &GuardState {
+    pub(crate) fn memory(&self) -> &GuardState {
         &self.memory
     }
 

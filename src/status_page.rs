@@ -18,13 +18,13 @@ use serde_json::Value;
 use crate::cohort::BasisPoints;
 
 /// Seconds between the page's own reloads (`<meta http-equiv="refresh">`).
-pub const REFRESH_SECONDS: u32 = 5;
+pub(crate) const REFRESH_SECONDS: u32 = 5;
 
 /// Shown where a figure does not exist (no traffic in the window, or a missing field).
 pub const NONE: &str = "–";
 
 /// An error ratio above this is highlighted (1 %).
-pub const ERROR_RATIO_ALERT: f64 = 0.01;
+pub(crate) const ERROR_RATIO_ALERT: f64 = 0.01;
 
 // ---------------------------------------------------------------------------------------
 // The figures, read from the `/routes` document
@@ -145,7 +145,7 @@ pub struct VariantView {
 
 impl RouteView {
     /// The stable share: everything the canary does not get.
-    pub fn stable_share(&self) -> Option<BasisPoints> {
+    pub(crate) fn stable_share(&self) -> Option<BasisPoints> {
         let canary = self.canary_share?;
         BasisPoints::from_raw(BasisPoints::FULL.get() - canary.get())
     }
@@ -223,7 +223,7 @@ impl VariantView {
     }
 
     /// Whether the error ratio is above [`ERROR_RATIO_ALERT`].
-    pub fn alarming(&self) -> bool {
+    pub(crate) fn alarming(&self) -> bool {
         self.error_ratio.is_some_and(|r| r > ERROR_RATIO_ALERT)
     }
 }
@@ -313,7 +313,7 @@ pub fn share_text(share: Option<BasisPoints>) -> String {
 // ---------------------------------------------------------------------------------------
 
 /// Escapes text for HTML element content and quoted attribute values.
-pub fn escape(text: &str) -> String {
+pub(crate) fn escape(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for c in text.chars() {
         match c {
