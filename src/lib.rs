@@ -41,3 +41,4 @@ mod writeback;
 
 pub use proxy::ACCESS_LOG_TARGET;
 pub use server::{start, Running, StartError};
+pub use tls::ServerConfigError;

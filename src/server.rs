@@ -59,10 +59,10 @@ pub enum StartError {
         file: std::path::PathBuf,
         source: crate::state_dir::StateDirError,
     },
-    #[error("{}: listen.tls: {reason}", file.display())]
+    #[error("{}: listen.tls: {source}", file.display())]
     Tls {
         file: std::path::PathBuf,
-        reason: String,
+        source: crate::tls::ServerConfigError,
     },
 }
 
@@ -116,9 +116,9 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             source,
         })?;
 
-    let tls = ServerTls::from_config(&config).map_err(|reason| StartError::Tls {
+    let tls = ServerTls::from_config(&config).map_err(|source| StartError::Tls {
         file: config.source.clone(),
-        reason,
+        source,
     })?;
     let config_path = config.source.clone();
     if admin_token.is_none() && !config.admin.address.ip().is_loopback() {
