@@ -7,8 +7,9 @@
 //! verdicts, time). The shell does I/O: the server and listeners, the two HTTP/1
 //! engines (hyper's in `proxy`, the own fast path in [`h1`]), upstream pools, reload
 //! and the file watcher, the guard evaluator ([`guard`]), the admin listener and
-//! metrics. `window` (the sliding windows the guards read) keeps its own clock, so it
-//! is shell, not core.
+//! metrics. `window` (the sliding windows behind the figures and the guards) is shell:
+//! the clock is passed in, but it is state the workers write (atomics, one lane per
+//! worker thread), not a function of its inputs.
 #![forbid(unsafe_code)]
 
 mod admin;
