@@ -472,12 +472,6 @@ pub(crate) fn chart(history: &History, metric: Metric) -> String {
     svg
 }
 
-/// The charts block of one route card: a legend and the three charts, or `None` when
-/// the document holds no usable history.
-pub fn charts_html(doc: &Value) -> Option<String> {
-    History::from_json(doc).map(|history| charts_block(&history))
-}
-
 pub(crate) fn charts_block(history: &History) -> String {
     let mut html = String::with_capacity(8192);
     html.push_str(
@@ -502,6 +496,12 @@ pub(crate) fn charts_block(history: &History) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The charts block of one route card: a legend and the three charts, or `None`
+    /// when the document holds no usable history (as the status page builds it).
+    fn charts_html(doc: &Value) -> Option<String> {
+        History::from_json(doc).map(|history| charts_block(&history))
+    }
     use serde_json::json;
 
     const NOW: &str = "2026-12-02T10:15:00Z";

@@ -12,7 +12,6 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use http::Method;
 use serde_json::{json, Value};
 
 use crate::cohort::{BasisPoints, Variant};
@@ -26,9 +25,9 @@ use crate::state_dir::{self, Stored};
 use crate::window::Window;
 
 /// How often guards are judged and schedules re-read.
-pub const EVALUATE_EVERY: Duration = Duration::from_millis(250);
+pub(crate) const EVALUATE_EVERY: Duration = Duration::from_millis(250);
 /// How long a webhook is retried before it is given up.
-pub const WEBHOOK_GIVE_UP_AFTER: Duration = Duration::from_secs(120);
+pub(crate) const WEBHOOK_GIVE_UP_AFTER: Duration = Duration::from_secs(120);
 
 /// The wall clock, the one every replica shares (schedules are fleet-wide).
 pub fn wall_now() -> UnixMillis {
@@ -39,7 +38,7 @@ pub fn wall_now() -> UnixMillis {
 
 /// A rollback in force.
 #[derive(Debug, Clone, PartialEq)]
-pub struct RollbackRecord {
+pub(crate) struct RollbackRecord {
     pub reason: Reason,
     pub at: UnixMillis,
     pub saved: Saved,
@@ -47,7 +46,7 @@ pub struct RollbackRecord {
 
 /// Whether a rollback will survive a restart.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Saved {
+pub(crate) enum Saved {
     /// It is in `state_dir` (written now, or read from there at start).
     Remembered,
     /// No `state_dir` is set: memory only.
@@ -57,7 +56,7 @@ pub enum Saved {
 }
 
 impl Saved {
-    pub fn is_remembered(&self) -> bool {
+    pub(crate) fn is_remembered(&self) -> bool {
         matches!(self, Saved::Remembered)
     }
 }
@@ -75,7 +74,7 @@ struct Remembered {
 }
 
 /// The guard's outcome windows of one identity.
-pub struct Windows {
+pub(crate) struct Windows {
     pub canary: Window,
     pub stable: Window,
 }
@@ -84,8 +83,7 @@ pub struct Windows {
 /// rollback (of any route: the kill switch), a resume, a hold, and for routes with a
 /// rollout or guard the outcome windows. It survives reloads that keep the identity;
 /// rollbacks and resumes survive restarts through `state_dir`.
-pub struct GuardState {
-    pub identity: String,
+pub(crate) struct GuardState {
     /// Outcome windows, for routes with a rollout or a guard only: a plain route pays
     /// nothing per request for being able to be rolled back.
     windows: Option<Windows>,
@@ -97,7 +95,7 @@ pub struct GuardState {
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum ResumeError {
+pub(crate) enum ResumeError {
     #[error("nothing to resume: the route is not rolled back")]
     NothingToResume,
     #[error("cannot record the resume in {path}: {reason}")]
@@ -133,7 +131,6 @@ impl GuardState {
             }
         });
         GuardState {
-            identity,
             windows,
             window_len: window_len.unwrap_or_default(),
             memory: Arc::new(Mutex::new(memory)),
@@ -145,15 +142,15 @@ impl GuardState {
         self.memory.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    pub fn rolled_back(&self) -> Option<RollbackRecord> {
+    pub(crate) fn rolled_back(&self) -> Option<RollbackRecord> {
         self.lock().rolled_back.clone()
     }
 
-    pub fn resumed_at(&self) -> Option<UnixMillis> {
+    pub(crate) fn resumed_at(&self) -> Option<UnixMillis> {
         self.lock().resumed_at
     }
 
-    pub fn held_step(&self) -> Option<usize> {
+    pub(crate) fn held_step(&self) -> Option<usize> {
         self.lock().holding
     }
 
@@ -162,7 +159,7 @@ impl GuardState {
     }
 
     /// What the pure schedule needs to know of this memory.
-    pub fn memory(&self) -> rollout::Memory {
+    pub(crate) fn memory(&self) -> rollout::Memory {
         let memory = self.lock();
         rollout::Memory {
             held_step: memory.holding,
@@ -174,7 +171,7 @@ impl GuardState {
     /// Records a rollback: in memory first (it is in force from this moment), then
     /// atomically in `state_dir`. Returns the new record, or `None` if the route was
     /// already rolled back.
-    pub fn roll_back(
+    pub(crate) fn roll_back(
         &self,
         route: &Route,
         reason: Reason,
@@ -208,7 +205,7 @@ impl GuardState {
     /// Clears a rollback and empties the windows: a deliberate fresh start. On a rollout
     /// route the ramp restarts at its first step from `now`, and that is recorded in
     /// `state_dir` before anything changes in memory: if it cannot be, the rollback stays.
-    pub fn resume(&self, route: &Route, now: UnixMillis) -> Result<(), ResumeError> {
+    pub(crate) fn resume(&self, route: &Route, now: UnixMillis) -> Result<(), ResumeError> {
         let mut memory = self.lock();
         if memory.rolled_back.is_none() {
             return Err(ResumeError::NothingToResume);
@@ -239,19 +236,19 @@ impl GuardState {
     }
 
     /// Notes the share a refresh computed at `now`, for the time axis of the charts.
-    pub fn observe(&self, effective: &rollout::Effective, now: UnixMillis) {
+    pub(crate) fn observe(&self, effective: &rollout::Effective, now: UnixMillis) {
         let mut memory = self.lock();
         let rolled_back = memory.rolled_back.is_some();
         memory.events.observe(effective, rolled_back, now);
     }
 
     /// Steps, rollbacks and resumes of this identity, oldest first.
-    pub fn events(&self) -> Vec<Event> {
+    pub(crate) fn events(&self) -> Vec<Event> {
         self.lock().events.list()
     }
 
     /// The guard window of `variant`, for routes with a rollout or guard.
-    pub fn window(&self, variant: Variant) -> Option<&Window> {
+    pub(crate) fn window(&self, variant: Variant) -> Option<&Window> {
         let windows = self.windows.as_ref()?;
         Some(match variant {
             Variant::Stable => &windows.stable,
@@ -261,7 +258,7 @@ impl GuardState {
 
     /// The figures of both variants over the guard window at metrics time `mono`
     /// (canary, stable); zeros for routes without windows.
-    pub fn figures(&self, mono: u64) -> (Figures, Figures) {
+    pub(crate) fn figures(&self, mono: u64) -> (Figures, Figures) {
         match &self.windows {
             Some(w) => (
                 Figures::from_counts(&w.canary.counts(mono)),
@@ -274,7 +271,7 @@ impl GuardState {
 
 /// All identities' memory, keyed by identity.
 #[derive(Default)]
-pub struct Guards {
+pub(crate) struct Guards {
     by_identity: Mutex<HashMap<String, Arc<GuardState>>>,
     /// Lanes of each guard window: one per proxy worker (0 counts as 1).
     lanes: usize,
@@ -282,7 +279,7 @@ pub struct Guards {
 
 impl Guards {
     /// Guard memory whose windows have a lane per proxy worker.
-    pub fn with_lanes(workers: usize) -> Guards {
+    pub(crate) fn with_lanes(workers: usize) -> Guards {
         Guards {
             by_identity: Mutex::default(),
             lanes: workers,
@@ -292,7 +289,7 @@ impl Guards {
     /// The memory for `route`, created on first use (reading what `state_dir`
     /// remembers). Every route has one: any route can be rolled back. A rollout first
     /// seen past its first step is announced (`now` places it).
-    pub fn for_route(
+    pub(crate) fn for_route(
         &self,
         route: &Route,
         state_dir: Option<&Path>,
@@ -333,7 +330,7 @@ impl Guards {
     }
 
     /// Forgets identities the config no longer has (their records stay on disk).
-    pub fn retain(&self, config: &Config) {
+    pub(crate) fn retain(&self, config: &Config) {
         let live: Vec<String> = config.routes.iter().map(Route::rollout_identity).collect();
         self.by_identity
             .lock()
@@ -360,7 +357,7 @@ fn announce_late_start(route: &Route, memory: &GuardState, now: UnixMillis) {
 /// `manual`, in memory at once and in `state_dir`; the config file is not touched, so
 /// it works on a read-only ConfigMap. Returns the rollback in force (this one, or an
 /// earlier one). `mono` is the metrics clock the windows run on.
-pub fn manual_rollback(
+pub(crate) fn manual_rollback(
     route: &Route,
     route_state: &crate::snapshot::RouteState,
     now: UnixMillis,
@@ -376,7 +373,7 @@ pub fn manual_rollback(
 }
 
 /// Judges every guard and re-reads every schedule, at least once a second.
-pub async fn evaluate_forever(state: Arc<State>) {
+pub(crate) async fn evaluate_forever(state: Arc<State>) {
     let mut tick = tokio::time::interval(EVALUATE_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -386,7 +383,7 @@ pub async fn evaluate_forever(state: Arc<State>) {
 }
 
 /// One pass over the current snapshot at wall time `now`.
-pub fn evaluate_once(state: &State, now: UnixMillis) {
+pub(crate) fn evaluate_once(state: &State, now: UnixMillis) {
     let snap = state.snapshot.load_full();
     let mono = state.metrics.clock().now();
     for (route, route_state) in snap.config.routes.iter().zip(&snap.routes) {
@@ -482,7 +479,7 @@ fn announce_rollback(
 }
 
 /// The `on_rollback` body of DESIGN §7.
-pub fn webhook_body(
+pub(crate) fn webhook_body(
     route: &Route,
     reason: Reason,
     step: Option<usize>,
@@ -514,38 +511,24 @@ pub fn webhook_body(
 
 /// POSTs the webhook, retrying with exponential backoff (0.5 s, 1 s, 2 s … at most
 /// 30 s apart) until it is accepted (2xx) or [`WEBHOOK_GIVE_UP_AFTER`] has passed.
-pub async fn deliver_webhook(url: String, body: Value, route: String) {
+pub(crate) async fn deliver_webhook(url: String, body: Value, route: String) {
     let uri: http::Uri = match url.parse() {
         Ok(u) => u,
         Err(_) => return,
     };
-    let base = format!(
-        "http://{}",
-        uri.authority().map(|a| a.as_str()).unwrap_or_default()
-    );
-    let path = uri
-        .path_and_query()
-        .map_or("/".to_owned(), |p| p.as_str().to_owned());
     let payload = Bytes::from(body.to_string());
     let started = tokio::time::Instant::now();
     let mut delay = Duration::from_millis(500);
     let mut attempt = 1u32;
     loop {
-        let result = crate::client::call(
-            &base,
-            Method::POST,
-            &path,
-            &[("content-type", "application/json")],
-            payload.clone(),
-        )
-        .await;
+        let result = crate::webhook::post_json(&uri, payload.clone()).await;
         match result {
-            Ok(answer) if answer.status.is_success() => {
+            Ok(status) if status.is_success() => {
                 tracing::info!(%route, attempt, "on_rollback webhook delivered");
                 return;
             }
-            Ok(answer) => {
-                tracing::warn!(%route, attempt, status = %answer.status, "on_rollback webhook refused; retrying")
+            Ok(status) => {
+                tracing::warn!(%route, attempt, status = %status, "on_rollback webhook refused; retrying")
             }
             Err(e) => {
                 tracing::warn!(%route, attempt, error = %e, "on_rollback webhook failed; retrying")

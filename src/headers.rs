@@ -3,7 +3,7 @@
 
 use std::net::IpAddr;
 
-use http::header::{CONNECTION, COOKIE, HOST, TE, UPGRADE};
+use http::header::{CONNECTION, COOKIE, TE, UPGRADE};
 use http::{HeaderMap, HeaderName, HeaderValue};
 
 use crate::router::IpText;
@@ -141,16 +141,6 @@ pub fn fold_cookies(headers: &mut HeaderMap) {
     }
     if let Ok(value) = HeaderValue::from_bytes(&joined) {
         headers.insert(COOKIE, value);
-    }
-}
-
-/// HTTP/2 clients send `:authority` instead of `Host`; an HTTP/1.1 upstream needs `Host`.
-pub fn ensure_host(headers: &mut HeaderMap, authority: Option<&str>) {
-    if headers.contains_key(HOST) {
-        return;
-    }
-    if let Some(value) = authority.and_then(|a| HeaderValue::from_str(a).ok()) {
-        headers.insert(HOST, value);
     }
 }
 
@@ -297,14 +287,5 @@ mod tests {
         let mut single = map(&[("cookie", "a=1")]);
         fold_cookies(&mut single);
         assert_eq!(single.get(COOKIE).unwrap(), "a=1");
-    }
-
-    #[test]
-    fn host_is_filled_from_authority_only_when_missing() {
-        let mut m = HeaderMap::new();
-        ensure_host(&mut m, Some("a.example:8080"));
-        assert_eq!(m.get(HOST).unwrap(), "a.example:8080");
-        ensure_host(&mut m, Some("b.example"));
-        assert_eq!(m.get(HOST).unwrap(), "a.example:8080");
     }
 }

@@ -1,53 +1,45 @@
-//! cohort: a sidecar reverse proxy for staged rollouts.
+//! cohort: a sidecar reverse proxy for staged rollouts, as a library: [`start`] a
+//! [`Running`] instance from a validated [`config::Config`]. The `cohort` binary
+//! (`src/main.rs`, `src/cli/`) is its command line; tests and embedders use this.
 //!
-//! The pure core ([`cohort`], [`config`], [`router`], [`window`]) decides; the shell
-//! ([`server`], [`listener`], [`proxy`], [`upstream`], [`admin`], [`metrics`]) does I/O.
-
-/// `println!` for command output that may go into a pipe closed early (`cohort status
-/// | head -1`): a closed stdout ends the command quietly instead of panicking.
-#[macro_export]
-macro_rules! out {
-    ($($arg:tt)*) => {{
-        use std::io::Write as _;
-        let mut stdout = std::io::stdout().lock();
-        if let Err(e) = writeln!(stdout, $($arg)*).and_then(|()| stdout.flush()) {
-            if e.kind() == std::io::ErrorKind::BrokenPipe {
-                std::process::exit(0);
-            }
-        }
-    }};
-}
+//! The pure core decides: [`cohort`] (hashing and assignment) and [`rollout`]
+//! (schedules, verdicts, time) from the `cohort-core` crate; [`config`] (schema and
+//! validation) and [`router`] (route matching and the decision), pure but still here. The shell does I/O: the server and listeners, the two HTTP/1
+//! engines (hyper's in `proxy`, the own fast path in [`h1`]), upstream pools, reload
+//! and the file watcher, the guard evaluator ([`guard`]), the admin listener and
+//! metrics. `window` (the sliding windows behind the figures and the guards) is shell:
+//! the clock is passed in, but it is state the workers write (atomics, one lane per
+//! worker thread), not a function of its inputs.
+#![forbid(unsafe_code)]
 
 pub use cohort_core::{cohort, rollout};
 
-pub mod admin;
-pub mod charts;
-pub mod client;
+mod admin;
+mod charts;
 pub mod config;
-pub mod demo;
-pub mod drain;
+mod drain;
 pub mod guard;
 pub mod h1;
-pub mod headers;
-pub mod history;
-pub mod listener;
-pub mod log_filter;
-pub mod metrics;
-pub mod proxy;
+mod headers;
+mod history;
+mod listener;
+mod metrics;
+mod proxy;
 pub mod reload;
 pub mod request_id;
-pub mod request_log;
+mod request_log;
 pub mod router;
-pub mod server;
-pub mod signals;
-pub mod snapshot;
+mod server;
+mod snapshot;
 pub mod state_dir;
 pub mod status_page;
-pub mod status_table;
-pub mod tls;
-pub mod upstream;
-pub mod watch;
-pub mod window;
-pub mod writeback;
+mod tls;
+mod upstream;
+mod watch;
+mod webhook;
+mod window;
+mod writeback;
 
+pub use proxy::ACCESS_LOG_TARGET;
 pub use server::{start, Running, StartError};
+pub use tls::ServerConfigError;

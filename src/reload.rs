@@ -18,12 +18,12 @@ use crate::snapshot::Snapshot;
 use crate::writeback::{self, EditError, WriteError};
 
 /// File events are applied this long after the last event of a burst...
-pub const DEBOUNCE_QUIET: Duration = Duration::from_millis(100);
+pub(crate) const DEBOUNCE_QUIET: Duration = Duration::from_millis(100);
 /// ...and never later than this after its first.
-pub const DEBOUNCE_MAX: Duration = Duration::from_millis(500);
+pub(crate) const DEBOUNCE_MAX: Duration = Duration::from_millis(500);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Trigger {
+pub(crate) enum Trigger {
     File,
     Signal,
     Api,
@@ -40,7 +40,7 @@ impl Trigger {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
+pub(crate) enum Outcome {
     /// A new generation is serving.
     Applied { generation: u64 },
     /// The config equals the running one; the generation stays.
@@ -59,7 +59,7 @@ pub enum ReloadError {
 
 /// Why an admin API change was refused; each maps to one status code.
 #[derive(Debug, thiserror::Error)]
-pub enum ChangeError {
+pub(crate) enum ChangeError {
     #[error("no route named {0:?}")]
     UnknownRoute(String),
     /// The change can never be valid for the route as configured (400).
@@ -74,7 +74,7 @@ pub enum ChangeError {
 }
 
 /// The one place changes are applied.
-pub struct Control {
+pub(crate) struct Control {
     state: Arc<State>,
     path: PathBuf,
     /// Serializes changes and remembers the file text last read or written, so file
@@ -83,7 +83,7 @@ pub struct Control {
 }
 
 impl Control {
-    pub fn new(state: Arc<State>, path: PathBuf, initial_text: Option<String>) -> Control {
+    pub(crate) fn new(state: Arc<State>, path: PathBuf, initial_text: Option<String>) -> Control {
         Control {
             state,
             path,
@@ -91,12 +91,12 @@ impl Control {
         }
     }
 
-    pub fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         &self.path
     }
 
     /// Re-reads the config file and applies it if it is valid.
-    pub async fn reload(&self, trigger: Trigger) -> Result<Outcome, ReloadError> {
+    pub(crate) async fn reload(&self, trigger: Trigger) -> Result<Outcome, ReloadError> {
         let mut last_text = self.last_text.lock().await;
         let text = match std::fs::read_to_string(&self.path) {
             Ok(text) => text,
@@ -160,7 +160,11 @@ impl Control {
 
     /// Sets a route's canary share: edit the file text, validate, write it back
     /// atomically, apply. Nothing changes unless every step succeeds.
-    pub async fn set_canary(&self, route: &str, bp: BasisPoints) -> Result<Outcome, ChangeError> {
+    pub(crate) async fn set_canary(
+        &self,
+        route: &str,
+        bp: BasisPoints,
+    ) -> Result<Outcome, ChangeError> {
         let mut last_text = self.last_text.lock().await;
         match self.state.snapshot.load().route_by_name(route) {
             None => return Err(ChangeError::UnknownRoute(route.to_owned())),
@@ -207,7 +211,7 @@ impl Control {
     /// in memory, remembered in `state_dir` when set; the config file is not touched,
     /// so the kill switch works on a read-only ConfigMap and whatever else the file
     /// holds. Only a resume clears it. Not a reload: the generation stays.
-    pub async fn rollback(&self, route: &str) -> Result<(), ChangeError> {
+    pub(crate) async fn rollback(&self, route: &str) -> Result<(), ChangeError> {
         // Serialized with reloads (which read and parse, never wait on the network),
         // so a snapshot being built cannot miss the rollback.
         let _serial = self.last_text.lock().await;
@@ -227,7 +231,7 @@ impl Control {
 
     /// `POST /routes/{name}/resume`: clears a rollback and empties the guard window; a
     /// rollout's ramp restarts at its first step from now.
-    pub async fn resume(&self, route: &str) -> Result<(), ChangeError> {
+    pub(crate) async fn resume(&self, route: &str) -> Result<(), ChangeError> {
         let _serial = self.last_text.lock().await;
         let snap = self.state.snapshot.load_full();
         let index = snap
@@ -317,7 +321,7 @@ pub fn read_token_file(file: &Path) -> Result<String, String> {
 /// Watches the config file's directory (so editor renames and Kubernetes ConfigMap
 /// `..data` symlink swaps are seen) and reloads after each debounced burst of events.
 /// Returns `None` when the file cannot be watched (it does not exist, say).
-pub fn watch(control: Arc<Control>) -> Option<tokio::task::JoinHandle<()>> {
+pub(crate) fn watch(control: Arc<Control>) -> Option<tokio::task::JoinHandle<()>> {
     use notify::{RecursiveMode, Watcher};
     let dir = match control.path().parent() {
         Some(d) if d.as_os_str().is_empty() => PathBuf::from("."),
@@ -371,7 +375,7 @@ async fn debounce_loop(mut events: mpsc::UnboundedReceiver<()>, control: Arc<Con
 }
 
 /// Reloads on every SIGHUP.
-pub fn on_sighup(control: Arc<Control>) -> Option<tokio::task::JoinHandle<()>> {
+pub(crate) fn on_sighup(control: Arc<Control>) -> Option<tokio::task::JoinHandle<()>> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};

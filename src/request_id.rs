@@ -9,10 +9,10 @@
 use http::HeaderName;
 
 /// The header carrying the id, both ways of the upstream hop.
-pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+pub(crate) static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// Bytes of a UUID in its text form: 32 hex digits and 4 hyphens.
-pub const LEN: usize = 36;
+pub(crate) const LEN: usize = 36;
 
 /// What comes before the id in the field line cohort's own engine writes.
 const FIELD_PREFIX: &[u8; 16] = b"\r\nx-request-id: ";
@@ -35,7 +35,7 @@ impl RequestId {
     /// Eight digits at a time in one 64-bit register, no table and no loop: a digit at
     /// a time out of a `u128` cost about 800 instructions a request (callgrind,
     /// opt-level "s"), a byte-pair table 150, this about 60.
-    pub fn from_bits(bits: u128) -> RequestId {
+    pub(crate) fn from_bits(bits: u128) -> RequestId {
         // Version 4 in the 13th hex digit (bits 12..16 of the high half), variant `10`
         // in the two top bits of the low half.
         let high = ((bits >> 64) as u64 & !(0xf << 12)) | (0x4 << 12);
@@ -59,15 +59,17 @@ impl RequestId {
     }
 
     /// `\r\nx-request-id: ` and the id: the field, after the line before it.
-    pub fn field_line(&self) -> &[u8] {
+    pub(crate) fn field_line(&self) -> &[u8] {
         &self.0
     }
 
-    pub fn as_bytes(&self) -> &[u8] {
+    pub(crate) fn as_bytes(&self) -> &[u8] {
         &self.0[FIELD_PREFIX.len()..]
     }
 
-    pub fn as_str(&self) -> &str {
+    /// The id as text; only the tests read it so (the proxy writes bytes).
+    #[cfg(test)]
+    fn as_str(&self) -> &str {
         // Only ASCII hex digits and hyphens are ever written.
         std::str::from_utf8(self.as_bytes()).unwrap_or("")
     }
@@ -88,7 +90,7 @@ fn hex8(x: u32) -> [u8; 8] {
 
 /// The id a client sent: the first `x-request-id` value, when it is not blank. A blank
 /// one is replaced rather than passed on, so every forwarded request carries an id.
-pub fn usable(value: &[u8]) -> bool {
+pub(crate) fn usable(value: &[u8]) -> bool {
     !value.trim_ascii().is_empty()
 }
 

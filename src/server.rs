@@ -59,10 +59,10 @@ pub enum StartError {
         file: std::path::PathBuf,
         source: crate::state_dir::StateDirError,
     },
-    #[error("{}: listen.tls: {reason}", file.display())]
+    #[error("{}: listen.tls: {source}", file.display())]
     Tls {
         file: std::path::PathBuf,
-        reason: String,
+        source: crate::tls::ServerConfigError,
     },
 }
 
@@ -75,7 +75,6 @@ pub struct Running {
     workers: Vec<std::thread::JoinHandle<()>>,
     /// The admin listener, file watcher and SIGHUP handler.
     control_tasks: Vec<tokio::task::JoinHandle<()>>,
-    control: Arc<Control>,
 }
 
 /// Binds the listeners and starts serving `config`. Must run inside a tokio runtime,
@@ -117,9 +116,9 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             source,
         })?;
 
-    let tls = ServerTls::from_config(&config).map_err(|reason| StartError::Tls {
+    let tls = ServerTls::from_config(&config).map_err(|source| StartError::Tls {
         file: config.source.clone(),
-        reason,
+        source,
     })?;
     let config_path = config.source.clone();
     if admin_token.is_none() && !config.admin.address.ip().is_loopback() {
@@ -198,7 +197,6 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         stop,
         workers: handles,
         control_tasks,
-        control,
     })
 }
 
@@ -209,15 +207,6 @@ impl Running {
 
     pub fn admin_addr(&self) -> SocketAddr {
         self.admin_addr
-    }
-
-    pub fn state(&self) -> &Arc<State> {
-        &self.state
-    }
-
-    /// Applies config changes: what file events, SIGHUP and the admin API call.
-    pub fn control(&self) -> &Arc<Control> {
-        &self.control
     }
 
     /// Starts a graceful shutdown: `/readyz` answers 503 at once, the listener stops

@@ -1,8 +1,11 @@
-//! The immutable runtime state a request needs, swapped as one unit.
+//! The runtime state a request needs, swapped as one unit.
 //!
 //! A request loads the current [`Snapshot`] once and finishes on it, whatever
 //! reloads happen meanwhile. Everything derived from the config (route table,
-//! metric handles, endpoint authorities) is computed here, once per config.
+//! metric handles, endpoint authorities) is computed here, once per config, and never
+//! changes after. A few atomics do change in place, without a reload: per route the
+//! canary share in force, the rollout step and state (written by the guard evaluator),
+//! and each variant's round-robin cursor.
 
 use std::sync::atomic::{AtomicI64, AtomicU16, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -50,7 +53,7 @@ struct VariantEndpoints {
 impl Snapshot {
     /// Compiles `config`; `now` places rollout schedules, `guards` holds the memory of
     /// each rollout identity across snapshots.
-    pub fn build(
+    pub(crate) fn build(
         config: Arc<Config>,
         generation: u64,
         metrics: &Metrics,
@@ -143,7 +146,7 @@ impl RouteState {
     }
 
     /// The route's memory: every route has one, since any route can be rolled back.
-    pub fn memory(&self) -> &GuardState {
+    pub(crate) fn memory(&self) -> &GuardState {
         &self.memory
     }
 

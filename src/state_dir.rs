@@ -15,7 +15,7 @@ use crate::rollout::{format_rfc3339, Reason, UnixMillis};
 
 /// The last word on one identity.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Stored {
+pub(crate) enum Stored {
     /// The canary is at 0 % until a resume.
     RolledBack { reason: Reason, at: UnixMillis },
     /// The rollback was resumed at `at`: a rollout's ramp restarts at its first step
@@ -71,7 +71,7 @@ pub fn check(dir: &Path) -> Result<(), StateDirError> {
 
 /// `rollback-<hash>.json`: one file per identity, named by a hash so any salt works.
 /// The name stays the same for a resumed record, which replaces the rollback.
-pub fn file_for(dir: &Path, identity: &str) -> PathBuf {
+pub(crate) fn file_for(dir: &Path, identity: &str) -> PathBuf {
     dir.join(format!(
         "rollback-{:016x}.json",
         xxhash_rust::xxh3::xxh3_64(identity.as_bytes())
@@ -79,7 +79,7 @@ pub fn file_for(dir: &Path, identity: &str) -> PathBuf {
 }
 
 /// The record at `path`; `None` when there is none.
-pub fn read(path: &Path) -> Option<Stored> {
+pub(crate) fn read(path: &Path) -> Option<Stored> {
     let damaged = |why: String| {
         tracing::warn!(file = %path.display(), error = %why, "unreadable state record; treating the canary as rolled back");
         Some(Stored::RolledBack {
@@ -116,7 +116,7 @@ fn parse(value: &Value) -> Stored {
 }
 
 /// Writes `stored` for `route` atomically at `path`.
-pub fn write(path: &Path, route: &Route, stored: Stored) -> Result<(), String> {
+pub(crate) fn write(path: &Path, route: &Route, stored: Stored) -> Result<(), String> {
     let start = route.rollout.as_ref().map(|r| r.start_text.clone());
     let record = match stored {
         Stored::RolledBack { reason, at } => json!({
@@ -141,7 +141,7 @@ pub fn write(path: &Path, route: &Route, stored: Stored) -> Result<(), String> {
 }
 
 /// Removes the record at `path`; a missing one is fine.
-pub fn clear(path: &Path) -> std::io::Result<()> {
+pub(crate) fn clear(path: &Path) -> std::io::Result<()> {
     match std::fs::remove_file(path) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
         _ => Ok(()),

@@ -1,5 +1,6 @@
 //! The HTML status page at `/` on the admin listener, and the figures it shares with the
-//! `cohort status` table ([`crate::status_table`]): both read the `/routes` document.
+//! `cohort status` table (the binary's `cli::status_table`): both read the `/routes`
+//! document.
 //!
 //! The page is one self-contained HTML document (inline CSS, no script, no external
 //! asset) that reloads itself every 5 s. Under each route's figures, small inline SVG
@@ -17,13 +18,13 @@ use serde_json::Value;
 use crate::cohort::BasisPoints;
 
 /// Seconds between the page's own reloads (`<meta http-equiv="refresh">`).
-pub const REFRESH_SECONDS: u32 = 5;
+pub(crate) const REFRESH_SECONDS: u32 = 5;
 
 /// Shown where a figure does not exist (no traffic in the window, or a missing field).
 pub const NONE: &str = "–";
 
 /// An error ratio above this is highlighted (1 %).
-pub const ERROR_RATIO_ALERT: f64 = 0.01;
+pub(crate) const ERROR_RATIO_ALERT: f64 = 0.01;
 
 // ---------------------------------------------------------------------------------------
 // The figures, read from the `/routes` document
@@ -31,14 +32,14 @@ pub const ERROR_RATIO_ALERT: f64 = 0.01;
 
 /// The whole `/routes` document.
 #[derive(Debug, Clone, PartialEq)]
-pub(crate) struct Overview {
+pub struct Overview {
     pub generation: Option<u64>,
     pub routes: Vec<RouteView>,
 }
 
 /// One route of the `/routes` document.
 #[derive(Debug, Clone, PartialEq)]
-pub(crate) struct RouteView {
+pub struct RouteView {
     pub name: String,
     pub host: Option<String>,
     pub path_prefix: String,
@@ -53,12 +54,12 @@ pub(crate) struct RouteView {
     /// The route is rolled back (the line above says why).
     pub rolled_back: bool,
     /// The last 15 minutes, when the document carries them.
-    pub history: Option<crate::charts::History>,
+    pub(crate) history: Option<crate::charts::History>,
 }
 
 /// "rollout ramping · step 2 of 5 (5 %) · next step at 2026-12-01T09:20:00Z", or the
 /// guard's state for a guard without a rollout; `None` for plain routes.
-pub(crate) fn rollout_line(route: &Value) -> Option<String> {
+pub fn rollout_line(route: &Value) -> Option<String> {
     let rollout = route.get("rollout").filter(|r| r.is_object());
     let guard = route.get("guard").filter(|g| g.is_object());
     let rolled_back = route
@@ -131,7 +132,7 @@ pub(crate) fn rollout_line(route: &Value) -> Option<String> {
 
 /// One variant's endpoints and its figures over the last minute.
 #[derive(Debug, Clone, PartialEq, Default)]
-pub(crate) struct VariantView {
+pub struct VariantView {
     pub endpoints: Vec<String>,
     pub requests: Option<u64>,
     /// Requests per second.
@@ -144,7 +145,7 @@ pub(crate) struct VariantView {
 
 impl RouteView {
     /// The stable share: everything the canary does not get.
-    pub fn stable_share(&self) -> Option<BasisPoints> {
+    pub(crate) fn stable_share(&self) -> Option<BasisPoints> {
         let canary = self.canary_share?;
         BasisPoints::from_raw(BasisPoints::FULL.get() - canary.get())
     }
@@ -222,7 +223,7 @@ impl VariantView {
     }
 
     /// Whether the error ratio is above [`ERROR_RATIO_ALERT`].
-    pub fn alarming(&self) -> bool {
+    pub(crate) fn alarming(&self) -> bool {
         self.error_ratio.is_some_and(|r| r > ERROR_RATIO_ALERT)
     }
 }
@@ -278,17 +279,17 @@ fn figure(x: f64) -> String {
 }
 
 /// Requests per second: `12.3`, `0.05`; [`NONE`] when unknown.
-pub(crate) fn rate_text(rate: Option<f64>) -> String {
+pub fn rate_text(rate: Option<f64>) -> String {
     rate.map_or_else(|| NONE.to_owned(), figure)
 }
 
 /// An error ratio as a percentage without the sign: `0.025` → `2.5`; [`NONE`] without traffic.
-pub(crate) fn error_percent_text(ratio: Option<f64>) -> String {
+pub fn error_percent_text(ratio: Option<f64>) -> String {
     ratio.map_or_else(|| NONE.to_owned(), |r| figure(r * 100.0))
 }
 
 /// A p99 in milliseconds without the unit: `0.0045` → `4.5`; [`NONE`] without traffic.
-pub(crate) fn p99_ms_text(seconds: Option<f64>) -> String {
+pub fn p99_ms_text(seconds: Option<f64>) -> String {
     seconds.map_or_else(
         || NONE.to_owned(),
         |s| {
@@ -303,7 +304,7 @@ pub(crate) fn p99_ms_text(seconds: Option<f64>) -> String {
 }
 
 /// A share in its shortest exact form (`2.5`, `0.25`, `100`); [`NONE`] when unknown.
-pub(crate) fn share_text(share: Option<BasisPoints>) -> String {
+pub fn share_text(share: Option<BasisPoints>) -> String {
     share.map_or_else(|| NONE.to_owned(), |bp| bp.to_string())
 }
 
@@ -312,7 +313,7 @@ pub(crate) fn share_text(share: Option<BasisPoints>) -> String {
 // ---------------------------------------------------------------------------------------
 
 /// Escapes text for HTML element content and quoted attribute values.
-pub fn escape(text: &str) -> String {
+pub(crate) fn escape(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for c in text.chars() {
         match c {

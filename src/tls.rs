@@ -302,16 +302,26 @@ impl ResolvesServerCert for SniResolver {
     }
 }
 
-fn server_config(sources: &Sources) -> Result<ServerConfig, String> {
+/// Why rustls refused to build the listener's TLS from certificates that were read and
+/// checked one by one.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerConfigError {
+    #[error("{0}")]
+    Protocols(rustls::Error),
+    #[error("listen.tls.client_ca: {0}")]
+    ClientCa(rustls::server::VerifierBuilderError),
+}
+
+fn server_config(sources: &Sources) -> Result<ServerConfig, ServerConfigError> {
     let default = &sources.default.material.value;
     let builder = ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(VERSIONS)
-        .map_err(|e| e.to_string())?;
+        .map_err(ServerConfigError::Protocols)?;
     let builder = match &default.client_roots {
         Some(roots) => {
             let verifier = WebPkiClientVerifier::builder_with_provider(roots.clone(), provider())
                 .build()
-                .map_err(|e| format!("listen.tls.client_ca: {e}"))?;
+                .map_err(ServerConfigError::ClientCa)?;
             builder.with_client_cert_verifier(verifier)
         }
         None => builder.with_no_client_auth(),
@@ -338,7 +348,9 @@ pub struct ServerTls {
 
 impl ServerTls {
     /// The listener's TLS, when `listen.tls` is set (read at start only).
-    pub fn from_config(config: &crate::config::Config) -> Result<Option<Arc<ServerTls>>, String> {
+    pub fn from_config(
+        config: &crate::config::Config,
+    ) -> Result<Option<Arc<ServerTls>>, ServerConfigError> {
         let Some(sources) = Sources::from_config(config) else {
             return Ok(None);
         };

@@ -16,8 +16,10 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 
-use crate::client::Connection;
-use crate::config;
+use cohort::config;
+
+use super::http_client::Connection;
+use super::signals::StopSignals;
 
 const SALT: &str = "demo-v1";
 const CANARY_PERCENT: u32 = 20;
@@ -37,7 +39,7 @@ pub async fn run(duration: Option<Duration>) -> ExitCode {
 async fn demo(duration: Option<Duration>) -> anyhow::Result<()> {
     // One listener for the whole demo: a signal is remembered from here on, also when it
     // arrives between two requests of the traffic loop.
-    let mut stop = crate::signals::StopSignals::new();
+    let mut stop = StopSignals::new();
     // A duration too long to add to the clock is as good as none.
     let deadline = duration.and_then(|d| Instant::now().checked_add(d));
     let stable = start_upstream("stable").await?;
@@ -52,10 +54,10 @@ async fn demo(duration: Option<Duration>) -> anyhow::Result<()> {
     let proxy = running.proxy_addr();
     let admin = running.admin_addr();
 
-    crate::out!("cohort demo");
-    crate::out!("  stable upstream  http://{stable}   canary upstream  http://{canary}");
-    crate::out!("  proxy            http://{proxy}/   route \"demo\", canary_percent = {CANARY_PERCENT}, salt = \"{SALT}\"");
-    crate::out!();
+    out!("cohort demo");
+    out!("  stable upstream  http://{stable}   canary upstream  http://{canary}");
+    out!("  proxy            http://{proxy}/   route \"demo\", canary_percent = {CANARY_PERCENT}, salt = \"{SALT}\"");
+    out!();
 
     let mut client = DemoClient::connect(proxy).await?;
     let mut split: BTreeMap<String, usize> = BTreeMap::new();
@@ -64,7 +66,7 @@ async fn demo(duration: Option<Duration>) -> anyhow::Result<()> {
         *split.entry(variant).or_default() += 1;
     }
     let canary_count = split.get("canary").copied().unwrap_or(0);
-    crate::out!(
+    out!(
         "sent {USERS} requests, one per x-user-id: stable {}, canary {} ({:.1} % canary; the setting is {CANARY_PERCENT} %)",
         split.get("stable").copied().unwrap_or(0),
         canary_count,
@@ -77,23 +79,23 @@ async fn demo(duration: Option<Duration>) -> anyhow::Result<()> {
         }
         seen
     };
-    crate::out!("sticky: user \"alice\" five times -> {}", alice.join(", "));
+    out!("sticky: user \"alice\" five times -> {}", alice.join(", "));
     let forced = client.get("alice", Some("canary")).await?;
-    crate::out!("override: alice with x-cohort-variant: canary from 127.0.0.1 -> {forced}");
-    crate::out!();
-    crate::out!("try it:");
-    crate::out!("  curl -si -H 'x-user-id: alice' http://{proxy}/");
-    crate::out!("  curl -s 'http://{admin}/assign?route=demo&key=alice'");
-    crate::out!("  curl -s http://{admin}/routes");
-    crate::out!("  curl -s http://{admin}/metrics | grep cohort_requests_total");
-    crate::out!("  status page: http://{admin}/   metrics: http://{admin}/metrics");
-    crate::out!();
+    out!("override: alice with x-cohort-variant: canary from 127.0.0.1 -> {forced}");
+    out!();
+    out!("try it:");
+    out!("  curl -si -H 'x-user-id: alice' http://{proxy}/");
+    out!("  curl -s 'http://{admin}/assign?route=demo&key=alice'");
+    out!("  curl -s http://{admin}/routes");
+    out!("  curl -s http://{admin}/metrics | grep cohort_requests_total");
+    out!("  status page: http://{admin}/   metrics: http://{admin}/metrics");
+    out!();
     match duration {
-        Some(d) => crate::out!(
+        Some(d) => out!(
             "live traffic for {}; the split so far:",
             humantime::format_duration(d)
         ),
-        None => crate::out!("live traffic until Ctrl-C; the split so far:"),
+        None => out!("live traffic until Ctrl-C; the split so far:"),
     }
 
     let mut user = USERS;
@@ -127,7 +129,7 @@ fn print_split(split: &BTreeMap<String, usize>) {
     let stable = split.get("stable").copied().unwrap_or(0);
     let canary = split.get("canary").copied().unwrap_or(0);
     let total = (stable + canary).max(1);
-    crate::out!(
+    out!(
         "  stable {stable:>6}  canary {canary:>6}  ({:.1} % canary)",
         canary as f64 * 100.0 / total as f64
     );
@@ -149,8 +151,8 @@ fn free_or_ephemeral(port: u16) -> SocketAddr {
 /// Whether starting failed because a listen address was in use.
 fn port_taken(e: &anyhow::Error) -> bool {
     matches!(
-        e.downcast_ref::<crate::StartError>(),
-        Some(crate::StartError::Bind { source, .. }) if source.kind() == std::io::ErrorKind::AddrInUse
+        e.downcast_ref::<cohort::StartError>(),
+        Some(cohort::StartError::Bind { source, .. }) if source.kind() == std::io::ErrorKind::AddrInUse
     )
 }
 
@@ -159,7 +161,7 @@ async fn start_proxy(
     (proxy, admin): (SocketAddr, SocketAddr),
     stable: SocketAddr,
     canary: SocketAddr,
-) -> anyhow::Result<crate::Running> {
+) -> anyhow::Result<cohort::Running> {
     let text = format!(
         r#"
 [listen]
@@ -182,7 +184,7 @@ override = {{ trusted = ["127.0.0.0/8", "::1/128"] }}
 "#
     );
     let config = config::parse(&text, Path::new("<built-in demo config>"))?;
-    Ok(crate::start(config).await?)
+    Ok(cohort::start(config).await?)
 }
 
 /// What a built-in upstream answers: its name in the body and in `x-upstream`, with
@@ -255,7 +257,7 @@ async fn upstream_answer(spec: &UpstreamSpec, path: &str) -> Response<Full<Bytes
 pub async fn run_upstream(listen: SocketAddr, spec: UpstreamSpec) -> ExitCode {
     // Listening for signals before binding: a SIGTERM right after the start line is
     // not lost.
-    let mut stop = crate::signals::StopSignals::new();
+    let mut stop = StopSignals::new();
     if http::HeaderValue::from_str(&spec.name).is_err() {
         eprintln!(
             "demo-upstream: --name {:?} cannot be sent as a header value",

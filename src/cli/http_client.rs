@@ -1,7 +1,7 @@
 //! A small plain-HTTP/1.1 client for the command line (`set`, `rollback`, `status`)
-//! and the demo: one keep-alive connection, whole responses.
+//! and the demo: one keep-alive connection, whole responses. (The library's one
+//! outgoing call, the `on_rollback` webhook, has its own in `cohort`'s `webhook`.)
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -79,34 +79,6 @@ impl Connection {
     }
 }
 
-/// The admin listener the command line calls when told nothing.
-pub const DEFAULT_ADMIN_URL: &str = "http://127.0.0.1:9901";
-
-/// An `--admin` value as a base URL: `http://host:port[/prefix]` as given, and a bare
-/// `host:port` (`127.0.0.1:9901`, `[::1]:9901`, `localhost:9901`) as plain http, the
-/// only scheme the admin listener speaks.
-pub fn admin_base(text: &str) -> String {
-    let text = text.trim();
-    if text.contains("://") {
-        text.to_owned()
-    } else {
-        format!("http://{text}")
-    }
-}
-
-/// The URL that reaches, from this machine, an admin listener bound to `addr` (a
-/// config's `admin.address`). An unspecified address (`0.0.0.0`, `[::]`) listens on
-/// every interface, so it is called on loopback of the same family: connecting to the
-/// unspecified address itself works on Linux only, and says nothing to a reader.
-pub fn admin_url_for(addr: SocketAddr) -> String {
-    let ip = match addr.ip() {
-        IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
-        IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
-        ip => ip,
-    };
-    format!("http://{}", SocketAddr::new(ip, addr.port()))
-}
-
 /// One call to an `http://host:port` base URL plus `path`, with a timeout.
 pub async fn call(
     base: &str,
@@ -145,35 +117,10 @@ pub async fn call(
 mod tests {
     use super::*;
 
-    #[test]
-    fn admin_values_without_a_scheme_are_plain_http() {
-        for (given, base) in [
-            ("127.0.0.1:9901", "http://127.0.0.1:9901"),
-            (" [::1]:9901 ", "http://[::1]:9901"),
-            ("localhost:9901", "http://localhost:9901"),
-            ("http://127.0.0.1:9901", "http://127.0.0.1:9901"),
-            ("http://10.0.0.7:9901/cohort", "http://10.0.0.7:9901/cohort"),
-            // Kept as given, so `call` can say that only http:// is supported.
-            ("https://10.0.0.7:9901", "https://10.0.0.7:9901"),
-        ] {
-            assert_eq!(admin_base(given), base, "{given}");
-        }
-    }
-
-    #[test]
-    fn an_unspecified_admin_address_is_called_on_loopback() {
-        let url = |addr: &str| admin_url_for(addr.parse().expect("socket address"));
-        assert_eq!(url("0.0.0.0:9901"), "http://127.0.0.1:9901");
-        assert_eq!(url("[::]:9901"), "http://[::1]:9901");
-        assert_eq!(url("127.0.0.1:9901"), "http://127.0.0.1:9901");
-        assert_eq!(url("10.1.2.3:9000"), "http://10.1.2.3:9000");
-        assert_eq!(url("[2001:db8::5]:9901"), "http://[2001:db8::5]:9901");
-    }
-
     #[tokio::test]
     async fn call_itself_still_wants_the_scheme() {
-        // `call` stays strict (the guard's webhook uses it too); the command line
-        // normalises first.
+        // `call` stays strict; the command line normalises first
+        // (`admin_client::admin_base`).
         let err = call("127.0.0.1:1", Method::GET, "/", &[], Bytes::new())
             .await
             .err()

@@ -1,5 +1,5 @@
 //! The plain-text table `cohort status` prints: the status page's figures
-//! ([`crate::status_page`]), one row per (route, variant), columns aligned.
+//! ([`cohort::status_page`]), one row per (route, variant), columns aligned.
 //!
 //! Every row repeats its route's name, percentage and salt, so `grep` and `awk` see whole
 //! facts. Cells are plain text: control characters from config are escaped so a route
@@ -7,7 +7,7 @@
 
 use serde_json::Value;
 
-use crate::status_page::{error_percent_text, p99_ms_text, rate_text, share_text, Overview, NONE};
+use cohort::status_page::{error_percent_text, p99_ms_text, rate_text, share_text, Overview, NONE};
 
 const HEADER: [&str; 8] = [
     "ROUTE",
@@ -86,7 +86,7 @@ pub fn table(routes: &Value) -> String {
     // Rollouts and guards: the step in force and when the next one comes.
     if let Some(routes) = routes.get("routes").and_then(Value::as_array) {
         for route in routes {
-            if let Some(line) = crate::status_page::rollout_line(route) {
+            if let Some(line) = cohort::status_page::rollout_line(route) {
                 let name = route.get("name").and_then(Value::as_str).unwrap_or("");
                 out.push_str(&plain(&format!("{name}: {line}")));
                 out.push('\n');

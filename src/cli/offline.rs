@@ -1,0 +1,98 @@
+//! The commands that read only the config (and `state_dir`): `cohort check` and
+//! `cohort assign`.
+
+use std::process::ExitCode;
+
+use cohort::cohort::assign;
+use cohort::config;
+use cohort::guard::{offline_memory, offline_share, wall_now};
+use cohort::rollout::{describe_guard, describe_rollout, late_start};
+
+use super::load_or_report;
+
+pub fn check(path: &std::path::Path) -> ExitCode {
+    let Some(config) = load_or_report(path) else {
+        return ExitCode::from(1);
+    };
+    // `run` and a reload read it too, and refuse the config without it.
+    if let Err(e) = cohort::reload::read_token(&config) {
+        eprintln!("{e}");
+        return ExitCode::from(1);
+    }
+    // `run` refuses to start without a usable state_dir: so does `check`.
+    if let Some(dir) = &config.state_dir {
+        if let Err(e) = cohort::state_dir::check(dir) {
+            eprintln!("{}: {e}", path.display());
+            return ExitCode::from(1);
+        }
+    }
+    let now = wall_now();
+    out!(
+        "{}: ok; listen {}, admin {}, {} route(s)",
+        path.display(),
+        config.listen.address,
+        config.admin.address,
+        config.routes.len()
+    );
+    for route in &config.routes {
+        let list = |endpoints: &[config::Endpoint]| {
+            endpoints
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let sticky: Vec<String> = route.sticky.iter().map(ToString::to_string).collect();
+        out!(
+            "route {:?}: host={} path_prefix={} canary={}% salt={:?} sticky=[{}] stable=[{}] canary=[{}]",
+            route.name,
+            route.host.as_deref().unwrap_or("*"),
+            route.path_prefix,
+            offline_share(route, &config, wall_now()),
+            route.salt,
+            sticky.join(", "),
+            list(&route.stable.endpoints),
+            list(&route.canary.endpoints),
+        );
+        let memory = offline_memory(route, &config);
+        if let Some(rollout) = &route.rollout {
+            out!("  rollout: {}", describe_rollout(rollout, now, memory));
+            if !memory.rolled_back {
+                if let Some(late) = late_start(rollout, now, memory.resumed_at) {
+                    eprintln!("warning: rollout {:?} {late}", route.name);
+                }
+            }
+        } else if memory.rolled_back {
+            out!(
+                "  rolled back (remembered in state_dir): canary 0 % until `cohort rollout resume {}`",
+                route.name
+            );
+        }
+        if let Some(guard) = &route.guard {
+            out!("  guard: {}", describe_guard(guard));
+        }
+    }
+    ExitCode::SUCCESS
+}
+
+pub fn assign_key(path: &std::path::Path, route_name: &str, key: &str) -> ExitCode {
+    let Some(config) = load_or_report(path) else {
+        return ExitCode::from(1);
+    };
+    let Some(route) = config.routes.iter().find(|r| r.name == route_name) else {
+        let names: Vec<&str> = config.routes.iter().map(|r| r.name.as_str()).collect();
+        eprintln!(
+            "{}: no route named {route_name:?} (routes: {})",
+            path.display(),
+            names.join(", ")
+        );
+        return ExitCode::from(1);
+    };
+    let (bucket, variant) = assign(
+        &route.salt,
+        key.as_bytes(),
+        offline_share(route, &config, wall_now()),
+    );
+    out!("route={route_name} key={key} bucket={bucket} variant={variant}");
+    ExitCode::SUCCESS
+}
