@@ -1,7 +1,9 @@
 //! cohort: a sidecar reverse proxy for staged rollouts.
 //!
 //! The pure core ([`cohort`], [`config`], [`router`], [`window`]) decides; the shell
-//! ([`server`], [`listener`], [`proxy`], [`upstream`], [`admin`], [`metrics`]) does I/O.
+//! ([`server`], [`listener`], [`proxy`], [`h1`], [`upstream`], [`admin`], [`metrics`])
+//! does I/O; both HTTP engines ([`proxy`] is hyper's, [`h1`] cohort's own) take every
+//! request decision from one policy module, `request`.
 
 /// `println!` for command output that may go into a pipe closed early (`cohort status
 /// | head -1`): a closed stdout ends the command quietly instead of panicking.
@@ -34,6 +36,7 @@ pub mod log_filter;
 pub mod metrics;
 pub mod proxy;
 pub mod reload;
+pub(crate) mod request;
 pub mod request_id;
 pub mod request_log;
 pub mod rollout;

@@ -26,8 +26,11 @@ use super::upstream::Conn;
 use crate::cohort::Variant;
 use crate::config::{Endpoint, Route};
 use crate::drain::DrainWatch;
-use crate::proxy::{self, AccessLog, Completion, Pending, ProxyContext};
-use crate::request_id::{self, RequestId};
+use crate::proxy::ProxyContext;
+use crate::request::errors::ErrorAnswer;
+use crate::request::record::{Completion, Pending};
+use crate::request::{begin, retry};
+use crate::request_id::RequestId;
 use crate::router::{self, IpText};
 use crate::snapshot::{RouteState, Snapshot};
 use crate::upstream::UpstreamError;
@@ -289,11 +292,9 @@ fn prepare(
     let start = arrived.unwrap_or_else(Instant::now);
     let snap = ctx.snapshot.load_full();
     let path = req.target.split('?').next().unwrap_or("/");
-    let Some(index) = snap.table.find(&snap.config.routes, req.host, path) else {
-        ctx.metrics.unrouted(StatusCode::NOT_FOUND.as_u16());
-        let body = "no route matches this request\n";
+    let Some(index) = begin::find_route(&ctx.metrics, &snap, req.host, path) else {
         let plain = Decoration::plain(req.close);
-        head::write_local_response(StatusCode::NOT_FOUND, body, &plain, out);
+        head::write_local_response(StatusCode::NOT_FOUND, begin::NO_ROUTE_BODY, &plain, out);
         return Step::Ready(Ready::Local {
             consumed: req.message_len(),
             close: req.close,
@@ -304,33 +305,24 @@ fn prepare(
         return Step::Handover;
     }
     let ip = peer.ip();
-    let decision = router::decide(route, state.share(), &req.fields, ip, proxy::draw_key);
-    let variant_metrics = state.metrics.variant(decision.variant);
-    variant_metrics.assigned(decision.source);
-    variant_metrics.started();
-    // The client's id passes through as it came; a request without one gets one
-    // drawn here, on the stack, and written straight into the upstream head.
+    let decision = begin::decide(route, state, &req.fields, ip);
+    // A drawn id lives on the stack and is written straight into the upstream head.
     // (Initialised in place only when drawn: no `Option<RequestId>` moved around.)
     let drawn_id;
-    let drawn = match req.request_id {
-        Some(id) if request_id::usable(id) => None,
-        _ => {
-            drawn_id = RequestId::generate();
-            Some(&drawn_id)
-        }
+    let drawn = if begin::draws_request_id(req.request_id) {
+        drawn_id = RequestId::generate();
+        Some(&drawn_id)
+    } else {
+        None
     };
-    let access_log = snap.config.listen.access_log.then(|| {
-        let id = match drawn {
-            Some(drawn) => drawn.as_bytes(),
-            None => req.request_id.unwrap_or_default(),
-        };
-        let method = Method::from_bytes(req.method.as_bytes()).unwrap_or(Method::GET);
-        let mut log = AccessLog::new(method, path, peer, decision.source, id);
+    let method = || Method::from_bytes(req.method.as_bytes()).unwrap_or(Method::GET);
+    let mut access_log =
+        begin::access_log(&snap, method, path, peer, &decision, req.request_id, drawn);
+    if let Some(log) = &mut access_log {
         // The body leaves in the same write as the head; a failure that sent nothing
         // takes it back (`Forward::run`).
         log.request_body_bytes = req.content_length as u64;
-        Box::new(log)
-    });
+    }
     // Rendered per request rather than kept per connection: a few dozen instructions
     // for an IPv4 address, where keeping it cost every idle connection 40 bytes of
     // state and a heap block.
@@ -446,13 +438,10 @@ impl Forward {
             // The pending completion counts 499 as it drops.
             Err(Failure::ClientGone) => return false,
             Err(Failure::Upstream(e)) => {
-                let status = proxy::error_status(e.kind());
-                let body = proxy::error_body(&e);
+                let mut completion = self.pending.take();
+                let ErrorAnswer { status, body, .. } = completion.failed(&e);
                 let mut out = Lent::take();
                 head::write_local_response(status, body, &deco, &mut out);
-                let mut completion = self.pending.take();
-                completion.upstream_failed(&e);
-                completion.status = status.as_u16();
                 let written = client.write_all(&out).await.is_ok();
                 if let Some(log) = completion.log() {
                     log.endpoint = e.authority().map(Arc::from);
@@ -494,8 +483,7 @@ impl Forward {
                 fin.framing != Framing::UntilClose
             }
             Relayed::UpstreamCut(error) => {
-                completion.cut = true;
-                completion.upstream_failed(&error);
+                completion.cut(&error);
                 false
             }
             Relayed::ClientGone => false,
@@ -526,17 +514,14 @@ impl Forward {
             Some(conn) => conn,
             None => match connect(first, timeouts.connect).await {
                 Ok(conn) => conn,
-                // Nothing reached the first endpoint: one retry on another endpoint of
-                // the same variant. Never the other variant; that would corrupt the
-                // experiment.
-                Err(e) if e.nothing_sent() => match endpoints.next().filter(|o| o.0 != first.0) {
+                // The policy's one retry: another endpoint of the same variant.
+                Err(e) => match retry::another_endpoint(&e, &first.0, &mut endpoints) {
                     Some(other) => {
                         target = other;
                         connect(other, timeouts.connect).await?
                     }
                     None => return Err(e.into()),
                 },
-                Err(e) => return Err(e.into()),
             },
         };
         loop {
