@@ -10,22 +10,21 @@ use std::task::{Context, Poll};
 use std::time::Instant;
 
 use bytes::Bytes;
-use http::header::{CONTENT_TYPE, HOST, SET_COOKIE};
+use http::header::{CONTENT_TYPE, HOST};
 use http::uri::PathAndQuery;
 use http::{HeaderValue, Request, Response, StatusCode, Uri, Version};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
-use crate::cohort::Variant;
-use crate::headers::{self, X_COHORT_VARIANT};
 use crate::metrics::Metrics;
+use crate::request::forward::{self, Forwarding};
 use crate::request::record::{Completion, Pending};
 use crate::request::{begin, retry};
 use crate::request_id::{RequestId, X_REQUEST_ID};
 use crate::request_log::Causes;
-use crate::router::{self, Decision};
-use crate::snapshot::{SharedSnapshot, Snapshot};
+use crate::router::{self};
+use crate::snapshot::SharedSnapshot;
 use crate::upstream::{Lease, Pool, Progress, UpstreamError};
 
 /// What every request on one worker shares.
@@ -50,7 +49,7 @@ impl Peer {
     pub fn new(addr: SocketAddr) -> Peer {
         Peer {
             addr,
-            forwarded_for: headers::peer_value(addr.ip()),
+            forwarded_for: forward::peer_value(addr.ip()),
         }
     }
 }
@@ -93,9 +92,10 @@ pub async fn handle(
         access_log,
     ));
 
-    let upgrade = req.version() == Version::HTTP_11 && headers::is_upgrade_request(req.headers());
+    let upgrade = req.version() == Version::HTTP_11 && forward::is_upgrade_request(req.headers());
     let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
-    let upstream_req = prepare_upstream_request(req, route, &decision, client, ctx.scheme, drawn);
+    let fwd = Forwarding::new(route, peer.ip(), ctx.scheme, &decision, drawn.as_ref());
+    let upstream_req = prepare_upstream_request(req, &fwd, client);
 
     let progress = Progress::new();
     let mut endpoints = state.endpoints(variant);
@@ -138,7 +138,7 @@ pub async fn handle(
     let mut response = match result {
         Ok((mut resp, lease)) => {
             let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
-            headers::remove_hop_by_hop(resp.headers_mut(), switching && upgrade);
+            forward::remove_hop_by_hop(resp.headers_mut(), switching && upgrade);
             match downstream_upgrade {
                 Some(downstream) if switching => {
                     let upstream = hyper::upgrade::on(&mut resp);
@@ -155,7 +155,11 @@ pub async fn handle(
         }
     };
 
-    decorate_response(&mut response, &snap, variant, &decision, ctx.scheme);
+    forward::decorate_response(
+        response.headers_mut(),
+        forward::variant_header(&snap, variant),
+        forward::cohort_cookie(&decision, ctx.scheme),
+    );
     completion.status = response.status().as_u16();
     if response.status() == StatusCode::SWITCHING_PROTOCOLS {
         // A tunnel has no end the metrics could wait for: count it when the 101 leaves.
@@ -166,29 +170,22 @@ pub async fn handle(
     response
 }
 
-/// Rewrites the client's request for the upstream hop (DESIGN §1.7).
+/// Rewrites the client's request for the upstream hop: the policy's header rules
+/// (`crate::request::forward`) on hyper's header map, and the target and version an
+/// HTTP/1.1 upstream hop needs.
 fn prepare_upstream_request(
     req: Request<Incoming>,
-    route: &crate::config::Route,
-    decision: &Decision,
+    fwd: &Forwarding<'_>,
     client: &Peer,
-    scheme: &'static str,
-    drawn_id: Option<RequestId>,
 ) -> Request<Incoming> {
-    let peer = client.addr;
     let (mut parts, body) = req.into_parts();
-    let upgrade = parts.version == Version::HTTP_11 && headers::is_upgrade_request(&parts.headers);
+    let upgrade = parts.version == Version::HTTP_11 && forward::is_upgrade_request(&parts.headers);
     let authority = parts
         .uri
         .authority()
         .and_then(|a| HeaderValue::from_str(a.as_str()).ok());
     let headers = &mut parts.headers;
-    headers::remove_hop_by_hop(headers, upgrade);
-    if let Some(ovr) = &route.override_ {
-        if !ovr.trusts(peer.ip()) {
-            headers.remove(&ovr.header);
-        }
-    }
+    forward::remove_hop_by_hop(headers, upgrade);
     // The target's authority (HTTP/2 `:authority`, an absolute-form HTTP/1.1 target)
     // is the host the request is for; the upstream hop carries it as `Host`
     // (RFC 9112 §3.2.2, RFC 9113 §8.3.1). Otherwise `Host` passes through unchanged.
@@ -196,18 +193,7 @@ fn prepare_upstream_request(
         headers.insert(HOST, authority.clone());
     }
     let forwarded_host = headers.get(HOST).cloned();
-    headers::set_forwarded(headers, &client.forwarded_for, scheme, forwarded_host);
-    headers::fold_cookies(headers);
-    headers.insert(
-        X_COHORT_VARIANT.clone(),
-        HeaderValue::from_static(decision.variant.as_str()),
-    );
-    if let Some(id) = drawn_id {
-        // Hex digits and hyphens: always a valid header value.
-        if let Ok(value) = HeaderValue::from_bytes(id.as_bytes()) {
-            headers.insert(X_REQUEST_ID.clone(), value);
-        }
-    }
+    forward::forward_headers(headers, fwd, &client.forwarded_for, forwarded_host);
     // HTTP/1.1 upstreams get origin-form targets; an HTTP/2 or absolute-form request
     // carries scheme and authority in its URI, which `Host` now holds instead.
     if parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
@@ -220,24 +206,6 @@ fn prepare_upstream_request(
     }
     parts.version = Version::HTTP_11;
     Request::from_parts(parts, body)
-}
-
-fn decorate_response(
-    response: &mut Response<ProxyBody>,
-    snap: &Snapshot,
-    variant: Variant,
-    decision: &Decision,
-    scheme: &str,
-) {
-    let headers = response.headers_mut();
-    if let Some(name) = &snap.config.listen.variant_header {
-        headers.insert(name.clone(), HeaderValue::from_static(variant.as_str()));
-    }
-    if let Some(key) = &decision.new_cohort_id {
-        if let Some(cookie) = router::cohort_id_cookie(key, scheme == "https") {
-            headers.append(SET_COOKIE, cookie);
-        }
-    }
 }
 
 pub fn local_response(status: StatusCode, body: &'static str) -> Response<ProxyBody> {

@@ -1,6 +1,8 @@
 //! One plain-TCP client connection on cohort's own HTTP/1.1 path: read a request,
 //! route it, write it to a pooled upstream connection, stream the response back;
-//! repeat while the client keeps the connection alive.
+//! repeat while the client keeps the connection alive. Every decision on the way
+//! (route and 404, variant, retry, error answer, recording) is the request policy's
+//! (`crate::request`); this file does the wire.
 //!
 //! Bytes go from socket to socket through worker-owned buffers; heads are parsed in
 //! place and rewritten in one pass, so a keep-alive request costs four syscalls and no
@@ -28,10 +30,11 @@ use crate::config::{Endpoint, Route};
 use crate::drain::DrainWatch;
 use crate::proxy::ProxyContext;
 use crate::request::errors::ErrorAnswer;
+use crate::request::forward::{self, Forwarding};
 use crate::request::record::{Completion, Pending};
 use crate::request::{begin, retry};
 use crate::request_id::RequestId;
-use crate::router::{self, IpText};
+use crate::router::IpText;
 use crate::snapshot::{RouteState, Snapshot};
 use crate::upstream::UpstreamError;
 
@@ -327,27 +330,14 @@ fn prepare(
     // for an IPv4 address, where keeping it cost every idle connection 40 bytes of
     // state and a heap block.
     let peer_text = IpText::new(ip);
-    let forwarding = head::Forwarding {
-        peer: peer_text.as_bytes(),
-        proto: ctx.scheme,
-        variant: decision.variant.as_str(),
-        untrusted_override: route
-            .override_
-            .as_ref()
-            .filter(|o| !o.trusts(ip))
-            .map(|o| &o.header),
-        request_id: drawn,
-    };
-    head::write_upstream_request(&req, &forwarding, out);
+    let forwarding = Forwarding::new(route, ip, ctx.scheme, &decision, drawn);
+    head::write_upstream_request(&req, &forwarding, peer_text.as_bytes(), out);
     out.extend_from_slice(&buf[req.head_len..req.message_len()]);
     let completion = Completion::new(snap.clone(), index, &decision, start, access_log);
     Step::Ready(Ready::Forward(Forward {
         route: index,
         variant: decision.variant,
-        set_cookie: decision
-            .new_cohort_id
-            .as_deref()
-            .and_then(|key| router::cohort_id_cookie(key, ctx.scheme == "https")),
+        set_cookie: forward::cohort_cookie(&decision, ctx.scheme),
         // From here on the request is counted exactly once, even if the client leaves.
         pending: Pending::new(completion),
         snap,
@@ -414,14 +404,8 @@ impl Forward {
     ) -> bool {
         let snap = self.snap.clone();
         let (route, state) = snap.route(self.route);
-        let variant_header = snap
-            .config
-            .listen
-            .variant_header
-            .as_ref()
-            .map(|name| (name, self.variant.as_str()));
         let deco = Decoration {
-            variant_header,
+            variant_header: forward::variant_header(&snap, self.variant),
             set_cookie: self.set_cookie.as_ref().map(http::HeaderValue::as_bytes),
             close: self.close || draining,
         };

@@ -16,5 +16,6 @@
 
 pub(crate) mod begin;
 pub(crate) mod errors;
+pub mod forward;
 pub(crate) mod record;
 pub(crate) mod retry;
