@@ -23,7 +23,7 @@ use crate::request::record::{Completion, Pending};
 use crate::request::{begin, retry};
 use crate::request_id::{RequestId, X_REQUEST_ID};
 use crate::request_log::Causes;
-use crate::router::{self};
+use crate::router;
 use crate::snapshot::SharedSnapshot;
 use crate::upstream::{Lease, Pool, Progress, UpstreamError};
 
@@ -94,8 +94,10 @@ pub async fn handle(
 
     let upgrade = req.version() == Version::HTTP_11 && forward::is_upgrade_request(req.headers());
     let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
-    let fwd = Forwarding::new(route, peer.ip(), ctx.scheme, &decision, drawn.as_ref());
-    let upstream_req = prepare_upstream_request(req, &fwd, client);
+    let upstream_req = {
+        let fwd = Forwarding::new(route, peer.ip(), ctx.scheme, &decision, drawn.as_ref());
+        prepare_upstream_request(req, &fwd, client)
+    };
 
     let progress = Progress::new();
     let mut endpoints = state.endpoints(variant);
