@@ -120,6 +120,9 @@ impl Drop for Pending {
     }
 }
 
+/// The tracing target of the upstream-failure warning (README, Logs).
+pub(crate) const UPSTREAM_WARNING_TARGET: &str = "cohort::request_log";
+
 /// Counts an upstream failure and, unless one was written for the same (route,
 /// variant, kind) less than [`WarnGate::INTERVAL_MS`] ago, writes a WARN line naming
 /// route, variant, endpoint, kind and cause. Written whatever `listen.access_log`
@@ -135,8 +138,10 @@ fn upstream_failed(route: &str, variant: Variant, metrics: &VariantMetrics, erro
         return;
     };
     // Text through `Display` (`%`): the text format writes `kind=connect`, not
-    // `kind="connect"`; JSON gets strings either way.
+    // `kind="connect"`; JSON gets strings either way. The target is the one the README
+    // documents and log filters name, whichever module writes the line.
     tracing::warn!(
+        target: UPSTREAM_WARNING_TARGET,
         route = %route,
         variant = %variant.as_str(),
         endpoint = error.authority().map(tracing::field::display),
