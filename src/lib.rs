@@ -5,7 +5,8 @@
 //! The pure core decides: [`cohort`] (hashing and assignment) and [`rollout`]
 //! (schedules, verdicts, time) from the `cohort-core` crate; [`config`] (schema and
 //! validation) and [`router`] (route matching and the decision), pure but still here. The shell does I/O: the server and listeners, the two HTTP/1
-//! engines (hyper's in `proxy`, the own fast path in [`h1`]), upstream pools, reload
+//! engines (hyper's in `proxy`, the own fast path in [`h1`]) which take every request
+//! decision from one policy module ([`request`]), upstream pools, reload
 //! and the file watcher, the guard evaluator ([`guard`]), the admin listener and
 //! metrics. `window` (the sliding windows behind the figures and the guards) is shell:
 //! the clock is passed in, but it is state the workers write (atomics, one lane per
@@ -20,12 +21,12 @@ pub mod config;
 mod drain;
 pub mod guard;
 pub mod h1;
-mod headers;
 mod history;
 mod listener;
 mod metrics;
 mod proxy;
 pub mod reload;
+pub mod request;
 pub mod request_id;
 mod request_log;
 pub mod router;

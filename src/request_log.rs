@@ -1,6 +1,6 @@
-//! What the request path writes to the log, for both engines (hyper's in
-//! `crate::proxy`, cohort's own in `crate::h1`): the access log line and the
-//! upstream-failure warning, each written in one place.
+//! What the request path writes to the log, for both engines: the access log line,
+//! the warning gate and the error text of the upstream-failure warning, which the
+//! request policy's exit point (`crate::request::record`) writes.
 //!
 //! Values are plain: numbers as numbers (durations in milliseconds, at most three
 //! decimals), text as text, and a field that does not apply is left out rather than
@@ -16,40 +16,12 @@ use std::time::Duration;
 use http::Method;
 
 use crate::cohort::Variant;
-use crate::metrics::{UpstreamErrorKind, VariantMetrics};
-use crate::proxy::ACCESS_LOG_TARGET;
+use crate::metrics::UpstreamErrorKind;
 use crate::router::AssignSource;
-use crate::upstream::{Progress, UpstreamError};
+use crate::upstream::Progress;
 
-/// Counts an upstream failure and, unless one was written for the same (route,
-/// variant, kind) less than [`WarnGate::INTERVAL_MS`] ago, writes a WARN line naming
-/// route, variant, endpoint, kind and cause. Written whatever `listen.access_log`
-/// says: a refused connection is worth a line even where nobody logs requests. A line
-/// after a quiet spell says how many were held back meanwhile (`suppressed`), so a
-/// dead upstream under load costs one line a second, not one per request.
-pub(crate) fn upstream_failed(
-    route: &str,
-    variant: Variant,
-    metrics: &VariantMetrics,
-    error: &UpstreamError,
-) {
-    let kind = error.kind();
-    metrics.upstream_error(kind);
-    let Some(suppressed) = metrics.warn_gate(kind).admit(metrics.clock_millis()) else {
-        return;
-    };
-    // Text through `Display` (`%`): the text format writes `kind=connect`, not
-    // `kind="connect"`; JSON gets strings either way.
-    tracing::warn!(
-        route = %route,
-        variant = %variant.as_str(),
-        endpoint = error.authority().map(display),
-        kind = %kind.as_str(),
-        suppressed = (suppressed > 0).then_some(suppressed),
-        error = %Causes(error),
-        "upstream request failed"
-    );
-}
+/// The tracing target of access log lines (`listen.access_log`), always written as JSON.
+pub const ACCESS_LOG_TARGET: &str = "cohort::access";
 
 /// Lets at most one warning through per interval for one (route, variant, kind), and
 /// counts the ones it holds back. Lock-free: two atomics beside the metric handles,
@@ -191,6 +163,7 @@ pub fn millis(elapsed: Duration) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::upstream::UpstreamError;
 
     #[test]
     fn one_line_per_interval_then_the_count_held_back() {

@@ -79,20 +79,11 @@ pub enum UpstreamError {
 }
 
 impl UpstreamError {
-    /// The metric label and, through it, the status code (DESIGN §1 failure table).
+    /// The metric label (DESIGN §1 failure table), from the policy's one error map
+    /// (`crate::request::errors`).
+    #[inline]
     pub fn kind(&self) -> UpstreamErrorKind {
-        match self {
-            UpstreamError::NoEndpoints
-            | UpstreamError::Resolve { .. }
-            | UpstreamError::Connect { .. }
-            | UpstreamError::Handshake { .. } => UpstreamErrorKind::Connect,
-            UpstreamError::ConnectTimeout { .. } | UpstreamError::ResponseTimeout { .. } => {
-                UpstreamErrorKind::Timeout
-            }
-            UpstreamError::Tls { .. } => UpstreamErrorKind::Tls,
-            UpstreamError::Reset { .. } => UpstreamErrorKind::Reset,
-            UpstreamError::Protocol { .. } => UpstreamErrorKind::Protocol,
-        }
+        crate::request::errors::answer(self).kind
     }
 
     /// The endpoint the failure happened at (its authority), if one was chosen.

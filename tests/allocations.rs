@@ -147,13 +147,12 @@ fn parsing_routing_and_rewriting_heads_allocates_nothing() {
         // The request carries no id: one is drawn and written, still on the stack.
         let id = cohort::request_id::RequestId::generate();
         let forwarding = Forwarding {
-            peer: b"192.0.2.7",
             proto: "http",
             variant: decision.variant.as_str(),
             untrusted_override: None,
             request_id: req.request_id.is_none().then_some(&id),
         };
-        write_upstream_request(&req, &forwarding, &mut out);
+        write_upstream_request(&req, &forwarding, b"192.0.2.7", &mut out);
         let mut fields = field_storage();
         let ParsedResponse::Ready(resp) = parse_response(response, &mut fields, false) else {
             panic!("a final response");

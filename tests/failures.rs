@@ -1,7 +1,7 @@
 //! The failure table of DESIGN §1: what a client gets, and what is counted, when an
 //! upstream refuses, hangs, dies mid-run, cuts a body or speaks nonsense, and when the
 //! client itself leaves early. Plus endpoint choice: round robin and the one retry on
-//! the same variant.
+//! the same variant, on both engines.
 mod support;
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -331,6 +331,83 @@ async fn a_refusing_endpoint_is_retried_on_its_sibling_never_on_the_other_varian
             .series_eventually(REQUESTS, &requests("stable", "200"), 10.0)
             .await,
         10.0
+    );
+    cohort.shutdown().await;
+}
+
+/// The same rule on hyper's engine: HTTP/2 requests (h2c) never reach cohort's own
+/// HTTP/1.1 path, so this is the retry of `crate::proxy`, taken from the one policy.
+#[tokio::test]
+async fn over_http2_a_refusing_endpoint_is_retried_on_its_sibling_never_on_the_other_variant() {
+    let stable = FakeUpstream::start("stable").await;
+    let canary = FakeUpstream::start("canary").await;
+    let cohort = TestCohort::start(&route_with(
+        &[
+            format!("http://{}", refused_addr()),
+            format!("http://{}", refused_addr()),
+        ],
+        &[format!("http://{}", refused_addr()), canary.url()],
+        "canary_percent = 50",
+    ))
+    .await;
+    let stable_user = key_in("stable", "app-salt", 50.0, "user");
+    let canary_user = key_in("canary", "app-salt", 50.0, "user");
+    let h2 = h2c_client();
+
+    // Round robin starts every other request on the refusing canary endpoint; each is
+    // answered by the live one of the same variant.
+    for _ in 0..10 {
+        let answer = send(
+            &h2,
+            "GET",
+            &cohort.url("/"),
+            &[("x-user-id", &canary_user)],
+            Bytes::new(),
+        )
+        .await;
+        assert_eq!((answer.status, answer.text().as_str()), (200, "canary"));
+        assert_eq!(answer.variant(), Some("canary"));
+    }
+    assert_eq!(canary.hits(), 10);
+    assert_eq!(stable.hits(), 0, "never the other variant");
+
+    // Every stable endpoint refuses: 502 for stable users, the canary untouched, and
+    // each failed request counted once as a connect error.
+    for _ in 0..4 {
+        let answer = send(
+            &h2,
+            "GET",
+            &cohort.url("/"),
+            &[("x-user-id", &stable_user)],
+            Bytes::new(),
+        )
+        .await;
+        assert_eq!(answer.status, 502);
+        assert_eq!(answer.variant(), Some("stable"));
+    }
+    assert_eq!(canary.hits(), 10, "never the other variant");
+    assert_eq!(stable.hits(), 0);
+    assert_eq!(
+        cohort
+            .series_eventually(REQUESTS, &requests("stable", "502"), 4.0)
+            .await,
+        4.0
+    );
+    assert_eq!(
+        cohort.series(ERRORS, &errors("stable", "connect")).await,
+        4.0
+    );
+    assert_eq!(
+        cohort
+            .series_eventually(REQUESTS, &requests("canary", "200"), 10.0)
+            .await,
+        10.0
+    );
+    // A refusal the retry made good is not a failed request (DESIGN §1.8 counts the
+    // cause of a response cohort could not get), on either engine.
+    assert_eq!(
+        cohort.series(ERRORS, &errors("canary", "connect")).await,
+        0.0
     );
     cohort.shutdown().await;
 }

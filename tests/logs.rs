@@ -231,6 +231,8 @@ async fn the_warning_reads_plainly_in_the_text_format() {
         .find(|l| l.contains("upstream request failed"))
         .unwrap_or_else(|| panic!("no warning:\n{stderr}"));
     assert!(warning.contains(" WARN "), "{warning}");
+    // The target the README documents, whichever module writes the line.
+    assert!(warning.contains(" cohort::request_log: "), "{warning}");
     for field in [
         "route=shop".to_owned(),
         "variant=stable".to_owned(),

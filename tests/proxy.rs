@@ -139,6 +139,54 @@ async fn te_trailers_named_in_connection_reaches_the_upstream_on_both_paths() {
     cohort.shutdown().await;
 }
 
+/// Both engines apply the one hop-by-hop list: the same request, with every listed
+/// field a plain request can carry and fields its `Connection` names, reaches the
+/// upstream with the same fields from cohort's own path (HTTP/1.1) and from hyper's
+/// (an HTTP/1.0 request is handed to it).
+#[tokio::test]
+async fn both_engines_strip_the_same_hop_by_hop_fields() {
+    let stable = FakeUpstream::start("stable").await;
+    let canary = FakeUpstream::start("canary").await;
+    let cohort = TestCohort::start(&route("app", &stable, &canary, "")).await;
+    let mut seen_by_engine = Vec::new();
+    for version in ["1.1", "1.0"] {
+        // `Upgrade` and `Transfer-Encoding` are left out: either sends the request
+        // to hyper on both versions (they are checked on hyper's path above).
+        let request = format!(
+            "GET /hop HTTP/{version}\r\n\
+             Host: app.example\r\n\
+             Connection: keep-alive, X-Named-Hop\r\n\
+             X-Named-Hop: 1\r\n\
+             Keep-Alive: timeout=5\r\n\
+             Proxy-Connection: keep-alive\r\n\
+             TE: gzip\r\n\
+             Trailer: x-checksum\r\n\
+             Proxy-Authorization: Basic YTpi\r\n\
+             Proxy-Authenticate: Basic\r\n\
+             X-End-To-End: kept\r\n\
+             \r\n"
+        );
+        let answer = raw_exchange(cohort.proxy, &request).await;
+        assert_eq!(answer.status, 200, "HTTP/{version}: {}", answer.text());
+        let seen = stable.last_seen();
+        for name in HOP_BY_HOP.iter().chain(&["x-named-hop"]) {
+            assert!(
+                seen.headers.get(*name).is_none(),
+                "HTTP/{version}: {name} reached the upstream"
+            );
+        }
+        assert_eq!(seen.one("x-end-to-end"), Some("kept"), "HTTP/{version}");
+        let mut names: Vec<String> = seen.headers.keys().map(|n| n.to_string()).collect();
+        names.sort();
+        seen_by_engine.push(names);
+    }
+    assert_eq!(
+        seen_by_engine[0], seen_by_engine[1],
+        "own engine (left) and hyper's (right) forward different fields"
+    );
+    cohort.shutdown().await;
+}
+
 #[tokio::test]
 async fn te_other_than_trailers_is_dropped_and_a_chunked_body_arrives_intact() {
     let stable = FakeUpstream::start("stable").await;

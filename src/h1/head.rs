@@ -1,5 +1,7 @@
 //! Request and response heads on cohort's own HTTP/1.1 path: parsed in place with
 //! httparse, classified, and rewritten for the next hop straight into a byte buffer.
+//! The parsing is this path's own; the header rules it writes (which fields are
+//! hop-by-hop, what is forwarded) are the request policy's (`crate::request::forward`).
 //!
 //! Pure: no I/O. A request this path does not handle (see [`Handover`]) is left to
 //! hyper, so every rule here can stay small and strict.
@@ -10,8 +12,8 @@ use std::ops::Range;
 
 use http::{HeaderName, StatusCode};
 
-use crate::headers::is_trailers_only;
-use crate::request_id::RequestId;
+pub use crate::request::forward::Forwarding;
+use crate::request::forward::{is_trailers_only, Field};
 use crate::router::Fields;
 
 /// Header fields a head may carry (hyper's limit too).
@@ -144,21 +146,21 @@ pub fn parse_request<'h, 'b>(
     let mut request_id = None;
     let mut connection = ConnectionOptions::new(fields);
     for field in fields {
-        match Known::of(field.name) {
-            Known::ContentLength => {
+        match Field::of(field.name) {
+            Field::ContentLength => {
                 let Some(n) = parse_length(field.value).filter(|_| content_length.is_none()) else {
                     return ParsedRequest::Handover(Handover::Body);
                 };
                 content_length = Some(n);
             }
-            Known::TransferEncoding => return ParsedRequest::Handover(Handover::Body),
-            Known::Host => {
+            Field::TransferEncoding => return ParsedRequest::Handover(Handover::Body),
+            Field::Host => {
                 if host.is_some() {
                     return ParsedRequest::Reject(StatusCode::BAD_REQUEST);
                 }
                 host = std::str::from_utf8(field.value).ok();
             }
-            Known::Connection => {
+            Field::Connection => {
                 for token in tokens(field.value) {
                     if token.eq_ignore_ascii_case(b"close") {
                         close = true;
@@ -168,8 +170,8 @@ pub fn parse_request<'h, 'b>(
                     connection.add(token);
                 }
             }
-            Known::Upgrade | Known::Expect => return ParsedRequest::Handover(Handover::Upgrade),
-            Known::XRequestId if request_id.is_none() => request_id = Some(field.value),
+            Field::Upgrade | Field::Expect => return ParsedRequest::Handover(Handover::Upgrade),
+            Field::XRequestId if request_id.is_none() => request_id = Some(field.value),
             _ => {}
         }
     }
@@ -194,26 +196,18 @@ pub fn parse_request<'h, 'b>(
     })
 }
 
-/// What the upstream hop adds to a request (DESIGN §1.7).
-pub struct Forwarding<'a> {
-    /// The client's address as an `X-Forwarded-For` element.
-    pub peer: &'a [u8],
-    /// `X-Forwarded-Proto`.
-    pub proto: &'static str,
-    /// `X-Cohort-Variant`.
-    pub variant: &'static str,
-    /// The override header, when the client is not trusted to send it.
-    pub untrusted_override: Option<&'a HeaderName>,
-    /// `X-Request-Id`, drawn by cohort when the client sent none it could use; the
-    /// client's own passes through as it came.
-    pub request_id: Option<&'a RequestId>,
-}
-
-/// Writes the request head for the upstream hop: hop-by-hop fields dropped (the fixed
-/// list and whatever `Connection` names), `X-Forwarded-*` and `X-Cohort-Variant` set,
-/// a drawn `X-Request-Id` added (replacing a blank one), split `Cookie` lines folded,
-/// everything else passed through as the client wrote it.
-pub fn write_upstream_request(req: &Request<'_, '_>, fwd: &Forwarding<'_>, out: &mut Vec<u8>) {
+/// Writes the request head for the upstream hop, applying the policy's header rules
+/// (`crate::request::forward`): hop-by-hop fields dropped (the fixed list and whatever
+/// `Connection` names), `X-Forwarded-*` and `X-Cohort-Variant` set (`peer` is the
+/// client's address as an `X-Forwarded-For` element), a drawn `X-Request-Id` added
+/// (replacing a blank one), split `Cookie` lines folded, everything else passed through
+/// as the client wrote it.
+pub fn write_upstream_request(
+    req: &Request<'_, '_>,
+    fwd: &Forwarding<'_>,
+    peer: &[u8],
+    out: &mut Vec<u8>,
+) {
     let fields = req.fields.0;
     out.extend_from_slice(req.method.as_bytes());
     out.push(b' ');
@@ -225,11 +219,11 @@ pub fn write_upstream_request(req: &Request<'_, '_>, fwd: &Forwarding<'_>, out: 
     let mut cookies = 0;
     for field in fields {
         let name = field.name;
-        let known = Known::of(name);
+        let known = Field::of(name);
         let skip = match known {
-            Known::Te => !is_trailers_only(field.value),
-            Known::XForwardedProto | Known::XForwardedHost | Known::XCohortVariant => true,
-            Known::XRequestId => fwd.request_id.is_some(),
+            Field::Te => !is_trailers_only(field.value),
+            Field::XForwardedProto | Field::XForwardedHost | Field::XCohortVariant => true,
+            Field::XRequestId => fwd.request_id.is_some(),
             _ => known.is_hop_by_hop(),
         } || connection.names(name)
             || fwd
@@ -239,12 +233,12 @@ pub fn write_upstream_request(req: &Request<'_, '_>, fwd: &Forwarding<'_>, out: 
             continue;
         }
         match known {
-            Known::XForwardedFor => forwarded_for = true,
-            Known::Cookie => {
+            Field::XForwardedFor => forwarded_for = true,
+            Field::Cookie => {
                 cookies += 1;
-                if cookies == 1 && many(fields, Known::Cookie) {
+                if cookies == 1 && many(fields, Field::Cookie) {
                     lines.flush(out);
-                    write_field(out, b"cookie", &fold(fields, Known::Cookie, b"; "));
+                    write_field(out, b"cookie", &fold(fields, Field::Cookie, b"; "));
                 } else if cookies == 1 {
                     lines.keep(field, out);
                 }
@@ -256,13 +250,13 @@ pub fn write_upstream_request(req: &Request<'_, '_>, fwd: &Forwarding<'_>, out: 
     out.extend_from_slice(b"x-forwarded-for: ");
     if forwarded_for {
         for field in fields {
-            if Known::of(field.name) == Known::XForwardedFor {
+            if Field::of(field.name) == Field::XForwardedFor {
                 out.extend_from_slice(field.value);
                 out.extend_from_slice(b", ");
             }
         }
     }
-    out.extend_from_slice(fwd.peer);
+    out.extend_from_slice(peer);
     out.extend_from_slice(b"\r\nx-forwarded-proto: ");
     out.extend_from_slice(fwd.proto.as_bytes());
     if let Some(host) = req.host {
@@ -344,16 +338,16 @@ pub fn parse_response<'h, 'b>(
     let mut keep_alive = false;
     let mut connection = ConnectionOptions::new(fields);
     for field in fields {
-        match Known::of(field.name) {
-            Known::ContentLength => match parse_length(field.value) {
+        match Field::of(field.name) {
+            Field::ContentLength => match parse_length(field.value) {
                 Some(n) if length.map_or(true, |l| l == n) => length = Some(n),
                 _ => return ParsedResponse::Invalid("invalid or conflicting Content-Length"),
             },
-            Known::TransferEncoding => match tokens(field.value).last() {
+            Field::TransferEncoding => match tokens(field.value).last() {
                 Some(last) if last.eq_ignore_ascii_case(b"chunked") && !chunked => chunked = true,
                 _ => return ParsedResponse::Invalid("unsupported Transfer-Encoding"),
             },
-            Known::Connection => {
+            Field::Connection => {
                 for token in tokens(field.value) {
                     close |= token.eq_ignore_ascii_case(b"close");
                     keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
@@ -427,10 +421,10 @@ pub fn write_client_response(resp: &Response<'_, '_>, deco: &Decoration<'_>, out
     let mut lines = FieldLines::new(resp.head);
     for field in fields {
         let name = field.name;
-        let skip = match Known::of(name) {
+        let skip = match Field::of(name) {
             // The framing passes through as the upstream sent it.
-            Known::TransferEncoding => !chunked,
-            Known::ContentLength => chunked,
+            Field::TransferEncoding => !chunked,
+            Field::ContentLength => chunked,
             known => known.is_hop_by_hop(),
         } || connection.names(name)
             || deco
@@ -548,86 +542,6 @@ fn write_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(b"\r\n");
 }
 
-/// The header fields this path acts on, recognised once per field: by length first,
-/// so most names are told apart without comparing a byte.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Known {
-    // The hop-by-hop fields (`headers::HOP_BY_HOP`, DESIGN §1.7).
-    Connection,
-    KeepAlive,
-    ProxyConnection,
-    TransferEncoding,
-    Te,
-    Trailer,
-    Upgrade,
-    ProxyAuthorization,
-    ProxyAuthenticate,
-    // Fields this path reads or replaces.
-    ContentLength,
-    Host,
-    Expect,
-    Cookie,
-    XForwardedFor,
-    XForwardedProto,
-    XForwardedHost,
-    XCohortVariant,
-    XRequestId,
-    Other,
-}
-
-impl Known {
-    fn of(name: &str) -> Known {
-        Known::of_bytes(name.as_bytes())
-    }
-
-    /// Dispatches on length and first letter, then compares once. `| 0x20` lowercases
-    /// a letter and leaves `-` alone; no other byte of a valid field name (a token, as
-    /// httparse checks) can turn into a lowercase letter or `-` that way.
-    fn of_bytes(name: &[u8]) -> Known {
-        let is = |known: &[u8]| name.iter().zip(known).all(|(&b, &k)| b | 0x20 == k);
-        let Some(&first) = name.first() else {
-            return Known::Other;
-        };
-        match (name.len(), first | 0x20) {
-            (2, b't') if is(b"te") => Known::Te,
-            (4, b'h') if is(b"host") => Known::Host,
-            (6, b'c') if is(b"cookie") => Known::Cookie,
-            (6, b'e') if is(b"expect") => Known::Expect,
-            (7, b't') if is(b"trailer") => Known::Trailer,
-            (7, b'u') if is(b"upgrade") => Known::Upgrade,
-            (10, b'c') if is(b"connection") => Known::Connection,
-            (10, b'k') if is(b"keep-alive") => Known::KeepAlive,
-            (12, b'x') if is(b"x-request-id") => Known::XRequestId,
-            (14, b'c') if is(b"content-length") => Known::ContentLength,
-            (15, b'x') if is(b"x-forwarded-for") => Known::XForwardedFor,
-            (16, b'p') if is(b"proxy-connection") => Known::ProxyConnection,
-            (16, b'x') if is(b"x-forwarded-host") => Known::XForwardedHost,
-            (16, b'x') if is(b"x-cohort-variant") => Known::XCohortVariant,
-            (17, b't') if is(b"transfer-encoding") => Known::TransferEncoding,
-            (17, b'x') if is(b"x-forwarded-proto") => Known::XForwardedProto,
-            (18, b'p') if is(b"proxy-authenticate") => Known::ProxyAuthenticate,
-            (19, b'p') if is(b"proxy-authorization") => Known::ProxyAuthorization,
-            _ => Known::Other,
-        }
-    }
-
-    /// One of the fixed hop-by-hop fields (`TE: trailers` is handled by the caller).
-    fn is_hop_by_hop(self) -> bool {
-        matches!(
-            self,
-            Known::Connection
-                | Known::KeepAlive
-                | Known::ProxyConnection
-                | Known::TransferEncoding
-                | Known::Te
-                | Known::Trailer
-                | Known::Upgrade
-                | Known::ProxyAuthorization
-                | Known::ProxyAuthenticate
-        )
-    }
-}
-
 /// The field names a head's `Connection` fields list (RFC 9110 §7.6.1): a proxy drops
 /// those fields. Collected while the head is parsed; names of fixed hop-by-hop fields
 /// are left out (they go anyway), so the usual `keep-alive` costs nothing per field.
@@ -656,7 +570,7 @@ impl<'h, 'b> ConnectionOptions<'h, 'b> {
 
     /// One token of a `Connection` field.
     fn add(&mut self, token: &'b [u8]) {
-        if Known::of_bytes(token).is_hop_by_hop() || self.overflowed {
+        if Field::of_bytes(token).is_hop_by_hop() || self.overflowed {
             return;
         }
         if self.len == OPTIONS_HELD {
@@ -676,7 +590,7 @@ impl<'h, 'b> ConnectionOptions<'h, 'b> {
         }
         self.fields
             .iter()
-            .filter(|f| Known::of(f.name) == Known::Connection)
+            .filter(|f| Field::of(f.name) == Field::Connection)
             .flat_map(|f| tokens(f.value))
             .any(|t| t.eq_ignore_ascii_case(name))
     }
@@ -690,18 +604,18 @@ fn tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
         .filter(|t| !t.is_empty())
 }
 
-fn many(fields: &[httparse::Header<'_>], known: Known) -> bool {
+fn many(fields: &[httparse::Header<'_>], known: Field) -> bool {
     fields
         .iter()
-        .filter(|f| Known::of(f.name) == known)
+        .filter(|f| Field::of(f.name) == known)
         .nth(1)
         .is_some()
 }
 
 /// The values of every `known` field joined by `sep`.
-fn fold(fields: &[httparse::Header<'_>], known: Known, sep: &[u8]) -> Vec<u8> {
+fn fold(fields: &[httparse::Header<'_>], known: Field, sep: &[u8]) -> Vec<u8> {
     let mut joined = Vec::new();
-    for field in fields.iter().filter(|f| Known::of(f.name) == known) {
+    for field in fields.iter().filter(|f| Field::of(f.name) == known) {
         if !joined.is_empty() {
             joined.extend_from_slice(sep);
         }

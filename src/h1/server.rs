@@ -1,6 +1,8 @@
 //! One plain-TCP client connection on cohort's own HTTP/1.1 path: read a request,
 //! route it, write it to a pooled upstream connection, stream the response back;
-//! repeat while the client keeps the connection alive.
+//! repeat while the client keeps the connection alive. Every decision on the way
+//! (route and 404, variant, retry, error answer, recording) is the request policy's
+//! (`crate::request`); this file does the wire.
 //!
 //! Bytes go from socket to socket through worker-owned buffers; heads are parsed in
 //! place and rewritten in one pass, so a keep-alive request costs four syscalls and no
@@ -26,9 +28,13 @@ use super::upstream::Conn;
 use crate::cohort::Variant;
 use crate::config::{Endpoint, Route};
 use crate::drain::DrainWatch;
-use crate::proxy::{self, AccessLog, Completion, Pending, ProxyContext};
-use crate::request_id::{self, RequestId};
-use crate::router::{self, IpText};
+use crate::proxy::ProxyContext;
+use crate::request::errors::ErrorAnswer;
+use crate::request::forward::{self, Forwarding};
+use crate::request::record::{Completion, Pending};
+use crate::request::{begin, retry};
+use crate::request_id::RequestId;
+use crate::router::IpText;
 use crate::snapshot::{RouteState, Snapshot};
 use crate::upstream::UpstreamError;
 
@@ -289,11 +295,9 @@ fn prepare(
     let start = arrived.unwrap_or_else(Instant::now);
     let snap = ctx.snapshot.load_full();
     let path = req.target.split('?').next().unwrap_or("/");
-    let Some(index) = snap.table.find(&snap.config.routes, req.host, path) else {
-        ctx.metrics.unrouted(StatusCode::NOT_FOUND.as_u16());
-        let body = "no route matches this request\n";
+    let Some(index) = begin::find_route(&ctx.metrics, &snap, req.host, path) else {
         let plain = Decoration::plain(req.close);
-        head::write_local_response(StatusCode::NOT_FOUND, body, &plain, out);
+        head::write_local_response(StatusCode::NOT_FOUND, begin::NO_ROUTE_BODY, &plain, out);
         return Step::Ready(Ready::Local {
             consumed: req.message_len(),
             close: req.close,
@@ -304,58 +308,36 @@ fn prepare(
         return Step::Handover;
     }
     let ip = peer.ip();
-    let decision = router::decide(route, state.share(), &req.fields, ip, proxy::draw_key);
-    let variant_metrics = state.metrics.variant(decision.variant);
-    variant_metrics.assigned(decision.source);
-    variant_metrics.started();
-    // The client's id passes through as it came; a request without one gets one
-    // drawn here, on the stack, and written straight into the upstream head.
+    let decision = begin::decide(route, state, &req.fields, ip);
+    // A drawn id lives on the stack and is written straight into the upstream head.
     // (Initialised in place only when drawn: no `Option<RequestId>` moved around.)
     let drawn_id;
-    let drawn = match req.request_id {
-        Some(id) if request_id::usable(id) => None,
-        _ => {
-            drawn_id = RequestId::generate();
-            Some(&drawn_id)
-        }
+    let drawn = if begin::draws_request_id(req.request_id) {
+        drawn_id = RequestId::generate();
+        Some(&drawn_id)
+    } else {
+        None
     };
-    let access_log = snap.config.listen.access_log.then(|| {
-        let id = match drawn {
-            Some(drawn) => drawn.as_bytes(),
-            None => req.request_id.unwrap_or_default(),
-        };
-        let method = Method::from_bytes(req.method.as_bytes()).unwrap_or(Method::GET);
-        let mut log = AccessLog::new(method, path, peer, decision.source, id);
+    let method = || Method::from_bytes(req.method.as_bytes()).unwrap_or(Method::GET);
+    let mut access_log =
+        begin::access_log(&snap, method, path, peer, &decision, req.request_id, drawn);
+    if let Some(log) = &mut access_log {
         // The body leaves in the same write as the head; a failure that sent nothing
         // takes it back (`Forward::run`).
         log.request_body_bytes = req.content_length as u64;
-        Box::new(log)
-    });
+    }
     // Rendered per request rather than kept per connection: a few dozen instructions
     // for an IPv4 address, where keeping it cost every idle connection 40 bytes of
     // state and a heap block.
     let peer_text = IpText::new(ip);
-    let forwarding = head::Forwarding {
-        peer: peer_text.as_bytes(),
-        proto: ctx.scheme,
-        variant: decision.variant.as_str(),
-        untrusted_override: route
-            .override_
-            .as_ref()
-            .filter(|o| !o.trusts(ip))
-            .map(|o| &o.header),
-        request_id: drawn,
-    };
-    head::write_upstream_request(&req, &forwarding, out);
+    let forwarding = Forwarding::new(route, ip, ctx.scheme, &decision, drawn);
+    head::write_upstream_request(&req, &forwarding, peer_text.as_bytes(), out);
     out.extend_from_slice(&buf[req.head_len..req.message_len()]);
     let completion = Completion::new(snap.clone(), index, &decision, start, access_log);
     Step::Ready(Ready::Forward(Forward {
         route: index,
         variant: decision.variant,
-        set_cookie: decision
-            .new_cohort_id
-            .as_deref()
-            .and_then(|key| router::cohort_id_cookie(key, ctx.scheme == "https")),
+        set_cookie: forward::cohort_cookie(&decision, ctx.scheme),
         // From here on the request is counted exactly once, even if the client leaves.
         pending: Pending::new(completion),
         snap,
@@ -422,14 +404,8 @@ impl Forward {
     ) -> bool {
         let snap = self.snap.clone();
         let (route, state) = snap.route(self.route);
-        let variant_header = snap
-            .config
-            .listen
-            .variant_header
-            .as_ref()
-            .map(|name| (name, self.variant.as_str()));
         let deco = Decoration {
-            variant_header,
+            variant_header: forward::variant_header(&snap, self.variant),
             set_cookie: self.set_cookie.as_ref().map(http::HeaderValue::as_bytes),
             close: self.close || draining,
         };
@@ -446,13 +422,10 @@ impl Forward {
             // The pending completion counts 499 as it drops.
             Err(Failure::ClientGone) => return false,
             Err(Failure::Upstream(e)) => {
-                let status = proxy::error_status(e.kind());
-                let body = proxy::error_body(&e);
+                let mut completion = self.pending.take();
+                let ErrorAnswer { status, body, .. } = completion.failed(&e);
                 let mut out = Lent::take();
                 head::write_local_response(status, body, &deco, &mut out);
-                let mut completion = self.pending.take();
-                completion.upstream_failed(&e);
-                completion.status = status.as_u16();
                 let written = client.write_all(&out).await.is_ok();
                 if let Some(log) = completion.log() {
                     log.endpoint = e.authority().map(Arc::from);
@@ -494,8 +467,7 @@ impl Forward {
                 fin.framing != Framing::UntilClose
             }
             Relayed::UpstreamCut(error) => {
-                completion.cut = true;
-                completion.upstream_failed(&error);
+                completion.cut(&error);
                 false
             }
             Relayed::ClientGone => false,
@@ -526,17 +498,14 @@ impl Forward {
             Some(conn) => conn,
             None => match connect(first, timeouts.connect).await {
                 Ok(conn) => conn,
-                // Nothing reached the first endpoint: one retry on another endpoint of
-                // the same variant. Never the other variant; that would corrupt the
-                // experiment.
-                Err(e) if e.nothing_sent() => match endpoints.next().filter(|o| o.0 != first.0) {
+                // The policy's one retry: another endpoint of the same variant.
+                Err(e) => match retry::another_endpoint(&e, &first.0, &mut endpoints) {
                     Some(other) => {
                         target = other;
                         connect(other, timeouts.connect).await?
                     }
                     None => return Err(e.into()),
                 },
-                Err(e) => return Err(e.into()),
             },
         };
         loop {
