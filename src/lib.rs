@@ -3,14 +3,14 @@
 //! (`src/main.rs`, `src/cli/`) is its command line; tests and embedders use this.
 //!
 //! The pure core decides: [`cohort`] (hashing and assignment) and [`rollout`]
-//! (schedules, verdicts, time) from the `cohort-core` crate; [`config`] (schema and
-//! validation) and [`router`] (route matching and the decision), pure but still here. The shell does I/O: the server and listeners, the two HTTP/1
-//! engines (hyper's in `proxy`, the own fast path in [`h1`]) which take every request
-//! decision from one policy module ([`request`]), upstream pools, reload
-//! and the file watcher, the guard evaluator ([`guard`]), the admin listener and
-//! metrics. `window` (the sliding windows behind the figures and the guards) is shell:
-//! the clock is passed in, but it is state the workers write (atomics, one lane per
-//! worker thread), not a function of its inputs.
+//! (schedules, verdicts, time) come from the `cohort-core` crate; [`config`] (schema
+//! and validation) and [`router`] (route matching and the decision) are pure but still
+//! here. The shell does I/O: the server and listeners, the two HTTP/1 engines (hyper's
+//! in `proxy`, the own fast path in [`h1`]), which take every request decision from one
+//! policy module ([`request`]), upstream pools, reload and the file watcher, the guard
+//! evaluator ([`guard`]), the admin listener and metrics. `window` (the sliding windows
+//! behind the figures and the guards) is shell: the clock is passed in, but it is state
+//! the workers write (atomics, one lane per worker thread), not a function of its inputs.
 #![forbid(unsafe_code)]
 
 pub use cohort_core::{cohort, rollout};
