@@ -4,8 +4,6 @@
 //! recorders, and `promtool check metrics` on the real page.
 #[path = "support/process.rs"]
 mod process;
-#[path = "support/prom.rs"]
-mod prom;
 mod support;
 
 use std::collections::BTreeMap;
@@ -13,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use cohort::cohort::{assign, BasisPoints, Variant};
 use cohort::rollout::Reason;
-use prom::Exposition;
+use support::prom::Exposition;
 use support::{get, route, FakeUpstream, TestCohort};
 
 /// DESIGN §5 buckets as Prometheus renders them, `+Inf` last.
