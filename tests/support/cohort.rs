@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use super::config::Config;
 use super::http::get;
 use super::prom::series_value;
 use super::sys::PATIENCE;
@@ -25,12 +26,15 @@ impl TestCohort {
     }
 
     pub async fn start_with(routes: &str, listen_extra: &str) -> TestCohort {
-        let text = format!(
-            "[listen]\naddress = \"127.0.0.1:0\"\nworkers = 1\n{listen_extra}\n\n[admin]\naddress = \"127.0.0.1:0\"\n\n{routes}"
-        );
+        TestCohort::start_config(&Config::new().listen_extra(listen_extra).routes_toml(routes))
+            .await
+    }
+
+    /// Starts cohort from `config`, written to `cohort.toml` in a fresh temporary
+    /// directory that lives as long as the instance.
+    pub async fn start_config(config: &Config) -> TestCohort {
         let dir = tempfile::tempdir().expect("tempdir");
-        let config_path = dir.path().join("cohort.toml");
-        std::fs::write(&config_path, &text).expect("write config");
+        let config_path = config.write(dir.path());
         TestCohort::start_from(&config_path, dir).await
     }
 
