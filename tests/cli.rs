@@ -13,7 +13,7 @@ use bytes::Bytes;
 use cohort::cohort::{assign, BasisPoints};
 use http_body_util::Full;
 use process::{run_in, run_to_end, write_file, Cohort};
-use support::{get, route, send, FakeUpstream, RawConn};
+use support::{get, send, Config, FakeUpstream, RawConn, Route};
 
 const QUICK: Duration = Duration::from_secs(20);
 
@@ -429,18 +429,22 @@ async fn demo_stops_on_the_first_ctrl_c() {
 // cohort run
 // ---------------------------------------------------------------------------------------
 
-/// A config serving one route at 0 % (everything to `stable`) on ephemeral ports.
-fn serve_config(dir: &Path, stable: &FakeUpstream, canary: &FakeUpstream, drain: &str) -> String {
-    let text = format!(
-        "[listen]\naddress = \"127.0.0.1:0\"\nworkers = 1\ndrain_timeout = \"{drain}\"\n\n[admin]\naddress = \"127.0.0.1:0\"\n\n{}",
-        route(
-            "r",
-            stable,
-            canary,
-            "sticky = [\"header:x-user-id\"]\ncanary_percent = 0"
-        )
+/// A config serving one route at 0 % (everything to `stable`) on ephemeral ports, with
+/// `listen` added to `[listen]`.
+fn served(dir: &Path, stable: &FakeUpstream, canary: &FakeUpstream, listen: &str) -> String {
+    let config = Config::new().listen_extra(listen).route(
+        Route::new("r")
+            .stable(stable)
+            .canary(canary)
+            .sticky(&["header:x-user-id"])
+            .canary_percent(0),
     );
-    write_file(dir, "cohort.toml", &text)
+    write_file(dir, "cohort.toml", &config.to_toml())
+}
+
+/// [`served`] with `listen.drain_timeout` set.
+fn serve_config(dir: &Path, stable: &FakeUpstream, canary: &FakeUpstream, drain: &str) -> String {
+    served(dir, stable, canary, &format!("drain_timeout = \"{drain}\""))
 }
 
 /// The status of a GET, or `None` if no HTTP answer came (connection refused or cut).
@@ -637,21 +641,15 @@ async fn sigterm_closes_idle_connections_at_once() {
     drop(http2);
 }
 
-/// [`serve_config`] with `listen.shutdown_delay` set.
+/// [`serve_config`] (drain 5 s) with `listen.shutdown_delay` set.
 fn serve_config_with_delay(
     dir: &Path,
     stable: &FakeUpstream,
     canary: &FakeUpstream,
     delay: &str,
 ) -> String {
-    let file = serve_config(dir, stable, canary, "5s");
-    let text = std::fs::read_to_string(&file).expect("read config");
-    let with_delay = text.replace(
-        "drain_timeout = \"5s\"",
-        &format!("drain_timeout = \"5s\"\nshutdown_delay = \"{delay}\""),
-    );
-    assert_ne!(text, with_delay);
-    write_file(dir, "cohort.toml", &with_delay)
+    let listen = format!("drain_timeout = \"5s\"\nshutdown_delay = \"{delay}\"");
+    served(dir, stable, canary, &listen)
 }
 
 /// One GET on `conn`; the answer must be the stable upstream's 200, keeping the
@@ -1349,11 +1347,7 @@ fn output_into_a_closed_pipe_ends_quietly() {
 
 /// A config with `listen.access_log` on, everything to `stable`.
 fn access_log_config(dir: &Path, stable: &FakeUpstream, canary: &FakeUpstream) -> String {
-    let text = format!(
-        "[listen]\naddress = \"127.0.0.1:0\"\nworkers = 1\naccess_log = true\n\n[admin]\naddress = \"127.0.0.1:0\"\n\n{}",
-        route("r", stable, canary, "sticky = [\"header:x-user-id\"]\ncanary_percent = 0")
-    );
-    write_file(dir, "cohort.toml", &text)
+    served(dir, stable, canary, "access_log = true")
 }
 
 /// The access log lines (JSON) in `stderr`.

@@ -254,7 +254,7 @@ async fn set_on_a_route_without_canary_endpoints_is_a_bad_request_before_any_fil
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("cohort.toml");
     let text = Config::new()
-        .route(web_route(&stable, &canary).canary_urls(&[]))
+        .route(web_route(&stable, &canary).canary_urls(&[] as &[&str]))
         .to_toml();
     std::fs::write(&path, &text).expect("write");
     set_read_only(&path, true);

@@ -99,8 +99,9 @@ pub struct Route {
     name: String,
     salt: String,
     keys: Vec<String>,
-    stable: Option<String>,
-    canary: Option<String>,
+    stable: Option<Vec<String>>,
+    canary: Option<Vec<String>>,
+    stable_fields: Vec<String>,
     extra: Vec<String>,
     tables: Vec<String>,
 }
@@ -113,6 +114,7 @@ impl Route {
             keys: Vec::new(),
             stable: None,
             canary: None,
+            stable_fields: Vec::new(),
             extra: Vec::new(),
             tables: Vec::new(),
         }
@@ -152,14 +154,23 @@ impl Route {
     }
 
     /// The stable variant with these endpoint URLs.
-    pub fn stable_urls(mut self, urls: &[&str]) -> Route {
-        self.stable = Some(variant_line("stable", urls));
+    pub fn stable_urls(mut self, urls: &[impl AsRef<str>]) -> Route {
+        self.stable = Some(urls.iter().map(|u| u.as_ref().to_owned()).collect());
+        self
+    }
+
+    /// The stable variant's `protocol` (e.g. `h2c`); empty leaves the default.
+    pub fn stable_protocol(mut self, protocol: &str) -> Route {
+        if !protocol.is_empty() {
+            self.stable_fields
+                .push(format!("protocol = \"{protocol}\""));
+        }
         self
     }
 
     /// The canary variant with these endpoint URLs.
-    pub fn canary_urls(mut self, urls: &[&str]) -> Route {
-        self.canary = Some(variant_line("canary", urls));
+    pub fn canary_urls(mut self, urls: &[impl AsRef<str>]) -> Route {
+        self.canary = Some(urls.iter().map(|u| u.as_ref().to_owned()).collect());
         self
     }
 
@@ -198,8 +209,14 @@ impl Route {
             "[[routes]]\nname = \"{}\"\nsalt = \"{}\"\n",
             self.name, self.salt
         );
-        for line in self.keys.iter().chain(&self.stable).chain(&self.canary) {
+        for line in &self.keys {
             text.push_str(&format!("{line}\n"));
+        }
+        if let Some(urls) = &self.stable {
+            text.push_str(&variant_line("stable", urls, &self.stable_fields));
+        }
+        if let Some(urls) = &self.canary {
+            text.push_str(&variant_line("canary", urls, &[]));
         }
         for block in self.extra.iter().chain(&self.tables) {
             text.push_str(&format!("{block}\n"));
@@ -208,9 +225,12 @@ impl Route {
     }
 }
 
-fn variant_line(which: &str, urls: &[&str]) -> String {
+/// `stable = { endpoints = ["URL", ...], FIELDS }` and its newline.
+fn variant_line(which: &str, urls: &[String], fields: &[String]) -> String {
     let list: Vec<String> = urls.iter().map(|u| format!("\"{u}\"")).collect();
-    format!("{which} = {{ endpoints = [{}] }}", list.join(", "))
+    let mut table = vec![format!("endpoints = [{}]", list.join(", "))];
+    table.extend(fields.iter().cloned());
+    format!("{which} = {{ {} }}\n", table.join(", "))
 }
 
 /// A `[[routes]]` block with a stable and a canary upstream, `extra` after them.
