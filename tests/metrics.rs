@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use cohort::cohort::{assign, BasisPoints, Variant};
 use cohort::rollout::Reason;
 use support::prom::Exposition;
-use support::{get, route, FakeUpstream, TestCohort};
+use support::{get, route, Config, FakeUpstream, Route, TestCohort};
 
 /// DESIGN §5 buckets as Prometheus renders them, `+Inf` last.
 const BUCKET_LES: [&str; 15] = [
@@ -282,11 +282,14 @@ async fn a_known_mix_of_requests_is_counted_exactly() {
 async fn cohorts_own_502_counts_once_under_its_variant() {
     let stable = FakeUpstream::start("stable").await;
     let down = closed_port_url();
-    let routes = format!(
-        "[[routes]]\nname = \"r\"\nsalt = \"r-salt\"\nsticky = [\"header:x-user-id\"]\ncanary_percent = 100\nstable = {{ endpoints = [\"{}\"] }}\ncanary = {{ endpoints = [\"{down}\"] }}\n",
-        stable.url()
+    let config = Config::new().route(
+        Route::new("r")
+            .sticky(&["header:x-user-id"])
+            .canary_percent(100)
+            .stable(&stable)
+            .canary_urls(&[down]),
     );
-    let cohort = TestCohort::start(&routes).await;
+    let cohort = TestCohort::start_config(&config).await;
     for _ in 0..2 {
         let a = get(&cohort.url("/"), &[("x-user-id", "k")]).await;
         assert_eq!((a.status, a.variant()), (502, Some("canary")));
@@ -370,9 +373,11 @@ async fn start_busy() -> (TestCohort, FakeUpstream, FakeUpstream) {
         &stable,
         &canary,
         "path_prefix = \"/r\"\nsticky = [\"header:x-user-id\"]\ncanary_percent = 50",
-    ) + &format!(
-        "[[routes]]\nname = \"down\"\npath_prefix = \"/down\"\nsalt = \"d\"\nstable = {{ endpoints = [\"{down}\"] }}\n"
-    );
+    ) + &Route::new("down")
+        .path_prefix("/down")
+        .salt("d")
+        .stable_urls(&[down])
+        .to_toml();
     let cohort = TestCohort::start(&routes).await;
     let s = keys_for("r-salt", 50.0, Variant::Stable, 1, "k").remove(0);
     let c = keys_for("r-salt", 50.0, Variant::Canary, 1, "k").remove(0);

@@ -40,7 +40,8 @@ impl Config {
 
     /// The top-level `state_dir`.
     pub fn state_dir(mut self, dir: &Path) -> Config {
-        self.top.push(format!("state_dir = \"{}\"", dir.display()));
+        let dir = dir.to_str().expect("utf-8 path");
+        self.top.push(format!("state_dir = {}", quoted(dir)));
         self
     }
 
@@ -102,6 +103,7 @@ pub struct Route {
     stable: Option<Vec<String>>,
     canary: Option<Vec<String>>,
     stable_fields: Vec<String>,
+    canary_fields: Vec<String>,
     extra: Vec<String>,
     tables: Vec<String>,
 }
@@ -115,6 +117,7 @@ impl Route {
             stable: None,
             canary: None,
             stable_fields: Vec::new(),
+            canary_fields: Vec::new(),
             extra: Vec::new(),
             tables: Vec::new(),
         }
@@ -127,7 +130,7 @@ impl Route {
 
     /// `sticky = [...]`, e.g. `&["header:x-user-id"]`.
     pub fn sticky(self, sources: &[&str]) -> Route {
-        let list: Vec<String> = sources.iter().map(|s| format!("\"{s}\"")).collect();
+        let list: Vec<String> = sources.iter().map(|s| quoted(s)).collect();
         self.key("sticky", &format!("[{}]", list.join(", ")))
     }
 
@@ -136,11 +139,11 @@ impl Route {
     }
 
     pub fn host(self, host: &str) -> Route {
-        self.key("host", &format!("\"{host}\""))
+        self.key("host", &quoted(host))
     }
 
     pub fn path_prefix(self, prefix: &str) -> Route {
-        self.key("path_prefix", &format!("\"{prefix}\""))
+        self.key("path_prefix", &quoted(prefix))
     }
 
     /// The stable variant: `upstream` as its one endpoint.
@@ -160,10 +163,26 @@ impl Route {
     }
 
     /// The stable variant's `protocol` (e.g. `h2c`); empty leaves the default.
-    pub fn stable_protocol(mut self, protocol: &str) -> Route {
-        if !protocol.is_empty() {
-            self.stable_fields
-                .push(format!("protocol = \"{protocol}\""));
+    pub fn stable_protocol(self, protocol: &str) -> Route {
+        if protocol.is_empty() {
+            return self;
+        }
+        self.stable_field(&format!("protocol = {}", quoted(protocol)))
+    }
+
+    /// More of the stable variant's table after its endpoints, e.g. `tls = { ca = "…" }`
+    /// (empty adds nothing).
+    pub fn stable_field(mut self, fields: &str) -> Route {
+        if !fields.is_empty() {
+            self.stable_fields.push(fields.to_owned());
+        }
+        self
+    }
+
+    /// Like [`Route::stable_field`], for the canary variant.
+    pub fn canary_field(mut self, fields: &str) -> Route {
+        if !fields.is_empty() {
+            self.canary_fields.push(fields.to_owned());
         }
         self
     }
@@ -206,8 +225,9 @@ impl Route {
 
     pub fn to_toml(&self) -> String {
         let mut text = format!(
-            "[[routes]]\nname = \"{}\"\nsalt = \"{}\"\n",
-            self.name, self.salt
+            "[[routes]]\nname = {}\nsalt = {}\n",
+            quoted(&self.name),
+            quoted(&self.salt)
         );
         for line in &self.keys {
             text.push_str(&format!("{line}\n"));
@@ -216,7 +236,7 @@ impl Route {
             text.push_str(&variant_line("stable", urls, &self.stable_fields));
         }
         if let Some(urls) = &self.canary {
-            text.push_str(&variant_line("canary", urls, &[]));
+            text.push_str(&variant_line("canary", urls, &self.canary_fields));
         }
         for block in self.extra.iter().chain(&self.tables) {
             text.push_str(&format!("{block}\n"));
@@ -227,7 +247,7 @@ impl Route {
 
 /// `stable = { endpoints = ["URL", ...], FIELDS }` and its newline.
 fn variant_line(which: &str, urls: &[String], fields: &[String]) -> String {
-    let list: Vec<String> = urls.iter().map(|u| format!("\"{u}\"")).collect();
+    let list: Vec<String> = urls.iter().map(|u| quoted(u)).collect();
     let mut table = vec![format!("endpoints = [{}]", list.join(", "))];
     table.extend(fields.iter().cloned());
     format!("{which} = {{ {} }}\n", table.join(", "))
@@ -240,4 +260,9 @@ pub fn route(name: &str, stable: &FakeUpstream, canary: &FakeUpstream, extra: &s
         .canary(canary)
         .extra(extra)
         .to_toml()
+}
+
+/// `text` as a TOML basic string.
+pub fn quoted(text: &str) -> String {
+    format!("\"{}\"", text.replace('\\', "\\\\").replace('"', "\\\""))
 }
