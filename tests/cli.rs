@@ -35,32 +35,27 @@ fn describe(out: &std::process::Output) -> String {
 }
 
 /// A valid config with two routes pointing at (unused) loopback ports.
-const TWO_ROUTES: &str = r#"
-[listen]
-address = "127.0.0.1:0"
-workers = 1
-
-[admin]
-address = "127.0.0.1:0"
-
-[[routes]]
-name = "web"
-path_prefix = "/"
-sticky = ["header:x-user-id", "cookie:session", "ip"]
-salt = "web-v1"
-canary_percent = 2.5
-stable = { endpoints = ["http://127.0.0.1:9001", "http://127.0.0.1:9003"] }
-canary = { endpoints = ["http://127.0.0.1:9002"] }
-
-[[routes]]
-name = "api"
-host = "api.example.com"
-path_prefix = "/v1"
-salt = "api-v7"
-canary_percent = 10
-stable = { endpoints = ["http://127.0.0.1:9101"] }
-canary = { endpoints = ["http://127.0.0.1:9102"] }
-"#;
+fn two_routes() -> Config {
+    Config::new()
+        .route(
+            Route::new("web")
+                .path_prefix("/")
+                .sticky(&["header:x-user-id", "cookie:session", "ip"])
+                .salt("web-v1")
+                .canary_percent(2.5)
+                .stable_urls(&["http://127.0.0.1:9001", "http://127.0.0.1:9003"])
+                .canary_urls(&["http://127.0.0.1:9002"]),
+        )
+        .route(
+            Route::new("api")
+                .host("api.example.com")
+                .path_prefix("/v1")
+                .salt("api-v7")
+                .canary_percent(10)
+                .stable_urls(&["http://127.0.0.1:9101"])
+                .canary_urls(&["http://127.0.0.1:9102"]),
+        )
+}
 
 // ---------------------------------------------------------------------------------------
 // cohort check
@@ -69,7 +64,7 @@ canary = { endpoints = ["http://127.0.0.1:9102"] }
 #[test]
 fn check_prints_the_effective_routes_and_exits_0() {
     let dir = tempfile::tempdir().unwrap();
-    let file = write_file(dir.path(), "cohort.toml", TWO_ROUTES);
+    let file = write_file(dir.path(), "cohort.toml", &two_routes().to_toml());
     let out = run_to_end(&["check", "-c", &file], QUICK);
     assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
     let stdout = stdout_of(&out);
@@ -130,7 +125,11 @@ fn check_without_c_reads_config_cohort_toml_in_the_working_directory() {
         describe(&out)
     );
     std::fs::create_dir(dir.path().join("config")).unwrap();
-    write_file(&dir.path().join("config"), "cohort.toml", TWO_ROUTES);
+    write_file(
+        &dir.path().join("config"),
+        "cohort.toml",
+        &two_routes().to_toml(),
+    );
     let out = run_in(Some(dir.path()), &["check"], QUICK);
     assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
 }
@@ -140,12 +139,8 @@ fn check_without_c_reads_config_cohort_toml_in_the_working_directory() {
 #[test]
 fn check_and_run_refuse_a_missing_or_empty_admin_token_file() {
     let dir = tempfile::tempdir().unwrap();
-    let with_token = TWO_ROUTES.replace(
-        "[admin]\naddress = \"127.0.0.1:0\"",
-        "[admin]\naddress = \"127.0.0.1:0\"\ntoken_file = \"token\"",
-    );
-    assert_ne!(with_token, TWO_ROUTES);
-    let file = write_file(dir.path(), "cohort.toml", &with_token);
+    let with_token = two_routes().admin_extra("token_file = \"token\"");
+    let file = write_file(dir.path(), "cohort.toml", &with_token.to_toml());
     for (content, reason) in [(None, "cannot read"), (Some("  \n"), "is empty")] {
         if let Some(content) = content {
             write_file(dir.path(), "token", content);
@@ -274,7 +269,7 @@ fn check_names_a_missing_or_unreadable_file_and_exits_1() {
 #[test]
 fn usage_errors_exit_2() {
     let dir = tempfile::tempdir().unwrap();
-    let file = write_file(dir.path(), "cohort.toml", TWO_ROUTES);
+    let file = write_file(dir.path(), "cohort.toml", &two_routes().to_toml());
     let cases: [&[&str]; 7] = [
         &["frobnicate"],
         &["check", "--bogus"],
@@ -298,7 +293,7 @@ fn usage_errors_exit_2() {
 #[test]
 fn assign_prints_route_key_bucket_variant_like_the_library() {
     let dir = tempfile::tempdir().unwrap();
-    let file = write_file(dir.path(), "cohort.toml", TWO_ROUTES);
+    let file = write_file(dir.path(), "cohort.toml", &two_routes().to_toml());
     let bp = BasisPoints::from_percent(2.5).unwrap();
     let canary_key = (0..)
         .map(|i| format!("u{i}"))
@@ -335,7 +330,7 @@ fn assign_prints_route_key_bucket_variant_like_the_library() {
 #[test]
 fn assign_on_an_unknown_route_or_a_bad_config_exits_1() {
     let dir = tempfile::tempdir().unwrap();
-    let file = write_file(dir.path(), "cohort.toml", TWO_ROUTES);
+    let file = write_file(dir.path(), "cohort.toml", &two_routes().to_toml());
     let out = run_to_end(
         &["assign", "-c", &file, "--route", "nope", "--key", "k"],
         QUICK,
@@ -1287,7 +1282,7 @@ fn admin_commands_with_an_unusable_c_file_exit_1() {
         "[admin]\naddress = \"nowhere\"\n",
     );
     // The instance's admin port is ephemeral: nothing in the file says where to call.
-    let ephemeral = write_file(dir.path(), "ephemeral.toml", TWO_ROUTES);
+    let ephemeral = write_file(dir.path(), "ephemeral.toml", &two_routes().to_toml());
     for (args, reason) in [
         (
             vec!["status", "-c", missing],

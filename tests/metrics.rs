@@ -550,32 +550,23 @@ async fn a_fresh_instance_exports_every_known_series_at_zero_and_the_process_fig
     let dir = tempfile::tempdir().expect("temp dir");
     // Two unguarded routes: rollbacks are counted on every route, not only guarded ones.
     // Nothing listens upstream; no request is sent.
-    let config = process::write_file(
-        dir.path(),
-        "cohort.toml",
-        r#"
-[listen]
-address = "127.0.0.1:0"
-workers = 1
-
-[admin]
-address = "127.0.0.1:0"
-
-[[routes]]
-name = "web"
-path_prefix = "/"
-salt = "web-v1"
-canary_percent = 5
-stable = { endpoints = ["http://127.0.0.1:9"] }
-canary = { endpoints = ["http://127.0.0.1:9"] }
-
-[[routes]]
-name = "api"
-path_prefix = "/api"
-salt = "api-v1"
-stable = { endpoints = ["http://127.0.0.1:9"] }
-"#,
-    );
+    let nowhere = ["http://127.0.0.1:9"];
+    let config = Config::new()
+        .route(
+            Route::new("web")
+                .path_prefix("/")
+                .salt("web-v1")
+                .canary_percent(5)
+                .stable_urls(&nowhere)
+                .canary_urls(&nowhere),
+        )
+        .route(
+            Route::new("api")
+                .path_prefix("/api")
+                .salt("api-v1")
+                .stable_urls(&nowhere),
+        );
+    let config = process::write_file(dir.path(), "cohort.toml", &config.to_toml());
     let started = std::time::SystemTime::now();
     let mut cohort = process::Cohort::spawn(&["run", "-c", &config]);
     let (_proxy, admin) = cohort.wait_serving(Duration::from_secs(20)).await;
