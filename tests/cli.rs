@@ -426,14 +426,19 @@ async fn demo_stops_on_the_first_ctrl_c() {
 
 /// A config serving one route at 0 % (everything to `stable`) on ephemeral ports, with
 /// `listen` added to `[listen]`.
-fn served(dir: &Path, stable: &FakeUpstream, canary: &FakeUpstream, listen: &str) -> String {
-    let config = Config::new().listen_extra(listen).route(
+fn served_config(stable: &FakeUpstream, canary: &FakeUpstream, listen: &str) -> Config {
+    Config::new().listen_extra(listen).route(
         Route::new("r")
             .stable(stable)
             .canary(canary)
             .sticky(&["header:x-user-id"])
             .canary_percent(0),
-    );
+    )
+}
+
+/// [`served_config`] written to `dir/cohort.toml`.
+fn served(dir: &Path, stable: &FakeUpstream, canary: &FakeUpstream, listen: &str) -> String {
+    let config = served_config(stable, canary, listen);
     write_file(dir, "cohort.toml", &config.to_toml())
 }
 
@@ -896,13 +901,15 @@ fn run_exits_1_when_its_address_is_taken() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let file = write_file(
-        dir.path(),
-        "cohort.toml",
-        &format!(
-            "[listen]\naddress = \"{addr}\"\n[admin]\naddress = \"127.0.0.1:0\"\n[[routes]]\nname = \"r\"\nsalt = \"s\"\nstable = {{ endpoints = [\"http://127.0.0.1:1\"] }}\n"
-        ),
-    );
+    let config = Config::new()
+        .listen_address(&addr.to_string())
+        .default_workers()
+        .route(
+            Route::new("r")
+                .salt("s")
+                .stable_urls(&["http://127.0.0.1:1"]),
+        );
+    let file = write_file(dir.path(), "cohort.toml", &config.to_toml());
     let out = run_to_end(&["run", "-c", &file], QUICK);
     assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
     assert!(
@@ -919,12 +926,15 @@ fn run_exits_1_when_its_address_is_taken() {
 #[tokio::test]
 async fn startup_warns_of_an_open_admin_api_and_a_guard_without_state_dir() {
     let dir = tempfile::tempdir().unwrap();
-    let base = "[listen]\naddress = \"127.0.0.1:0\"\nworkers = 1\n[admin]\naddress = \"ADMIN\"\n[[routes]]\nname = \"r\"\nsalt = \"s\"\nstable = { endpoints = [\"http://127.0.0.1:1\"] }\ncanary = { endpoints = [\"http://127.0.0.1:2\"] }\n";
-    let warned = format!(
-        "{}[routes.guard]\nmax_error_ratio = 0.5\n",
-        base.replace("ADMIN", "0.0.0.0:0")
-    );
-    let quiet = base.replace("ADMIN", "127.0.0.1:0");
+    let route = Route::new("r")
+        .salt("s")
+        .stable_urls(&["http://127.0.0.1:1"])
+        .canary_urls(&["http://127.0.0.1:2"]);
+    let warned = Config::new()
+        .admin_address("0.0.0.0:0")
+        .route(route.clone().guard("max_error_ratio = 0.5"))
+        .to_toml();
+    let quiet = Config::new().route(route).to_toml();
     for (name, text, warns) in [("warned.toml", warned, true), ("quiet.toml", quiet, false)] {
         let file = write_file(dir.path(), name, &text);
         let mut cohort = Cohort::spawn(&["run", "-c", &file]);
@@ -1021,13 +1031,10 @@ async fn set_rollback_and_status_talk_to_a_running_instance() {
     let stable = FakeUpstream::start("stable").await;
     let canary = FakeUpstream::start("canary").await;
     let dir = tempfile::tempdir().unwrap();
-    let file = serve_config(dir.path(), &stable, &canary, "5s");
+    let config = served_config(&stable, &canary, "drain_timeout = \"5s\"")
+        .admin_extra("token_file = \"token\"");
+    let file = write_file(dir.path(), "cohort.toml", &config.to_toml());
     let token_file = write_file(dir.path(), "token", "tok-123\n");
-    let text = std::fs::read_to_string(&file).unwrap().replace(
-        "[admin]\naddress = \"127.0.0.1:0\"",
-        "[admin]\naddress = \"127.0.0.1:0\"\ntoken_file = \"token\"",
-    );
-    std::fs::write(&file, text).unwrap();
     let mut cohort = Cohort::spawn(&["run", "-c", &file]);
     let (_proxy, admin) = cohort.wait_serving(QUICK).await;
     let admin_url = format!("http://{admin}");
@@ -1181,13 +1188,11 @@ async fn admin_commands_find_the_instance_and_its_token_through_c() {
     let stable = FakeUpstream::start("stable").await;
     let canary = FakeUpstream::start("canary").await;
     let dir = tempfile::tempdir().unwrap();
-    let file = serve_config(dir.path(), &stable, &canary, "5s");
     let port = free_port();
-    let text = std::fs::read_to_string(&file).unwrap().replace(
-        "[admin]\naddress = \"127.0.0.1:0\"",
-        &format!("[admin]\naddress = \"0.0.0.0:{port}\"\ntoken_file = \"token\""),
-    );
-    std::fs::write(&file, text).unwrap();
+    let config = served_config(&stable, &canary, "drain_timeout = \"5s\"")
+        .admin_address(&format!("0.0.0.0:{port}"))
+        .admin_extra("token_file = \"token\"");
+    let file = write_file(dir.path(), "cohort.toml", &config.to_toml());
     write_file(dir.path(), "token", "tok-from-file\n");
     let wrong_token = write_file(dir.path(), "wrong-token", "not-it\n");
     let mut cohort = Cohort::spawn(&["run", "-c", &file]);
@@ -1447,11 +1452,9 @@ async fn rust_log_target_lists_select_what_is_logged_and_a_bad_value_falls_back_
 
     // A target list alone does not hide errors: a start that fails still says why.
     write_file(dir.path(), "empty-token", "\n");
-    let text = std::fs::read_to_string(&file).unwrap().replace(
-        "[admin]\naddress = \"127.0.0.1:0\"",
-        "[admin]\naddress = \"127.0.0.1:0\"\ntoken_file = \"empty-token\"",
-    );
-    let failing = write_file(dir.path(), "failing.toml", &text);
+    let config = served_config(&stable, &canary, "access_log = true")
+        .admin_extra("token_file = \"empty-token\"");
+    let failing = write_file(dir.path(), "failing.toml", &config.to_toml());
     let mut failed = Cohort::spawn_with(
         &["run", "-c", &failing],
         &[("RUST_LOG", "cohort::access=info")],

@@ -53,6 +53,24 @@ impl Config {
         self
     }
 
+    /// `listen.address` instead of `127.0.0.1:0`.
+    pub fn listen_address(mut self, address: &str) -> Config {
+        self.listen[0] = format!("address = {}", quoted(address));
+        self
+    }
+
+    /// No `listen.workers` line: cohort's own default.
+    pub fn default_workers(mut self) -> Config {
+        self.listen.retain(|line| !line.starts_with("workers = "));
+        self
+    }
+
+    /// `admin.address` instead of `127.0.0.1:0`.
+    pub fn admin_address(mut self, address: &str) -> Config {
+        self.admin[0] = format!("address = {}", quoted(address));
+        self
+    }
+
     /// More `[admin]` lines, e.g. `token_file = "token"`.
     pub fn admin_extra(mut self, lines: &str) -> Config {
         if !lines.is_empty() {
