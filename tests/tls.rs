@@ -54,6 +54,19 @@ fn listen_tls(leaf: &tls_support::Leaf, client_ca: Option<&Path>) -> String {
     }
 }
 
+/// A route "shop" on host `shop.test` with `leaf` as its own certificate, to `upstream`.
+fn shop_route(leaf: &tls_support::Leaf, upstream: &FakeUpstream) -> Route {
+    Route::new("shop")
+        .host("shop.test")
+        .salt("s")
+        .stable(upstream)
+        .extra(&format!(
+            "tls = {{ cert = {}, key = {} }}",
+            p(&leaf.cert),
+            p(&leaf.key)
+        ))
+}
+
 async fn tls_cohort(routes: &str, listen: &str) -> TestCohort {
     TestCohort::start_with(routes, listen).await
 }
@@ -135,11 +148,9 @@ async fn sni_picks_the_routes_certificate_and_the_default_serves_the_rest() {
     let canary = FakeUpstream::start("canary").await;
     let shop_stable = FakeUpstream::start("shop").await;
     let routes = format!(
-        "{}[[routes]]\nname = \"shop\"\nhost = \"shop.test\"\nsalt = \"s\"\ntls = {{ cert = {}, key = {} }}\nstable = {{ endpoints = [\"{}\"] }}\n",
+        "{}{}",
         route("web", &stable, &canary, ""),
-        p(&shop.cert),
-        p(&shop.key),
-        shop_stable.url()
+        shop_route(&shop, &shop_stable).to_toml()
     );
     let cohort = tls_cohort(&routes, &listen_tls(&default, None)).await;
     let config = client_config(&pki.ca_path(), &[H1], None);
@@ -320,12 +331,7 @@ async fn a_config_reload_adds_an_sni_certificate_and_cannot_turn_tls_off() {
     );
 
     let text = std::fs::read_to_string(&cohort.config_path).expect("config");
-    let shop_route = format!(
-        "[[routes]]\nname = \"shop\"\nhost = \"shop.test\"\nsalt = \"s\"\ntls = {{ cert = {}, key = {} }}\nstable = {{ endpoints = [\"{}\"] }}\n",
-        p(&shop.cert),
-        p(&shop.key),
-        stable.url()
-    );
+    let shop_route = shop_route(&shop, &stable).to_toml();
     tls_support::write_atomically(
         &cohort.config_path,
         format!("{text}\n{shop_route}").as_bytes(),
