@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use cohort::cohort::{assign, BasisPoints};
 use serde_json::Value;
-use support::{get, route, FakeUpstream, TestCohort};
+use support::{get, route, FakeUpstream, Route, TestCohort};
 
 async fn json(url: &str) -> Value {
     let answer = get(url, &[]).await;
@@ -131,12 +131,13 @@ async fn config_shows_the_effective_config_as_json() {
         &canary,
         "path_prefix = \"/checkout\"\nsticky = [\"header:x-user-id\", \"cookie:session\", \"ip\"]\ncanary_percent = 2.5\noverride = { trusted = [\"127.0.0.0/8\"] }\ntimeouts = { connect = \"250ms\", request = \"3s\" }",
     );
-    let search = format!(
-        "[[routes]]\nname = \"search\"\nhost = \"Shop.Example.com\"\nsalt = \"search-v1\"\ncanary_percent = 10\nstable = {{ endpoints = [\"{}\", \"{}\"] }}\ncanary = {{ endpoints = [\"{}\"] }}\n",
-        stable.url(),
-        stable2.url(),
-        canary.url()
-    );
+    let search = Route::new("search")
+        .host("Shop.Example.com")
+        .salt("search-v1")
+        .canary_percent(10)
+        .stable_urls(&[stable.url(), stable2.url()])
+        .canary(&canary)
+        .to_toml();
     let routes = format!("{checkout}\n{search}");
     let cohort = TestCohort::start_with(&routes, "drain_timeout = \"7s\"").await;
     let config = json(&cohort.admin_url("/config")).await;

@@ -13,7 +13,7 @@ use bytes::Bytes;
 use cohort::cohort::{assign, BasisPoints};
 use http_body_util::Full;
 use process::{run_in, run_to_end, write_file, Cohort};
-use support::{get, route, send, FakeUpstream, RawConn};
+use support::{get, send, Config, FakeUpstream, RawConn, Route};
 
 const QUICK: Duration = Duration::from_secs(20);
 
@@ -35,32 +35,27 @@ fn describe(out: &std::process::Output) -> String {
 }
 
 /// A valid config with two routes pointing at (unused) loopback ports.
-const TWO_ROUTES: &str = r#"
-[listen]
-address = "127.0.0.1:0"
-workers = 1
-
-[admin]
-address = "127.0.0.1:0"
-
-[[routes]]
-name = "web"
-path_prefix = "/"
-sticky = ["header:x-user-id", "cookie:session", "ip"]
-salt = "web-v1"
-canary_percent = 2.5
-stable = { endpoints = ["http://127.0.0.1:9001", "http://127.0.0.1:9003"] }
-canary = { endpoints = ["http://127.0.0.1:9002"] }
-
-[[routes]]
-name = "api"
-host = "api.example.com"
-path_prefix = "/v1"
-salt = "api-v7"
-canary_percent = 10
-stable = { endpoints = ["http://127.0.0.1:9101"] }
-canary = { endpoints = ["http://127.0.0.1:9102"] }
-"#;
+fn two_routes() -> Config {
+    Config::new()
+        .route(
+            Route::new("web")
+                .path_prefix("/")
+                .sticky(&["header:x-user-id", "cookie:session", "ip"])
+                .salt("web-v1")
+                .canary_percent(2.5)
+                .stable_urls(&["http://127.0.0.1:9001", "http://127.0.0.1:9003"])
+                .canary_urls(&["http://127.0.0.1:9002"]),
+        )
+        .route(
+            Route::new("api")
+                .host("api.example.com")
+                .path_prefix("/v1")
+                .salt("api-v7")
+                .canary_percent(10)
+                .stable_urls(&["http://127.0.0.1:9101"])
+                .canary_urls(&["http://127.0.0.1:9102"]),
+        )
+}
 
 // ---------------------------------------------------------------------------------------
 // cohort check
@@ -69,7 +64,7 @@ canary = { endpoints = ["http://127.0.0.1:9102"] }
 #[test]
 fn check_prints_the_effective_routes_and_exits_0() {
     let dir = tempfile::tempdir().unwrap();
-    let file = write_file(dir.path(), "cohort.toml", TWO_ROUTES);
+    let file = write_file(dir.path(), "cohort.toml", &two_routes().to_toml());
     let out = run_to_end(&["check", "-c", &file], QUICK);
     assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
     let stdout = stdout_of(&out);
@@ -130,7 +125,11 @@ fn check_without_c_reads_config_cohort_toml_in_the_working_directory() {
         describe(&out)
     );
     std::fs::create_dir(dir.path().join("config")).unwrap();
-    write_file(&dir.path().join("config"), "cohort.toml", TWO_ROUTES);
+    write_file(
+        &dir.path().join("config"),
+        "cohort.toml",
+        &two_routes().to_toml(),
+    );
     let out = run_in(Some(dir.path()), &["check"], QUICK);
     assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
 }
@@ -140,12 +139,8 @@ fn check_without_c_reads_config_cohort_toml_in_the_working_directory() {
 #[test]
 fn check_and_run_refuse_a_missing_or_empty_admin_token_file() {
     let dir = tempfile::tempdir().unwrap();
-    let with_token = TWO_ROUTES.replace(
-        "[admin]\naddress = \"127.0.0.1:0\"",
-        "[admin]\naddress = \"127.0.0.1:0\"\ntoken_file = \"token\"",
-    );
-    assert_ne!(with_token, TWO_ROUTES);
-    let file = write_file(dir.path(), "cohort.toml", &with_token);
+    let with_token = two_routes().admin_extra("token_file = \"token\"");
+    let file = write_file(dir.path(), "cohort.toml", &with_token.to_toml());
     for (content, reason) in [(None, "cannot read"), (Some("  \n"), "is empty")] {
         if let Some(content) = content {
             write_file(dir.path(), "token", content);
@@ -274,7 +269,7 @@ fn check_names_a_missing_or_unreadable_file_and_exits_1() {
 #[test]
 fn usage_errors_exit_2() {
     let dir = tempfile::tempdir().unwrap();
-    let file = write_file(dir.path(), "cohort.toml", TWO_ROUTES);
+    let file = write_file(dir.path(), "cohort.toml", &two_routes().to_toml());
     let cases: [&[&str]; 7] = [
         &["frobnicate"],
         &["check", "--bogus"],
@@ -298,7 +293,7 @@ fn usage_errors_exit_2() {
 #[test]
 fn assign_prints_route_key_bucket_variant_like_the_library() {
     let dir = tempfile::tempdir().unwrap();
-    let file = write_file(dir.path(), "cohort.toml", TWO_ROUTES);
+    let file = write_file(dir.path(), "cohort.toml", &two_routes().to_toml());
     let bp = BasisPoints::from_percent(2.5).unwrap();
     let canary_key = (0..)
         .map(|i| format!("u{i}"))
@@ -335,7 +330,7 @@ fn assign_prints_route_key_bucket_variant_like_the_library() {
 #[test]
 fn assign_on_an_unknown_route_or_a_bad_config_exits_1() {
     let dir = tempfile::tempdir().unwrap();
-    let file = write_file(dir.path(), "cohort.toml", TWO_ROUTES);
+    let file = write_file(dir.path(), "cohort.toml", &two_routes().to_toml());
     let out = run_to_end(
         &["assign", "-c", &file, "--route", "nope", "--key", "k"],
         QUICK,
@@ -429,18 +424,27 @@ async fn demo_stops_on_the_first_ctrl_c() {
 // cohort run
 // ---------------------------------------------------------------------------------------
 
-/// A config serving one route at 0 % (everything to `stable`) on ephemeral ports.
+/// A config serving one route at 0 % (everything to `stable`) on ephemeral ports, with
+/// `listen` added to `[listen]`.
+fn served_config(stable: &FakeUpstream, canary: &FakeUpstream, listen: &str) -> Config {
+    Config::new().listen_extra(listen).route(
+        Route::new("r")
+            .stable(stable)
+            .canary(canary)
+            .sticky(&["header:x-user-id"])
+            .canary_percent(0),
+    )
+}
+
+/// [`served_config`] written to `dir/cohort.toml`.
+fn served(dir: &Path, stable: &FakeUpstream, canary: &FakeUpstream, listen: &str) -> String {
+    let config = served_config(stable, canary, listen);
+    write_file(dir, "cohort.toml", &config.to_toml())
+}
+
+/// [`served`] with `listen.drain_timeout` set.
 fn serve_config(dir: &Path, stable: &FakeUpstream, canary: &FakeUpstream, drain: &str) -> String {
-    let text = format!(
-        "[listen]\naddress = \"127.0.0.1:0\"\nworkers = 1\ndrain_timeout = \"{drain}\"\n\n[admin]\naddress = \"127.0.0.1:0\"\n\n{}",
-        route(
-            "r",
-            stable,
-            canary,
-            "sticky = [\"header:x-user-id\"]\ncanary_percent = 0"
-        )
-    );
-    write_file(dir, "cohort.toml", &text)
+    served(dir, stable, canary, &format!("drain_timeout = \"{drain}\""))
 }
 
 /// The status of a GET, or `None` if no HTTP answer came (connection refused or cut).
@@ -637,21 +641,15 @@ async fn sigterm_closes_idle_connections_at_once() {
     drop(http2);
 }
 
-/// [`serve_config`] with `listen.shutdown_delay` set.
+/// [`serve_config`] (drain 5 s) with `listen.shutdown_delay` set.
 fn serve_config_with_delay(
     dir: &Path,
     stable: &FakeUpstream,
     canary: &FakeUpstream,
     delay: &str,
 ) -> String {
-    let file = serve_config(dir, stable, canary, "5s");
-    let text = std::fs::read_to_string(&file).expect("read config");
-    let with_delay = text.replace(
-        "drain_timeout = \"5s\"",
-        &format!("drain_timeout = \"5s\"\nshutdown_delay = \"{delay}\""),
-    );
-    assert_ne!(text, with_delay);
-    write_file(dir, "cohort.toml", &with_delay)
+    let listen = format!("drain_timeout = \"5s\"\nshutdown_delay = \"{delay}\"");
+    served(dir, stable, canary, &listen)
 }
 
 /// One GET on `conn`; the answer must be the stable upstream's 200, keeping the
@@ -903,13 +901,15 @@ fn run_exits_1_when_its_address_is_taken() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let file = write_file(
-        dir.path(),
-        "cohort.toml",
-        &format!(
-            "[listen]\naddress = \"{addr}\"\n[admin]\naddress = \"127.0.0.1:0\"\n[[routes]]\nname = \"r\"\nsalt = \"s\"\nstable = {{ endpoints = [\"http://127.0.0.1:1\"] }}\n"
-        ),
-    );
+    let config = Config::new()
+        .listen_address(&addr.to_string())
+        .default_workers()
+        .route(
+            Route::new("r")
+                .salt("s")
+                .stable_urls(&["http://127.0.0.1:1"]),
+        );
+    let file = write_file(dir.path(), "cohort.toml", &config.to_toml());
     let out = run_to_end(&["run", "-c", &file], QUICK);
     assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
     assert!(
@@ -926,12 +926,15 @@ fn run_exits_1_when_its_address_is_taken() {
 #[tokio::test]
 async fn startup_warns_of_an_open_admin_api_and_a_guard_without_state_dir() {
     let dir = tempfile::tempdir().unwrap();
-    let base = "[listen]\naddress = \"127.0.0.1:0\"\nworkers = 1\n[admin]\naddress = \"ADMIN\"\n[[routes]]\nname = \"r\"\nsalt = \"s\"\nstable = { endpoints = [\"http://127.0.0.1:1\"] }\ncanary = { endpoints = [\"http://127.0.0.1:2\"] }\n";
-    let warned = format!(
-        "{}[routes.guard]\nmax_error_ratio = 0.5\n",
-        base.replace("ADMIN", "0.0.0.0:0")
-    );
-    let quiet = base.replace("ADMIN", "127.0.0.1:0");
+    let route = Route::new("r")
+        .salt("s")
+        .stable_urls(&["http://127.0.0.1:1"])
+        .canary_urls(&["http://127.0.0.1:2"]);
+    let warned = Config::new()
+        .admin_address("0.0.0.0:0")
+        .route(route.clone().guard("max_error_ratio = 0.5"))
+        .to_toml();
+    let quiet = Config::new().route(route).to_toml();
     for (name, text, warns) in [("warned.toml", warned, true), ("quiet.toml", quiet, false)] {
         let file = write_file(dir.path(), name, &text);
         let mut cohort = Cohort::spawn(&["run", "-c", &file]);
@@ -1028,13 +1031,10 @@ async fn set_rollback_and_status_talk_to_a_running_instance() {
     let stable = FakeUpstream::start("stable").await;
     let canary = FakeUpstream::start("canary").await;
     let dir = tempfile::tempdir().unwrap();
-    let file = serve_config(dir.path(), &stable, &canary, "5s");
+    let config = served_config(&stable, &canary, "drain_timeout = \"5s\"")
+        .admin_extra("token_file = \"token\"");
+    let file = write_file(dir.path(), "cohort.toml", &config.to_toml());
     let token_file = write_file(dir.path(), "token", "tok-123\n");
-    let text = std::fs::read_to_string(&file).unwrap().replace(
-        "[admin]\naddress = \"127.0.0.1:0\"",
-        "[admin]\naddress = \"127.0.0.1:0\"\ntoken_file = \"token\"",
-    );
-    std::fs::write(&file, text).unwrap();
     let mut cohort = Cohort::spawn(&["run", "-c", &file]);
     let (_proxy, admin) = cohort.wait_serving(QUICK).await;
     let admin_url = format!("http://{admin}");
@@ -1188,13 +1188,11 @@ async fn admin_commands_find_the_instance_and_its_token_through_c() {
     let stable = FakeUpstream::start("stable").await;
     let canary = FakeUpstream::start("canary").await;
     let dir = tempfile::tempdir().unwrap();
-    let file = serve_config(dir.path(), &stable, &canary, "5s");
     let port = free_port();
-    let text = std::fs::read_to_string(&file).unwrap().replace(
-        "[admin]\naddress = \"127.0.0.1:0\"",
-        &format!("[admin]\naddress = \"0.0.0.0:{port}\"\ntoken_file = \"token\""),
-    );
-    std::fs::write(&file, text).unwrap();
+    let config = served_config(&stable, &canary, "drain_timeout = \"5s\"")
+        .admin_address(&format!("0.0.0.0:{port}"))
+        .admin_extra("token_file = \"token\"");
+    let file = write_file(dir.path(), "cohort.toml", &config.to_toml());
     write_file(dir.path(), "token", "tok-from-file\n");
     let wrong_token = write_file(dir.path(), "wrong-token", "not-it\n");
     let mut cohort = Cohort::spawn(&["run", "-c", &file]);
@@ -1289,7 +1287,7 @@ fn admin_commands_with_an_unusable_c_file_exit_1() {
         "[admin]\naddress = \"nowhere\"\n",
     );
     // The instance's admin port is ephemeral: nothing in the file says where to call.
-    let ephemeral = write_file(dir.path(), "ephemeral.toml", TWO_ROUTES);
+    let ephemeral = write_file(dir.path(), "ephemeral.toml", &two_routes().to_toml());
     for (args, reason) in [
         (
             vec!["status", "-c", missing],
@@ -1349,11 +1347,7 @@ fn output_into_a_closed_pipe_ends_quietly() {
 
 /// A config with `listen.access_log` on, everything to `stable`.
 fn access_log_config(dir: &Path, stable: &FakeUpstream, canary: &FakeUpstream) -> String {
-    let text = format!(
-        "[listen]\naddress = \"127.0.0.1:0\"\nworkers = 1\naccess_log = true\n\n[admin]\naddress = \"127.0.0.1:0\"\n\n{}",
-        route("r", stable, canary, "sticky = [\"header:x-user-id\"]\ncanary_percent = 0")
-    );
-    write_file(dir, "cohort.toml", &text)
+    served(dir, stable, canary, "access_log = true")
 }
 
 /// The access log lines (JSON) in `stderr`.
@@ -1458,11 +1452,9 @@ async fn rust_log_target_lists_select_what_is_logged_and_a_bad_value_falls_back_
 
     // A target list alone does not hide errors: a start that fails still says why.
     write_file(dir.path(), "empty-token", "\n");
-    let text = std::fs::read_to_string(&file).unwrap().replace(
-        "[admin]\naddress = \"127.0.0.1:0\"",
-        "[admin]\naddress = \"127.0.0.1:0\"\ntoken_file = \"empty-token\"",
-    );
-    let failing = write_file(dir.path(), "failing.toml", &text);
+    let config = served_config(&stable, &canary, "access_log = true")
+        .admin_extra("token_file = \"empty-token\"");
+    let failing = write_file(dir.path(), "failing.toml", &config.to_toml());
     let mut failed = Cohort::spawn_with(
         &["run", "-c", &failing],
         &[("RUST_LOG", "cohort::access=info")],

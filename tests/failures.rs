@@ -13,7 +13,7 @@ use http::Request;
 use http_body_util::{BodyExt, Full};
 use support::{
     client, eventually, get, h2c_client, key_in, refused_addr, route, send, Blackhole,
-    FakeUpstream, RawConn, RawUpstream, Reply, TestCohort,
+    FakeUpstream, RawConn, RawUpstream, Reply, Route, TestCohort,
 };
 
 const REQUESTS: &str = "cohort_requests_total";
@@ -29,17 +29,12 @@ fn errors<'a>(variant: &'a str, kind: &'a str) -> [(&'a str, &'a str); 3] {
 
 /// A route block with explicit endpoint lists.
 fn route_with(stable: &[String], canary: &[String], extra: &str) -> String {
-    let list = |urls: &[String]| {
-        urls.iter()
-            .map(|u| format!("\"{u}\""))
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
-    format!(
-        "[[routes]]\nname = \"app\"\nsalt = \"app-salt\"\nsticky = [\"header:x-user-id\"]\nstable = {{ endpoints = [{}] }}\ncanary = {{ endpoints = [{}] }}\n{extra}\n",
-        list(stable),
-        list(canary)
-    )
+    Route::new("app")
+        .sticky(&["header:x-user-id"])
+        .stable_urls(stable)
+        .canary_urls(canary)
+        .extra(extra)
+        .to_toml()
 }
 
 // ---------------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 
 use http::uri::PathAndQuery;
-use support::{key_in, TestCohort};
+use support::{key_in, Route, TestCohort};
 use tls_support::{server_config, Pki, TlsFront};
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::body::Body;
@@ -183,7 +183,7 @@ async fn scenario(downstream_tls: bool, upstream_tls: bool) -> Scenario {
     let stable = start_server("stable").await;
     let canary = start_server("canary").await;
     let mut fronts = Vec::new();
-    let (urls, variant_extra) = if upstream_tls {
+    let (urls, variant_fields) = if upstream_tls {
         let leaf = pki.server_leaf("upstream", &["localhost"]);
         let config = server_config(&leaf, &[b"h2"], None);
         for addr in [stable, canary] {
@@ -195,21 +195,25 @@ async fn scenario(downstream_tls: bool, upstream_tls: bool) -> Scenario {
                 .map(|f| f.https_url("localhost"))
                 .collect::<Vec<_>>(),
             format!(
-                ", protocol = \"h2\", tls = {{ ca = {:?} }}",
+                "protocol = \"h2\", tls = {{ ca = {:?} }}",
                 pki.ca_path().display().to_string()
             ),
         )
     } else {
         (
             vec![format!("http://{stable}"), format!("http://{canary}")],
-            ", protocol = \"h2c\"".to_owned(),
+            "protocol = \"h2c\"".to_owned(),
         )
     };
-    let routes = format!(
-        "[[routes]]\nname = \"grpc\"\nsalt = \"{SALT}\"\nsticky = [\"header:x-user-id\"]\ncanary_percent = 50\n\
-         stable = {{ endpoints = [\"{}\"]{variant_extra} }}\ncanary = {{ endpoints = [\"{}\"]{variant_extra} }}\n",
-        urls[0], urls[1]
-    );
+    let routes = Route::new("grpc")
+        .salt(SALT)
+        .sticky(&["header:x-user-id"])
+        .canary_percent(50)
+        .stable_urls(&urls[..1])
+        .stable_field(&variant_fields)
+        .canary_urls(&urls[1..])
+        .canary_field(&variant_fields)
+        .to_toml();
     let listen = if downstream_tls {
         let leaf = pki.server_leaf("edge", &["localhost"]);
         format!(

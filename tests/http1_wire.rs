@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use support::{
     key_in, pattern_byte, route, FakeUpstream, PatternCheck, RawConn, RawResponse, RawUpstream,
-    Reply, TestCohort, PATIENCE,
+    Reply, Route, TestCohort, PATIENCE,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -30,9 +30,7 @@ fn requests(status: &str) -> [(&str, &str); 3] {
 
 /// A route named `app` whose only variant is one upstream URL (canary at 0 %).
 fn route_to(url: &str) -> String {
-    format!(
-        "[[routes]]\nname = \"app\"\nsalt = \"app-salt\"\nstable = {{ endpoints = [\"{url}\"] }}\n"
-    )
+    Route::new("app").stable_urls(&[url]).to_toml()
 }
 
 /// A GET on the keep-alive connection, as a client library would write it.

@@ -13,7 +13,7 @@ mod support;
 use std::time::Duration;
 
 use process::{write_file, Cohort};
-use support::{route, rss_of, FakeUpstream, RawConn};
+use support::{rss_of, Config, FakeUpstream, RawConn, Route};
 
 /// Issue 4: "≤ 2 KiB per idle connection".
 const PER_CONNECTION_LIMIT: u64 = 2048;
@@ -59,15 +59,15 @@ async fn an_idle_keep_alive_connection_costs_under_2_kib() {
     let config = write_file(
         dir.path(),
         "cohort.toml",
-        &format!(
-            "[listen]\naddress = \"127.0.0.1:0\"\nworkers = 1\n\n[admin]\naddress = \"127.0.0.1:0\"\n\n{}",
-            route(
-                "r",
-                &stable,
-                &canary,
-                "sticky = [\"header:x-user-id\"]\ncanary_percent = 10"
+        &Config::new()
+            .route(
+                Route::new("r")
+                    .stable(&stable)
+                    .canary(&canary)
+                    .sticky(&["header:x-user-id"])
+                    .canary_percent(10),
             )
-        ),
+            .to_toml(),
     );
     let mut cohort = Cohort::spawn(&["run", "-c", &config]);
     let (proxy, _) = cohort.wait_serving(Duration::from_secs(20)).await;

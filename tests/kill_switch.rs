@@ -14,9 +14,18 @@ use bytes::Bytes;
 use cohort::guard::wall_now;
 use cohort::rollout::format_rfc3339;
 use process::{run_to_end, Cohort};
-use support::{client, get, key_in, send, Answer, FakeUpstream, TestCohort};
+use support::{client, get, key_in, send, Answer, Config, FakeUpstream, Route, TestCohort};
 
 const SALT: &str = "kill-switch";
+
+/// The route "web" under test: sticky on `x-user-id`, salt [`SALT`].
+fn web_route(stable: &FakeUpstream, canary: &FakeUpstream) -> Route {
+    Route::new("web")
+        .sticky(&["header:x-user-id"])
+        .salt(SALT)
+        .stable(stable)
+        .canary(canary)
+}
 
 /// A config with one route "web" (`route_extra` after its endpoints) and, when given,
 /// a top-level `state_dir`.
@@ -26,28 +35,12 @@ fn config_text(
     state_dir: Option<&Path>,
     route_extra: &str,
 ) -> String {
-    let state_dir = state_dir
-        .map(|d| format!("state_dir = \"{}\"\n\n", d.display()))
-        .unwrap_or_default();
-    format!(
-        r#"{state_dir}[listen]
-address = "127.0.0.1:0"
-workers = 1
-
-[admin]
-address = "127.0.0.1:0"
-
-[[routes]]
-name = "web"
-sticky = ["header:x-user-id"]
-salt = "{SALT}"
-stable = {{ endpoints = ["{}"] }}
-canary = {{ endpoints = ["{}"] }}
-{route_extra}
-"#,
-        stable.url(),
-        canary.url()
-    )
+    let config = Config::new().route(web_route(stable, canary).extra(route_extra));
+    match state_dir {
+        Some(dir) => config.state_dir(dir),
+        None => config,
+    }
+    .to_toml()
 }
 
 async fn admin_post(cohort: &TestCohort, path: &str) -> Answer {
@@ -260,10 +253,9 @@ async fn set_on_a_route_without_canary_endpoints_is_a_bad_request_before_any_fil
     let canary = FakeUpstream::start("canary").await;
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("cohort.toml");
-    let text = config_text(&stable, &canary, None, "").replace(
-        &format!("canary = {{ endpoints = [\"{}\"] }}", canary.url()),
-        "canary = { endpoints = [] }",
-    );
+    let text = Config::new()
+        .route(web_route(&stable, &canary).canary_urls(&[] as &[&str]))
+        .to_toml();
     std::fs::write(&path, &text).expect("write");
     set_read_only(&path, true);
     let cohort = TestCohort::start_from(&path, dir).await;

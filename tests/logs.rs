@@ -13,23 +13,27 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use process::{write_file, Cohort};
 use serde_json::Value;
-use support::{client, h2c_client, refused_addr, send, Answer, FakeUpstream, HttpClient, Reply};
+use support::{
+    client, h2c_client, refused_addr, send, Answer, Config, FakeUpstream, HttpClient, Reply, Route,
+};
 
 const QUICK: Duration = Duration::from_secs(20);
 
 /// A config with the given `[listen]` extra line and `[[routes]]` blocks.
 fn config(dir: &std::path::Path, listen_extra: &str, routes: &str) -> String {
-    let text = format!(
-        "[listen]\naddress = \"127.0.0.1:0\"\nworkers = 1\n{listen_extra}\n\n[admin]\naddress = \"127.0.0.1:0\"\n\n{routes}"
-    );
-    write_file(dir, "cohort.toml", &text)
+    let config = Config::new().listen_extra(listen_extra).routes_toml(routes);
+    write_file(dir, "cohort.toml", &config.to_toml())
 }
 
-/// A route on `prefix` sending everything to `stable` (`protocol` e.g. `, protocol = "h2c"`).
+/// A route on `prefix` sending everything to `stable` (`protocol` e.g. `h2c`, or empty).
 fn route_to(name: &str, prefix: &str, stable: &str, protocol: &str) -> String {
-    format!(
-        "[[routes]]\nname = \"{name}\"\npath_prefix = \"{prefix}\"\nsalt = \"{name}-salt\"\nsticky = [\"header:x-user-id\"]\ncanary_percent = 0\nstable = {{ endpoints = [\"{stable}\"]{protocol} }}\n\n"
-    )
+    Route::new(name)
+        .path_prefix(prefix)
+        .sticky(&["header:x-user-id"])
+        .canary_percent(0)
+        .stable_urls(&[stable])
+        .stable_protocol(protocol)
+        .to_toml()
 }
 
 /// The JSON lines of `stderr` that `keep` selects.
@@ -110,12 +114,7 @@ async fn a_refused_upstream_warns_once_a_second_with_the_count_held_back() {
     let routes = [
         route_to("own", "/own", &format!("http://{}", refused[0]), ""),
         route_to("viah2", "/viah2", &format!("http://{}", refused[1]), ""),
-        route_to(
-            "h2c",
-            "/h2c",
-            &format!("http://{}", refused[2]),
-            ", protocol = \"h2c\"",
-        ),
+        route_to("h2c", "/h2c", &format!("http://{}", refused[2]), "h2c"),
     ]
     .concat();
     let file = config(dir.path(), "", &routes);
@@ -314,7 +313,7 @@ async fn access_lines_carry_endpoint_error_bytes_and_the_request_id_on_both_engi
     let dir = tempfile::tempdir().unwrap();
     let routes = [
         route_to("plain", "/plain", &plain.url(), ""),
-        route_to("h2c", "/h2c", &h2c.url(), ", protocol = \"h2c\""),
+        route_to("h2c", "/h2c", &h2c.url(), "h2c"),
         route_to("down", "/down", &format!("http://{refused}"), ""),
     ]
     .concat();

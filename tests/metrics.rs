@@ -4,8 +4,6 @@
 //! recorders, and `promtool check metrics` on the real page.
 #[path = "support/process.rs"]
 mod process;
-#[path = "support/prom.rs"]
-mod prom;
 mod support;
 
 use std::collections::BTreeMap;
@@ -13,8 +11,8 @@ use std::time::{Duration, Instant};
 
 use cohort::cohort::{assign, BasisPoints, Variant};
 use cohort::rollout::Reason;
-use prom::Exposition;
-use support::{get, route, FakeUpstream, TestCohort};
+use support::prom::Exposition;
+use support::{get, route, Config, FakeUpstream, Route, TestCohort};
 
 /// DESIGN §5 buckets as Prometheus renders them, `+Inf` last.
 const BUCKET_LES: [&str; 15] = [
@@ -284,11 +282,14 @@ async fn a_known_mix_of_requests_is_counted_exactly() {
 async fn cohorts_own_502_counts_once_under_its_variant() {
     let stable = FakeUpstream::start("stable").await;
     let down = closed_port_url();
-    let routes = format!(
-        "[[routes]]\nname = \"r\"\nsalt = \"r-salt\"\nsticky = [\"header:x-user-id\"]\ncanary_percent = 100\nstable = {{ endpoints = [\"{}\"] }}\ncanary = {{ endpoints = [\"{down}\"] }}\n",
-        stable.url()
+    let config = Config::new().route(
+        Route::new("r")
+            .sticky(&["header:x-user-id"])
+            .canary_percent(100)
+            .stable(&stable)
+            .canary_urls(&[down]),
     );
-    let cohort = TestCohort::start(&routes).await;
+    let cohort = TestCohort::start_config(&config).await;
     for _ in 0..2 {
         let a = get(&cohort.url("/"), &[("x-user-id", "k")]).await;
         assert_eq!((a.status, a.variant()), (502, Some("canary")));
@@ -372,9 +373,11 @@ async fn start_busy() -> (TestCohort, FakeUpstream, FakeUpstream) {
         &stable,
         &canary,
         "path_prefix = \"/r\"\nsticky = [\"header:x-user-id\"]\ncanary_percent = 50",
-    ) + &format!(
-        "[[routes]]\nname = \"down\"\npath_prefix = \"/down\"\nsalt = \"d\"\nstable = {{ endpoints = [\"{down}\"] }}\n"
-    );
+    ) + &Route::new("down")
+        .path_prefix("/down")
+        .salt("d")
+        .stable_urls(&[down])
+        .to_toml();
     let cohort = TestCohort::start(&routes).await;
     let s = keys_for("r-salt", 50.0, Variant::Stable, 1, "k").remove(0);
     let c = keys_for("r-salt", 50.0, Variant::Canary, 1, "k").remove(0);
@@ -547,32 +550,23 @@ async fn a_fresh_instance_exports_every_known_series_at_zero_and_the_process_fig
     let dir = tempfile::tempdir().expect("temp dir");
     // Two unguarded routes: rollbacks are counted on every route, not only guarded ones.
     // Nothing listens upstream; no request is sent.
-    let config = process::write_file(
-        dir.path(),
-        "cohort.toml",
-        r#"
-[listen]
-address = "127.0.0.1:0"
-workers = 1
-
-[admin]
-address = "127.0.0.1:0"
-
-[[routes]]
-name = "web"
-path_prefix = "/"
-salt = "web-v1"
-canary_percent = 5
-stable = { endpoints = ["http://127.0.0.1:9"] }
-canary = { endpoints = ["http://127.0.0.1:9"] }
-
-[[routes]]
-name = "api"
-path_prefix = "/api"
-salt = "api-v1"
-stable = { endpoints = ["http://127.0.0.1:9"] }
-"#,
-    );
+    let nowhere = ["http://127.0.0.1:9"];
+    let config = Config::new()
+        .route(
+            Route::new("web")
+                .path_prefix("/")
+                .salt("web-v1")
+                .canary_percent(5)
+                .stable_urls(&nowhere)
+                .canary_urls(&nowhere),
+        )
+        .route(
+            Route::new("api")
+                .path_prefix("/api")
+                .salt("api-v1")
+                .stable_urls(&nowhere),
+        );
+    let config = process::write_file(dir.path(), "cohort.toml", &config.to_toml());
     let started = std::time::SystemTime::now();
     let mut cohort = process::Cohort::spawn(&["run", "-c", &config]);
     let (_proxy, admin) = cohort.wait_serving(Duration::from_secs(20)).await;

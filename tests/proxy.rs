@@ -10,8 +10,8 @@ use http::{Request, Version};
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use support::{
-    client, expected_variant, get, h2c_client, key_in, raw_exchange, route, send, FakeUpstream,
-    RawConn, TestCohort,
+    client, expected_variant, get, h2c_client, key_in, raw_exchange, route, send, Config,
+    FakeUpstream, RawConn, Route, TestCohort,
 };
 
 const REQUESTS: &str = "cohort_requests_total";
@@ -1103,13 +1103,10 @@ async fn a_head_request_keeps_the_upstreams_content_length_and_the_connection() 
 async fn an_absolute_form_target_is_routed_by_its_authority() {
     let a = FakeUpstream::start("a").await;
     let b = FakeUpstream::start("b").await;
-    let routes = format!(
-        "[[routes]]\nname = \"a\"\nhost = \"a.example\"\nsalt = \"s\"\nstable = {{ endpoints = [\"{}\"] }}\n\n\
-         [[routes]]\nname = \"b\"\nhost = \"b.example\"\nsalt = \"s\"\nstable = {{ endpoints = [\"{}\"] }}\n",
-        a.url(),
-        b.url()
-    );
-    let cohort = TestCohort::start(&routes).await;
+    let config = Config::new()
+        .route(Route::new("a").host("a.example").salt("s").stable(&a))
+        .route(Route::new("b").host("b.example").salt("s").stable(&b));
+    let cohort = TestCohort::start_config(&config).await;
     let answer = support::raw_exchange(
         cohort.proxy,
         "GET http://b.example/x?q=1 HTTP/1.1\r\nHost: a.example\r\nConnection: close\r\n\r\n",

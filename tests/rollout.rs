@@ -5,7 +5,6 @@
 mod process;
 mod support;
 
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -14,63 +13,15 @@ use bytes::Bytes;
 use cohort::guard::wall_now;
 use cohort::rollout::format_rfc3339;
 use http_body_util::BodyExt;
-use support::{client, get, key_in, send, FakeUpstream, TestCohort};
+use support::{client, get, key_in, send, Config, FakeUpstream, Route, TestCohort};
 
-fn config(
-    stable: &FakeUpstream,
-    canary: &FakeUpstream,
-    state_dir: &Path,
-    rollout: &str,
-    guard: &str,
-) -> String {
-    format!(
-        r#"state_dir = "{}"
-
-[listen]
-address = "127.0.0.1:0"
-workers = 1
-
-[admin]
-address = "127.0.0.1:0"
-
-[[routes]]
-name = "shop"
-sticky = ["header:x-user-id"]
-salt = "rollout-test"
-stable = {{ endpoints = ["{}"] }}
-canary = {{ endpoints = ["{}"] }}
-
-{rollout}
-
-{guard}
-"#,
-        state_dir.display(),
-        stable.url(),
-        canary.url()
-    )
-}
-
-/// A route "shop" with `guard` and no rollout: `salt` replaces the default salt and
-/// `route_extra` (e.g. `canary_percent = 50`) follows it.
-fn guard_only_config(
-    stable: &FakeUpstream,
-    canary: &FakeUpstream,
-    state_dir: &Path,
-    guard: &str,
-    salt: &str,
-    route_extra: &str,
-) -> String {
-    config(
-        stable,
-        canary,
-        state_dir,
-        "",
-        &format!("[routes.guard]\n{guard}"),
-    )
-    .replace(
-        "salt = \"rollout-test\"",
-        &format!("salt = \"{salt}\"\n{route_extra}"),
-    )
+/// The route "shop" under test: sticky on `x-user-id`, salt "rollout-test".
+fn shop(stable: &FakeUpstream, canary: &FakeUpstream) -> Route {
+    Route::new("shop")
+        .sticky(&["header:x-user-id"])
+        .salt("rollout-test")
+        .stable(stable)
+        .canary(canary)
 }
 
 async fn route_state(cohort: &TestCohort) -> serde_json::Value {
@@ -155,16 +106,19 @@ async fn a_canary_that_goes_bad_at_step_two_is_rolled_back_and_stays_rolled_back
     // state_dir outlives the first instance's directory: it is what a restart reads.
     let state_root = tempfile::tempdir().expect("tempdir");
     let state_dir = state_root.path().join("state");
-    let path = dir.path().join("cohort.toml");
     let start = format_rfc3339(wall_now());
-    let text = config(
-        &stable,
-        &canary,
-        &state_dir,
-        &format!("[routes.rollout]\nstart = \"{start}\"\nsteps = [10, 30, 60, 100]\nstep_every = \"3s\""),
-        "[routes.guard]\nwindow = \"2s\"\nmin_requests = 10\nmax_error_ratio = 0.2\naction = \"rollback\"",
-    );
-    std::fs::write(&path, &text).expect("write");
+    let path = Config::new()
+        .state_dir(&state_dir)
+        .route(
+            shop(&stable, &canary)
+                .rollout(&format!(
+                    "start = \"{start}\"\nsteps = [10, 30, 60, 100]\nstep_every = \"3s\""
+                ))
+                .guard(
+                    "window = \"2s\"\nmin_requests = 10\nmax_error_ratio = 0.2\naction = \"rollback\"",
+                ),
+        )
+        .write(dir.path());
     let cohort = TestCohort::start_from(&path, dir).await;
     let traffic = Traffic::start(&cohort);
 
@@ -309,16 +263,19 @@ async fn hold_stays_on_its_step_while_failing_and_follows_the_schedule_once_heal
     canary.set_status(503);
     let dir = tempfile::tempdir().expect("tempdir");
     let state_dir = dir.path().join("state");
-    let path = dir.path().join("cohort.toml");
     let start = format_rfc3339(wall_now());
-    let text = config(
-        &stable,
-        &canary,
-        &state_dir,
-        &format!("[routes.rollout]\nstart = \"{start}\"\nsteps = [20, 40, 60, 80, 100]\nstep_every = \"1s\""),
-        "[routes.guard]\nwindow = \"1s\"\nmin_requests = 5\nmax_error_ratio = 0.1\naction = \"hold\"",
-    );
-    std::fs::write(&path, &text).expect("write");
+    let path = Config::new()
+        .state_dir(&state_dir)
+        .route(
+            shop(&stable, &canary)
+                .rollout(&format!(
+                    "start = \"{start}\"\nsteps = [20, 40, 60, 80, 100]\nstep_every = \"1s\""
+                ))
+                .guard(
+                    "window = \"1s\"\nmin_requests = 5\nmax_error_ratio = 0.1\naction = \"hold\"",
+                ),
+        )
+        .write(dir.path());
     let cohort = TestCohort::start_from(&path, dir).await;
     let traffic = Traffic::start(&cohort);
 
@@ -414,15 +371,18 @@ async fn manual_controls_on_a_rollout_route_and_the_webhook_retried_until_accept
     let canary = FakeUpstream::start("canary").await;
     let dir = tempfile::tempdir().expect("tempdir");
     let state_dir = dir.path().join("state");
-    let path = dir.path().join("cohort.toml");
-    let text = config(
-        &stable,
-        &canary,
-        &state_dir,
-        "[routes.rollout]\nstart = \"2020-01-01T00:00:00Z\"\nsteps = [1, 5, 25]\nstep_every = \"10m\"",
-        &format!("[routes.guard]\nmax_error_ratio = 0.5\non_rollback = \"http://{hook_addr}/hooks/cohort\""),
-    );
-    std::fs::write(&path, &text).expect("write");
+    let path = Config::new()
+        .state_dir(&state_dir)
+        .route(
+            shop(&stable, &canary)
+                .rollout(
+                    "start = \"2020-01-01T00:00:00Z\"\nsteps = [1, 5, 25]\nstep_every = \"10m\"",
+                )
+                .guard(&format!(
+                    "max_error_ratio = 0.5\non_rollback = \"http://{hook_addr}/hooks/cohort\""
+                )),
+        )
+        .write(dir.path());
     let cohort = TestCohort::start_from(&path, dir).await;
     assert_eq!(
         route_state(&cohort).await["canary_percent"],
@@ -543,15 +503,14 @@ async fn rollout_metrics_pass_promtool() {
     let stable = FakeUpstream::start("stable").await;
     let canary = FakeUpstream::start("canary").await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("cohort.toml");
-    let text = config(
-        &stable,
-        &canary,
-        &dir.path().join("state"),
-        "[routes.rollout]\nstart = \"2999-01-01T00:00:00Z\"\nsteps = [1, 5]\nstep_every = \"1h\"",
-        "[routes.guard]\nmax_p99 = \"500ms\"",
-    );
-    std::fs::write(&path, &text).expect("write");
+    let path = Config::new()
+        .state_dir(&dir.path().join("state"))
+        .route(
+            shop(&stable, &canary)
+                .rollout("start = \"2999-01-01T00:00:00Z\"\nsteps = [1, 5]\nstep_every = \"1h\"")
+                .guard("max_p99 = \"500ms\""),
+        )
+        .write(dir.path());
     let cohort = TestCohort::start_from(&path, dir).await;
     let state = route_state(&cohort).await;
     assert_eq!(state["rollout"]["state"], "pending");
@@ -591,16 +550,14 @@ async fn a_guard_without_a_rollout_guards_canary_percent() {
     canary.set_status(502);
     let dir = tempfile::tempdir().expect("tempdir");
     let state_root = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("cohort.toml");
-    let text = guard_only_config(
-        &stable,
-        &canary,
-        &state_root.path().join("state"),
-        "window = \"2s\"\nmin_requests = 5\nmax_error_ratio_vs_stable = 0.1",
-        "rollout-test",
-        "canary_percent = 50",
-    );
-    std::fs::write(&path, &text).expect("write");
+    let path = Config::new()
+        .state_dir(&state_root.path().join("state"))
+        .route(
+            shop(&stable, &canary)
+                .canary_percent(50)
+                .guard("window = \"2s\"\nmin_requests = 5\nmax_error_ratio_vs_stable = 0.1"),
+        )
+        .write(dir.path());
     let cohort = TestCohort::start_from(&path, dir).await;
     assert_eq!(route_state(&cohort).await["canary_percent"], 50);
     let traffic = Traffic::start(&cohort);
@@ -680,14 +637,17 @@ async fn guard_outcomes_survive_a_reload_that_keeps_the_identity() {
     let state_root = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("cohort.toml");
     let guarded = |min_requests: u32, salt: &str| {
-        guard_only_config(
-            &stable,
-            &canary,
-            &state_root.path().join("state"),
-            &format!("window = \"60s\"\nmin_requests = {min_requests}\nmax_error_ratio = 0.5"),
-            salt,
-            "canary_percent = 100",
-        )
+        Config::new()
+            .state_dir(&state_root.path().join("state"))
+            .route(
+                shop(&stable, &canary)
+                    .salt(salt)
+                    .canary_percent(100)
+                    .guard(&format!(
+                        "window = \"60s\"\nmin_requests = {min_requests}\nmax_error_ratio = 0.5"
+                    )),
+            )
+            .to_toml()
     };
     std::fs::write(&path, guarded(10, "one")).expect("write");
     let cohort = TestCohort::start_from(&path, dir).await;
@@ -726,16 +686,15 @@ async fn override_requests_are_not_judged_and_still_reach_a_rolled_back_canary()
     canary.set_status(502);
     let dir = tempfile::tempdir().expect("tempdir");
     let state_root = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("cohort.toml");
-    let text = guard_only_config(
-        &stable,
-        &canary,
-        &state_root.path().join("state"),
-        "window = \"10s\"\nmin_requests = 5\nmax_error_ratio = 0.2",
-        "rollout-test",
-        "canary_percent = 50\noverride = { trusted = [\"127.0.0.0/8\"] }",
-    );
-    std::fs::write(&path, &text).expect("write");
+    let path = Config::new()
+        .state_dir(&state_root.path().join("state"))
+        .route(
+            shop(&stable, &canary)
+                .canary_percent(50)
+                .extra("override = { trusted = [\"127.0.0.0/8\"] }")
+                .guard("window = \"10s\"\nmin_requests = 5\nmax_error_ratio = 0.2"),
+        )
+        .write(dir.path());
     let cohort = TestCohort::start_from(&path, dir).await;
     let http = client();
     // A stable user, forced to the canary: 20 failures the guard must not see.

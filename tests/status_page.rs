@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use serde_json::Value;
-use support::{client, get, key_in, send, FakeUpstream, TestCohort, PATIENCE};
+use support::{client, get, key_in, send, Config, FakeUpstream, Route, TestCohort, PATIENCE};
 
 /// How long one Chromium run may take before it is killed and the test fails.
 const CHROMIUM_TIMEOUT: Duration = Duration::from_secs(60);
@@ -40,33 +40,27 @@ async fn start() -> (TestCohort, [FakeUpstream; 4]) {
     let canary = FakeUpstream::start("canary").await;
     let search_stable = FakeUpstream::start("search-stable").await;
     let search_canary = FakeUpstream::start("search-canary").await;
-    let routes = format!(
-        r#"[[routes]]
-name = "checkout"
-path_prefix = "/"
-sticky = ["header:x-user-id", "cookie:session", "ip"]
-salt = "{CHECKOUT_SALT}"
-canary_percent = 10
-stable = {{ endpoints = ["{}"] }}
-canary = {{ endpoints = ["{}"] }}
-
-[[routes]]
-name = "search"
-host = "shop.example.com"
-path_prefix = "/search"
-sticky = ["cookie:session"]
-salt = "{}"
-canary_percent = 2.5
-stable = {{ endpoints = ["{}"] }}
-canary = {{ endpoints = ["{}"] }}
-"#,
-        stable.url(),
-        canary.url(),
-        SEARCH_SALT.replace('"', "\\\""),
-        search_stable.url(),
-        search_canary.url(),
-    );
-    let cohort = TestCohort::start(&routes).await;
+    let config = Config::new()
+        .route(
+            Route::new("checkout")
+                .path_prefix("/")
+                .sticky(&["header:x-user-id", "cookie:session", "ip"])
+                .salt(CHECKOUT_SALT)
+                .canary_percent(10)
+                .stable(&stable)
+                .canary(&canary),
+        )
+        .route(
+            Route::new("search")
+                .host("shop.example.com")
+                .path_prefix("/search")
+                .sticky(&["cookie:session"])
+                .salt(SEARCH_SALT)
+                .canary_percent(2.5)
+                .stable(&search_stable)
+                .canary(&search_canary),
+        );
+    let cohort = TestCohort::start_config(&config).await;
     (cohort, [stable, canary, search_stable, search_canary])
 }
 

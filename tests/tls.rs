@@ -11,7 +11,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use support::{get, route, FakeUpstream, TestCohort, PATIENCE};
+use support::{get, route, Config, FakeUpstream, Route, TestCohort, PATIENCE};
 use tls_support::{client_config, server_config, Pki, TlsConn, TlsFront};
 
 const H2: &[u8] = b"h2";
@@ -52,6 +52,19 @@ fn listen_tls(leaf: &tls_support::Leaf, client_ca: Option<&Path>) -> String {
             p(&leaf.key)
         ),
     }
+}
+
+/// A route "shop" on host `shop.test` with `leaf` as its own certificate, to `upstream`.
+fn shop_route(leaf: &tls_support::Leaf, upstream: &FakeUpstream) -> Route {
+    Route::new("shop")
+        .host("shop.test")
+        .salt("s")
+        .stable(upstream)
+        .extra(&format!(
+            "tls = {{ cert = {}, key = {} }}",
+            p(&leaf.cert),
+            p(&leaf.key)
+        ))
 }
 
 async fn tls_cohort(routes: &str, listen: &str) -> TestCohort {
@@ -135,11 +148,9 @@ async fn sni_picks_the_routes_certificate_and_the_default_serves_the_rest() {
     let canary = FakeUpstream::start("canary").await;
     let shop_stable = FakeUpstream::start("shop").await;
     let routes = format!(
-        "{}[[routes]]\nname = \"shop\"\nhost = \"shop.test\"\nsalt = \"s\"\ntls = {{ cert = {}, key = {} }}\nstable = {{ endpoints = [\"{}\"] }}\n",
+        "{}{}",
         route("web", &stable, &canary, ""),
-        p(&shop.cert),
-        p(&shop.key),
-        shop_stable.url()
+        shop_route(&shop, &shop_stable).to_toml()
     );
     let cohort = tls_cohort(&routes, &listen_tls(&default, None)).await;
     let config = client_config(&pki.ca_path(), &[H1], None);
@@ -320,12 +331,7 @@ async fn a_config_reload_adds_an_sni_certificate_and_cannot_turn_tls_off() {
     );
 
     let text = std::fs::read_to_string(&cohort.config_path).expect("config");
-    let shop_route = format!(
-        "[[routes]]\nname = \"shop\"\nhost = \"shop.test\"\nsalt = \"s\"\ntls = {{ cert = {}, key = {} }}\nstable = {{ endpoints = [\"{}\"] }}\n",
-        p(&shop.cert),
-        p(&shop.key),
-        stable.url()
-    );
+    let shop_route = shop_route(&shop, &stable).to_toml();
     tls_support::write_atomically(
         &cohort.config_path,
         format!("{text}\n{shop_route}").as_bytes(),
@@ -663,12 +669,13 @@ async fn bad_certificate_files_are_rejected_with_file_key_and_reason() {
 // Upstream: cohort as a TLS client
 // ---------------------------------------------------------------------------------------
 
-/// A route whose stable variant is `stable_url` with extra variant settings.
-fn https_route(stable_url: &str, variant_extra: &str, canary: &FakeUpstream) -> String {
-    format!(
-        "[[routes]]\nname = \"api\"\nsalt = \"s\"\nstable = {{ endpoints = [\"{stable_url}\"]{variant_extra} }}\ncanary = {{ endpoints = [\"{}\"] }}\n",
-        canary.url()
-    )
+/// A route `name` whose stable variant is `stable_url` with `fields` (e.g. its `tls`).
+fn https_route(name: &str, stable_url: &str, fields: &str, canary: &FakeUpstream) -> Route {
+    Route::new(name)
+        .salt("s")
+        .stable_urls(&[stable_url])
+        .stable_field(fields)
+        .canary(canary)
 }
 
 #[tokio::test]
@@ -679,24 +686,23 @@ async fn https_upstreams_are_verified_against_a_ca_file_and_a_wrong_ca_is_a_502_
     let backend = FakeUpstream::start("secure").await;
     let canary = FakeUpstream::start("canary").await;
     let front = TlsFront::start(backend.addr, server_config(&leaf, &[H1], None)).await;
-    let routes = format!(
-        "{}\n{}",
-        https_route(
+    let config = Config::new()
+        .route(https_route(
+            "api",
             &front.https_url("localhost"),
-            &format!(", tls = {{ ca = {} }}", p(&upstream_pki.ca_path())),
-            &canary
-        ),
-        https_route(
-            &front.https_url("localhost"),
-            &format!(", tls = {{ ca = {} }}", p(&wrong.ca_path())),
-            &canary
-        )
-        .replace(
-            "name = \"api\"",
-            "name = \"wrong\"\npath_prefix = \"/wrong\""
-        ),
-    );
-    let cohort = TestCohort::start(&routes).await;
+            &format!("tls = {{ ca = {} }}", p(&upstream_pki.ca_path())),
+            &canary,
+        ))
+        .route(
+            https_route(
+                "wrong",
+                &front.https_url("localhost"),
+                &format!("tls = {{ ca = {} }}", p(&wrong.ca_path())),
+                &canary,
+            )
+            .path_prefix("/wrong"),
+        );
+    let cohort = TestCohort::start_config(&config).await;
 
     for _ in 0..3 {
         let answer = get(&cohort.url("/"), &[("x-user-id", "alice")]).await;
@@ -751,46 +757,49 @@ async fn server_name_insecure_skip_verify_and_client_certificates() {
     .await;
 
     let named = https_route(
+        "api",
         &plain_front.https_url("127.0.0.1"),
         &format!(
-            ", tls = {{ ca = {}, server_name = \"api.internal\" }}",
+            "tls = {{ ca = {}, server_name = \"api.internal\" }}",
             p(&upstream_pki.ca_path())
         ),
         &canary,
     );
     let insecure = https_route(
+        "insecure",
         &plain_front.https_url("127.0.0.1"),
-        ", tls = { insecure_skip_verify = true }",
+        "tls = { insecure_skip_verify = true }",
         &canary,
     )
-    .replace(
-        "name = \"api\"",
-        "name = \"insecure\"\npath_prefix = \"/insecure\"",
-    );
+    .path_prefix("/insecure");
     let mtls = https_route(
+        "mtls",
         &mtls_front.https_url("127.0.0.1"),
         &format!(
-            ", tls = {{ ca = {}, server_name = \"api.internal\", client_cert = {}, client_key = {} }}",
+            "tls = {{ ca = {}, server_name = \"api.internal\", client_cert = {}, client_key = {} }}",
             p(&upstream_pki.ca_path()),
             p(&client.cert),
             p(&client.key)
         ),
         &canary,
     )
-    .replace("name = \"api\"", "name = \"mtls\"\npath_prefix = \"/mtls\"");
+    .path_prefix("/mtls");
     let refused = https_route(
+        "refused",
         &mtls_front.https_url("127.0.0.1"),
         &format!(
-            ", tls = {{ ca = {}, server_name = \"api.internal\" }}",
+            "tls = {{ ca = {}, server_name = \"api.internal\" }}",
             p(&upstream_pki.ca_path())
         ),
         &canary,
     )
-    .replace(
-        "name = \"api\"",
-        "name = \"refused\"\npath_prefix = \"/refused\"",
-    );
-    let cohort = TestCohort::start(&format!("{named}\n{insecure}\n{mtls}\n{refused}")).await;
+    .path_prefix("/refused");
+    let config = Config::new()
+        .route(named)
+        .route(insecure)
+        .route(mtls)
+        .route(refused);
+    let cohort = TestCohort::start_config(&config).await;
 
     let answer = get(&cohort.url("/"), &[("x-user-id", "a")]).await;
     assert_eq!((answer.status, answer.text().as_str()), (200, "secure"));
@@ -835,15 +844,22 @@ async fn h2c_and_h2_upstreams_share_one_multiplexed_connection() {
     let h2c = FakeUpstream::start("h2c").await;
     let h2_backend = FakeUpstream::start("h2").await;
     let front = TlsFront::start(h2_backend.addr, server_config(&leaf, &[H2, H1], None)).await;
-    let routes = format!(
-        "[[routes]]\nname = \"plain\"\nsalt = \"s\"\nstable = {{ endpoints = [\"{}\"], protocol = \"h2c\" }}\n\n\
-         [[routes]]\nname = \"secure\"\npath_prefix = \"/secure\"\nsalt = \"s\"\n\
-         stable = {{ endpoints = [\"{}\"], protocol = \"h2\", tls = {{ ca = {} }} }}\n",
-        h2c.url(),
-        front.https_url("localhost"),
-        p(&upstream_pki.ca_path())
-    );
-    let cohort = TestCohort::start(&routes).await;
+    let config = Config::new()
+        .route(
+            Route::new("plain")
+                .salt("s")
+                .stable(&h2c)
+                .stable_protocol("h2c"),
+        )
+        .route(
+            Route::new("secure")
+                .path_prefix("/secure")
+                .salt("s")
+                .stable_urls(&[front.https_url("localhost")])
+                .stable_protocol("h2")
+                .stable_field(&format!("tls = {{ ca = {} }}", p(&upstream_pki.ca_path()))),
+        );
+    let cohort = TestCohort::start_config(&config).await;
 
     let many = (0..20).map(|i| {
         let url = cohort.url(if i % 2 == 0 { "/x" } else { "/secure/x" });

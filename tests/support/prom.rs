@@ -1,6 +1,7 @@
-//! A small, strict reader of the Prometheus text exposition format, so metric tests can
-//! assert on whole families (HELP, TYPE, every series) rather than grep single lines.
-#![allow(dead_code)] // each test binary uses a different subset
+//! The one reader of the Prometheus text exposition format: [`Exposition`], small and
+//! strict, so metric tests can assert on whole families (HELP, TYPE, every series) rather
+//! than grep single lines; [`series_value`] reads one series through it, and
+//! [`promtool_check_metrics`] has the real Prometheus tooling judge a page.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -164,4 +165,44 @@ fn parse_labels(text: &str, line: &str) -> BTreeMap<String, String> {
         rest = after[end + 1..].trim_start_matches(',');
     }
     labels
+}
+
+/// The value of `name{labels...}` in Prometheus text, labels exactly these in any order;
+/// 0 when the series is absent.
+pub fn series_value(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    Exposition::parse(text).get(name, labels).unwrap_or(0.0)
+}
+
+/// Runs `promtool check metrics` on a Prometheus text page and fails the test with
+/// promtool's reasons if it rejects it. A missing promtool is a failure, never a skip.
+pub fn promtool_check_metrics(text: &str) {
+    use std::io::Write;
+    let mut child = match std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+    {
+        Ok(child) => child,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => panic!(
+            "promtool is not installed; install the Debian package `prometheus` \
+             (apt-get update && apt-get install -y prometheus) to run this test"
+        ),
+        Err(e) => panic!("cannot run promtool: {e}"),
+    };
+    child
+        .stdin
+        .take()
+        .expect("stdin piped")
+        .write_all(text.as_bytes())
+        .expect("feed promtool");
+    let out = child.wait_with_output().expect("promtool output");
+    assert!(
+        out.status.success(),
+        "promtool check metrics rejected /metrics ({}):\nstdout: {}\nstderr: {}\n--- page ---\n{text}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
 }
