@@ -129,7 +129,7 @@ async fn serve(
     tokio::select! {
         _ = all_closed.recv() => {}
         _ = tokio::time::sleep(drain) => {
-            tracing::warn!(?drain, "drain timeout reached; closing the remaining connections");
+            tracing::warn!(drain_timeout = %humantime::format_duration(drain), "drain timeout reached; closing the remaining connections");
         }
     }
 }
