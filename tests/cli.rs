@@ -805,15 +805,7 @@ async fn a_reload_changes_the_drain_timeout() {
     let mut cohort = Cohort::spawn(&["run", "-c", &file]);
     let (proxy, admin) = cohort.wait_serving(QUICK).await;
     serve_config(dir.path(), &stable, &canary, "1s");
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while admin_series(admin, "cohort_config_generation", &[]).await < 2.0 {
-        assert!(
-            Instant::now() < deadline,
-            "the edited file was not reloaded; stderr:\n{}",
-            cohort.stderr()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_reloaded(&cohort, admin).await;
     let url = format!("http://{proxy}/stuck");
     let in_flight = tokio::spawn(async move { status_within(&url, Duration::from_secs(40)).await });
     wait_hits(&stable, 1).await;
@@ -961,6 +953,19 @@ async fn admin_series(admin: SocketAddr, name: &str, labels: &[(&str, &str)]) ->
     support::series_value(&text, name, labels)
 }
 
+/// Waits (5 s at most) until the instance serves generation 2: the edited file applied.
+async fn wait_reloaded(cohort: &Cohort, admin: SocketAddr) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while admin_series(admin, "cohort_config_generation", &[]).await < 2.0 {
+        assert!(
+            Instant::now() < deadline,
+            "the edited file was not reloaded; stderr:\n{}",
+            cohort.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// `listen.shutdown_delay` is read when the signal comes, so a reload changes it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reload_changes_the_shutdown_delay() {
@@ -971,15 +976,7 @@ async fn a_reload_changes_the_shutdown_delay() {
     let mut cohort = Cohort::spawn(&["run", "-c", &file]);
     let (proxy, admin) = cohort.wait_serving(QUICK).await;
     serve_config_with_delay(dir.path(), &stable, &canary, "0s");
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while admin_series(admin, "cohort_config_generation", &[]).await < 2.0 {
-        assert!(
-            Instant::now() < deadline,
-            "the edited file was not reloaded; stderr:\n{}",
-            cohort.stderr()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_reloaded(&cohort, admin).await;
     let signalled = Instant::now();
     cohort.signal("TERM");
     refused_within(proxy, Duration::from_millis(800)).await;

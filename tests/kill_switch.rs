@@ -214,11 +214,7 @@ async fn the_kill_switch_works_on_a_read_only_file_beside_a_bad_edit_and_after_a
 
     // A restart (the file fixed by then) keeps the canary rolled back.
     std::fs::write(&path, &text).expect("write");
-    let kept = tempfile::tempdir().expect("tempdir");
-    let kept_path = kept.path().join("cohort.toml");
-    std::fs::copy(&path, &kept_path).expect("copy config");
-    cohort.shutdown().await;
-    let restarted = TestCohort::start_from(&kept_path, kept).await;
+    let restarted = cohort.restart().await;
     let state = web(&restarted).await;
     assert_eq!(state["canary_percent"], 0.0);
     assert_eq!(state["rolled_back"]["reason"], "manual");
@@ -322,11 +318,7 @@ async fn a_resume_past_the_schedule_end_restarts_the_ramp_at_its_first_step() {
         records[0]
     );
 
-    let kept = tempfile::tempdir().expect("tempdir");
-    let kept_path = kept.path().join("cohort.toml");
-    std::fs::copy(&path, &kept_path).expect("copy config");
-    cohort.shutdown().await;
-    let restarted = TestCohort::start_from(&kept_path, kept).await;
+    let restarted = cohort.restart().await;
     let state = web(&restarted).await;
     assert_eq!(state["canary_percent"], 10.0, "{state}");
     assert_eq!(state["rollout"]["step"], 0);
@@ -334,7 +326,11 @@ async fn a_resume_past_the_schedule_end_restarts_the_ramp_at_its_first_step() {
     // `cohort assign` (no live instance) agrees.
     for variant in ["canary", "stable"] {
         let key = key_in(variant, SALT, 10.0, "user");
-        assert_eq!(assign_offline(&kept_path, &key), variant, "{key}");
+        assert_eq!(
+            assign_offline(&restarted.config_path, &key),
+            variant,
+            "{key}"
+        );
     }
     restarted.shutdown().await;
 }

@@ -202,11 +202,7 @@ async fn a_canary_that_goes_bad_at_step_two_is_rolled_back_and_stays_rolled_back
     assert_eq!(cohort.series("cohort_config_generation", &[]).await, 1.0);
 
     // A restart never resumes a failed canary.
-    let kept = tempfile::tempdir().expect("tempdir");
-    let kept_path = kept.path().join("cohort.toml");
-    std::fs::copy(&path, &kept_path).expect("copy config");
-    cohort.shutdown().await;
-    let restarted = TestCohort::start_from(&kept_path, kept).await;
+    let restarted = cohort.restart().await;
     let state = route_state(&restarted).await;
     assert_eq!(state["canary_percent"], 0);
     assert_eq!(state["rollout"]["state"], "rolled_back");

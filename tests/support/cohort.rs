@@ -109,6 +109,17 @@ impl TestCohort {
             running.shutdown().await;
         }
     }
+
+    /// Stops this instance and starts a new one from the same config file as it is now
+    /// (copied first: the instance's directory goes with it), as a process restart
+    /// would; whatever lives outside that directory, such as a `state_dir`, stays.
+    pub async fn restart(self) -> TestCohort {
+        let kept = tempfile::tempdir().expect("tempdir");
+        let kept_path = kept.path().join("cohort.toml");
+        std::fs::copy(&self.config_path, &kept_path).expect("copy config");
+        self.shutdown().await;
+        TestCohort::start_from(&kept_path, kept).await
+    }
 }
 
 /// The variant `::cohort::cohort::assign` gives `key` under `salt` at `percent`.
