@@ -79,6 +79,17 @@ pub(crate) struct Windows {
     pub stable: Window,
 }
 
+impl Windows {
+    /// Windows of `len` (at least a second) with a lane per worker; none without a length.
+    fn covering(len: Option<Duration>, lanes: usize) -> Option<Windows> {
+        let seconds = len?.as_secs().max(1);
+        Some(Windows {
+            canary: Window::with_lanes(seconds, lanes),
+            stable: Window::with_lanes(seconds, lanes),
+        })
+    }
+}
+
 /// Memory of one route identity (route name + salt, + `start` under a rollout): a
 /// rollback (of any route: the kill switch), a resume, a hold, and for routes with a
 /// rollout or guard the outcome windows. It survives reloads that keep the identity;
@@ -123,15 +134,8 @@ impl GuardState {
             Some(Stored::Resumed { at }) => memory.resumed_at = Some(at),
             None => {}
         }
-        let windows = window_len.map(|len| {
-            let seconds = len.as_secs().max(1);
-            Windows {
-                canary: Window::with_lanes(seconds, lanes),
-                stable: Window::with_lanes(seconds, lanes),
-            }
-        });
         GuardState {
-            windows,
+            windows: Windows::covering(window_len, lanes),
             window_len: window_len.unwrap_or_default(),
             memory: Arc::new(Mutex::new(memory)),
             state_file,
@@ -168,9 +172,10 @@ impl GuardState {
         }
     }
 
-    /// Records a rollback: in memory first (it is in force from this moment), then
-    /// atomically in `state_dir`. Returns the new record, or `None` if the route was
-    /// already rolled back.
+    /// Records a rollback: atomically in `state_dir` when set, and in memory, under the
+    /// memory's lock so a concurrent rollback or resume waits for it; a failed write
+    /// still puts the rollback in force (memory only, and said so). Returns the new
+    /// record, or `None` if the route was already rolled back.
     pub(crate) fn roll_back(
         &self,
         route: &Route,
@@ -181,11 +186,6 @@ impl GuardState {
         if memory.rolled_back.is_some() {
             return None;
         }
-        memory.rolled_back = Some(RollbackRecord {
-            reason,
-            at,
-            saved: Saved::NoStateDir,
-        });
         let saved = match &self.state_file {
             None => Saved::NoStateDir,
             Some(path) => match state_dir::write(path, route, Stored::RolledBack { reason, at }) {
@@ -313,11 +313,11 @@ impl Guards {
                     && window_len.map_or(true, |len| len == existing.window_len);
                 if !same_windows {
                     // New window lengths need new buckets; the memory itself stays.
-                    let fresh = GuardState::new(identity.clone(), window_len, self.lanes, None);
                     *existing = Arc::new(GuardState {
+                        windows: Windows::covering(window_len, self.lanes),
+                        window_len: window_len.unwrap_or_default(),
                         memory: existing.memory.clone(),
                         state_file: existing.state_file.clone(),
-                        ..fresh
                     });
                 }
             })

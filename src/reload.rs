@@ -207,6 +207,15 @@ impl Control {
 }
 
 impl Control {
+    /// The snapshot in force and the index of its route `name`, or 404's error.
+    fn running_route(&self, name: &str) -> Result<(Arc<Snapshot>, usize), ChangeError> {
+        let snap = self.state.snapshot.load_full();
+        let index = snap
+            .route_index(name)
+            .ok_or_else(|| ChangeError::UnknownRoute(name.to_owned()))?;
+        Ok((snap, index))
+    }
+
     /// `POST /routes/{name}/rollback`, on any route: the canary's share is 0 at once,
     /// in memory, remembered in `state_dir` when set; the config file is not touched,
     /// so the kill switch works on a read-only ConfigMap and whatever else the file
@@ -215,10 +224,7 @@ impl Control {
         // Serialized with reloads (which read and parse, never wait on the network),
         // so a snapshot being built cannot miss the rollback.
         let _serial = self.last_text.lock().await;
-        let snap = self.state.snapshot.load_full();
-        let index = snap
-            .route_index(route)
-            .ok_or_else(|| ChangeError::UnknownRoute(route.to_owned()))?;
+        let (snap, index) = self.running_route(route)?;
         let (config_route, route_state) = snap.route(index);
         crate::guard::manual_rollback(
             config_route,
@@ -233,10 +239,7 @@ impl Control {
     /// rollout's ramp restarts at its first step from now.
     pub(crate) async fn resume(&self, route: &str) -> Result<(), ChangeError> {
         let _serial = self.last_text.lock().await;
-        let snap = self.state.snapshot.load_full();
-        let index = snap
-            .route_index(route)
-            .ok_or_else(|| ChangeError::UnknownRoute(route.to_owned()))?;
+        let (snap, index) = self.running_route(route)?;
         let (config_route, route_state) = snap.route(index);
         let now = crate::guard::wall_now();
         route_state

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use cohort::cohort::assign;
 use cohort::config;
 use cohort::guard::{offline_memory, offline_share, wall_now};
-use cohort::rollout::{describe_guard, describe_rollout, late_start};
+use cohort::rollout::{describe_guard, describe_rollout, effective, late_start};
 
 use super::load_or_report;
 
@@ -43,18 +43,20 @@ pub fn check(path: &std::path::Path) -> ExitCode {
                 .join(", ")
         };
         let sticky: Vec<String> = route.sticky.iter().map(ToString::to_string).collect();
+        // One read of the route's record and one `now` for the share and the lines below.
+        let memory = offline_memory(route, &config);
+        let share = effective(route.rollout.as_ref(), route.canary_bp, now, memory).share;
         out!(
             "route {:?}: host={} path_prefix={} canary={}% salt={:?} sticky=[{}] stable=[{}] canary=[{}]",
             route.name,
             route.host.as_deref().unwrap_or("*"),
             route.path_prefix,
-            offline_share(route, &config, wall_now()),
+            share,
             route.salt,
             sticky.join(", "),
             list(&route.stable.endpoints),
             list(&route.canary.endpoints),
         );
-        let memory = offline_memory(route, &config);
         if let Some(rollout) = &route.rollout {
             out!("  rollout: {}", describe_rollout(rollout, now, memory));
             if !memory.rolled_back {
