@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use cohort::cohort::{assign, BasisPoints};
 use serde_json::Value;
-use support::{get, route, FakeUpstream, Route, TestCohort};
+use support::{get, Config, FakeUpstream, Route, TestCohort};
 
 async fn json(url: &str) -> Value {
     let answer = get(url, &[]).await;
@@ -27,12 +27,13 @@ async fn json(url: &str) -> Value {
 async fn start(percent: &str) -> (TestCohort, FakeUpstream, FakeUpstream) {
     let stable = FakeUpstream::start("stable").await;
     let canary = FakeUpstream::start("canary").await;
-    let cohort = TestCohort::start(&route(
-        "r",
-        &stable,
-        &canary,
-        &format!("sticky = [\"header:x-user-id\"]\ncanary_percent = {percent}"),
-    ))
+    let cohort = TestCohort::start(
+        Route::new("r")
+            .stable(&stable)
+            .canary(&canary)
+            .sticky(&["header:x-user-id"])
+            .canary_percent(percent),
+    )
     .await;
     (cohort, stable, canary)
 }
@@ -67,9 +68,13 @@ async fn readyz_turns_503_once_shutdown_begins_while_a_request_drains() {
     let stable = FakeUpstream::start("stable").await;
     let canary = FakeUpstream::start("canary").await;
     stable.set_delay(Duration::from_millis(1500));
-    let mut cohort = TestCohort::start_with(
-        &route("r", &stable, &canary, "canary_percent = 0"),
-        "drain_timeout = \"10s\"",
+    let mut cohort = TestCohort::start(
+        Config::new().drain_timeout("10s").route(
+            Route::new("r")
+                .stable(&stable)
+                .canary(&canary)
+                .canary_percent(0),
+        ),
     )
     .await;
     assert_eq!(get(&cohort.admin_url("/readyz"), &[]).await.status, 200);
@@ -125,21 +130,26 @@ async fn config_shows_the_effective_config_as_json() {
     let stable = FakeUpstream::start("stable").await;
     let stable2 = FakeUpstream::start("stable2").await;
     let canary = FakeUpstream::start("canary").await;
-    let checkout = route(
-        "checkout",
-        &stable,
-        &canary,
-        "path_prefix = \"/checkout\"\nsticky = [\"header:x-user-id\", \"cookie:session\", \"ip\"]\ncanary_percent = 2.5\noverride = { trusted = [\"127.0.0.0/8\"] }\ntimeouts = { connect = \"250ms\", request = \"3s\" }",
-    );
+    let checkout = Route::new("checkout")
+        .stable(&stable)
+        .canary(&canary)
+        .path_prefix("/checkout")
+        .sticky(&["header:x-user-id", "cookie:session", "ip"])
+        .canary_percent(2.5)
+        .trusted(&["127.0.0.0/8"])
+        .connect_timeout("250ms")
+        .request_timeout("3s");
     let search = Route::new("search")
         .host("Shop.Example.com")
         .salt("search-v1")
         .canary_percent(10)
         .stable_urls(&[stable.url(), stable2.url()])
-        .canary(&canary)
-        .to_toml();
-    let routes = format!("{checkout}\n{search}");
-    let cohort = TestCohort::start_with(&routes, "drain_timeout = \"7s\"").await;
+        .canary(&canary);
+    let config = Config::new()
+        .drain_timeout("7s")
+        .route(checkout)
+        .route(search);
+    let cohort = TestCohort::start(config).await;
     let config = json(&cohort.admin_url("/config")).await;
 
     assert_eq!(config["listen"]["drain_timeout"], "7s");

@@ -13,7 +13,7 @@ use bytes::Bytes;
 use cohort::cohort::{assign, BasisPoints};
 use http_body_util::Full;
 use process::{run_in, run_to_end, write_file, Cohort};
-use support::{get, send, Config, FakeUpstream, RawConn, Route};
+use support::{get, send, Config, FakeUpstream, Guard, RawConn, Route};
 
 const QUICK: Duration = Duration::from_secs(20);
 
@@ -139,7 +139,7 @@ fn check_without_c_reads_config_cohort_toml_in_the_working_directory() {
 #[test]
 fn check_and_run_refuse_a_missing_or_empty_admin_token_file() {
     let dir = tempfile::tempdir().unwrap();
-    let with_token = two_routes().admin_extra("token_file = \"token\"");
+    let with_token = two_routes().token_file("token");
     let file = write_file(dir.path(), "cohort.toml", &with_token.to_toml());
     for (content, reason) in [(None, "cannot read"), (Some("  \n"), "is empty")] {
         if let Some(content) = content {
@@ -424,10 +424,9 @@ async fn demo_stops_on_the_first_ctrl_c() {
 // cohort run
 // ---------------------------------------------------------------------------------------
 
-/// A config serving one route at 0 % (everything to `stable`) on ephemeral ports, with
-/// `listen` added to `[listen]`.
-fn served_config(stable: &FakeUpstream, canary: &FakeUpstream, listen: &str) -> Config {
-    Config::new().listen_extra(listen).route(
+/// A config serving one route at 0 % (everything to `stable`) on ephemeral ports.
+fn served_config(stable: &FakeUpstream, canary: &FakeUpstream) -> Config {
+    Config::new().route(
         Route::new("r")
             .stable(stable)
             .canary(canary)
@@ -436,15 +435,14 @@ fn served_config(stable: &FakeUpstream, canary: &FakeUpstream, listen: &str) -> 
     )
 }
 
-/// [`served_config`] written to `dir/cohort.toml`.
-fn served(dir: &Path, stable: &FakeUpstream, canary: &FakeUpstream, listen: &str) -> String {
-    let config = served_config(stable, canary, listen);
+/// `config` written to `dir/cohort.toml`.
+fn served(dir: &Path, config: Config) -> String {
     write_file(dir, "cohort.toml", &config.to_toml())
 }
 
 /// [`served`] with `listen.drain_timeout` set.
 fn serve_config(dir: &Path, stable: &FakeUpstream, canary: &FakeUpstream, drain: &str) -> String {
-    served(dir, stable, canary, &format!("drain_timeout = \"{drain}\""))
+    served(dir, served_config(stable, canary).drain_timeout(drain))
 }
 
 /// The status of a GET, or `None` if no HTTP answer came (connection refused or cut).
@@ -648,8 +646,10 @@ fn serve_config_with_delay(
     canary: &FakeUpstream,
     delay: &str,
 ) -> String {
-    let listen = format!("drain_timeout = \"5s\"\nshutdown_delay = \"{delay}\"");
-    served(dir, stable, canary, &listen)
+    let config = served_config(stable, canary)
+        .drain_timeout("5s")
+        .shutdown_delay(delay);
+    served(dir, config)
 }
 
 /// One GET on `conn`; the answer must be the stable upstream's 200, keeping the
@@ -924,7 +924,7 @@ async fn startup_warns_of_an_open_admin_api_and_a_guard_without_state_dir() {
         .canary_urls(&["http://127.0.0.1:2"]);
     let warned = Config::new()
         .admin_address("0.0.0.0:0")
-        .route(route.clone().guard("max_error_ratio = 0.5"))
+        .route(route.clone().guard(Guard::new().max_error_ratio(0.5)))
         .to_toml();
     let quiet = Config::new().route(route).to_toml();
     for (name, text, warns) in [("warned.toml", warned, true), ("quiet.toml", quiet, false)] {
@@ -1028,8 +1028,9 @@ async fn set_rollback_and_status_talk_to_a_running_instance() {
     let stable = FakeUpstream::start("stable").await;
     let canary = FakeUpstream::start("canary").await;
     let dir = tempfile::tempdir().unwrap();
-    let config = served_config(&stable, &canary, "drain_timeout = \"5s\"")
-        .admin_extra("token_file = \"token\"");
+    let config = served_config(&stable, &canary)
+        .drain_timeout("5s")
+        .token_file("token");
     let file = write_file(dir.path(), "cohort.toml", &config.to_toml());
     let token_file = write_file(dir.path(), "token", "tok-123\n");
     let mut cohort = Cohort::spawn(&["run", "-c", &file]);
@@ -1186,9 +1187,10 @@ async fn admin_commands_find_the_instance_and_its_token_through_c() {
     let canary = FakeUpstream::start("canary").await;
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let config = served_config(&stable, &canary, "drain_timeout = \"5s\"")
+    let config = served_config(&stable, &canary)
+        .drain_timeout("5s")
         .admin_address(&format!("0.0.0.0:{port}"))
-        .admin_extra("token_file = \"token\"");
+        .token_file("token");
     let file = write_file(dir.path(), "cohort.toml", &config.to_toml());
     write_file(dir.path(), "token", "tok-from-file\n");
     let wrong_token = write_file(dir.path(), "wrong-token", "not-it\n");
@@ -1344,7 +1346,7 @@ fn output_into_a_closed_pipe_ends_quietly() {
 
 /// A config with `listen.access_log` on, everything to `stable`.
 fn access_log_config(dir: &Path, stable: &FakeUpstream, canary: &FakeUpstream) -> String {
-    served(dir, stable, canary, "access_log = true")
+    served(dir, served_config(stable, canary).access_log(true))
 }
 
 /// The access log lines (JSON) in `stderr`.
@@ -1449,8 +1451,9 @@ async fn rust_log_target_lists_select_what_is_logged_and_a_bad_value_falls_back_
 
     // A target list alone does not hide errors: a start that fails still says why.
     write_file(dir.path(), "empty-token", "\n");
-    let config = served_config(&stable, &canary, "access_log = true")
-        .admin_extra("token_file = \"empty-token\"");
+    let config = served_config(&stable, &canary)
+        .access_log(true)
+        .token_file("empty-token");
     let failing = write_file(dir.path(), "failing.toml", &config.to_toml());
     let mut failed = Cohort::spawn_with(
         &["run", "-c", &failing],

@@ -344,7 +344,9 @@ fn dockerfile_runs_as_non_root_with_a_healthcheck_cohort_can_answer() {
 async fn the_healthcheck_command_tells_a_serving_cohort_from_none() {
     let stable = support::FakeUpstream::start("stable").await;
     let canary = support::FakeUpstream::start("canary").await;
-    let cohort = support::TestCohort::start(&support::route("web", &stable, &canary, "")).await;
+    let cohort =
+        support::TestCohort::start(support::Route::new("web").stable(&stable).canary(&canary))
+            .await;
     let admin = format!("http://{}", cohort.admin);
     let started = Instant::now();
     // The child calls this process's admin listener: wait for it off the runtime.

@@ -222,10 +222,17 @@ fn metric_names_in(text: &str) -> BTreeSet<String> {
 async fn exported_metric_names() -> BTreeSet<String> {
     let stable = support::FakeUpstream::start("stable").await;
     let canary = support::FakeUpstream::start("canary").await;
-    let extra =
-        "[routes.rollout]\nstart = \"2026-01-01T00:00:00Z\"\nsteps = [50]\nstep_every = \"1h\"\n\
-                 [routes.guard]\nwindow = \"30s\"\nmin_requests = 50\nmax_error_ratio = 0.5\n";
-    let cohort = support::TestCohort::start(&support::route("web", &stable, &canary, extra)).await;
+    let web = support::Route::new("web")
+        .stable(&stable)
+        .canary(&canary)
+        .rollout("2026-01-01T00:00:00Z", &[50], "1h")
+        .guard(
+            support::Guard::new()
+                .window("30s")
+                .min_requests(50)
+                .max_error_ratio(0.5),
+        );
+    let cohort = support::TestCohort::start(web).await;
     for user in 0..20 {
         let user = format!("user-{user}");
         support::get(&cohort.url("/"), &[("x-user-id", &user)]).await;

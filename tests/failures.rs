@@ -12,7 +12,7 @@ use bytes::Bytes;
 use http::Request;
 use http_body_util::{BodyExt, Full};
 use support::{
-    client, eventually, get, h2c_client, key_in, refused_addr, route, send, Blackhole,
+    client, eventually, get, h2c_client, key_in, refused_addr, send, Blackhole, Config,
     FakeUpstream, RawConn, RawUpstream, Reply, Route, TestCohort,
 };
 
@@ -27,14 +27,12 @@ fn errors<'a>(variant: &'a str, kind: &'a str) -> [(&'a str, &'a str); 3] {
     [("route", "app"), ("variant", variant), ("kind", kind)]
 }
 
-/// A route block with explicit endpoint lists.
-fn route_with(stable: &[String], canary: &[String], extra: &str) -> String {
+/// The route `app` with explicit endpoint lists.
+fn route_with(stable: &[String], canary: &[String]) -> Route {
     Route::new("app")
         .sticky(&["header:x-user-id"])
         .stable_urls(stable)
         .canary_urls(canary)
-        .extra(extra)
-        .to_toml()
 }
 
 // ---------------------------------------------------------------------------------------
@@ -54,12 +52,13 @@ struct Outcome {
 async fn a_canary_stopped_mid_run_fails_alone_and_stable_never_notices() {
     let stable = FakeUpstream::start("stable").await;
     let canary = FakeUpstream::start("canary").await;
-    let cohort = TestCohort::start(&route(
-        "app",
-        &stable,
-        &canary,
-        "sticky = [\"header:x-user-id\"]\ncanary_percent = 50",
-    ))
+    let cohort = TestCohort::start(
+        Route::new("app")
+            .stable(&stable)
+            .canary(&canary)
+            .sticky(&["header:x-user-id"])
+            .canary_percent(50),
+    )
     .await;
     let users = [
         ("stable", key_in("stable", "app-salt", 50.0, "user")),
@@ -189,14 +188,13 @@ async fn an_upstream_slower_than_the_request_timeout_gets_504() {
     let stable = FakeUpstream::start("stable").await;
     let canary = FakeUpstream::start("canary").await;
     stable.set_delay(Duration::from_secs(1));
-    let cohort = TestCohort::start_with(
-        &route(
-            "app",
-            &stable,
-            &canary,
-            "timeouts = { request = \"200ms\" }",
+    let cohort = TestCohort::start(
+        Config::new().drain_timeout("1s").route(
+            Route::new("app")
+                .stable(&stable)
+                .canary(&canary)
+                .request_timeout("200ms"),
         ),
-        "drain_timeout = \"1s\"",
     )
     .await;
 
@@ -231,12 +229,9 @@ async fn a_connect_that_hangs_gets_504_or_the_other_endpoint() {
     let canary = FakeUpstream::start("canary").await;
 
     // The only endpoint never completes the handshake.
-    let cohort = TestCohort::start(&route_with(
-        &[blackhole.url()],
-        &[canary.url()],
-        "timeouts = { connect = \"200ms\" }",
-    ))
-    .await;
+    let cohort =
+        TestCohort::start(route_with(&[blackhole.url()], &[canary.url()]).connect_timeout("200ms"))
+            .await;
     let started = Instant::now();
     let answer = get(&cohort.url("/"), &[]).await;
     let took = started.elapsed();
@@ -260,11 +255,9 @@ async fn a_connect_that_hangs_gets_504_or_the_other_endpoint() {
     cohort.shutdown().await;
 
     // Beside a working endpoint, a hanging one costs one connect timeout, not the request.
-    let cohort = TestCohort::start(&route_with(
-        &[blackhole.url(), stable.url()],
-        &[canary.url()],
-        "timeouts = { connect = \"200ms\" }",
-    ))
+    let cohort = TestCohort::start(
+        route_with(&[blackhole.url(), stable.url()], &[canary.url()]).connect_timeout("200ms"),
+    )
     .await;
     for _ in 0..2 {
         let answer = get(&cohort.url("/"), &[]).await;
@@ -283,14 +276,16 @@ async fn a_connect_that_hangs_gets_504_or_the_other_endpoint() {
 async fn a_refusing_endpoint_is_retried_on_its_sibling_never_on_the_other_variant() {
     let stable = FakeUpstream::start("stable").await;
     let canary = FakeUpstream::start("canary").await;
-    let cohort = TestCohort::start(&route_with(
-        &[format!("http://{}", refused_addr()), stable.url()],
-        &[
-            format!("http://{}", refused_addr()),
-            format!("http://{}", refused_addr()),
-        ],
-        "canary_percent = 50",
-    ))
+    let cohort = TestCohort::start(
+        route_with(
+            &[format!("http://{}", refused_addr()), stable.url()],
+            &[
+                format!("http://{}", refused_addr()),
+                format!("http://{}", refused_addr()),
+            ],
+        )
+        .canary_percent(50),
+    )
     .await;
     let stable_user = key_in("stable", "app-salt", 50.0, "user");
     let canary_user = key_in("canary", "app-salt", 50.0, "user");
@@ -336,14 +331,16 @@ async fn a_refusing_endpoint_is_retried_on_its_sibling_never_on_the_other_varian
 async fn over_http2_a_refusing_endpoint_is_retried_on_its_sibling_never_on_the_other_variant() {
     let stable = FakeUpstream::start("stable").await;
     let canary = FakeUpstream::start("canary").await;
-    let cohort = TestCohort::start(&route_with(
-        &[
-            format!("http://{}", refused_addr()),
-            format!("http://{}", refused_addr()),
-        ],
-        &[format!("http://{}", refused_addr()), canary.url()],
-        "canary_percent = 50",
-    ))
+    let cohort = TestCohort::start(
+        route_with(
+            &[
+                format!("http://{}", refused_addr()),
+                format!("http://{}", refused_addr()),
+            ],
+            &[format!("http://{}", refused_addr()), canary.url()],
+        )
+        .canary_percent(50),
+    )
     .await;
     let stable_user = key_in("stable", "app-salt", 50.0, "user");
     let canary_user = key_in("canary", "app-salt", 50.0, "user");
@@ -413,12 +410,7 @@ async fn endpoints_of_a_variant_take_turns() {
     let b = FakeUpstream::start("b").await;
     let c = FakeUpstream::start("c").await;
     let canary = FakeUpstream::start("canary").await;
-    let cohort = TestCohort::start(&route_with(
-        &[a.url(), b.url(), c.url()],
-        &[canary.url()],
-        "",
-    ))
-    .await;
+    let cohort = TestCohort::start(route_with(&[a.url(), b.url(), c.url()], &[canary.url()])).await;
     let http = client();
     let mut order = Vec::new();
     for _ in 0..30 {
@@ -473,7 +465,7 @@ async fn an_upstream_cutting_the_body_after_its_headers_cuts_the_client_stream()
             sent: 64 * 1024,
             promised,
         });
-        let cohort = TestCohort::start(&route("app", &stable, &canary, "")).await;
+        let cohort = TestCohort::start(Route::new("app").stable(&stable).canary(&canary)).await;
 
         let (status, variant, received, cut) = get_streamed(&cohort.url("/file")).await;
         assert_eq!(status, 200, "the headers had already left ({promised:?})");
@@ -510,7 +502,7 @@ async fn an_upstream_cutting_the_body_after_its_headers_cuts_the_client_stream()
 async fn an_upstream_closing_before_its_headers_gets_502_reset() {
     let closer = RawUpstream::start(b"").await;
     let canary = FakeUpstream::start("canary").await;
-    let cohort = TestCohort::start(&route_with(&[closer.url()], &[canary.url()], "")).await;
+    let cohort = TestCohort::start(route_with(&[closer.url()], &[canary.url()])).await;
 
     let answer = get(&cohort.url("/"), &[]).await;
     assert_eq!(answer.status, 502);
@@ -548,7 +540,7 @@ async fn an_upstream_closing_before_its_headers_gets_502_reset() {
 async fn an_upstream_speaking_invalid_http_gets_502_protocol() {
     let babbler = RawUpstream::start(b"SMTP ready, not HTTP at all\r\n\r\n").await;
     let canary = FakeUpstream::start("canary").await;
-    let cohort = TestCohort::start(&route_with(&[babbler.url()], &[canary.url()], "")).await;
+    let cohort = TestCohort::start(route_with(&[babbler.url()], &[canary.url()])).await;
 
     let answer = get(&cohort.url("/"), &[]).await;
     assert_eq!(answer.status, 502);
@@ -572,9 +564,10 @@ async fn a_client_gone_before_the_response_headers_counts_as_499() {
     let stable = FakeUpstream::start("stable").await;
     let canary = FakeUpstream::start("canary").await;
     stable.set_delay(Duration::from_secs(10));
-    let cohort = TestCohort::start_with(
-        &route("app", &stable, &canary, ""),
-        "drain_timeout = \"1s\"",
+    let cohort = TestCohort::start(
+        Config::new()
+            .drain_timeout("1s")
+            .route(Route::new("app").stable(&stable).canary(&canary)),
     )
     .await;
 
@@ -612,9 +605,10 @@ async fn an_h2_stream_cancelled_before_the_response_headers_counts_as_499() {
     let stable = FakeUpstream::start("stable").await;
     let canary = FakeUpstream::start("canary").await;
     stable.set_delay(Duration::from_secs(10));
-    let cohort = TestCohort::start_with(
-        &route("app", &stable, &canary, ""),
-        "drain_timeout = \"1s\"",
+    let cohort = TestCohort::start(
+        Config::new()
+            .drain_timeout("1s")
+            .route(Route::new("app").stable(&stable).canary(&canary)),
     )
     .await;
 

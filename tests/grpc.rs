@@ -11,7 +11,7 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 
 use http::uri::PathAndQuery;
-use support::{key_in, Route, TestCohort};
+use support::{key_in, Config, Route, TestCohort, UpstreamTls};
 use tls_support::{server_config, Pki, TlsFront};
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::body::Body;
@@ -183,7 +183,7 @@ async fn scenario(downstream_tls: bool, upstream_tls: bool) -> Scenario {
     let stable = start_server("stable").await;
     let canary = start_server("canary").await;
     let mut fronts = Vec::new();
-    let (urls, variant_fields) = if upstream_tls {
+    let (urls, protocol, tls) = if upstream_tls {
         let leaf = pki.server_leaf("upstream", &["localhost"]);
         let config = server_config(&leaf, &[b"h2"], None);
         for addr in [stable, canary] {
@@ -194,37 +194,33 @@ async fn scenario(downstream_tls: bool, upstream_tls: bool) -> Scenario {
                 .iter()
                 .map(|f| f.https_url("localhost"))
                 .collect::<Vec<_>>(),
-            format!(
-                "protocol = \"h2\", tls = {{ ca = {:?} }}",
-                pki.ca_path().display().to_string()
-            ),
+            "h2",
+            Some(UpstreamTls::new().ca(&pki.ca_path())),
         )
     } else {
         (
             vec![format!("http://{stable}"), format!("http://{canary}")],
-            "protocol = \"h2c\"".to_owned(),
+            "h2c",
+            None,
         )
     };
-    let routes = Route::new("grpc")
+    let mut route = Route::new("grpc")
         .salt(SALT)
         .sticky(&["header:x-user-id"])
         .canary_percent(50)
         .stable_urls(&urls[..1])
-        .stable_field(&variant_fields)
+        .stable_protocol(protocol)
         .canary_urls(&urls[1..])
-        .canary_field(&variant_fields)
-        .to_toml();
-    let listen = if downstream_tls {
+        .canary_protocol(protocol);
+    if let Some(tls) = tls {
+        route = route.stable_tls(tls.clone()).canary_tls(tls);
+    }
+    let mut config = Config::new().route(route);
+    if downstream_tls {
         let leaf = pki.server_leaf("edge", &["localhost"]);
-        format!(
-            "tls = {{ cert = {:?}, key = {:?} }}",
-            leaf.cert.display().to_string(),
-            leaf.key.display().to_string()
-        )
-    } else {
-        String::new()
-    };
-    let cohort = TestCohort::start_with(&routes, &listen).await;
+        config = config.tls(&leaf.cert, &leaf.key);
+    }
+    let cohort = TestCohort::start(config).await;
     let channel = if downstream_tls {
         let ca = std::fs::read(pki.ca_path()).expect("ca");
         Channel::from_shared(format!("https://localhost:{}", cohort.proxy.port()))

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use support::{
-    key_in, pattern_byte, route, FakeUpstream, PatternCheck, RawConn, RawResponse, RawUpstream,
+    key_in, pattern_byte, Config, FakeUpstream, PatternCheck, RawConn, RawResponse, RawUpstream,
     Reply, Route, TestCohort, PATIENCE,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -29,8 +29,8 @@ fn requests(status: &str) -> [(&str, &str); 3] {
 }
 
 /// A route named `app` whose only variant is one upstream URL (canary at 0 %).
-fn route_to(url: &str) -> String {
-    Route::new("app").stable_urls(&[url]).to_toml()
+fn route_to(url: &str) -> Route {
+    Route::new("app").stable_urls(&[url])
 }
 
 /// A GET on the keep-alive connection, as a client library would write it.
@@ -255,7 +255,7 @@ fn echo(req: &WireRequest) -> (Vec<u8>, Then) {
 #[tokio::test]
 async fn keep_alive_requests_are_answered_in_order_over_one_upstream_connection() {
     let upstream = WireUpstream::start(echo).await;
-    let cohort = TestCohort::start(&route_to(&upstream.url())).await;
+    let cohort = TestCohort::start(route_to(&upstream.url())).await;
 
     let mut conn = RawConn::connect(cohort.proxy).await;
     for n in 0..6 {
@@ -295,7 +295,7 @@ async fn closed_after_about_30_seconds(conn: &mut RawConn, state: &str) {
 #[tokio::test]
 async fn an_idle_keep_alive_connection_is_closed_after_30_seconds() {
     let upstream = WireUpstream::start(echo).await;
-    let cohort = TestCohort::start(&route_to(&upstream.url())).await;
+    let cohort = TestCohort::start(route_to(&upstream.url())).await;
     let mut conn = RawConn::connect(cohort.proxy).await;
     conn.write(get("/once").as_bytes()).await;
     assert_eq!(conn.read_response(false).await.status, 200);
@@ -308,7 +308,7 @@ async fn an_idle_keep_alive_connection_is_closed_after_30_seconds() {
 #[tokio::test]
 async fn a_request_head_that_stalls_is_cut_after_30_seconds() {
     let upstream = WireUpstream::start(echo).await;
-    let cohort = TestCohort::start(&route_to(&upstream.url())).await;
+    let cohort = TestCohort::start(route_to(&upstream.url())).await;
     let mut conn = RawConn::connect(cohort.proxy).await;
     conn.write(b"GET /slow HTTP/1.1\r\nHost: app.example\r\n")
         .await;
@@ -323,7 +323,7 @@ async fn a_request_head_that_stalls_is_cut_after_30_seconds() {
 #[tokio::test]
 async fn pipelined_requests_in_one_write_are_answered_in_order_on_the_same_connection() {
     let upstream = WireUpstream::start(echo).await;
-    let cohort = TestCohort::start(&route_to(&upstream.url())).await;
+    let cohort = TestCohort::start(route_to(&upstream.url())).await;
     let mut conn = RawConn::connect(cohort.proxy).await;
 
     conn.write(format!("{}{}", get("/one"), get("/two")).as_bytes())
@@ -367,7 +367,7 @@ async fn pipelined_requests_in_one_write_are_answered_in_order_on_the_same_conne
 async fn a_client_asking_for_connection_close_gets_it_and_the_connection_ends() {
     let stable = FakeUpstream::start("stable").await;
     let canary = FakeUpstream::start("canary").await;
-    let cohort = TestCohort::start(&route("app", &stable, &canary, "")).await;
+    let cohort = TestCohort::start(Route::new("app").stable(&stable).canary(&canary)).await;
 
     let mut conn = RawConn::connect(cohort.proxy).await;
     conn.write(b"GET /bye HTTP/1.1\r\nHost: app.example\r\nConnection: close\r\n\r\n")
@@ -426,7 +426,7 @@ async fn chunked_upstream_responses_arrive_complete_and_the_connection_goes_on()
         }
     })
     .await;
-    let cohort = TestCohort::start(&route_to(&upstream.url())).await;
+    let cohort = TestCohort::start(route_to(&upstream.url())).await;
 
     let mut conn = RawConn::connect(cohort.proxy).await;
     conn.write(get("/single").as_bytes()).await;
@@ -455,7 +455,7 @@ async fn a_close_delimited_upstream_response_reaches_the_client_whole() {
         b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nthe whole body, ended by the close",
     )
     .await;
-    let cohort = TestCohort::start(&route_to(&upstream.url())).await;
+    let cohort = TestCohort::start(route_to(&upstream.url())).await;
 
     let mut conn = RawConn::connect(cohort.proxy).await;
     conn.write(get("/eof").as_bytes()).await;
@@ -497,7 +497,7 @@ async fn a_head_response_has_the_upstreams_content_length_and_no_body() {
         (reply, Then::KeepOpen)
     })
     .await;
-    let cohort = TestCohort::start(&route_to(&upstream.url())).await;
+    let cohort = TestCohort::start(route_to(&upstream.url())).await;
 
     let mut conn = RawConn::connect(cohort.proxy).await;
     conn.write(b"HEAD /file HTTP/1.1\r\nHost: app.example\r\n\r\n")
@@ -540,7 +540,7 @@ async fn no_content_and_not_modified_carry_no_body_and_the_connection_stays_usab
         (reply, Then::KeepOpen)
     })
     .await;
-    let cohort = TestCohort::start(&route_to(&upstream.url())).await;
+    let cohort = TestCohort::start(route_to(&upstream.url())).await;
 
     let mut conn = RawConn::connect(cohort.proxy).await;
     for (path, status) in [("/204", 204), ("/304", 304), ("/304-with-length", 304)] {
@@ -575,7 +575,7 @@ async fn a_three_megabyte_content_length_body_arrives_byte_exact() {
     let stable = FakeUpstream::start("stable").await;
     let canary = FakeUpstream::start("canary").await;
     stable.set_reply(Reply::Pattern { len: LEN });
-    let cohort = TestCohort::start(&route("app", &stable, &canary, "")).await;
+    let cohort = TestCohort::start(Route::new("app").stable(&stable).canary(&canary)).await;
 
     let mut conn = RawConn::connect(cohort.proxy).await;
     conn.write(get("/big").as_bytes()).await;
@@ -602,7 +602,7 @@ async fn a_three_megabyte_content_length_body_arrives_byte_exact() {
 async fn an_upstream_body_shorter_than_its_content_length_cuts_the_client_connection() {
     let upstream =
         RawUpstream::start(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n0123456789").await;
-    let cohort = TestCohort::start(&route_to(&upstream.url())).await;
+    let cohort = TestCohort::start(route_to(&upstream.url())).await;
 
     let mut conn = RawConn::connect(cohort.proxy).await;
     conn.write(get("/short").as_bytes()).await;
@@ -674,7 +674,7 @@ async fn hop_by_hop_headers_of_a_response_stop_at_cohort_and_end_to_end_ones_pas
         )
     })
     .await;
-    let cohort = TestCohort::start(&route_to(&upstream.url())).await;
+    let cohort = TestCohort::start(route_to(&upstream.url())).await;
 
     let mut conn = RawConn::connect(cohort.proxy).await;
     conn.write(get("/").as_bytes()).await;
@@ -703,7 +703,7 @@ async fn hop_by_hop_headers_of_a_response_stop_at_cohort_and_end_to_end_ones_pas
 async fn the_upstream_gets_a_clean_forwarded_request_with_target_method_and_body_unchanged() {
     let stable = FakeUpstream::start("stable").await;
     let canary = FakeUpstream::start("canary").await;
-    let cohort = TestCohort::start(&route("app", &stable, &canary, "")).await;
+    let cohort = TestCohort::start(Route::new("app").stable(&stable).canary(&canary)).await;
 
     let mut conn = RawConn::connect(cohort.proxy).await;
     conn.write(
@@ -802,7 +802,7 @@ async fn the_upstream_gets_a_clean_forwarded_request_with_target_method_and_body
 async fn a_chunked_upload_after_two_gets_arrives_whole_and_the_connection_goes_on() {
     let stable = FakeUpstream::start("stable").await;
     let canary = FakeUpstream::start("canary").await;
-    let cohort = TestCohort::start(&route("app", &stable, &canary, "")).await;
+    let cohort = TestCohort::start(Route::new("app").stable(&stable).canary(&canary)).await;
 
     let mut conn = RawConn::connect(cohort.proxy).await;
     for path in ["/first", "/second"] {
@@ -848,7 +848,7 @@ async fn a_chunked_upload_after_two_gets_arrives_whole_and_the_connection_goes_o
 async fn twenty_kilobytes_of_request_headers_are_proxied_whole() {
     let stable = FakeUpstream::start("stable").await;
     let canary = FakeUpstream::start("canary").await;
-    let cohort = TestCohort::start(&route("app", &stable, &canary, "")).await;
+    let cohort = TestCohort::start(Route::new("app").stable(&stable).canary(&canary)).await;
 
     let cookie = format!("session={}", "c".repeat(12_000));
     let mut request =
@@ -906,7 +906,7 @@ async fn status_of_a_refusal(addr: SocketAddr, request: &[u8]) -> u16 {
 async fn a_request_head_beyond_the_limit_is_refused_without_touching_the_upstream() {
     let stable = FakeUpstream::start("stable").await;
     let canary = FakeUpstream::start("canary").await;
-    let cohort = TestCohort::start(&route("app", &stable, &canary, "")).await;
+    let cohort = TestCohort::start(Route::new("app").stable(&stable).canary(&canary)).await;
 
     let request = format!(
         "GET /huge HTTP/1.1\r\nHost: app.example\r\nX-Huge: {}\r\n\r\n",
@@ -922,7 +922,7 @@ async fn a_request_head_beyond_the_limit_is_refused_without_touching_the_upstrea
 async fn a_request_with_a_hundred_kilobyte_header_line_is_refused_before_any_upstream() {
     let stable = FakeUpstream::start("stable").await;
     let canary = FakeUpstream::start("canary").await;
-    let cohort = TestCohort::start(&route("app", &stable, &canary, "")).await;
+    let cohort = TestCohort::start(Route::new("app").stable(&stable).canary(&canary)).await;
 
     let request = format!(
         "GET /huge HTTP/1.1\r\nHost: app.example\r\nX-Huge: {}\r\n\r\n",
@@ -938,7 +938,7 @@ async fn a_request_with_a_hundred_kilobyte_header_line_is_refused_before_any_ups
 async fn a_body_arriving_after_its_head_is_waited_for_and_forwarded_whole() {
     let stable = FakeUpstream::start("stable").await;
     let canary = FakeUpstream::start("canary").await;
-    let cohort = TestCohort::start(&route("app", &stable, &canary, "")).await;
+    let cohort = TestCohort::start(Route::new("app").stable(&stable).canary(&canary)).await;
 
     let body = "x".repeat(10_000);
     let mut conn = RawConn::connect(cohort.proxy).await;
@@ -987,7 +987,7 @@ async fn a_body_arriving_after_its_head_is_waited_for_and_forwarded_whole() {
 async fn a_client_still_sending_when_cohort_closes_reads_the_whole_answer() {
     let stable = FakeUpstream::start("stable").await;
     let canary = FakeUpstream::start("canary").await;
-    let cohort = TestCohort::start(&route("app", &stable, &canary, "")).await;
+    let cohort = TestCohort::start(Route::new("app").stable(&stable).canary(&canary)).await;
 
     let stream = TcpStream::connect(cohort.proxy).await.expect("connect");
     let (mut reader, mut writer) = stream.into_split();
@@ -1015,7 +1015,7 @@ async fn a_client_still_sending_when_cohort_closes_reads_the_whole_answer() {
 async fn a_malformed_request_gets_400_is_counted_unrouted_and_ends_the_connection() {
     let stable = FakeUpstream::start("stable").await;
     let canary = FakeUpstream::start("canary").await;
-    let cohort = TestCohort::start(&route("app", &stable, &canary, "")).await;
+    let cohort = TestCohort::start(Route::new("app").stable(&stable).canary(&canary)).await;
 
     let mut conn = RawConn::connect(cohort.proxy).await;
     conn.write(b"GET / HTTP/1.1\r\nHost: app.example\r\nBad Header Name: x\r\n\r\n")
@@ -1041,7 +1041,7 @@ async fn a_malformed_request_gets_400_is_counted_unrouted_and_ends_the_connectio
 async fn a_request_hyper_cannot_parse_is_counted_unrouted_with_its_status() {
     let stable = FakeUpstream::start("stable").await;
     let canary = FakeUpstream::start("canary").await;
-    let cohort = TestCohort::start(&route("app", &stable, &canary, "")).await;
+    let cohort = TestCohort::start(Route::new("app").stable(&stable).canary(&canary)).await;
     let upload = "POST /up HTTP/1.1\r\nHost: app.example\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n";
     let too_many_fields: String = (0..120).map(|i| format!("x-f{i}: {i}\r\n")).collect();
     let cases = [
@@ -1087,7 +1087,7 @@ async fn an_upstream_closing_an_idle_pooled_connection_never_costs_the_next_clie
     // the socket closes 50 ms later, as an upstream with a short idle timeout does.
     let upstream =
         WireUpstream::start(|req| (ok(&req.line()), Then::Close(Duration::from_millis(50)))).await;
-    let cohort = TestCohort::start(&route_to(&upstream.url())).await;
+    let cohort = TestCohort::start(route_to(&upstream.url())).await;
 
     let mut conn = RawConn::connect(cohort.proxy).await;
     conn.write(get("/first").as_bytes()).await;
@@ -1117,7 +1117,7 @@ async fn an_unasked_100_continue_from_the_upstream_still_yields_the_final_respon
         (reply, Then::KeepOpen)
     })
     .await;
-    let cohort = TestCohort::start(&route_to(&upstream.url())).await;
+    let cohort = TestCohort::start(route_to(&upstream.url())).await;
 
     let mut conn = RawConn::connect(cohort.proxy).await;
     for path in ["/interim", "/interim-again"] {
@@ -1143,7 +1143,7 @@ async fn an_upstream_switching_protocols_unasked_gets_502_protocol() {
         )
     })
     .await;
-    let cohort = TestCohort::start(&route_to(&upstream.url())).await;
+    let cohort = TestCohort::start(route_to(&upstream.url())).await;
 
     let mut conn = RawConn::connect(cohort.proxy).await;
     conn.write(get("/plain").as_bytes()).await;
@@ -1169,7 +1169,7 @@ async fn an_upstream_switching_protocols_unasked_gets_502_protocol() {
 async fn a_websocket_upgrade_after_a_plain_request_carries_bytes_both_ways() {
     let stable = FakeUpstream::start("stable").await;
     let canary = FakeUpstream::start("canary").await;
-    let cohort = TestCohort::start(&route("app", &stable, &canary, "")).await;
+    let cohort = TestCohort::start(Route::new("app").stable(&stable).canary(&canary)).await;
 
     let mut conn = RawConn::connect(cohort.proxy).await;
     conn.write(get("/page").as_bytes()).await;
@@ -1224,13 +1224,14 @@ async fn a_websocket_upgrade_after_a_plain_request_carries_bytes_both_ways() {
 async fn the_configured_variant_header_names_the_variant_on_the_wire() {
     let stable = FakeUpstream::start("stable").await;
     let canary = FakeUpstream::start("canary").await;
-    let routes = route(
-        "app",
-        &stable,
-        &canary,
-        "sticky = [\"header:x-user-id\"]\ncanary_percent = 50",
+    let config = Config::new().route(
+        Route::new("app")
+            .stable(&stable)
+            .canary(&canary)
+            .sticky(&["header:x-user-id"])
+            .canary_percent(50),
     );
-    let cohort = TestCohort::start_with(&routes, "variant_header = \"X-Arm\"").await;
+    let cohort = TestCohort::start(config.clone().variant_header("X-Arm")).await;
 
     let mut conn = RawConn::connect(cohort.proxy).await;
     for variant in ["stable", "canary"] {
@@ -1246,7 +1247,7 @@ async fn the_configured_variant_header_names_the_variant_on_the_wire() {
     }
     cohort.shutdown().await;
 
-    let silent = TestCohort::start_with(&routes, "variant_header = \"\"").await;
+    let silent = TestCohort::start(config.variant_header("")).await;
     let answer = support::raw_exchange(
         silent.proxy,
         "GET / HTTP/1.1\r\nHost: app.example\r\nX-User-Id: u\r\n\r\n",
@@ -1273,12 +1274,13 @@ async fn a_keyless_client_gets_one_cohort_cookie_line_beside_the_upstreams() {
     let canary = FakeUpstream::start("canary").await;
     stable.set_response_headers(&[("set-cookie", "up=1; Path=/")]);
     canary.set_response_headers(&[("set-cookie", "up=1; Path=/")]);
-    let cohort = TestCohort::start(&route(
-        "app",
-        &stable,
-        &canary,
-        "sticky = [\"header:x-user-id\"]\ncanary_percent = 50",
-    ))
+    let cohort = TestCohort::start(
+        Route::new("app")
+            .stable(&stable)
+            .canary(&canary)
+            .sticky(&["header:x-user-id"])
+            .canary_percent(50),
+    )
     .await;
 
     let mut conn = RawConn::connect(cohort.proxy).await;

@@ -14,7 +14,7 @@ use bytes::Bytes;
 use cohort::guard::wall_now;
 use cohort::rollout::format_rfc3339;
 use process::{run_to_end, Cohort};
-use support::{client, get, key_in, send, Answer, Config, FakeUpstream, Route, TestCohort};
+use support::{client, get, key_in, send, Answer, Config, FakeUpstream, Guard, Route, TestCohort};
 
 const SALT: &str = "kill-switch";
 
@@ -27,15 +27,9 @@ fn web_route(stable: &FakeUpstream, canary: &FakeUpstream) -> Route {
         .canary(canary)
 }
 
-/// A config with one route "web" (`route_extra` after its endpoints) and, when given,
-/// a top-level `state_dir`.
-fn config_text(
-    stable: &FakeUpstream,
-    canary: &FakeUpstream,
-    state_dir: Option<&Path>,
-    route_extra: &str,
-) -> String {
-    let config = Config::new().route(web_route(stable, canary).extra(route_extra));
+/// A config with the one route `web` and, when given, a top-level `state_dir`.
+fn config_text(web: Route, state_dir: Option<&Path>) -> String {
+    let config = Config::new().route(web);
     match state_dir {
         Some(dir) => config.state_dir(dir),
         None => config,
@@ -111,7 +105,10 @@ async fn the_kill_switch_works_on_a_read_only_file_beside_a_bad_edit_and_after_a
     let state_root = tempfile::tempdir().expect("tempdir");
     let state_dir = state_root.path().join("state");
     let path = dir.path().join("cohort.toml");
-    let text = config_text(&stable, &canary, Some(&state_dir), "canary_percent = 25");
+    let text = config_text(
+        web_route(&stable, &canary).canary_percent(25),
+        Some(&state_dir),
+    );
     std::fs::write(&path, &text).expect("write");
     // A ConfigMap mount: cohort may read the file, never write it.
     set_read_only(&path, true);
@@ -233,7 +230,7 @@ async fn without_state_dir_the_answer_says_the_rollback_is_in_memory_only() {
     let path = dir.path().join("cohort.toml");
     std::fs::write(
         &path,
-        config_text(&stable, &canary, None, "canary_percent = 10"),
+        config_text(web_route(&stable, &canary).canary_percent(10), None),
     )
     .expect("write");
     let cohort = TestCohort::start_from(&path, dir).await;
@@ -278,12 +275,8 @@ async fn a_resume_past_the_schedule_end_restarts_the_ramp_at_its_first_step() {
     // Started two hours ago, 10 min a step: the schedule alone says 100 %.
     let start = format_rfc3339(wall_now() - 2 * 3600 * 1000);
     let text = config_text(
-        &stable,
-        &canary,
+        web_route(&stable, &canary).rollout(&start, &[10, 50, 100], "10m"),
         Some(&state_dir),
-        &format!(
-            "[routes.rollout]\nstart = \"{start}\"\nsteps = [10, 50, 100]\nstep_every = \"10m\""
-        ),
     );
     std::fs::write(&path, &text).expect("write");
     let cohort = TestCohort::start_from(&path, dir).await;
@@ -352,7 +345,10 @@ async fn a_state_dir_that_cannot_be_written_stops_check_and_startup() {
         let path = dir.path().join("cohort.toml");
         std::fs::write(
             &path,
-            config_text(&stable, &canary, Some(state_dir), "canary_percent = 10"),
+            config_text(
+                web_route(&stable, &canary).canary_percent(10),
+                Some(state_dir),
+            ),
         )
         .expect("write");
         let file = path.display().to_string();
@@ -378,10 +374,12 @@ async fn a_rollout_first_seen_past_its_first_step_is_announced() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("cohort.toml");
     let rollout = |start: &str| {
-        format!("[routes.rollout]\nstart = \"{start}\"\nsteps = [1, 5, 25, 50, 100]\nstep_every = \"10m\"\n[routes.guard]\nmax_error_ratio = 0.05")
+        web_route(&stable, &canary)
+            .rollout(start, &[1, 5, 25, 50, 100], "10m")
+            .guard(Guard::new().max_error_ratio(0.05))
     };
     let long_ago = format_rfc3339(wall_now() - 26 * 3600 * 1000 - 60_000);
-    let text = config_text(&stable, &canary, None, &rollout(&long_ago));
+    let text = config_text(rollout(&long_ago), None);
     std::fs::write(&path, &text).expect("write");
     let file = path.display().to_string();
     let warning = "rollout \"web\" started 26 h ago: step 5 of 5 (100 %) applies now";
@@ -410,7 +408,7 @@ async fn a_rollout_first_seen_past_its_first_step_is_announced() {
     cohort.wait_stderr(warning, Duration::from_secs(5)).await;
     // A reload bringing a new rollout (a new start) that is already late warns again.
     let later = format_rfc3339(wall_now() - 25 * 60 * 1000);
-    std::fs::write(&path, config_text(&stable, &canary, None, &rollout(&later))).expect("write");
+    std::fs::write(&path, config_text(rollout(&later), None)).expect("write");
     cohort
         .wait_stderr(
             "rollout \"web\" started 25 min ago: step 3 of 5 (25 %) applies now",

@@ -19,21 +19,25 @@ use support::{
 
 const QUICK: Duration = Duration::from_secs(20);
 
-/// A config with the given `[listen]` extra line and `[[routes]]` blocks.
-fn config(dir: &std::path::Path, listen_extra: &str, routes: &str) -> String {
-    let config = Config::new().listen_extra(listen_extra).routes_toml(routes);
+/// A config with these routes and `listen.access_log` when `access_log`, written to
+/// `dir/cohort.toml`.
+fn config(dir: &std::path::Path, access_log: bool, routes: Vec<Route>) -> String {
+    let mut config = Config::new();
+    if access_log {
+        config = config.access_log(true);
+    }
+    let config = routes.into_iter().fold(config, Config::route);
     write_file(dir, "cohort.toml", &config.to_toml())
 }
 
 /// A route on `prefix` sending everything to `stable` (`protocol` e.g. `h2c`, or empty).
-fn route_to(name: &str, prefix: &str, stable: &str, protocol: &str) -> String {
+fn route_to(name: &str, prefix: &str, stable: &str, protocol: &str) -> Route {
     Route::new(name)
         .path_prefix(prefix)
         .sticky(&["header:x-user-id"])
         .canary_percent(0)
         .stable_urls(&[stable])
         .stable_protocol(protocol)
-        .to_toml()
 }
 
 /// The JSON lines of `stderr` that `keep` selects.
@@ -111,13 +115,12 @@ async fn a_refused_upstream_warns_once_a_second_with_the_count_held_back() {
     const BURST: usize = 6;
     let dir = tempfile::tempdir().unwrap();
     let refused: Vec<SocketAddr> = (0..3).map(|_| refused_addr()).collect();
-    let routes = [
+    let routes = vec![
         route_to("own", "/own", &format!("http://{}", refused[0]), ""),
         route_to("viah2", "/viah2", &format!("http://{}", refused[1]), ""),
         route_to("h2c", "/h2c", &format!("http://{}", refused[2]), "h2c"),
-    ]
-    .concat();
-    let file = config(dir.path(), "", &routes);
+    ];
+    let file = config(dir.path(), false, routes);
     let mut cohort = Cohort::spawn(&["run", "-c", &file, "--log-format", "json"]);
     let (proxy, _) = cohort.wait_serving(QUICK).await;
     // (route, endpoint, client): the own engine, hyper's for an HTTP/2 client, and
@@ -209,8 +212,8 @@ async fn the_warning_reads_plainly_in_the_text_format() {
     let refused = refused_addr();
     let file = config(
         dir.path(),
-        "access_log = true",
-        &route_to("shop", "/", &format!("http://{refused}"), ""),
+        true,
+        vec![route_to("shop", "/", &format!("http://{refused}"), "")],
     );
     let mut cohort = Cohort::spawn(&["run", "-c", &file]);
     let (proxy, _) = cohort.wait_serving(QUICK).await;
@@ -311,13 +314,12 @@ async fn access_lines_carry_endpoint_error_bytes_and_the_request_id_on_both_engi
     }
     let refused = refused_addr();
     let dir = tempfile::tempdir().unwrap();
-    let routes = [
+    let routes = vec![
         route_to("plain", "/plain", &plain.url(), ""),
         route_to("h2c", "/h2c", &h2c.url(), "h2c"),
         route_to("down", "/down", &format!("http://{refused}"), ""),
-    ]
-    .concat();
-    let file = config(dir.path(), "access_log = true", &routes);
+    ];
+    let file = config(dir.path(), true, routes);
     let mut cohort = Cohort::spawn(&["run", "-c", &file, "--log-format", "json"]);
     let (proxy, _) = cohort.wait_serving(QUICK).await;
 
@@ -392,7 +394,11 @@ async fn access_lines_carry_endpoint_error_bytes_and_the_request_id_on_both_engi
 async fn drawn_request_ids_differ_from_request_to_request() {
     let upstream = FakeUpstream::start("up").await;
     let dir = tempfile::tempdir().unwrap();
-    let file = config(dir.path(), "", &route_to("r", "/", &upstream.url(), ""));
+    let file = config(
+        dir.path(),
+        false,
+        vec![route_to("r", "/", &upstream.url(), "")],
+    );
     let mut cohort = Cohort::spawn(&["run", "-c", &file]);
     let (proxy, _) = cohort.wait_serving(QUICK).await;
     let http = client();

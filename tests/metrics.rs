@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use cohort::cohort::{assign, BasisPoints, Variant};
 use cohort::rollout::Reason;
 use support::prom::Exposition;
-use support::{get, route, Config, FakeUpstream, Route, TestCohort};
+use support::{get, Config, FakeUpstream, Route, TestCohort};
 
 /// DESIGN §5 buckets as Prometheus renders them, `+Inf` last.
 const BUCKET_LES: [&str; 15] = [
@@ -73,19 +73,25 @@ async fn start_mix() -> Mix {
     web_canary.set_status(500);
     web_canary.set_delay(Duration::from_millis(30));
     api_canary.set_status(503);
-    let routes = route(
-        "web",
-        &web_stable,
-        &web_canary,
-        "path_prefix = \"/web\"\nsticky = [\"header:x-user-id\", \"cookie:session\"]\ncanary_percent = 10",
-    ) + &route(
-        "api",
-        &api_stable,
-        &api_canary,
-        "path_prefix = \"/api\"\nsticky = [\"ip\"]\ncanary_percent = 100",
-    );
+    let config = Config::new()
+        .route(
+            Route::new("web")
+                .stable(&web_stable)
+                .canary(&web_canary)
+                .path_prefix("/web")
+                .sticky(&["header:x-user-id", "cookie:session"])
+                .canary_percent(10),
+        )
+        .route(
+            Route::new("api")
+                .stable(&api_stable)
+                .canary(&api_canary)
+                .path_prefix("/api")
+                .sticky(&["ip"])
+                .canary_percent(100),
+        );
     Mix {
-        cohort: TestCohort::start(&routes).await,
+        cohort: TestCohort::start(config).await,
         _upstreams: [web_stable, web_canary, api_stable, api_canary],
     }
 }
@@ -289,7 +295,7 @@ async fn cohorts_own_502_counts_once_under_its_variant() {
             .stable(&stable)
             .canary_urls(&[down]),
     );
-    let cohort = TestCohort::start_config(&config).await;
+    let cohort = TestCohort::start(config).await;
     for _ in 0..2 {
         let a = get(&cohort.url("/"), &[("x-user-id", "k")]).await;
         assert_eq!((a.status, a.variant()), (502, Some("canary")));
@@ -320,7 +326,13 @@ async fn in_flight_gauge_rises_during_a_request_and_returns_to_zero() {
     let stable = FakeUpstream::start("stable").await;
     let canary = FakeUpstream::start("canary").await;
     stable.set_delay(Duration::from_millis(600));
-    let cohort = TestCohort::start(&route("r", &stable, &canary, "canary_percent = 0")).await;
+    let cohort = TestCohort::start(
+        Route::new("r")
+            .stable(&stable)
+            .canary(&canary)
+            .canary_percent(0),
+    )
+    .await;
     let url = cohort.url("/slow");
     let request = tokio::spawn(async move { get(&url, &[("x-user-id", "u")]).await.status });
     let stable_labels = [("route", "r"), ("variant", "stable")];
@@ -368,17 +380,22 @@ async fn start_busy() -> (TestCohort, FakeUpstream, FakeUpstream) {
     let canary = FakeUpstream::start("canary").await;
     canary.set_status(503);
     let down = closed_port_url();
-    let routes = route(
-        "r",
-        &stable,
-        &canary,
-        "path_prefix = \"/r\"\nsticky = [\"header:x-user-id\"]\ncanary_percent = 50",
-    ) + &Route::new("down")
-        .path_prefix("/down")
-        .salt("d")
-        .stable_urls(&[down])
-        .to_toml();
-    let cohort = TestCohort::start(&routes).await;
+    let config = Config::new()
+        .route(
+            Route::new("r")
+                .stable(&stable)
+                .canary(&canary)
+                .path_prefix("/r")
+                .sticky(&["header:x-user-id"])
+                .canary_percent(50),
+        )
+        .route(
+            Route::new("down")
+                .path_prefix("/down")
+                .salt("d")
+                .stable_urls(&[down]),
+        );
+    let cohort = TestCohort::start(config).await;
     let s = keys_for("r-salt", 50.0, Variant::Stable, 1, "k").remove(0);
     let c = keys_for("r-salt", 50.0, Variant::Canary, 1, "k").remove(0);
     assert_eq!(
@@ -432,12 +449,15 @@ async fn every_metric_has_help_and_type() {
 async fn no_label_ever_carries_request_data() {
     let stable = FakeUpstream::start("stable").await;
     let canary = FakeUpstream::start("canary").await;
-    let cohort = TestCohort::start(&route(
-        "r",
-        &stable,
-        &canary,
-        "path_prefix = \"/r\"\nsticky = [\"header:x-user-id\", \"cookie:session\"]\ncanary_percent = 50\noverride = { trusted = [\"10.0.0.0/8\"] }",
-    ))
+    let cohort = TestCohort::start(
+        Route::new("r")
+            .stable(&stable)
+            .canary(&canary)
+            .path_prefix("/r")
+            .sticky(&["header:x-user-id", "cookie:session"])
+            .canary_percent(50)
+            .trusted(&["10.0.0.0/8"]),
+    )
     .await;
     const MARKER: &str = "zq7marker";
     let path = format!("/r/{MARKER}-path?{MARKER}=v-{MARKER}");
@@ -495,9 +515,12 @@ async fn no_label_ever_carries_request_data() {
 async fn two_instances_in_one_process_keep_separate_counts() {
     let stable = FakeUpstream::start("stable").await;
     let canary = FakeUpstream::start("canary").await;
-    let routes = route("r", &stable, &canary, "canary_percent = 0");
-    let a = TestCohort::start(&routes).await;
-    let b = TestCohort::start(&routes).await;
+    let route = Route::new("r")
+        .stable(&stable)
+        .canary(&canary)
+        .canary_percent(0);
+    let a = TestCohort::start(route.clone()).await;
+    let b = TestCohort::start(route.clone()).await;
     for _ in 0..3 {
         assert_eq!(get(&a.url("/"), &[("x-user-id", "u")]).await.status, 200);
     }
@@ -521,7 +544,7 @@ async fn two_instances_in_one_process_keep_separate_counts() {
     assert_eq!(exp_a.value("cohort_config_generation", &[]), 1.0);
     assert_eq!(exp_b.value("cohort_config_generation", &[]), 1.0);
     // A third instance started now sees nothing of the others' traffic.
-    let c = TestCohort::start(&routes).await;
+    let c = TestCohort::start(route).await;
     let exp_c = Exposition::parse(&c.metrics().await);
     assert_eq!(exp_c.sum("cohort_requests_total", &[]), 0.0);
     assert_eq!(

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use deploy::root;
 use serde_json::Value;
-use support::{FakeUpstream, TestCohort};
+use support::{FakeUpstream, Route, TestCohort};
 
 /// A Prometheus server on a loopback port with its data in a temp dir; killed on drop.
 struct Prometheus {
@@ -240,12 +240,12 @@ fn dashboard_error_ratio(model: &Value) -> String {
 async fn a_failing_canary_fires_cohort_canary_error_ratio_high_in_prometheus() {
     let stable = FakeUpstream::start("stable").await;
     let canary = FakeUpstream::start("canary").await;
-    let cohort = TestCohort::start(&support::route(
-        "web",
-        &stable,
-        &canary,
-        "canary_percent = 50",
-    ))
+    let cohort = TestCohort::start(
+        Route::new("web")
+            .stable(&stable)
+            .canary(&canary)
+            .canary_percent(50),
+    )
     .await;
     let prometheus = Prometheus::start(cohort.admin, "2s").await;
     let _traffic = Traffic::start(&cohort);
@@ -311,10 +311,12 @@ async fn every_dashboard_query_returns_data_from_prometheus_scraping_cohort() {
     // A rollout started an hour ago, now at its second step (50 %): rollout step and
     // state series exist, as they would during a real ramp.
     let start = cohort::rollout::format_rfc3339(cohort::guard::wall_now() - 3600 * 1000);
-    let rollout = format!(
-        "[routes.rollout]\nstart = \"{start}\"\nsteps = [10, 50, 100]\nstep_every = \"50m\"\n"
-    );
-    let cohort = TestCohort::start(&support::route("web", &stable, &canary, &rollout)).await;
+    let web =
+        Route::new("web")
+            .stable(&stable)
+            .canary(&canary)
+            .rollout(&start, &[10, 50, 100], "50m");
+    let cohort = TestCohort::start(web).await;
     let prometheus = Prometheus::start(cohort.admin, "2s").await;
     let _traffic = Traffic::start(&cohort);
 

@@ -10,8 +10,8 @@ use http::{Request, Version};
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use support::{
-    client, expected_variant, get, h2c_client, key_in, raw_exchange, route, send, Config,
-    FakeUpstream, RawConn, Route, TestCohort,
+    client, expected_variant, get, h2c_client, key_in, raw_exchange, send, Config, FakeUpstream,
+    RawConn, Route, TestCohort,
 };
 
 const REQUESTS: &str = "cohort_requests_total";
@@ -39,12 +39,13 @@ const HOP_BY_HOP: [&str; 9] = [
 async fn the_upstream_sees_an_end_to_end_request_with_forwarding_headers() {
     let stable = FakeUpstream::start("stable").await;
     let canary = FakeUpstream::start("canary").await;
-    let cohort = TestCohort::start(&route(
-        "app",
-        &stable,
-        &canary,
-        "sticky = [\"header:x-user-id\"]\ncanary_percent = 50",
-    ))
+    let cohort = TestCohort::start(
+        Route::new("app")
+            .stable(&stable)
+            .canary(&canary)
+            .sticky(&["header:x-user-id"])
+            .canary_percent(50),
+    )
     .await;
     let user = key_in("stable", "app-salt", 50.0, "user");
 
@@ -114,7 +115,7 @@ async fn the_upstream_sees_an_end_to_end_request_with_forwarding_headers() {
 async fn te_trailers_named_in_connection_reaches_the_upstream_on_both_paths() {
     let stable = FakeUpstream::start("stable").await;
     let canary = FakeUpstream::start("canary").await;
-    let cohort = TestCohort::start(&route("app", &stable, &canary, "")).await;
+    let cohort = TestCohort::start(Route::new("app").stable(&stable).canary(&canary)).await;
     for version in ["1.1", "1.0"] {
         let request = format!(
             "GET /te HTTP/{version}\r\n\
@@ -147,7 +148,7 @@ async fn te_trailers_named_in_connection_reaches_the_upstream_on_both_paths() {
 async fn both_engines_strip_the_same_hop_by_hop_fields() {
     let stable = FakeUpstream::start("stable").await;
     let canary = FakeUpstream::start("canary").await;
-    let cohort = TestCohort::start(&route("app", &stable, &canary, "")).await;
+    let cohort = TestCohort::start(Route::new("app").stable(&stable).canary(&canary)).await;
     let mut seen_by_engine = Vec::new();
     for version in ["1.1", "1.0"] {
         // `Upgrade` and `Transfer-Encoding` are left out: either sends the request
@@ -191,7 +192,7 @@ async fn both_engines_strip_the_same_hop_by_hop_fields() {
 async fn te_other_than_trailers_is_dropped_and_a_chunked_body_arrives_intact() {
     let stable = FakeUpstream::start("stable").await;
     let canary = FakeUpstream::start("canary").await;
-    let cohort = TestCohort::start(&route("app", &stable, &canary, "")).await;
+    let cohort = TestCohort::start(Route::new("app").stable(&stable).canary(&canary)).await;
 
     let mut conn = RawConn::connect(cohort.proxy).await;
     conn.write(
@@ -234,7 +235,7 @@ async fn hop_by_hop_headers_of_the_upstream_response_stop_at_cohort() {
         ("x-end-to-end", "kept"),
         ("set-cookie", "up=1"),
     ]);
-    let cohort = TestCohort::start(&route("app", &stable, &canary, "")).await;
+    let cohort = TestCohort::start(Route::new("app").stable(&stable).canary(&canary)).await;
 
     // Precondition: the upstream really sends them on the wire.
     let direct = raw_exchange(stable.addr, "GET / HTTP/1.1\r\nHost: up\r\n\r\n").await;
@@ -283,15 +284,16 @@ async fn hop_by_hop_headers_of_the_upstream_response_stop_at_cohort() {
 async fn the_response_names_the_variant_under_the_configured_header_or_not_at_all() {
     let stable = FakeUpstream::start("stable").await;
     let canary = FakeUpstream::start("canary").await;
-    let routes = route(
-        "app",
-        &stable,
-        &canary,
-        "sticky = [\"header:x-user-id\"]\ncanary_percent = 50",
+    let config = Config::new().route(
+        Route::new("app")
+            .stable(&stable)
+            .canary(&canary)
+            .sticky(&["header:x-user-id"])
+            .canary_percent(50),
     );
     let user = key_in("canary", "app-salt", 50.0, "user");
 
-    let renamed = TestCohort::start_with(&routes, "variant_header = \"x-arm\"").await;
+    let renamed = TestCohort::start(config.clone().variant_header("x-arm")).await;
     let answer = get(&renamed.url("/"), &[("x-user-id", &user)]).await;
     assert_eq!(answer.text(), "canary");
     assert_eq!(answer.header("x-arm"), Some("canary"));
@@ -303,7 +305,7 @@ async fn the_response_names_the_variant_under_the_configured_header_or_not_at_al
     );
     renamed.shutdown().await;
 
-    let silent = TestCohort::start_with(&routes, "variant_header = \"\"").await;
+    let silent = TestCohort::start(config.variant_header("")).await;
     let answer = get(&silent.url("/"), &[("x-user-id", &user)]).await;
     assert_eq!(answer.text(), "canary");
     assert_eq!(answer.variant(), None, "variant_header = \"\" turns it off");
@@ -319,12 +321,13 @@ async fn the_response_names_the_variant_under_the_configured_header_or_not_at_al
 async fn an_h2c_client_is_proxied_to_an_http1_upstream_with_host_and_folded_cookies() {
     let stable = FakeUpstream::start("stable").await;
     let canary = FakeUpstream::start("canary").await;
-    let cohort = TestCohort::start(&route(
-        "app",
-        &stable,
-        &canary,
-        "sticky = [\"cookie:session\"]\ncanary_percent = 50",
-    ))
+    let cohort = TestCohort::start(
+        Route::new("app")
+            .stable(&stable)
+            .canary(&canary)
+            .sticky(&["cookie:session"])
+            .canary_percent(50),
+    )
     .await;
     let h2 = h2c_client();
     for variant in ["stable", "canary"] {
@@ -411,12 +414,15 @@ async fn h2_get(proxy: SocketAddr, uri: &str) -> (u16, Option<String>, String) {
 async fn an_h2_authority_picks_the_host_route_and_becomes_the_upstream_host() {
     let shop = FakeUpstream::start("shop").await;
     let other = FakeUpstream::start("other").await;
-    let routes = format!(
-        "{}host = \"shop.example.com\"\n{}",
-        route("shop", &shop, &shop, ""),
-        route("default", &other, &other, "")
-    );
-    let cohort = TestCohort::start(&routes).await;
+    let config = Config::new()
+        .route(
+            Route::new("shop")
+                .stable(&shop)
+                .canary(&shop)
+                .host("shop.example.com"),
+        )
+        .route(Route::new("default").stable(&other).canary(&other));
+    let cohort = TestCohort::start(config).await;
 
     let (status, variant, body) = h2_get(cohort.proxy, "http://Shop.Example.com:8443/cart").await;
     assert_eq!((status, body.as_str()), (200, "shop"));
@@ -443,25 +449,23 @@ async fn host_routes_come_first_then_the_longest_prefix_then_file_order() {
     let api = FakeUpstream::start("api").await;
     let api_v2 = FakeUpstream::start("api-v2").await;
     let api_v2_twin = FakeUpstream::start("api-v2-twin").await;
-    let block = |name: &str, up: &FakeUpstream, extra: &str| route(name, up, up, extra);
+    let block = |name: &str, up: &FakeUpstream| Route::new(name).stable(up).canary(up);
     // File order deliberately differs from match order.
-    let routes = [
-        block("api", &api, "path_prefix = \"/api\""),
-        block("api-v2", &api_v2, "path_prefix = \"/api/v2\""),
-        block("api-v2-twin", &api_v2_twin, "path_prefix = \"/api/v2\""),
-        block(
-            "shop-root",
-            &shop_root,
-            "host = \"shop.example.com\"\npath_prefix = \"/\"",
-        ),
-        block(
-            "shop-api",
-            &shop_api,
-            "host = \"shop.example.com\"\npath_prefix = \"/api\"",
-        ),
-    ]
-    .concat();
-    let cohort = TestCohort::start(&routes).await;
+    let config = Config::new()
+        .route(block("api", &api).path_prefix("/api"))
+        .route(block("api-v2", &api_v2).path_prefix("/api/v2"))
+        .route(block("api-v2-twin", &api_v2_twin).path_prefix("/api/v2"))
+        .route(
+            block("shop-root", &shop_root)
+                .host("shop.example.com")
+                .path_prefix("/"),
+        )
+        .route(
+            block("shop-api", &shop_api)
+                .host("shop.example.com")
+                .path_prefix("/api"),
+        );
+    let cohort = TestCohort::start(config).await;
 
     let cases = [
         // A host route wins over a longer host-less prefix.
@@ -520,12 +524,13 @@ async fn host_routes_come_first_then_the_longest_prefix_then_file_order() {
 async fn header_cookie_and_ip_keys_are_tried_in_the_routes_order() {
     let stable = FakeUpstream::start("stable").await;
     let canary = FakeUpstream::start("canary").await;
-    let cohort = TestCohort::start(&route(
-        "app",
-        &stable,
-        &canary,
-        "sticky = [\"header:x-user-id\", \"cookie:session\", \"ip\"]\ncanary_percent = 50",
-    ))
+    let cohort = TestCohort::start(
+        Route::new("app")
+            .stable(&stable)
+            .canary(&canary)
+            .sticky(&["header:x-user-id", "cookie:session", "ip"])
+            .canary_percent(50),
+    )
     .await;
     // Every key below lands in the variant opposite to the peer address, so a request
     // that fell through to the wrong source would show it.
@@ -627,12 +632,13 @@ async fn a_keyless_client_gets_a_cohort_cookie_and_keeps_its_variant_with_it() {
     let canary = FakeUpstream::start("canary").await;
     stable.set_response_headers(&[("set-cookie", "up=1; Path=/")]);
     canary.set_response_headers(&[("set-cookie", "up=1; Path=/")]);
-    let cohort = TestCohort::start(&route(
-        "app",
-        &stable,
-        &canary,
-        "sticky = [\"header:x-user-id\"]\ncanary_percent = 50",
-    ))
+    let cohort = TestCohort::start(
+        Route::new("app")
+            .stable(&stable)
+            .canary(&canary)
+            .sticky(&["header:x-user-id"])
+            .canary_percent(50),
+    )
     .await;
 
     let mut variants = Vec::new();
@@ -703,12 +709,13 @@ async fn a_keyless_client_gets_a_cohort_cookie_and_keeps_its_variant_with_it() {
 async fn a_hundred_keyed_requests_land_exactly_where_assign_says() {
     let stable = FakeUpstream::start("stable").await;
     let canary = FakeUpstream::start("canary").await;
-    let cohort = TestCohort::start(&route(
-        "app",
-        &stable,
-        &canary,
-        "sticky = [\"header:x-user-id\"]\ncanary_percent = 30",
-    ))
+    let cohort = TestCohort::start(
+        Route::new("app")
+            .stable(&stable)
+            .canary(&canary)
+            .sticky(&["header:x-user-id"])
+            .canary_percent(30),
+    )
     .await;
     let http = client();
     let mut expected_canary = 0;
@@ -756,12 +763,14 @@ async fn a_hundred_keyed_requests_land_exactly_where_assign_says() {
 async fn a_trusted_peer_forces_the_variant_by_header_or_cookie() {
     let stable = FakeUpstream::start("stable").await;
     let canary = FakeUpstream::start("canary").await;
-    let cohort = TestCohort::start(&route(
-        "app",
-        &stable,
-        &canary,
-        "sticky = [\"header:x-user-id\"]\ncanary_percent = 50\noverride = { trusted = [\"127.0.0.0/8\"] }",
-    ))
+    let cohort = TestCohort::start(
+        Route::new("app")
+            .stable(&stable)
+            .canary(&canary)
+            .sticky(&["header:x-user-id"])
+            .canary_percent(50)
+            .trusted(&["127.0.0.0/8"]),
+    )
     .await;
     let stable_user = key_in("stable", "app-salt", 50.0, "user");
     let canary_user = key_in("canary", "app-salt", 50.0, "user");
@@ -818,12 +827,15 @@ async fn a_trusted_peer_forces_the_variant_by_header_or_cookie() {
 async fn an_untrusted_peer_cannot_force_a_variant_and_its_override_header_is_stripped() {
     let stable = FakeUpstream::start("stable").await;
     let canary = FakeUpstream::start("canary").await;
-    let cohort = TestCohort::start(&route(
-        "app",
-        &stable,
-        &canary,
-        "sticky = [\"header:x-user-id\"]\ncanary_percent = 50\noverride = { header = \"x-force\", trusted = [\"10.0.0.0/8\"] }",
-    ))
+    let cohort = TestCohort::start(
+        Route::new("app")
+            .stable(&stable)
+            .canary(&canary)
+            .sticky(&["header:x-user-id"])
+            .canary_percent(50)
+            .override_header("x-force")
+            .trusted(&["10.0.0.0/8"]),
+    )
     .await;
     let stable_user = key_in("stable", "app-salt", 50.0, "user");
 
@@ -871,12 +883,15 @@ async fn an_untrusted_peer_cannot_force_a_variant_and_its_override_header_is_str
     cohort.shutdown().await;
 
     // The same custom header from a trusted peer does force.
-    let trusting = TestCohort::start(&route(
-        "app",
-        &stable,
-        &canary,
-        "sticky = [\"header:x-user-id\"]\ncanary_percent = 50\noverride = { header = \"x-force\", trusted = [\"127.0.0.1/32\"] }",
-    ))
+    let trusting = TestCohort::start(
+        Route::new("app")
+            .stable(&stable)
+            .canary(&canary)
+            .sticky(&["header:x-user-id"])
+            .canary_percent(50)
+            .override_header("x-force")
+            .trusted(&["127.0.0.1/32"]),
+    )
     .await;
     let answer = get(
         &trusting.url("/"),
@@ -895,12 +910,13 @@ async fn an_untrusted_peer_cannot_force_a_variant_and_its_override_header_is_str
 async fn a_websocket_handshake_switches_protocols_and_bytes_flow_both_ways() {
     let stable = FakeUpstream::start("stable").await;
     let canary = FakeUpstream::start("canary").await;
-    let cohort = TestCohort::start(&route(
-        "app",
-        &stable,
-        &canary,
-        "sticky = [\"header:x-user-id\"]\ncanary_percent = 50",
-    ))
+    let cohort = TestCohort::start(
+        Route::new("app")
+            .stable(&stable)
+            .canary(&canary)
+            .sticky(&["header:x-user-id"])
+            .canary_percent(50),
+    )
     .await;
     let user = key_in("canary", "app-salt", 50.0, "user");
 
@@ -990,7 +1006,7 @@ async fn a_websocket_handshake_switches_protocols_and_bytes_flow_both_ways() {
 async fn sequential_requests_reuse_one_upstream_connection() {
     let stable = FakeUpstream::start("stable").await;
     let canary = FakeUpstream::start("canary").await;
-    let cohort = TestCohort::start(&route("app", &stable, &canary, "")).await;
+    let cohort = TestCohort::start(Route::new("app").stable(&stable).canary(&canary)).await;
 
     let http = client();
     for n in 0..30 {
@@ -1023,7 +1039,7 @@ async fn an_upstream_that_closes_after_every_response_never_costs_a_client_a_502
     let stable = FakeUpstream::start("stable").await;
     let canary = FakeUpstream::start("canary").await;
     stable.set_response_headers(&[("connection", "close")]);
-    let cohort = TestCohort::start(&route("app", &stable, &canary, "")).await;
+    let cohort = TestCohort::start(Route::new("app").stable(&stable).canary(&canary)).await;
 
     let http = client();
     for n in 0..20 {
@@ -1056,7 +1072,7 @@ async fn an_upstream_that_closes_after_every_response_never_costs_a_client_a_502
 async fn a_client_expecting_100_continue_gets_it_and_its_body_through() {
     let stable = FakeUpstream::start("stable").await;
     let canary = FakeUpstream::start("canary").await;
-    let cohort = TestCohort::start(&route("app", &stable, &canary, "")).await;
+    let cohort = TestCohort::start(Route::new("app").stable(&stable).canary(&canary)).await;
 
     // As curl does for bodies over 1 KiB: the head, then wait for `100 Continue`.
     let mut conn = RawConn::connect(cohort.proxy).await;
@@ -1078,7 +1094,7 @@ async fn a_head_request_keeps_the_upstreams_content_length_and_the_connection() 
     let stable = FakeUpstream::start("stable").await;
     let canary = FakeUpstream::start("canary").await;
     stable.set_reply(support::Reply::Pattern { len: 12345 });
-    let cohort = TestCohort::start(&route("app", &stable, &canary, "")).await;
+    let cohort = TestCohort::start(Route::new("app").stable(&stable).canary(&canary)).await;
 
     let mut conn = RawConn::connect(cohort.proxy).await;
     conn.write(b"HEAD /file HTTP/1.1\r\nHost: app.example\r\n\r\n")
@@ -1106,7 +1122,7 @@ async fn an_absolute_form_target_is_routed_by_its_authority() {
     let config = Config::new()
         .route(Route::new("a").host("a.example").salt("s").stable(&a))
         .route(Route::new("b").host("b.example").salt("s").stable(&b));
-    let cohort = TestCohort::start_config(&config).await;
+    let cohort = TestCohort::start(config).await;
     let answer = support::raw_exchange(
         cohort.proxy,
         "GET http://b.example/x?q=1 HTTP/1.1\r\nHost: a.example\r\nConnection: close\r\n\r\n",

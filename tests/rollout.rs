@@ -13,7 +13,7 @@ use bytes::Bytes;
 use cohort::guard::wall_now;
 use cohort::rollout::format_rfc3339;
 use http_body_util::BodyExt;
-use support::{client, get, key_in, send, Config, FakeUpstream, Route, TestCohort};
+use support::{client, get, key_in, send, Config, FakeUpstream, Guard, Route, TestCohort};
 
 /// The route "shop" under test: sticky on `x-user-id`, salt "rollout-test".
 fn shop(stable: &FakeUpstream, canary: &FakeUpstream) -> Route {
@@ -111,11 +111,13 @@ async fn a_canary_that_goes_bad_at_step_two_is_rolled_back_and_stays_rolled_back
         .state_dir(&state_dir)
         .route(
             shop(&stable, &canary)
-                .rollout(&format!(
-                    "start = \"{start}\"\nsteps = [10, 30, 60, 100]\nstep_every = \"3s\""
-                ))
+                .rollout(&start, &[10, 30, 60, 100], "3s")
                 .guard(
-                    "window = \"2s\"\nmin_requests = 10\nmax_error_ratio = 0.2\naction = \"rollback\"",
+                    Guard::new()
+                        .window("2s")
+                        .min_requests(10)
+                        .max_error_ratio(0.2)
+                        .action("rollback"),
                 ),
         )
         .write(dir.path());
@@ -264,11 +266,13 @@ async fn hold_stays_on_its_step_while_failing_and_follows_the_schedule_once_heal
         .state_dir(&state_dir)
         .route(
             shop(&stable, &canary)
-                .rollout(&format!(
-                    "start = \"{start}\"\nsteps = [20, 40, 60, 80, 100]\nstep_every = \"1s\""
-                ))
+                .rollout(&start, &[20, 40, 60, 80, 100], "1s")
                 .guard(
-                    "window = \"1s\"\nmin_requests = 5\nmax_error_ratio = 0.1\naction = \"hold\"",
+                    Guard::new()
+                        .window("1s")
+                        .min_requests(5)
+                        .max_error_ratio(0.1)
+                        .action("hold"),
                 ),
         )
         .write(dir.path());
@@ -371,12 +375,12 @@ async fn manual_controls_on_a_rollout_route_and_the_webhook_retried_until_accept
         .state_dir(&state_dir)
         .route(
             shop(&stable, &canary)
-                .rollout(
-                    "start = \"2020-01-01T00:00:00Z\"\nsteps = [1, 5, 25]\nstep_every = \"10m\"",
-                )
-                .guard(&format!(
-                    "max_error_ratio = 0.5\non_rollback = \"http://{hook_addr}/hooks/cohort\""
-                )),
+                .rollout("2020-01-01T00:00:00Z", &[1, 5, 25], "10m")
+                .guard(
+                    Guard::new()
+                        .max_error_ratio(0.5)
+                        .on_rollback(&format!("http://{hook_addr}/hooks/cohort")),
+                ),
         )
         .write(dir.path());
     let cohort = TestCohort::start_from(&path, dir).await;
@@ -503,8 +507,8 @@ async fn rollout_metrics_pass_promtool() {
         .state_dir(&dir.path().join("state"))
         .route(
             shop(&stable, &canary)
-                .rollout("start = \"2999-01-01T00:00:00Z\"\nsteps = [1, 5]\nstep_every = \"1h\"")
-                .guard("max_p99 = \"500ms\""),
+                .rollout("2999-01-01T00:00:00Z", &[1, 5], "1h")
+                .guard(Guard::new().max_p99("500ms")),
         )
         .write(dir.path());
     let cohort = TestCohort::start_from(&path, dir).await;
@@ -549,9 +553,12 @@ async fn a_guard_without_a_rollout_guards_canary_percent() {
     let path = Config::new()
         .state_dir(&state_root.path().join("state"))
         .route(
-            shop(&stable, &canary)
-                .canary_percent(50)
-                .guard("window = \"2s\"\nmin_requests = 5\nmax_error_ratio_vs_stable = 0.1"),
+            shop(&stable, &canary).canary_percent(50).guard(
+                Guard::new()
+                    .window("2s")
+                    .min_requests(5)
+                    .max_error_ratio_vs_stable(0.1),
+            ),
         )
         .write(dir.path());
     let cohort = TestCohort::start_from(&path, dir).await;
@@ -636,12 +643,12 @@ async fn guard_outcomes_survive_a_reload_that_keeps_the_identity() {
         Config::new()
             .state_dir(&state_root.path().join("state"))
             .route(
-                shop(&stable, &canary)
-                    .salt(salt)
-                    .canary_percent(100)
-                    .guard(&format!(
-                        "window = \"60s\"\nmin_requests = {min_requests}\nmax_error_ratio = 0.5"
-                    )),
+                shop(&stable, &canary).salt(salt).canary_percent(100).guard(
+                    Guard::new()
+                        .window("60s")
+                        .min_requests(min_requests)
+                        .max_error_ratio(0.5),
+                ),
             )
             .to_toml()
     };
@@ -687,8 +694,13 @@ async fn override_requests_are_not_judged_and_still_reach_a_rolled_back_canary()
         .route(
             shop(&stable, &canary)
                 .canary_percent(50)
-                .extra("override = { trusted = [\"127.0.0.0/8\"] }")
-                .guard("window = \"10s\"\nmin_requests = 5\nmax_error_ratio = 0.2"),
+                .trusted(&["127.0.0.0/8"])
+                .guard(
+                    Guard::new()
+                        .window("10s")
+                        .min_requests(5)
+                        .max_error_ratio(0.2),
+                ),
         )
         .write(dir.path());
     let cohort = TestCohort::start_from(&path, dir).await;

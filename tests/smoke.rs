@@ -2,18 +2,19 @@
 //! hashes to, and the response says which.
 mod support;
 
-use support::{get, route, FakeUpstream, TestCohort};
+use support::{get, FakeUpstream, Route, TestCohort};
 
 #[tokio::test]
 async fn a_keyed_request_reaches_its_variant() {
     let stable = FakeUpstream::start("stable").await;
     let canary = FakeUpstream::start("canary").await;
-    let cohort = TestCohort::start(&route(
-        "r",
-        &stable,
-        &canary,
-        "sticky = [\"header:x-user-id\"]\ncanary_percent = 50",
-    ))
+    let cohort = TestCohort::start(
+        Route::new("r")
+            .stable(&stable)
+            .canary(&canary)
+            .sticky(&["header:x-user-id"])
+            .canary_percent(50),
+    )
     .await;
     for user in ["alice", "bob", "carol", "dave"] {
         let expected = cohort::cohort::assign(

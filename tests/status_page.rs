@@ -60,7 +60,7 @@ async fn start() -> (TestCohort, [FakeUpstream; 4]) {
                 .stable(&search_stable)
                 .canary(&search_canary),
         );
-    let cohort = TestCohort::start_config(&config).await;
+    let cohort = TestCohort::start(config).await;
     (cohort, [stable, canary, search_stable, search_canary])
 }
 

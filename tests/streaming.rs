@@ -18,7 +18,7 @@ use http::header::{CONTENT_LENGTH, HOST};
 use http::Request;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
-use support::{client, route, FakeUpstream, PatternBody, PatternCheck, Reply, TestCohort};
+use support::{client, Config, FakeUpstream, PatternBody, PatternCheck, Reply, Route, TestCohort};
 
 const MIB: u64 = 1024 * 1024;
 const GIB: u64 = 1024 * MIB;
@@ -87,7 +87,7 @@ impl Gauge {
 }
 
 async fn start_cohort(stable: &FakeUpstream, canary: &FakeUpstream) -> TestCohort {
-    let cohort = TestCohort::start(&route("app", stable, canary, "")).await;
+    let cohort = TestCohort::start(Route::new("app").stable(stable).canary(canary)).await;
     // Warm up: connections, pools and buffers exist before the baseline is taken.
     stable.set_reply(Reply::Pattern { len: 4 * MIB });
     let warm = support::get(&cohort.url("/warm-up"), &[]).await;
@@ -299,12 +299,12 @@ async fn a_slow_upload_is_not_cut_by_the_wait_for_response_headers() {
     let canary = FakeUpstream::start("canary").await;
     // The upstream answers as soon as the body is in; the client needs ~800 ms to
     // send it, four times the time cohort allows for response headers.
-    let cohort = TestCohort::start(&route(
-        "app",
-        &stable,
-        &canary,
-        "timeouts = { request = \"200ms\" }",
-    ))
+    let cohort = TestCohort::start(
+        Route::new("app")
+            .stable(&stable)
+            .canary(&canary)
+            .request_timeout("200ms"),
+    )
     .await;
 
     let stream = tokio::net::TcpStream::connect(cohort.proxy)
@@ -350,14 +350,13 @@ async fn an_upstream_that_stops_reading_an_upload_gets_504_after_the_timeout() {
     let canary = FakeUpstream::start("canary").await;
     // The upstream takes the request head, then reads nothing for 5 s.
     stable.set_delay(Duration::from_secs(5));
-    let cohort = TestCohort::start_with(
-        &route(
-            "app",
-            &stable,
-            &canary,
-            "timeouts = { request = \"300ms\" }",
+    let cohort = TestCohort::start(
+        Config::new().drain_timeout("1s").route(
+            Route::new("app")
+                .stable(&stable)
+                .canary(&canary)
+                .request_timeout("300ms"),
         ),
-        "drain_timeout = \"1s\"",
     )
     .await;
 

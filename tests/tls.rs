@@ -11,7 +11,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use support::{get, route, Config, FakeUpstream, Route, TestCohort, PATIENCE};
+use support::{get, Config, FakeUpstream, Route, TestCohort, UpstreamTls, PATIENCE};
 use tls_support::{client_config, server_config, Pki, TlsConn, TlsFront};
 
 const H2: &[u8] = b"h2";
@@ -37,21 +37,14 @@ fn p(path: &Path) -> String {
     format!("{:?}", path.display().to_string())
 }
 
-/// `[listen]` lines for a TLS listener with `leaf` as its default certificate.
-fn listen_tls(leaf: &tls_support::Leaf, client_ca: Option<&Path>) -> String {
-    match client_ca {
-        Some(ca) => format!(
-            "tls = {{ cert = {}, key = {}, client_ca = {} }}",
-            p(&leaf.cert),
-            p(&leaf.key),
-            p(ca)
-        ),
-        None => format!(
-            "tls = {{ cert = {}, key = {} }}",
-            p(&leaf.cert),
-            p(&leaf.key)
-        ),
-    }
+/// A config whose listener speaks TLS with `leaf` as its default certificate.
+fn tls_listener(leaf: &tls_support::Leaf) -> Config {
+    Config::new().tls(&leaf.cert, &leaf.key)
+}
+
+/// The route "web" to `stable` and `canary`.
+fn web(stable: &FakeUpstream, canary: &FakeUpstream) -> Route {
+    Route::new("web").stable(stable).canary(canary)
 }
 
 /// A route "shop" on host `shop.test` with `leaf` as its own certificate, to `upstream`.
@@ -60,15 +53,7 @@ fn shop_route(leaf: &tls_support::Leaf, upstream: &FakeUpstream) -> Route {
         .host("shop.test")
         .salt("s")
         .stable(upstream)
-        .extra(&format!(
-            "tls = {{ cert = {}, key = {} }}",
-            p(&leaf.cert),
-            p(&leaf.key)
-        ))
-}
-
-async fn tls_cohort(routes: &str, listen: &str) -> TestCohort {
-    TestCohort::start_with(routes, listen).await
+        .tls(&leaf.cert, &leaf.key)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -81,11 +66,7 @@ async fn curl_gets_http2_over_tls_with_https_forwarding_and_a_secure_cookie() {
     let leaf = pki.server_leaf("server", &["localhost", "127.0.0.1"]);
     let stable = FakeUpstream::start("stable").await;
     let canary = FakeUpstream::start("canary").await;
-    let cohort = tls_cohort(
-        &route("web", &stable, &canary, ""),
-        &listen_tls(&leaf, None),
-    )
-    .await;
+    let cohort = TestCohort::start(tls_listener(&leaf).route(web(&stable, &canary))).await;
     let port = cohort.proxy.port();
 
     let out = Command::new("curl")
@@ -147,12 +128,10 @@ async fn sni_picks_the_routes_certificate_and_the_default_serves_the_rest() {
     let stable = FakeUpstream::start("stable").await;
     let canary = FakeUpstream::start("canary").await;
     let shop_stable = FakeUpstream::start("shop").await;
-    let routes = format!(
-        "{}{}",
-        route("web", &stable, &canary, ""),
-        shop_route(&shop, &shop_stable).to_toml()
-    );
-    let cohort = tls_cohort(&routes, &listen_tls(&default, None)).await;
+    let config = tls_listener(&default)
+        .route(web(&stable, &canary))
+        .route(shop_route(&shop, &shop_stable));
+    let cohort = TestCohort::start(config).await;
     let config = client_config(&pki.ca_path(), &[H1], None);
 
     let mut conn = TlsConn::connect(cohort.proxy, "shop.test", config.clone())
@@ -200,11 +179,7 @@ async fn a_rotated_certificate_serves_new_connections_while_old_ones_keep_workin
     );
     let stable = FakeUpstream::start("stable").await;
     let canary = FakeUpstream::start("canary").await;
-    let cohort = tls_cohort(
-        &route("web", &stable, &canary, ""),
-        &listen_tls(&leaf, None),
-    )
-    .await;
+    let cohort = TestCohort::start(tls_listener(&leaf).route(web(&stable, &canary))).await;
     let config = client_config(&pki.ca_path(), &[H2, H1], None);
 
     let mut old = TlsConn::connect(cohort.proxy, "localhost", config.clone())
@@ -282,11 +257,7 @@ async fn a_kubernetes_secret_symlink_swap_is_picked_up() {
     };
     let stable = FakeUpstream::start("stable").await;
     let canary = FakeUpstream::start("canary").await;
-    let cohort = tls_cohort(
-        &route("web", &stable, &canary, ""),
-        &listen_tls(&mounted, None),
-    )
-    .await;
+    let cohort = TestCohort::start(tls_listener(&mounted).route(web(&stable, &canary))).await;
     let config = client_config(&pki.ca_path(), &[H1], None);
     let conn = TlsConn::connect(cohort.proxy, "localhost", config.clone())
         .await
@@ -321,8 +292,7 @@ async fn a_config_reload_adds_an_sni_certificate_and_cannot_turn_tls_off() {
     let shop = pki.server_leaf("shop", &["shop.test"]);
     let stable = FakeUpstream::start("stable").await;
     let canary = FakeUpstream::start("canary").await;
-    let base = route("web", &stable, &canary, "");
-    let cohort = tls_cohort(&base, &listen_tls(&default, None)).await;
+    let cohort = TestCohort::start(tls_listener(&default).route(web(&stable, &canary))).await;
     let config = client_config(&pki.ca_path(), &[H1], None);
     let conn = TlsConn::connect(cohort.proxy, "shop.test", config.clone()).await;
     assert!(
@@ -330,12 +300,10 @@ async fn a_config_reload_adds_an_sni_certificate_and_cannot_turn_tls_off() {
         "no shop certificate yet: the default one names localhost only"
     );
 
-    let text = std::fs::read_to_string(&cohort.config_path).expect("config");
-    let shop_route = shop_route(&shop, &stable).to_toml();
-    tls_support::write_atomically(
-        &cohort.config_path,
-        format!("{text}\n{shop_route}").as_bytes(),
-    );
+    let with_shop = tls_listener(&default)
+        .route(web(&stable, &canary))
+        .route(shop_route(&shop, &stable));
+    tls_support::write_atomically(&cohort.config_path, with_shop.to_toml().as_bytes());
     let deadline = Instant::now() + PATIENCE;
     let mut conn = loop {
         if let Ok(conn) = TlsConn::connect(cohort.proxy, "shop.test", config.clone()).await {
@@ -357,8 +325,8 @@ async fn a_config_reload_adds_an_sni_certificate_and_cannot_turn_tls_off() {
     );
 
     // Removing listen.tls needs a restart: the listener keeps speaking TLS.
-    let plain = text.replace(&listen_tls(&default, None), "");
-    tls_support::write_atomically(&cohort.config_path, plain.as_bytes());
+    let plain = Config::new().route(web(&stable, &canary));
+    tls_support::write_atomically(&cohort.config_path, plain.to_toml().as_bytes());
     assert_eq!(
         cohort
             .series_eventually("cohort_config_generation", &[], 3.0)
@@ -385,11 +353,7 @@ async fn sec1_ec_keys_are_read_like_pkcs8_ones() {
     assert!(key.starts_with("-----BEGIN EC PRIVATE KEY-----"), "{key}");
     let stable = FakeUpstream::start("stable").await;
     let canary = FakeUpstream::start("canary").await;
-    let cohort = tls_cohort(
-        &route("web", &stable, &canary, ""),
-        &listen_tls(&leaf, None),
-    )
-    .await;
+    let cohort = TestCohort::start(tls_listener(&leaf).route(web(&stable, &canary))).await;
     let mut conn = TlsConn::connect(
         cohort.proxy,
         "localhost",
@@ -412,11 +376,7 @@ async fn tls_1_2_and_1_3_are_both_spoken() {
     let leaf = pki.server_leaf("server", &["localhost"]);
     let stable = FakeUpstream::start("stable").await;
     let canary = FakeUpstream::start("canary").await;
-    let cohort = tls_cohort(
-        &route("web", &stable, &canary, ""),
-        &listen_tls(&leaf, None),
-    )
-    .await;
+    let cohort = TestCohort::start(tls_listener(&leaf).route(web(&stable, &canary))).await;
     for version in [&rustls::version::TLS12, &rustls::version::TLS13] {
         let mut roots = rustls::RootCertStore::empty();
         roots.add(pki.ca_der()).expect("root");
@@ -447,9 +407,10 @@ async fn mtls_accepts_known_client_certificates_and_refuses_the_rest() {
     let stranger = strangers.client_leaf("stranger");
     let stable = FakeUpstream::start("stable").await;
     let canary = FakeUpstream::start("canary").await;
-    let cohort = tls_cohort(
-        &route("web", &stable, &canary, ""),
-        &listen_tls(&leaf, Some(&clients.ca_path())),
+    let cohort = TestCohort::start(
+        tls_listener(&leaf)
+            .client_ca(&clients.ca_path())
+            .route(web(&stable, &canary)),
     )
     .await;
 
@@ -499,11 +460,7 @@ async fn failed_handshakes_are_counted_and_never_reach_the_router() {
     let other = Pki::new("other");
     let stable = FakeUpstream::start("stable").await;
     let canary = FakeUpstream::start("canary").await;
-    let cohort = tls_cohort(
-        &route("web", &stable, &canary, ""),
-        &listen_tls(&leaf, None),
-    )
-    .await;
+    let cohort = TestCohort::start(tls_listener(&leaf).route(web(&stable, &canary))).await;
 
     // Plain HTTP to the TLS port.
     let mut raw = support::RawConn::connect(cohort.proxy).await;
@@ -547,11 +504,7 @@ async fn a_malformed_request_over_tls_gets_400_and_is_counted() {
     let leaf = pki.server_leaf("server", &["localhost"]);
     let stable = FakeUpstream::start("stable").await;
     let canary = FakeUpstream::start("canary").await;
-    let cohort = tls_cohort(
-        &route("web", &stable, &canary, ""),
-        &listen_tls(&leaf, None),
-    )
-    .await;
+    let cohort = TestCohort::start(tls_listener(&leaf).route(web(&stable, &canary))).await;
     let tcp = tokio::net::TcpStream::connect(cohort.proxy)
         .await
         .expect("connect");
@@ -585,6 +538,8 @@ async fn bad_certificate_files_are_rejected_with_file_key_and_reason() {
     let other = pki.server_leaf("other", &["localhost"]);
     let dir = tempfile::tempdir().expect("tempdir");
     let file = dir.path().join("cohort.toml");
+    // Raw TOML on purpose: minimal files that validation must refuse, each with one
+    // bad `tls` value, checked by `config::parse` alone (nothing is started).
     let base = "[[routes]]\nname = \"r\"\nsalt = \"s\"\nstable = { endpoints = [\"http://127.0.0.1:1\"] }\n";
     let parse = |listen: &str, routes: &str| {
         cohort::config::parse(&format!("[listen]\n{listen}\n{routes}"), &file)
@@ -669,12 +624,12 @@ async fn bad_certificate_files_are_rejected_with_file_key_and_reason() {
 // Upstream: cohort as a TLS client
 // ---------------------------------------------------------------------------------------
 
-/// A route `name` whose stable variant is `stable_url` with `fields` (e.g. its `tls`).
-fn https_route(name: &str, stable_url: &str, fields: &str, canary: &FakeUpstream) -> Route {
+/// A route `name` whose stable variant is `stable_url` with `tls`.
+fn https_route(name: &str, stable_url: &str, tls: UpstreamTls, canary: &FakeUpstream) -> Route {
     Route::new(name)
         .salt("s")
         .stable_urls(&[stable_url])
-        .stable_field(fields)
+        .stable_tls(tls)
         .canary(canary)
 }
 
@@ -690,19 +645,19 @@ async fn https_upstreams_are_verified_against_a_ca_file_and_a_wrong_ca_is_a_502_
         .route(https_route(
             "api",
             &front.https_url("localhost"),
-            &format!("tls = {{ ca = {} }}", p(&upstream_pki.ca_path())),
+            UpstreamTls::new().ca(&upstream_pki.ca_path()),
             &canary,
         ))
         .route(
             https_route(
                 "wrong",
                 &front.https_url("localhost"),
-                &format!("tls = {{ ca = {} }}", p(&wrong.ca_path())),
+                UpstreamTls::new().ca(&wrong.ca_path()),
                 &canary,
             )
             .path_prefix("/wrong"),
         );
-    let cohort = TestCohort::start_config(&config).await;
+    let cohort = TestCohort::start(config).await;
 
     for _ in 0..3 {
         let answer = get(&cohort.url("/"), &[("x-user-id", "alice")]).await;
@@ -759,38 +714,34 @@ async fn server_name_insecure_skip_verify_and_client_certificates() {
     let named = https_route(
         "api",
         &plain_front.https_url("127.0.0.1"),
-        &format!(
-            "tls = {{ ca = {}, server_name = \"api.internal\" }}",
-            p(&upstream_pki.ca_path())
-        ),
+        UpstreamTls::new()
+            .ca(&upstream_pki.ca_path())
+            .server_name("api.internal"),
         &canary,
     );
     let insecure = https_route(
         "insecure",
         &plain_front.https_url("127.0.0.1"),
-        "tls = { insecure_skip_verify = true }",
+        UpstreamTls::new().insecure_skip_verify(true),
         &canary,
     )
     .path_prefix("/insecure");
     let mtls = https_route(
         "mtls",
         &mtls_front.https_url("127.0.0.1"),
-        &format!(
-            "tls = {{ ca = {}, server_name = \"api.internal\", client_cert = {}, client_key = {} }}",
-            p(&upstream_pki.ca_path()),
-            p(&client.cert),
-            p(&client.key)
-        ),
+        UpstreamTls::new()
+            .ca(&upstream_pki.ca_path())
+            .server_name("api.internal")
+            .client_cert(&client.cert, &client.key),
         &canary,
     )
     .path_prefix("/mtls");
     let refused = https_route(
         "refused",
         &mtls_front.https_url("127.0.0.1"),
-        &format!(
-            "tls = {{ ca = {}, server_name = \"api.internal\" }}",
-            p(&upstream_pki.ca_path())
-        ),
+        UpstreamTls::new()
+            .ca(&upstream_pki.ca_path())
+            .server_name("api.internal"),
         &canary,
     )
     .path_prefix("/refused");
@@ -799,7 +750,7 @@ async fn server_name_insecure_skip_verify_and_client_certificates() {
         .route(insecure)
         .route(mtls)
         .route(refused);
-    let cohort = TestCohort::start_config(&config).await;
+    let cohort = TestCohort::start(config).await;
 
     let answer = get(&cohort.url("/"), &[("x-user-id", "a")]).await;
     assert_eq!((answer.status, answer.text().as_str()), (200, "secure"));
@@ -857,9 +808,9 @@ async fn h2c_and_h2_upstreams_share_one_multiplexed_connection() {
                 .salt("s")
                 .stable_urls(&[front.https_url("localhost")])
                 .stable_protocol("h2")
-                .stable_field(&format!("tls = {{ ca = {} }}", p(&upstream_pki.ca_path()))),
+                .stable_tls(UpstreamTls::new().ca(&upstream_pki.ca_path())),
         );
-    let cohort = TestCohort::start_config(&config).await;
+    let cohort = TestCohort::start(config).await;
 
     let many = (0..20).map(|i| {
         let url = cohort.url(if i % 2 == 0 { "/x" } else { "/secure/x" });

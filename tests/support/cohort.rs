@@ -19,22 +19,12 @@ pub struct TestCohort {
 }
 
 impl TestCohort {
-    /// Starts cohort with `routes` (TOML `[[routes]]` blocks) and optional extra
-    /// `[listen]` lines; listener and admin use ephemeral ports, one worker.
-    pub async fn start(routes: &str) -> TestCohort {
-        TestCohort::start_with(routes, "").await
-    }
-
-    pub async fn start_with(routes: &str, listen_extra: &str) -> TestCohort {
-        TestCohort::start_config(&Config::new().listen_extra(listen_extra).routes_toml(routes))
-            .await
-    }
-
-    /// Starts cohort from `config`, written to `cohort.toml` in a fresh temporary
-    /// directory that lives as long as the instance.
-    pub async fn start_config(config: &Config) -> TestCohort {
+    /// Starts cohort from `config` (or a [`Route`](super::config::Route), alone in a
+    /// config), written to `cohort.toml` in a fresh temporary directory that lives as
+    /// long as the instance.
+    pub async fn start(config: impl Into<Config>) -> TestCohort {
         let dir = tempfile::tempdir().expect("tempdir");
-        let config_path = config.write(dir.path());
+        let config_path = config.into().write(dir.path());
         TestCohort::start_from(&config_path, dir).await
     }
 

@@ -1,8 +1,9 @@
 //! Configs for the cohort under test, built rather than written as TOML strings:
 //! `Config::new().route(Route::new("web").stable(&a).canary(&b).canary_percent(25))`.
 //! The listener and the admin API are on ephemeral loopback ports with one worker, as
-//! every test wants; what a test adds is what it is about. Tests whose point is the TOML
-//! text itself (comments kept on write-back, pitfalls, bad configs) write it raw.
+//! every test wants; what a test adds is what it is about. Methods are named after the
+//! config keys of DESIGN §2, §7 and §10. Tests whose point is the TOML text itself
+//! (comments kept on write-back, pitfalls, bad configs) write it raw.
 
 use std::fmt::Display;
 use std::path::{Path, PathBuf};
@@ -14,13 +15,21 @@ use super::upstream::FakeUpstream;
 pub struct Config {
     top: Vec<String>,
     listen: Vec<String>,
+    listen_tls: Vec<String>,
     admin: Vec<String>,
-    routes: Vec<String>,
+    routes: Vec<Route>,
 }
 
 impl Default for Config {
     fn default() -> Self {
         Config::new()
+    }
+}
+
+/// A config with just this route.
+impl From<Route> for Config {
+    fn from(route: Route) -> Config {
+        Config::new().route(route)
     }
 }
 
@@ -33,6 +42,7 @@ impl Config {
                 "address = \"127.0.0.1:0\"".to_owned(),
                 "workers = 1".to_owned(),
             ],
+            listen_tls: Vec::new(),
             admin: vec!["address = \"127.0.0.1:0\"".to_owned()],
             routes: Vec::new(),
         }
@@ -40,16 +50,7 @@ impl Config {
 
     /// The top-level `state_dir`.
     pub fn state_dir(mut self, dir: &Path) -> Config {
-        let dir = dir.to_str().expect("utf-8 path");
-        self.top.push(format!("state_dir = {}", quoted(dir)));
-        self
-    }
-
-    /// More `[listen]` lines, e.g. `drain_timeout = "5s"` (empty adds nothing).
-    pub fn listen_extra(mut self, lines: &str) -> Config {
-        if !lines.is_empty() {
-            self.listen.push(lines.to_owned());
-        }
+        self.top.push(format!("state_dir = {}", quoted_path(dir)));
         self
     }
 
@@ -65,28 +66,62 @@ impl Config {
         self
     }
 
+    /// `listen.drain_timeout`, e.g. `"5s"`.
+    pub fn drain_timeout(self, duration: &str) -> Config {
+        self.listen_key("drain_timeout", &quoted(duration))
+    }
+
+    /// `listen.shutdown_delay`, e.g. `"1s"`.
+    pub fn shutdown_delay(self, duration: &str) -> Config {
+        self.listen_key("shutdown_delay", &quoted(duration))
+    }
+
+    /// `listen.variant_header` (`""` turns the response header off).
+    pub fn variant_header(self, name: &str) -> Config {
+        self.listen_key("variant_header", &quoted(name))
+    }
+
+    /// `listen.access_log`.
+    pub fn access_log(self, on: bool) -> Config {
+        self.listen_key("access_log", &on.to_string())
+    }
+
+    /// `listen.tls = { cert, key }`: the listener speaks TLS with this default certificate.
+    pub fn tls(mut self, cert: &Path, key: &Path) -> Config {
+        self.listen_tls = vec![
+            format!("cert = {}", quoted_path(cert)),
+            format!("key = {}", quoted_path(key)),
+        ];
+        self
+    }
+
+    /// `listen.tls.client_ca`: clients must show a certificate from this CA (after
+    /// [`Config::tls`]).
+    pub fn client_ca(mut self, ca: &Path) -> Config {
+        self.listen_tls
+            .push(format!("client_ca = {}", quoted_path(ca)));
+        self
+    }
+
     /// `admin.address` instead of `127.0.0.1:0`.
     pub fn admin_address(mut self, address: &str) -> Config {
         self.admin[0] = format!("address = {}", quoted(address));
         self
     }
 
-    /// More `[admin]` lines, e.g. `token_file = "token"`.
-    pub fn admin_extra(mut self, lines: &str) -> Config {
-        if !lines.is_empty() {
-            self.admin.push(lines.to_owned());
-        }
+    /// `admin.token_file` (relative to the config file's directory).
+    pub fn token_file(mut self, file: &str) -> Config {
+        self.admin.push(format!("token_file = {}", quoted(file)));
         self
     }
 
     pub fn route(mut self, route: Route) -> Config {
-        self.routes.push(route.to_toml());
+        self.routes.push(route);
         self
     }
 
-    /// `[[routes]]` blocks written as TOML (for what [`Route`] does not say).
-    pub fn routes_toml(mut self, toml: &str) -> Config {
-        self.routes.push(toml.to_owned());
+    fn listen_key(mut self, key: &str, value: &str) -> Config {
+        self.listen.push(format!("{key} = {value}"));
         self
     }
 
@@ -98,9 +133,14 @@ impl Config {
         if !self.top.is_empty() {
             text.push('\n');
         }
-        text.push_str(&format!("[listen]\n{}\n\n", self.listen.join("\n")));
+        let mut listen = self.listen.clone();
+        if !self.listen_tls.is_empty() {
+            listen.push(format!("tls = {}", inline_table(&self.listen_tls)));
+        }
+        text.push_str(&format!("[listen]\n{}\n\n", listen.join("\n")));
         text.push_str(&format!("[admin]\n{}\n\n", self.admin.join("\n")));
-        text.push_str(&self.routes.join("\n"));
+        let routes: Vec<String> = self.routes.iter().map(Route::to_toml).collect();
+        text.push_str(&routes.join("\n"));
         text
     }
 
@@ -118,11 +158,12 @@ pub struct Route {
     name: String,
     salt: String,
     keys: Vec<String>,
+    overrides: Vec<String>,
+    timeouts: Vec<String>,
     stable: Option<Vec<String>>,
     canary: Option<Vec<String>>,
     stable_fields: Vec<String>,
     canary_fields: Vec<String>,
-    extra: Vec<String>,
     tables: Vec<String>,
 }
 
@@ -132,11 +173,12 @@ impl Route {
             name: name.to_owned(),
             salt: format!("{name}-salt"),
             keys: Vec::new(),
+            overrides: Vec::new(),
+            timeouts: Vec::new(),
             stable: None,
             canary: None,
             stable_fields: Vec::new(),
             canary_fields: Vec::new(),
-            extra: Vec::new(),
             tables: Vec::new(),
         }
     }
@@ -148,8 +190,7 @@ impl Route {
 
     /// `sticky = [...]`, e.g. `&["header:x-user-id"]`.
     pub fn sticky(self, sources: &[&str]) -> Route {
-        let list: Vec<String> = sources.iter().map(|s| quoted(s)).collect();
-        self.key("sticky", &format!("[{}]", list.join(", ")))
+        self.key("sticky", &quoted_list(sources))
     }
 
     pub fn canary_percent(self, percent: impl Display) -> Route {
@@ -162,6 +203,42 @@ impl Route {
 
     pub fn path_prefix(self, prefix: &str) -> Route {
         self.key("path_prefix", &quoted(prefix))
+    }
+
+    /// The route's own certificate, served by SNI for its `host`: `tls = { cert, key }`.
+    pub fn tls(self, cert: &Path, key: &Path) -> Route {
+        let fields = [
+            format!("cert = {}", quoted_path(cert)),
+            format!("key = {}", quoted_path(key)),
+        ];
+        self.key("tls", &inline_table(&fields))
+    }
+
+    /// `override.header`: the request header that forces a variant.
+    pub fn override_header(mut self, name: &str) -> Route {
+        self.overrides.push(format!("header = {}", quoted(name)));
+        self
+    }
+
+    /// `override.trusted`: the peers whose override (and baggage) is believed.
+    pub fn trusted(mut self, cidrs: &[&str]) -> Route {
+        self.overrides
+            .push(format!("trusted = {}", quoted_list(cidrs)));
+        self
+    }
+
+    /// `timeouts.connect`, e.g. `"200ms"`.
+    pub fn connect_timeout(mut self, duration: &str) -> Route {
+        self.timeouts
+            .push(format!("connect = {}", quoted(duration)));
+        self
+    }
+
+    /// `timeouts.request`: how long to wait for the response headers.
+    pub fn request_timeout(mut self, duration: &str) -> Route {
+        self.timeouts
+            .push(format!("request = {}", quoted(duration)));
+        self
     }
 
     /// The stable variant: `upstream` as its one endpoint.
@@ -180,59 +257,59 @@ impl Route {
         self
     }
 
-    /// The stable variant's `protocol` (e.g. `h2c`); empty leaves the default.
-    pub fn stable_protocol(self, protocol: &str) -> Route {
-        if protocol.is_empty() {
-            return self;
-        }
-        self.stable_field(&format!("protocol = {}", quoted(protocol)))
-    }
-
-    /// More of the stable variant's table after its endpoints, e.g. `tls = { ca = "…" }`
-    /// (empty adds nothing).
-    pub fn stable_field(mut self, fields: &str) -> Route {
-        if !fields.is_empty() {
-            self.stable_fields.push(fields.to_owned());
-        }
-        self
-    }
-
-    /// Like [`Route::stable_field`], for the canary variant.
-    pub fn canary_field(mut self, fields: &str) -> Route {
-        if !fields.is_empty() {
-            self.canary_fields.push(fields.to_owned());
-        }
-        self
-    }
-
     /// The canary variant with these endpoint URLs.
     pub fn canary_urls(mut self, urls: &[impl AsRef<str>]) -> Route {
         self.canary = Some(urls.iter().map(|u| u.as_ref().to_owned()).collect());
         self
     }
 
-    /// A `[routes.rollout]` table with these lines.
-    pub fn rollout(self, lines: &str) -> Route {
-        self.table("routes.rollout", lines)
-    }
-
-    /// A `[routes.guard]` table with these lines.
-    pub fn guard(self, lines: &str) -> Route {
-        self.table("routes.guard", lines)
-    }
-
-    /// A sub-table `[NAME]` of the route with these lines.
-    pub fn table(mut self, name: &str, lines: &str) -> Route {
-        self.tables.push(format!("[{name}]\n{lines}\n"));
+    /// The stable variant's `protocol` (e.g. `h2c`); empty leaves the default.
+    pub fn stable_protocol(mut self, protocol: &str) -> Route {
+        if !protocol.is_empty() {
+            self.stable_fields
+                .push(format!("protocol = {}", quoted(protocol)));
+        }
         self
     }
 
-    /// TOML written after the variants, before the tables: keys the builder has no
-    /// method for, or tables of its own (empty adds nothing).
-    pub fn extra(mut self, toml: &str) -> Route {
-        if !toml.is_empty() {
-            self.extra.push(toml.to_owned());
+    /// Like [`Route::stable_protocol`], for the canary variant.
+    pub fn canary_protocol(mut self, protocol: &str) -> Route {
+        if !protocol.is_empty() {
+            self.canary_fields
+                .push(format!("protocol = {}", quoted(protocol)));
         }
+        self
+    }
+
+    /// The stable variant's `tls`, for its `https://` endpoints.
+    pub fn stable_tls(mut self, tls: UpstreamTls) -> Route {
+        self.stable_fields.push(tls.to_toml());
+        self
+    }
+
+    /// Like [`Route::stable_tls`], for the canary variant.
+    pub fn canary_tls(mut self, tls: UpstreamTls) -> Route {
+        self.canary_fields.push(tls.to_toml());
+        self
+    }
+
+    /// `[routes.rollout]`: from `start` (RFC 3339), one step of `steps` (percentages)
+    /// each `step_every`.
+    pub fn rollout(mut self, start: &str, steps: &[u32], step_every: &str) -> Route {
+        let steps: Vec<String> = steps.iter().map(u32::to_string).collect();
+        self.tables.push(format!(
+            "[routes.rollout]\nstart = {}\nsteps = [{}]\nstep_every = {}\n",
+            quoted(start),
+            steps.join(", "),
+            quoted(step_every)
+        ));
+        self
+    }
+
+    /// `[routes.guard]`.
+    pub fn guard(mut self, guard: Guard) -> Route {
+        self.tables
+            .push(format!("[routes.guard]\n{}\n", guard.lines.join("\n")));
         self
     }
 
@@ -250,16 +327,116 @@ impl Route {
         for line in &self.keys {
             text.push_str(&format!("{line}\n"));
         }
+        if !self.overrides.is_empty() {
+            text.push_str(&format!("override = {}\n", inline_table(&self.overrides)));
+        }
+        if !self.timeouts.is_empty() {
+            text.push_str(&format!("timeouts = {}\n", inline_table(&self.timeouts)));
+        }
         if let Some(urls) = &self.stable {
             text.push_str(&variant_line("stable", urls, &self.stable_fields));
         }
         if let Some(urls) = &self.canary {
             text.push_str(&variant_line("canary", urls, &self.canary_fields));
         }
-        for block in self.extra.iter().chain(&self.tables) {
-            text.push_str(&format!("{block}\n"));
+        for table in &self.tables {
+            text.push_str(&format!("{table}\n"));
         }
         text
+    }
+}
+
+/// A variant's `tls`, for cohort as a TLS client of its `https://` endpoints:
+/// `UpstreamTls::new().ca(&pki.ca_path()).server_name("api.internal")`.
+#[derive(Debug, Clone, Default)]
+pub struct UpstreamTls {
+    fields: Vec<String>,
+}
+
+impl UpstreamTls {
+    pub fn new() -> UpstreamTls {
+        UpstreamTls::default()
+    }
+
+    /// `ca`: the CA file the endpoint's certificate must chain to.
+    pub fn ca(mut self, ca: &Path) -> UpstreamTls {
+        self.fields.push(format!("ca = {}", quoted_path(ca)));
+        self
+    }
+
+    /// `server_name`: the name checked, and sent by SNI, instead of the URL's host.
+    pub fn server_name(mut self, name: &str) -> UpstreamTls {
+        self.fields.push(format!("server_name = {}", quoted(name)));
+        self
+    }
+
+    /// `client_cert` and `client_key`: cohort's certificate for mTLS upstreams.
+    pub fn client_cert(mut self, cert: &Path, key: &Path) -> UpstreamTls {
+        self.fields
+            .push(format!("client_cert = {}", quoted_path(cert)));
+        self.fields
+            .push(format!("client_key = {}", quoted_path(key)));
+        self
+    }
+
+    /// `insecure_skip_verify`.
+    pub fn insecure_skip_verify(mut self, skip: bool) -> UpstreamTls {
+        self.fields.push(format!("insecure_skip_verify = {skip}"));
+        self
+    }
+
+    fn to_toml(&self) -> String {
+        format!("tls = {}", inline_table(&self.fields))
+    }
+}
+
+/// A `[routes.guard]` table, one key a method in the order called:
+/// `Guard::new().window("2s").min_requests(10).max_error_ratio(0.2)`.
+#[derive(Debug, Clone, Default)]
+pub struct Guard {
+    lines: Vec<String>,
+}
+
+impl Guard {
+    pub fn new() -> Guard {
+        Guard::default()
+    }
+
+    /// `window`: the sliding window of outcomes, e.g. `"30s"`.
+    pub fn window(self, duration: &str) -> Guard {
+        self.key("window", &quoted(duration))
+    }
+
+    pub fn min_requests(self, requests: u32) -> Guard {
+        self.key("min_requests", &requests.to_string())
+    }
+
+    pub fn max_error_ratio(self, ratio: f64) -> Guard {
+        self.key("max_error_ratio", &format!("{ratio:?}"))
+    }
+
+    pub fn max_error_ratio_vs_stable(self, ratio: f64) -> Guard {
+        self.key("max_error_ratio_vs_stable", &format!("{ratio:?}"))
+    }
+
+    /// `max_p99`, e.g. `"500ms"`.
+    pub fn max_p99(self, duration: &str) -> Guard {
+        self.key("max_p99", &quoted(duration))
+    }
+
+    /// `action`: `"rollback"` or `"hold"`.
+    pub fn action(self, action: &str) -> Guard {
+        self.key("action", &quoted(action))
+    }
+
+    /// `on_rollback`: the webhook URL.
+    pub fn on_rollback(self, url: &str) -> Guard {
+        self.key("on_rollback", &quoted(url))
+    }
+
+    fn key(mut self, key: &str, value: &str) -> Guard {
+        self.lines.push(format!("{key} = {value}"));
+        self
     }
 }
 
@@ -268,19 +445,26 @@ fn variant_line(which: &str, urls: &[String], fields: &[String]) -> String {
     let list: Vec<String> = urls.iter().map(|u| quoted(u)).collect();
     let mut table = vec![format!("endpoints = [{}]", list.join(", "))];
     table.extend(fields.iter().cloned());
-    format!("{which} = {{ {} }}\n", table.join(", "))
+    format!("{which} = {}\n", inline_table(&table))
 }
 
-/// A `[[routes]]` block with a stable and a canary upstream, `extra` after them.
-pub fn route(name: &str, stable: &FakeUpstream, canary: &FakeUpstream, extra: &str) -> String {
-    Route::new(name)
-        .stable(stable)
-        .canary(canary)
-        .extra(extra)
-        .to_toml()
+/// `{ a = 1, b = 2 }`.
+fn inline_table(fields: &[String]) -> String {
+    format!("{{ {} }}", fields.join(", "))
+}
+
+/// `["a", "b"]`.
+fn quoted_list(items: &[&str]) -> String {
+    let list: Vec<String> = items.iter().map(|s| quoted(s)).collect();
+    format!("[{}]", list.join(", "))
 }
 
 /// `text` as a TOML basic string.
 pub fn quoted(text: &str) -> String {
     format!("\"{}\"", text.replace('\\', "\\\\").replace('"', "\\\""))
+}
+
+/// `path` as a TOML basic string.
+pub fn quoted_path(path: &Path) -> String {
+    quoted(path.to_str().expect("utf-8 path"))
 }
