@@ -41,6 +41,8 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static GLOBAL: Counting = Counting;
 
+/// The routes of DESIGN §2's example, as a user writes them; raw TOML because this
+/// binary parses it with `config::parse` and nothing else of `tests/support`.
 const CONFIG: &str = r#"
 [[routes]]
 name = "api"
