@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use cohort::cohort::{assign, BasisPoints};
 use serde_json::Value;
-use support::{get, Config, FakeUpstream, Route, TestCohort};
+use support::{get, user_route, Config, FakeUpstream, Route, TestCohort};
 
 async fn json(url: &str) -> Value {
     let answer = get(url, &[]).await;
@@ -27,14 +27,7 @@ async fn json(url: &str) -> Value {
 async fn start(percent: &str) -> (TestCohort, FakeUpstream, FakeUpstream) {
     let stable = FakeUpstream::start("stable").await;
     let canary = FakeUpstream::start("canary").await;
-    let cohort = TestCohort::start(
-        Route::new("r")
-            .stable(&stable)
-            .canary(&canary)
-            .sticky(&["header:x-user-id"])
-            .canary_percent(percent),
-    )
-    .await;
+    let cohort = TestCohort::start(user_route("r", &stable, &canary).canary_percent(percent)).await;
     (cohort, stable, canary)
 }
 

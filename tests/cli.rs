@@ -13,7 +13,7 @@ use bytes::Bytes;
 use cohort::cohort::{assign, BasisPoints};
 use http_body_util::Full;
 use process::{run_in, run_to_end, write_file, Cohort};
-use support::{get, send, Config, FakeUpstream, Guard, RawConn, Route};
+use support::{get, send, user_route, Config, FakeUpstream, Guard, RawConn, Route};
 
 const QUICK: Duration = Duration::from_secs(20);
 
@@ -426,13 +426,7 @@ async fn demo_stops_on_the_first_ctrl_c() {
 
 /// A config serving one route at 0 % (everything to `stable`) on ephemeral ports.
 fn served_config(stable: &FakeUpstream, canary: &FakeUpstream) -> Config {
-    Config::new().route(
-        Route::new("r")
-            .stable(stable)
-            .canary(canary)
-            .sticky(&["header:x-user-id"])
-            .canary_percent(0),
-    )
+    Config::new().route(user_route("r", stable, canary).canary_percent(0))
 }
 
 /// `config` written to `dir/cohort.toml`.

@@ -12,7 +12,7 @@ use bytes::Bytes;
 use http::Request;
 use http_body_util::{BodyExt, Full};
 use support::{
-    client, eventually, get, h2c_client, key_in, refused_addr, send, Blackhole, Config,
+    client, eventually, get, h2c_client, key_in, refused_addr, send, user_route, Blackhole, Config,
     FakeUpstream, RawConn, RawUpstream, Reply, Route, TestCohort,
 };
 
@@ -52,14 +52,7 @@ struct Outcome {
 async fn a_canary_stopped_mid_run_fails_alone_and_stable_never_notices() {
     let stable = FakeUpstream::start("stable").await;
     let canary = FakeUpstream::start("canary").await;
-    let cohort = TestCohort::start(
-        Route::new("app")
-            .stable(&stable)
-            .canary(&canary)
-            .sticky(&["header:x-user-id"])
-            .canary_percent(50),
-    )
-    .await;
+    let cohort = TestCohort::start(user_route("app", &stable, &canary).canary_percent(50)).await;
     let users = [
         ("stable", key_in("stable", "app-salt", 50.0, "user")),
         ("canary", key_in("canary", "app-salt", 50.0, "user")),

@@ -11,8 +11,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use support::{
-    key_in, pattern_byte, Config, FakeUpstream, PatternCheck, RawConn, RawResponse, RawUpstream,
-    Reply, Route, TestCohort, PATIENCE,
+    key_in, pattern_byte, user_route, Config, FakeUpstream, PatternCheck, RawConn, RawResponse,
+    RawUpstream, Reply, Route, TestCohort, PATIENCE,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -1224,13 +1224,7 @@ async fn a_websocket_upgrade_after_a_plain_request_carries_bytes_both_ways() {
 async fn the_configured_variant_header_names_the_variant_on_the_wire() {
     let stable = FakeUpstream::start("stable").await;
     let canary = FakeUpstream::start("canary").await;
-    let config = Config::new().route(
-        Route::new("app")
-            .stable(&stable)
-            .canary(&canary)
-            .sticky(&["header:x-user-id"])
-            .canary_percent(50),
-    );
+    let config = Config::new().route(user_route("app", &stable, &canary).canary_percent(50));
     let cohort = TestCohort::start(config.clone().variant_header("X-Arm")).await;
 
     let mut conn = RawConn::connect(cohort.proxy).await;
@@ -1274,14 +1268,7 @@ async fn a_keyless_client_gets_one_cohort_cookie_line_beside_the_upstreams() {
     let canary = FakeUpstream::start("canary").await;
     stable.set_response_headers(&[("set-cookie", "up=1; Path=/")]);
     canary.set_response_headers(&[("set-cookie", "up=1; Path=/")]);
-    let cohort = TestCohort::start(
-        Route::new("app")
-            .stable(&stable)
-            .canary(&canary)
-            .sticky(&["header:x-user-id"])
-            .canary_percent(50),
-    )
-    .await;
+    let cohort = TestCohort::start(user_route("app", &stable, &canary).canary_percent(50)).await;
 
     let mut conn = RawConn::connect(cohort.proxy).await;
     conn.write(get("/").as_bytes()).await;

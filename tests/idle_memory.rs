@@ -13,7 +13,7 @@ mod support;
 use std::time::Duration;
 
 use process::{write_file, Cohort};
-use support::{rss_of, Config, FakeUpstream, RawConn, Route};
+use support::{rss_of, user_route, Config, FakeUpstream, RawConn};
 
 /// Issue 4: "≤ 2 KiB per idle connection".
 const PER_CONNECTION_LIMIT: u64 = 2048;
@@ -60,13 +60,7 @@ async fn an_idle_keep_alive_connection_costs_under_2_kib() {
         dir.path(),
         "cohort.toml",
         &Config::new()
-            .route(
-                Route::new("r")
-                    .stable(&stable)
-                    .canary(&canary)
-                    .sticky(&["header:x-user-id"])
-                    .canary_percent(10),
-            )
+            .route(user_route("r", &stable, &canary).canary_percent(10))
             .to_toml(),
     );
     let mut cohort = Cohort::spawn(&["run", "-c", &config]);

@@ -14,17 +14,15 @@ use bytes::Bytes;
 use cohort::guard::wall_now;
 use cohort::rollout::format_rfc3339;
 use process::{run_to_end, Cohort};
-use support::{client, get, key_in, send, Answer, Config, FakeUpstream, Guard, Route, TestCohort};
+use support::{
+    client, get, key_in, send, user_route, Answer, Config, FakeUpstream, Guard, Route, TestCohort,
+};
 
 const SALT: &str = "kill-switch";
 
 /// The route "web" under test: sticky on `x-user-id`, salt [`SALT`].
 fn web_route(stable: &FakeUpstream, canary: &FakeUpstream) -> Route {
-    Route::new("web")
-        .sticky(&["header:x-user-id"])
-        .salt(SALT)
-        .stable(stable)
-        .canary(canary)
+    user_route("web", stable, canary).salt(SALT)
 }
 
 /// A config with the one route `web` and, when given, a top-level `state_dir`.

@@ -10,8 +10,8 @@ use http::{Request, Version};
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use support::{
-    client, expected_variant, get, h2c_client, key_in, raw_exchange, send, Config, FakeUpstream,
-    RawConn, Route, TestCohort,
+    client, expected_variant, get, h2c_client, key_in, raw_exchange, send, user_route, Config,
+    FakeUpstream, RawConn, Route, TestCohort,
 };
 
 const REQUESTS: &str = "cohort_requests_total";
@@ -39,14 +39,7 @@ const HOP_BY_HOP: [&str; 9] = [
 async fn the_upstream_sees_an_end_to_end_request_with_forwarding_headers() {
     let stable = FakeUpstream::start("stable").await;
     let canary = FakeUpstream::start("canary").await;
-    let cohort = TestCohort::start(
-        Route::new("app")
-            .stable(&stable)
-            .canary(&canary)
-            .sticky(&["header:x-user-id"])
-            .canary_percent(50),
-    )
-    .await;
+    let cohort = TestCohort::start(user_route("app", &stable, &canary).canary_percent(50)).await;
     let user = key_in("stable", "app-salt", 50.0, "user");
 
     // Sent byte for byte, so no client library tidies anything up on the way. The
@@ -284,13 +277,7 @@ async fn hop_by_hop_headers_of_the_upstream_response_stop_at_cohort() {
 async fn the_response_names_the_variant_under_the_configured_header_or_not_at_all() {
     let stable = FakeUpstream::start("stable").await;
     let canary = FakeUpstream::start("canary").await;
-    let config = Config::new().route(
-        Route::new("app")
-            .stable(&stable)
-            .canary(&canary)
-            .sticky(&["header:x-user-id"])
-            .canary_percent(50),
-    );
+    let config = Config::new().route(user_route("app", &stable, &canary).canary_percent(50));
     let user = key_in("canary", "app-salt", 50.0, "user");
 
     let renamed = TestCohort::start(config.clone().variant_header("x-arm")).await;
@@ -632,14 +619,7 @@ async fn a_keyless_client_gets_a_cohort_cookie_and_keeps_its_variant_with_it() {
     let canary = FakeUpstream::start("canary").await;
     stable.set_response_headers(&[("set-cookie", "up=1; Path=/")]);
     canary.set_response_headers(&[("set-cookie", "up=1; Path=/")]);
-    let cohort = TestCohort::start(
-        Route::new("app")
-            .stable(&stable)
-            .canary(&canary)
-            .sticky(&["header:x-user-id"])
-            .canary_percent(50),
-    )
-    .await;
+    let cohort = TestCohort::start(user_route("app", &stable, &canary).canary_percent(50)).await;
 
     let mut variants = Vec::new();
     for _ in 0..20 {
@@ -709,14 +689,7 @@ async fn a_keyless_client_gets_a_cohort_cookie_and_keeps_its_variant_with_it() {
 async fn a_hundred_keyed_requests_land_exactly_where_assign_says() {
     let stable = FakeUpstream::start("stable").await;
     let canary = FakeUpstream::start("canary").await;
-    let cohort = TestCohort::start(
-        Route::new("app")
-            .stable(&stable)
-            .canary(&canary)
-            .sticky(&["header:x-user-id"])
-            .canary_percent(30),
-    )
-    .await;
+    let cohort = TestCohort::start(user_route("app", &stable, &canary).canary_percent(30)).await;
     let http = client();
     let mut expected_canary = 0;
     for n in 0..100 {
@@ -764,10 +737,7 @@ async fn a_trusted_peer_forces_the_variant_by_header_or_cookie() {
     let stable = FakeUpstream::start("stable").await;
     let canary = FakeUpstream::start("canary").await;
     let cohort = TestCohort::start(
-        Route::new("app")
-            .stable(&stable)
-            .canary(&canary)
-            .sticky(&["header:x-user-id"])
+        user_route("app", &stable, &canary)
             .canary_percent(50)
             .trusted(&["127.0.0.0/8"]),
     )
@@ -828,10 +798,7 @@ async fn an_untrusted_peer_cannot_force_a_variant_and_its_override_header_is_str
     let stable = FakeUpstream::start("stable").await;
     let canary = FakeUpstream::start("canary").await;
     let cohort = TestCohort::start(
-        Route::new("app")
-            .stable(&stable)
-            .canary(&canary)
-            .sticky(&["header:x-user-id"])
+        user_route("app", &stable, &canary)
             .canary_percent(50)
             .override_header("x-force")
             .trusted(&["10.0.0.0/8"]),
@@ -884,10 +851,7 @@ async fn an_untrusted_peer_cannot_force_a_variant_and_its_override_header_is_str
 
     // The same custom header from a trusted peer does force.
     let trusting = TestCohort::start(
-        Route::new("app")
-            .stable(&stable)
-            .canary(&canary)
-            .sticky(&["header:x-user-id"])
+        user_route("app", &stable, &canary)
             .canary_percent(50)
             .override_header("x-force")
             .trusted(&["127.0.0.1/32"]),
@@ -910,14 +874,7 @@ async fn an_untrusted_peer_cannot_force_a_variant_and_its_override_header_is_str
 async fn a_websocket_handshake_switches_protocols_and_bytes_flow_both_ways() {
     let stable = FakeUpstream::start("stable").await;
     let canary = FakeUpstream::start("canary").await;
-    let cohort = TestCohort::start(
-        Route::new("app")
-            .stable(&stable)
-            .canary(&canary)
-            .sticky(&["header:x-user-id"])
-            .canary_percent(50),
-    )
-    .await;
+    let cohort = TestCohort::start(user_route("app", &stable, &canary).canary_percent(50)).await;
     let user = key_in("canary", "app-salt", 50.0, "user");
 
     let mut conn = RawConn::connect(cohort.proxy).await;

@@ -2,20 +2,13 @@
 //! hashes to, and the response says which.
 mod support;
 
-use support::{get, FakeUpstream, Route, TestCohort};
+use support::{get, user_route, FakeUpstream, TestCohort};
 
 #[tokio::test]
 async fn a_keyed_request_reaches_its_variant() {
     let stable = FakeUpstream::start("stable").await;
     let canary = FakeUpstream::start("canary").await;
-    let cohort = TestCohort::start(
-        Route::new("r")
-            .stable(&stable)
-            .canary(&canary)
-            .sticky(&["header:x-user-id"])
-            .canary_percent(50),
-    )
-    .await;
+    let cohort = TestCohort::start(user_route("r", &stable, &canary).canary_percent(50)).await;
     for user in ["alice", "bob", "carol", "dave"] {
         let expected = cohort::cohort::assign(
             "r-salt",

@@ -346,6 +346,15 @@ impl Route {
     }
 }
 
+/// The route `name` from `stable` to `canary`, users keyed by their `x-user-id` header:
+/// the shape most scenarios start from, e.g. `user_route("app", &s, &c).canary_percent(50)`.
+pub fn user_route(name: &str, stable: &FakeUpstream, canary: &FakeUpstream) -> Route {
+    Route::new(name)
+        .sticky(&["header:x-user-id"])
+        .stable(stable)
+        .canary(canary)
+}
+
 /// A variant's `tls`, for cohort as a TLS client of its `https://` endpoints:
 /// `UpstreamTls::new().ca(&pki.ca_path()).server_name("api.internal")`.
 #[derive(Debug, Clone, Default)]
