@@ -277,7 +277,7 @@ async fn change(
             let status = match &e {
                 ChangeError::UnknownRoute(_) => StatusCode::NOT_FOUND,
                 ChangeError::Invalid(_) => StatusCode::BAD_REQUEST,
-                ChangeError::ReadOnly(_) | ChangeError::Conflict(_) => StatusCode::CONFLICT,
+                ChangeError::ReadOnly { .. } | ChangeError::Conflict(_) => StatusCode::CONFLICT,
                 ChangeError::Write(_) => StatusCode::INTERNAL_SERVER_ERROR,
             };
             tracing::warn!(route = %name, error = %e, "admin change refused");

@@ -24,6 +24,7 @@ use tokio::sync::{mpsc, watch};
 use crate::drain::{Drain, DrainWatch};
 use crate::h1::{self, rewind::Rewind, server::Served};
 use crate::proxy::{self, ProxyContext};
+use crate::request::reject::{self, Malformed};
 use crate::tls::{ServerTls, HANDSHAKE_TIMEOUT};
 
 /// Pending connections the kernel queues for us; sized for bursts of thousands.
@@ -273,32 +274,35 @@ impl Connection {
             }
         };
         if let Err(e) = result {
-            if let Some(status) = answered_parse_error(&e).filter(|_| protocol == Wire::Http1) {
-                // hyper answered a request it could not parse and closed; count it as
-                // cohort's own path counts the ones it rejects.
-                self.ctx.metrics.unrouted(status);
+            match malformed(&e).filter(|_| protocol == Wire::Http1) {
+                // hyper has answered it already, with the policy's status, and closes;
+                // the policy counts and logs it as it does for cohort's own path.
+                Some(malformed) => {
+                    reject::rejected(&self.ctx.metrics, peer, malformed);
+                }
+                None => tracing::trace!(%peer, error = %e, "client connection ended with an error"),
             }
-            tracing::trace!(%peer, error = %e, "client connection ended with an error");
         }
     }
 }
 
-/// The status hyper's HTTP/1 server answers a request head it cannot parse with (its
-/// `on_error`: 431 for a head too large, 414 for a URI too long, 400 otherwise), or
-/// `None` for errors it answers nothing to.
-fn answered_parse_error(e: &hyper::Error) -> Option<u16> {
+/// What hyper's HTTP/1 server found malformed in a request head, as the request policy
+/// names it, or `None` for errors it answers nothing to. hyper answers these itself
+/// (its `on_error`: 400, 431 for a head too large, 414 for a URI too long), with the
+/// status `reject::answer` gives for the same kind.
+fn malformed(e: &hyper::Error) -> Option<Malformed> {
     if !e.is_parse() || e.is_parse_version_h2() || e.is_parse_status() {
         return None;
     }
     if e.is_parse_too_large() {
         // hyper's error kinds tell 431 from 414 only through their text.
         return Some(if e.to_string().contains("URI too long") {
-            414
+            Malformed::UriTooLong
         } else {
-            431
+            Malformed::HeadTooLarge
         });
     }
-    Some(400)
+    Some(Malformed::InvalidRequest)
 }
 
 /// Which HTTP a connection speaks.

@@ -5,6 +5,7 @@
 //! and dropped while the old one keeps serving. In-flight requests finish on the
 //! snapshot they loaded.
 
+use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,6 +14,7 @@ use tokio::sync::{mpsc, Mutex};
 
 use crate::cohort::BasisPoints;
 use crate::config::{self, Config, ConfigError};
+use crate::guard::ResumeError;
 use crate::server::State;
 use crate::snapshot::Snapshot;
 use crate::writeback::{self, EditError, WriteError};
@@ -57,20 +59,76 @@ pub enum ReloadError {
     Token { file: PathBuf, reason: String },
 }
 
-/// Why an admin API change was refused; each maps to one status code.
+/// Why an admin API change was refused; each variant maps to one status code
+/// (`crate::admin`), each cause keeps what it is about.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum ChangeError {
     #[error("no route named {0:?}")]
     UnknownRoute(String),
     /// The change can never be valid for the route as configured (400).
-    #[error("{0}")]
-    Invalid(String),
-    #[error("{0}")]
-    ReadOnly(String),
-    #[error("{0}")]
-    Conflict(String),
-    #[error("{0}")]
-    Write(String),
+    #[error(transparent)]
+    Invalid(#[from] InvalidChange),
+    /// The config file cannot be written: a ConfigMap mount, a file without write
+    /// permission (409). Its text is [`WriteError::ReadOnly`]'s.
+    #[error(
+        "{} is read-only ({cause}); change the file where it comes from (e.g. the ConfigMap)",
+        file.display()
+    )]
+    ReadOnly { file: PathBuf, cause: String },
+    /// The route's state or the file on disk stands in the way (409).
+    #[error(transparent)]
+    Conflict(#[from] ConflictCause),
+    /// Reading or writing a file failed (500).
+    #[error(transparent)]
+    Write(#[from] WriteCause),
+}
+
+/// Why a change can never be valid for a route as configured.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum InvalidChange {
+    #[error("route {route:?} has no canary endpoints, so its canary share can only be 0; add canary.endpoints to the config first")]
+    NoCanaryEndpoints { route: String },
+}
+
+/// What a change conflicts with.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ConflictCause {
+    #[error("route is under a rollout: its share follows [routes.rollout]; change the steps, or roll back")]
+    UnderRollout,
+    /// The file has no such route, or is not TOML: it is not what is running.
+    #[error("{}: {cause}; the file differs from the running config", file.display())]
+    FileDiffers {
+        file: PathBuf,
+        #[source]
+        cause: EditError,
+    },
+    /// The edited file would not be a valid config.
+    #[error("the change does not validate against the file on disk; fix the file first:\n{0}")]
+    FileInvalid(#[source] ConfigError),
+    /// The edited config's `admin.token_file` cannot be read; nothing was written.
+    #[error(transparent)]
+    TokenUnreadable(ReloadError),
+    /// A resume of a route that is not rolled back. Its text is
+    /// [`ResumeError::NothingToResume`]'s.
+    #[error("nothing to resume: the route is not rolled back")]
+    NothingToResume,
+}
+
+/// Which file operation failed.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum WriteCause {
+    /// Reading the config file before editing it.
+    #[error("cannot read {}: {source}", file.display())]
+    Read { file: PathBuf, source: io::Error },
+    /// Writing the edited config file ([`WriteError::Io`]'s text).
+    #[error("cannot write {}: {source}", file.display())]
+    Write { file: PathBuf, source: io::Error },
+    /// The file was written but its config could not be applied.
+    #[error(transparent)]
+    Apply(ReloadError),
+    /// Recording a resume in `state_dir` ([`ResumeError::Io`]'s text).
+    #[error("cannot record the resume in {}: {cause}", file.display())]
+    Resume { file: PathBuf, cause: String },
 }
 
 /// The one place changes are applied.
@@ -168,41 +226,39 @@ impl Control {
         let mut last_text = self.last_text.lock().await;
         match self.state.snapshot.load().route_by_name(route) {
             None => return Err(ChangeError::UnknownRoute(route.to_owned())),
-            Some(r) if r.rollout.is_some() => {
-                return Err(ChangeError::Conflict(
-                    "route is under a rollout: its share follows [routes.rollout]; change the steps, or roll back".to_owned(),
-                ))
-            }
+            Some(r) if r.rollout.is_some() => return Err(ConflictCause::UnderRollout.into()),
             // Said before any file check: no file edit could make it valid.
             Some(r) if bp > BasisPoints::ZERO && r.canary.endpoints.is_empty() => {
-                return Err(ChangeError::Invalid(format!(
-                    "route {route:?} has no canary endpoints, so its canary share can only be 0; add canary.endpoints to the config first"
-                )))
+                let route = route.to_owned();
+                return Err(InvalidChange::NoCanaryEndpoints { route }.into());
             }
             Some(_) => {}
         }
-        let text = std::fs::read_to_string(&self.path)
-            .map_err(|e| ChangeError::Write(format!("cannot read {}: {e}", self.path.display())))?;
-        let edited = writeback::set_canary_percent(&text, route, bp).map_err(|e| match e {
-            EditError::NoSuchRoute(_) | EditError::NotToml(_) => ChangeError::Conflict(format!(
-                "{}: {e}; the file differs from the running config",
-                self.path.display()
-            )),
+        let file = || self.path.clone();
+        let text = std::fs::read_to_string(&self.path).map_err(|source| WriteCause::Read {
+            file: file(),
+            source,
         })?;
-        let config = config::parse(&edited, &self.path).map_err(|e| {
-            ChangeError::Conflict(format!(
-                "the change does not validate against the file on disk; fix the file first:\n{e}"
-            ))
+        let edited = writeback::set_canary_percent(&text, route, bp).map_err(|cause| {
+            ConflictCause::FileDiffers {
+                file: file(),
+                cause,
+            }
         })?;
+        let config = config::parse(&edited, &self.path).map_err(ConflictCause::FileInvalid)?;
         // The token must be readable before anything is written.
-        read_token(&config).map_err(|e| ChangeError::Conflict(e.to_string()))?;
+        read_token(&config).map_err(ConflictCause::TokenUnreadable)?;
         writeback::write_atomically(&self.path, &edited).map_err(|e| match e {
-            WriteError::ReadOnly { .. } => ChangeError::ReadOnly(e.to_string()),
-            WriteError::Io { .. } => ChangeError::Write(e.to_string()),
+            WriteError::ReadOnly { path, reason } => ChangeError::ReadOnly {
+                file: path,
+                cause: reason,
+            },
+            WriteError::Io { path, source } => WriteCause::Write { file: path, source }.into(),
         })?;
         *last_text = Some(edited);
-        self.apply(config, Trigger::Api)
-            .map_err(|e| ChangeError::Write(e.to_string()))
+        Ok(self
+            .apply(config, Trigger::Api)
+            .map_err(WriteCause::Apply)?)
     }
 }
 
@@ -246,8 +302,12 @@ impl Control {
             .memory()
             .resume(config_route, now)
             .map_err(|e| match e {
-                crate::guard::ResumeError::NothingToResume => ChangeError::Conflict(e.to_string()),
-                crate::guard::ResumeError::Io { .. } => ChangeError::Write(e.to_string()),
+                ResumeError::NothingToResume => ChangeError::from(ConflictCause::NothingToResume),
+                ResumeError::Io { path, reason } => WriteCause::Resume {
+                    file: path,
+                    cause: reason,
+                }
+                .into(),
             })?;
         match &config_route.rollout {
             Some(rollout) => tracing::warn!(
@@ -399,5 +459,102 @@ pub(crate) fn on_sighup(control: Arc<Control>) -> Option<tokio::task::JoinHandle
     {
         let _ = control;
         None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn path() -> PathBuf {
+        PathBuf::from("/etc/cohort/cohort.toml")
+    }
+
+    fn io_error() -> io::Error {
+        io::Error::other("disk full")
+    }
+
+    /// The texts the admin API answers with (and tests/admin.rs, cli.rs, kill_switch.rs,
+    /// reload.rs read) are what they were as strings, and those borrowed from the errors
+    /// they wrap are those errors' own.
+    #[test]
+    fn change_errors_say_what_they_said_as_strings() {
+        let p = path();
+        let shown = p.display();
+        let config_error = || ConfigError::file(&p, "bad");
+        let token_error = || ReloadError::Token {
+            file: p.clone(),
+            reason: "cannot read /t: gone".to_owned(),
+        };
+        let cases: Vec<(ChangeError, String)> = vec![
+            (
+                ChangeError::UnknownRoute("web".to_owned()),
+                "no route named \"web\"".to_owned(),
+            ),
+            (
+                InvalidChange::NoCanaryEndpoints { route: "web".to_owned() }.into(),
+                "route \"web\" has no canary endpoints, so its canary share can only be 0; add canary.endpoints to the config first".to_owned(),
+            ),
+            (
+                ChangeError::ReadOnly { file: p.clone(), cause: "the file has no write permission".to_owned() },
+                WriteError::ReadOnly { path: p.clone(), reason: "the file has no write permission".to_owned() }.to_string(),
+            ),
+            (
+                ConflictCause::UnderRollout.into(),
+                "route is under a rollout: its share follows [routes.rollout]; change the steps, or roll back".to_owned(),
+            ),
+            (
+                ConflictCause::FileDiffers { file: p.clone(), cause: EditError::NoSuchRoute("web".to_owned()) }.into(),
+                format!("{shown}: {}; the file differs from the running config", EditError::NoSuchRoute("web".to_owned())),
+            ),
+            (
+                ConflictCause::FileInvalid(config_error()).into(),
+                format!("the change does not validate against the file on disk; fix the file first:\n{}", config_error()),
+            ),
+            (
+                ConflictCause::TokenUnreadable(token_error()).into(),
+                token_error().to_string(),
+            ),
+            (
+                ConflictCause::NothingToResume.into(),
+                ResumeError::NothingToResume.to_string(),
+            ),
+            (
+                WriteCause::Read { file: p.clone(), source: io_error() }.into(),
+                format!("cannot read {shown}: disk full"),
+            ),
+            (
+                WriteCause::Write { file: p.clone(), source: io_error() }.into(),
+                WriteError::Io { path: p.clone(), source: io_error() }.to_string(),
+            ),
+            (
+                WriteCause::Apply(token_error()).into(),
+                token_error().to_string(),
+            ),
+            (
+                WriteCause::Resume { file: p.clone(), cause: "disk full".to_owned() }.into(),
+                ResumeError::Io { path: p.clone(), reason: "disk full".to_owned() }.to_string(),
+            ),
+        ];
+        for (error, text) in cases {
+            assert_eq!(error.to_string(), text, "{error:?}");
+        }
+    }
+
+    /// A cause that is an error of its own stays reachable as the source.
+    #[test]
+    fn causes_are_kept() {
+        use std::error::Error as _;
+        let error = ChangeError::from(WriteCause::Write {
+            file: path(),
+            source: io_error(),
+        });
+        let source = error.source().and_then(|s| s.downcast_ref::<io::Error>());
+        assert_eq!(source.map(io::Error::kind), Some(io::ErrorKind::Other));
+        let error = ChangeError::from(ConflictCause::FileDiffers {
+            file: path(),
+            cause: EditError::NotToml("x".to_owned()),
+        });
+        assert!(error.source().is_some_and(|s| s.is::<EditError>()));
     }
 }

@@ -1077,6 +1077,51 @@ async fn a_request_hyper_cannot_parse_is_counted_unrouted_with_its_status() {
     cohort.shutdown().await;
 }
 
+/// A request line that alone is over the 64 KiB head limit has a target too long: both
+/// engines answer 414 and close, and it is counted as an unrouted 414 (cohort's own
+/// path answered 431 before the answers were the request policy's).
+#[tokio::test]
+async fn a_request_target_over_the_head_limit_gets_414_on_both_engines() {
+    let stable = FakeUpstream::start("stable").await;
+    let canary = FakeUpstream::start("canary").await;
+    let cohort = TestCohort::start(&route("app", &stable, &canary, "")).await;
+    let long = format!(
+        "GET /{} HTTP/1.1\r\nHost: app.example\r\n\r\n",
+        "u".repeat(70 * 1024)
+    );
+
+    // cohort's own path.
+    let mut conn = RawConn::connect(cohort.proxy).await;
+    conn.write(long.as_bytes()).await;
+    let answer = conn.read_response(false).await;
+    assert_eq!(answer.status, 414, "{}", answer.text());
+    assert_eq!(answer.header("connection"), Some("close"));
+    assert_eq!(answer.text(), "request target too long\n");
+
+    // hyper's, on a connection handed over after a chunked upload.
+    let upload = "POST /up HTTP/1.1\r\nHost: app.example\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n";
+    let mut conn = RawConn::connect(cohort.proxy).await;
+    conn.write(upload.as_bytes()).await;
+    assert_eq!(conn.read_response(false).await.status, 200);
+    conn.write(long.as_bytes()).await;
+    let answer = conn.read_response(false).await;
+    assert_eq!(answer.status, 414, "{}", answer.text());
+    assert_eq!(answer.header("connection"), Some("close"));
+
+    assert_eq!(
+        cohort
+            .series_eventually("cohort_unrouted_requests_total", &[("status", "414")], 2.0)
+            .await,
+        2.0
+    );
+    assert_eq!(
+        stable.hits() + canary.hits(),
+        1,
+        "only the upload went upstream"
+    );
+    cohort.shutdown().await;
+}
+
 // ---------------------------------------------------------------------------------------
 // Upstream connections that go away, and unusual upstream answers
 // ---------------------------------------------------------------------------------------

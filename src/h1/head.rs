@@ -14,6 +14,7 @@ use http::{HeaderName, StatusCode};
 
 pub use crate::request::forward::Forwarding;
 use crate::request::forward::{is_trailers_only, Field};
+use crate::request::reject::Malformed;
 use crate::router::Fields;
 
 /// Header fields a head may carry (hyper's limit too).
@@ -104,9 +105,9 @@ pub enum ParsedRequest<'h, 'b> {
     /// The head is not complete yet.
     Partial,
     Handover(Handover),
-    /// Not a valid request: answer with this status and close (400, or 431 for a head
-    /// too large or with too many fields).
-    Reject(StatusCode),
+    /// Not a valid request: the request policy answers it (`crate::request::reject`),
+    /// and the connection closes.
+    Reject(Malformed),
     Ready(Request<'h, 'b>),
 }
 
@@ -119,19 +120,19 @@ pub fn parse_request<'h, 'b>(
     let head_len = match req.parse_with_uninit_headers(buf, storage) {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) if buf.len() > MAX_REQUEST_HEAD => {
-            return ParsedRequest::Reject(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE)
+            return ParsedRequest::Reject(too_large(buf))
         }
         Ok(httparse::Status::Partial) => return ParsedRequest::Partial,
         Err(httparse::Error::TooManyHeaders) => {
-            return ParsedRequest::Reject(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE)
+            return ParsedRequest::Reject(Malformed::HeadTooLarge)
         }
-        Err(_) => return ParsedRequest::Reject(StatusCode::BAD_REQUEST),
+        Err(_) => return ParsedRequest::Reject(Malformed::InvalidRequest),
     };
     if head_len > MAX_REQUEST_HEAD {
-        return ParsedRequest::Reject(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+        return ParsedRequest::Reject(too_large(buf));
     }
     let (Some(method), Some(target), Some(version)) = (req.method, req.path, req.version) else {
-        return ParsedRequest::Reject(StatusCode::BAD_REQUEST);
+        return ParsedRequest::Reject(Malformed::InvalidRequest);
     };
     if version != 1 {
         return ParsedRequest::Handover(Handover::Http10);
@@ -156,7 +157,7 @@ pub fn parse_request<'h, 'b>(
             Field::TransferEncoding => return ParsedRequest::Handover(Handover::Body),
             Field::Host => {
                 if host.is_some() {
-                    return ParsedRequest::Reject(StatusCode::BAD_REQUEST);
+                    return ParsedRequest::Reject(Malformed::InvalidRequest);
                 }
                 host = std::str::from_utf8(field.value).ok();
             }
@@ -194,6 +195,18 @@ pub fn parse_request<'h, 'b>(
         request_id,
         connection,
     })
+}
+
+/// What is too large in a head over [`MAX_REQUEST_HEAD`]: the request line alone (its
+/// target: 414, as hyper answers), or the head (431).
+#[cold]
+fn too_large(buf: &[u8]) -> Malformed {
+    let limit = buf.len().min(MAX_REQUEST_HEAD);
+    if buf[..limit].contains(&b'\n') {
+        Malformed::HeadTooLarge
+    } else {
+        Malformed::UriTooLong
+    }
 }
 
 /// Writes the request head for the upstream hop, applying the policy's header rules

@@ -32,7 +32,7 @@ use crate::proxy::ProxyContext;
 use crate::request::errors::ErrorAnswer;
 use crate::request::forward::{self, Forwarding};
 use crate::request::record::{Completion, Pending};
-use crate::request::{begin, retry};
+use crate::request::{begin, reject, retry};
 use crate::request_id::RequestId;
 use crate::router::IpText;
 use crate::snapshot::{RouteState, Snapshot};
@@ -274,17 +274,15 @@ fn prepare(
     let req = match head::parse_request(buf, &mut storage) {
         ParsedRequest::Partial => return Step::Partial,
         ParsedRequest::Handover(_) => return Step::Handover,
-        ParsedRequest::Reject(status) => {
-            // Nothing after an invalid head can be trusted to be a request: close.
-            ctx.metrics.unrouted(status.as_u16());
-            let body = match status {
-                StatusCode::BAD_REQUEST => "invalid HTTP/1.1 request\n",
-                _ => "request header fields too large\n",
-            };
-            head::write_local_response(status, body, &Decoration::plain(true), out);
+        ParsedRequest::Reject(malformed) => {
+            // The policy's answer, counted and logged; it closes the connection, so
+            // everything read is taken with it.
+            let answer = reject::rejected(&ctx.metrics, peer, malformed);
+            let plain = Decoration::plain(answer.close);
+            head::write_local_response(answer.status, answer.body, &plain, out);
             return Step::Ready(Ready::Local {
                 consumed: buf.len(),
-                close: true,
+                close: answer.close,
             });
         }
         ParsedRequest::Ready(req) => req,

@@ -6,6 +6,8 @@
 //!   counting, whether cohort draws a request id, the access log's start;
 //! - [`retry`]: the one retry on another endpoint of the same variant;
 //! - [`errors`]: an upstream failure → (status, metric kind, body), one match;
+//! - [`reject`]: a request head neither engine can serve (400, 414, 431) → (status,
+//!   body, close), one match, counted as unrouted and logged;
 //! - [`record`]: the one exit point (metrics, guard window, access log line, the
 //!   upstream-failure warning), body cuts and clients gone before a response included;
 //! - [`forward`]: the header rules of both hops (hop-by-hop list, `X-Forwarded-*`,
@@ -18,4 +20,5 @@ pub(crate) mod begin;
 pub(crate) mod errors;
 pub mod forward;
 pub(crate) mod record;
+pub mod reject;
 pub(crate) mod retry;

@@ -107,18 +107,18 @@ fn rare_shapes_go_to_hyper() {
     );
 }
 
-fn rejected(raw: &str) -> Option<StatusCode> {
+fn rejected(raw: &str) -> Option<Malformed> {
     let mut s = storage();
     match parse_request(raw.as_bytes(), &mut s) {
-        ParsedRequest::Reject(status) => Some(status),
+        ParsedRequest::Reject(malformed) => Some(malformed),
         _ => None,
     }
 }
 
 #[test]
-fn invalid_requests_are_refused_with_400_or_431() {
-    let bad = Some(StatusCode::BAD_REQUEST);
-    let too_large = Some(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+fn invalid_requests_are_refused_as_invalid_or_too_large() {
+    let bad = Some(Malformed::InvalidRequest);
+    let too_large = Some(Malformed::HeadTooLarge);
     assert_eq!(
         rejected("GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n"),
         bad
@@ -140,6 +140,18 @@ fn invalid_requests_are_refused_with_400_or_431() {
         rejected(&format!("GET / HTTP/1.1\r\n{many}\r\n")),
         too_large
     );
+}
+
+/// A request line that alone is over the head limit has a target too long (414, as
+/// hyper answers); a long line further down makes the head too large (431).
+#[test]
+fn a_request_line_over_the_limit_is_a_uri_too_long() {
+    let long = format!("GET /{} HTTP/1.1\r\n", "u".repeat(MAX_REQUEST_HEAD));
+    assert_eq!(rejected(&long), Some(Malformed::UriTooLong), "incomplete");
+    let complete = format!("{long}Host: a\r\n\r\n");
+    assert_eq!(rejected(&complete), Some(Malformed::UriTooLong), "complete");
+    let long_field = format!("GET / HTTP/1.1\r\nX-Long: {}", "h".repeat(MAX_REQUEST_HEAD));
+    assert_eq!(rejected(&long_field), Some(Malformed::HeadTooLarge));
 }
 
 #[test]

@@ -1,0 +1,153 @@
+//! The answers to requests cohort cannot read (DESIGN §1 failure table): an engine
+//! classifies what its parser saw as a [`Malformed`]; [`answer`] gives the status, the
+//! body and whether the connection closes in one exhaustive match (no catch-all arm, so
+//! a new kind cannot go unanswered), and [`rejected`] counts it as unrouted and logs it.
+//!
+//! The engines write the bytes. Cohort's own path writes the whole answer. hyper writes
+//! its own before cohort hears of the error (the same status, `connection: close`, an
+//! empty body: hyper has no hook for the body), so on its engine the classification
+//! and the counting are the policy's and the body is hyper's.
+//!
+//! A head that stalls is not answered on either engine: the connection is closed
+//! without a word (`tests/http1_wire.rs` pins it) and not counted, because hyper's
+//! header-read timeout cannot tell a stalled head from an idle keep-alive connection.
+
+use std::net::SocketAddr;
+
+use http::StatusCode;
+
+use crate::metrics::Metrics;
+
+/// Why a request head cannot be served, as either engine's parser found it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Malformed {
+    /// Not a valid HTTP/1.1 head: a bad request line, field name or value, two `Host`
+    /// fields.
+    InvalidRequest,
+    /// A head over 64 KiB, or with more than 100 fields.
+    HeadTooLarge,
+    /// A request line that alone is over the head limit: its target is too long.
+    UriTooLong,
+}
+
+impl Malformed {
+    /// Every kind, for tests and for anything that must list them.
+    pub const ALL: [Malformed; 3] = [
+        Malformed::InvalidRequest,
+        Malformed::HeadTooLarge,
+        Malformed::UriTooLong,
+    ];
+
+    /// The `reason` of the log line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Malformed::InvalidRequest => "invalid_request",
+            Malformed::HeadTooLarge => "head_too_large",
+            Malformed::UriTooLong => "uri_too_long",
+        }
+    }
+}
+
+/// cohort's answer to a malformed request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Rejection {
+    /// The status, and the `status` label of `cohort_unrouted_requests_total`.
+    pub(crate) status: StatusCode,
+    /// A short plain-text body naming the reason.
+    pub(crate) body: &'static str,
+    /// Close after the answer (`connection: close`): nothing after a head that could
+    /// not be read can be trusted to be the start of the next request.
+    pub(crate) close: bool,
+}
+
+/// The answer to `malformed`.
+pub(crate) fn answer(malformed: Malformed) -> Rejection {
+    match malformed {
+        Malformed::InvalidRequest => Rejection {
+            status: StatusCode::BAD_REQUEST,
+            body: "invalid HTTP/1.1 request\n",
+            close: true,
+        },
+        Malformed::HeadTooLarge => Rejection {
+            status: StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            body: "request header fields too large\n",
+            close: true,
+        },
+        Malformed::UriTooLong => Rejection {
+            status: StatusCode::URI_TOO_LONG,
+            body: "request target too long\n",
+            close: true,
+        },
+    }
+}
+
+/// Counts a malformed request from `peer` in `cohort_unrouted_requests_total` (no
+/// route was chosen) and logs it at debug level, then gives its answer. Cold: a
+/// well-formed request never comes here.
+#[cold]
+pub(crate) fn rejected(metrics: &Metrics, peer: SocketAddr, malformed: Malformed) -> Rejection {
+    let answer = answer(malformed);
+    metrics.unrouted(answer.status.as_u16());
+    tracing::debug!(
+        %peer,
+        status = answer.status.as_u16(),
+        reason = malformed.as_str(),
+        "malformed request answered; closing the connection"
+    );
+    answer
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::{UNROUTED_REQUESTS_TOTAL, UNROUTED_STATUSES};
+
+    #[test]
+    fn every_malformed_request_maps_to_the_failure_table() {
+        let cases = [
+            (Malformed::InvalidRequest, 400, "invalid HTTP/1.1 request\n"),
+            (
+                Malformed::HeadTooLarge,
+                431,
+                "request header fields too large\n",
+            ),
+            (Malformed::UriTooLong, 414, "request target too long\n"),
+        ];
+        assert_eq!(cases.len(), Malformed::ALL.len());
+        for (malformed, status, body) in cases {
+            let answer = answer(malformed);
+            assert_eq!(answer.status.as_u16(), status, "{malformed:?}");
+            assert_eq!(answer.body, body, "{malformed:?}");
+            assert!(answer.close, "{malformed:?} closes the connection");
+            assert!(
+                UNROUTED_STATUSES.contains(&status),
+                "{malformed:?}: {status} is exported from the start"
+            );
+        }
+    }
+
+    #[test]
+    fn kinds_have_distinct_statuses_and_reasons() {
+        for a in Malformed::ALL {
+            for b in Malformed::ALL.into_iter().filter(|&b| b != a) {
+                assert_ne!(answer(a).status, answer(b).status, "{a:?} {b:?}");
+                assert_ne!(a.as_str(), b.as_str());
+            }
+        }
+    }
+
+    #[test]
+    fn a_rejection_is_counted_as_unrouted_with_its_status() {
+        let metrics = Metrics::new();
+        let peer = SocketAddr::from(([127, 0, 0, 1], 40000));
+        for malformed in Malformed::ALL {
+            let answer = rejected(&metrics, peer, malformed);
+            let series = format!(
+                "{UNROUTED_REQUESTS_TOTAL}{{status=\"{}\"}} 1",
+                answer.status.as_u16()
+            );
+            let text = metrics.render();
+            assert!(text.lines().any(|l| l == series), "{series} in\n{text}");
+        }
+    }
+}
