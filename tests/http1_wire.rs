@@ -1084,7 +1084,7 @@ async fn a_request_hyper_cannot_parse_is_counted_unrouted_with_its_status() {
 async fn a_request_target_over_the_head_limit_gets_414_on_both_engines() {
     let stable = FakeUpstream::start("stable").await;
     let canary = FakeUpstream::start("canary").await;
-    let cohort = TestCohort::start(&route("app", &stable, &canary, "")).await;
+    let cohort = TestCohort::start(Route::new("app").stable(&stable).canary(&canary)).await;
     let long = format!(
         "GET /{} HTTP/1.1\r\nHost: app.example\r\n\r\n",
         "u".repeat(70 * 1024)
