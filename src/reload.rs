@@ -54,7 +54,10 @@ pub enum ReloadError {
     #[error("{0}")]
     Invalid(#[from] ConfigError),
     #[error("{file}: admin.token_file: {reason}")]
-    Token { file: PathBuf, reason: String },
+    Token {
+        file: PathBuf,
+        reason: TokenFileError,
+    },
 }
 
 /// Why an admin API change was refused; each maps to one status code.
@@ -302,21 +305,37 @@ pub fn read_token(config: &Config) -> Result<Option<String>, ReloadError> {
     let Some(file) = &config.admin.token_file else {
         return Ok(None);
     };
-    let error = |reason: String| ReloadError::Token {
+    let error = |reason| ReloadError::Token {
         file: config.source.clone(),
         reason,
     };
     read_token_file(file).map(Some).map_err(error)
 }
 
+/// Why a token file gives no token; the text names the file.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenFileError {
+    #[error("cannot read {}: {source}", path.display())]
+    Unreadable {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{} is empty", path.display())]
+    Empty { path: PathBuf },
+}
+
 /// A token file's content with surrounding whitespace trimmed; unreadable or empty
 /// files are errors that name the file.
-pub fn read_token_file(file: &Path) -> Result<String, String> {
-    let text = std::fs::read_to_string(file)
-        .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+pub fn read_token_file(file: &Path) -> Result<String, TokenFileError> {
+    let text = std::fs::read_to_string(file).map_err(|source| TokenFileError::Unreadable {
+        path: file.to_path_buf(),
+        source,
+    })?;
     let token = text.trim();
     if token.is_empty() {
-        return Err(format!("{} is empty", file.display()));
+        return Err(TokenFileError::Empty {
+            path: file.to_path_buf(),
+        });
     }
     Ok(token.to_owned())
 }

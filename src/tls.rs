@@ -50,36 +50,61 @@ static VERSIONS: &[&rustls::SupportedProtocolVersion] =
 // ---------------------------------------------------------------------------------------
 
 /// A certificate, key or CA file that cannot be used, and why.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{}: {reason}", path.display())]
+#[derive(Debug, thiserror::Error)]
+#[error("{}: {cause}", path.display())]
 pub struct TlsFileError {
     pub path: PathBuf,
-    pub reason: String,
+    pub cause: TlsFileCause,
+}
+
+/// Why a TLS file cannot be used. The text is what `cohort check` and a rejected reload
+/// print after the file's path.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsFileCause {
+    #[error("cannot read the file: {0}")]
+    Unreadable(std::io::Error),
+    #[error("not a valid PEM certificate file: {0}")]
+    NotPemCertificates(rustls::pki_types::pem::Error),
+    #[error("no certificate found (expected PEM \"-----BEGIN CERTIFICATE-----\" blocks)")]
+    NoCertificate,
+    #[error("no private key found (expected a PEM PKCS#8, RSA or EC private key)")]
+    NoPrivateKey,
+    #[error("not a valid PEM private key file: {0}")]
+    NotPemKey(rustls::pki_types::pem::Error),
+    #[error("not a usable CA certificate: {0}")]
+    UnusableCa(rustls::Error),
+    #[error("unsupported private key: {0}")]
+    UnsupportedKey(rustls::Error),
+    #[error("does not match the certificate in {}: {source}", cert.display())]
+    KeyMismatch {
+        cert: PathBuf,
+        source: rustls::Error,
+    },
+    /// rustls refused the protocol versions (not a file's fault; the path is empty).
+    #[error("{0}")]
+    Protocols(rustls::Error),
 }
 
 impl TlsFileError {
-    fn new(path: &Path, reason: impl Into<String>) -> TlsFileError {
+    fn new(path: &Path, cause: TlsFileCause) -> TlsFileError {
         TlsFileError {
             path: path.to_path_buf(),
-            reason: reason.into(),
+            cause,
         }
     }
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, TlsFileError> {
-    std::fs::read(path).map_err(|e| TlsFileError::new(path, format!("cannot read the file: {e}")))
+    std::fs::read(path).map_err(|e| TlsFileError::new(path, TlsFileCause::Unreadable(e)))
 }
 
 /// Every certificate of a PEM file, in order (a chain: leaf first).
 fn parse_certs(path: &Path, pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, TlsFileError> {
     let certs = CertificateDer::pem_slice_iter(pem)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| TlsFileError::new(path, format!("not a valid PEM certificate file: {e}")))?;
+        .map_err(|e| TlsFileError::new(path, TlsFileCause::NotPemCertificates(e)))?;
     if certs.is_empty() {
-        return Err(TlsFileError::new(
-            path,
-            "no certificate found (expected PEM \"-----BEGIN CERTIFICATE-----\" blocks)",
-        ));
+        return Err(TlsFileError::new(path, TlsFileCause::NoCertificate));
     }
     Ok(certs)
 }
@@ -87,11 +112,10 @@ fn parse_certs(path: &Path, pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, 
 /// The first private key of a PEM file: PKCS#8, PKCS#1 (RSA) or SEC1 (EC).
 fn parse_key(path: &Path, pem: &[u8]) -> Result<PrivateKeyDer<'static>, TlsFileError> {
     PrivateKeyDer::from_pem_slice(pem).map_err(|e| match e {
-        rustls::pki_types::pem::Error::NoItemsFound => TlsFileError::new(
-            path,
-            "no private key found (expected a PEM PKCS#8, RSA or EC private key)",
-        ),
-        e => TlsFileError::new(path, format!("not a valid PEM private key file: {e}")),
+        rustls::pki_types::pem::Error::NoItemsFound => {
+            TlsFileError::new(path, TlsFileCause::NoPrivateKey)
+        }
+        e => TlsFileError::new(path, TlsFileCause::NotPemKey(e)),
     })
 }
 
@@ -100,7 +124,7 @@ fn parse_roots(path: &Path, pem: &[u8]) -> Result<RootCertStore, TlsFileError> {
     for cert in parse_certs(path, pem)? {
         roots
             .add(cert)
-            .map_err(|e| TlsFileError::new(path, format!("not a usable CA certificate: {e}")))?;
+            .map_err(|e| TlsFileError::new(path, TlsFileCause::UnusableCa(e)))?;
     }
     Ok(roots)
 }
@@ -116,16 +140,11 @@ fn certified_key(
     let signing_key = provider()
         .key_provider
         .load_private_key(key)
-        .map_err(|e| TlsFileError::new(key_path, format!("unsupported private key: {e}")))?;
+        .map_err(|e| TlsFileError::new(key_path, TlsFileCause::UnsupportedKey(e)))?;
     let certified = CertifiedKey::new(chain, signing_key);
-    certified.keys_match().map_err(|e| {
-        TlsFileError::new(
-            key_path,
-            format!(
-                "does not match the certificate in {}: {e}",
-                cert_path.display()
-            ),
-        )
+    certified.keys_match().map_err(|source| {
+        let cert = cert_path.to_path_buf();
+        TlsFileError::new(key_path, TlsFileCause::KeyMismatch { cert, source })
     })?;
     Ok(certified)
 }
@@ -567,7 +586,7 @@ fn platform_roots() -> Arc<RootCertStore> {
 pub fn client_config(settings: &ClientSettings) -> Result<Loaded<ClientConfig>, TlsFileError> {
     let builder = ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(VERSIONS)
-        .map_err(|e| TlsFileError::new(Path::new(""), e.to_string()))?;
+        .map_err(|e| TlsFileError::new(Path::new(""), TlsFileCause::Protocols(e)))?;
     let mut seen: Vec<Vec<u8>> = vec![vec![
         u8::from(settings.insecure_skip_verify),
         u8::from(settings.h2),
