@@ -12,7 +12,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, Mutex};
 
 use crate::cohort::BasisPoints;
-use crate::config::{self, Config, ConfigError};
+use crate::config::{self, Config, ConfigError, Loaded};
 use crate::server::State;
 use crate::snapshot::Snapshot;
 use crate::writeback::{self, EditError, WriteError};
@@ -132,7 +132,7 @@ impl Control {
     }
 
     /// Validated config → token → swap. Start-only settings keep their running values.
-    fn apply(&self, mut config: Config, trigger: Trigger) -> Result<Outcome, ReloadError> {
+    fn apply(&self, mut config: Loaded, trigger: Trigger) -> Result<Outcome, ReloadError> {
         let token = read_token(&config)?;
         let current = self.state.snapshot.load_full();
         keep_start_only_settings(&current.config, &mut config);
@@ -270,7 +270,9 @@ impl Control {
 }
 
 /// Settings read at start only: a reload that changes them warns, and keeps them.
-fn keep_start_only_settings(running: &Config, new: &mut Config) {
+fn keep_start_only_settings(running: &Loaded, new: &mut Loaded) {
+    let (running_tls, running) = (&running.tls, &running.config);
+    let (new_tls, new) = (&mut new.tls, &mut new.config);
     let warn = |key: &str| {
         tracing::warn!(
             key,
@@ -293,6 +295,7 @@ fn keep_start_only_settings(running: &Config, new: &mut Config) {
     if new.listen.tls.is_some() != running.listen.tls.is_some() {
         warn("listen.tls");
         new.listen.tls.clone_from(&running.listen.tls);
+        new_tls.listener.clone_from(&running_tls.listener);
     }
     if new.state_dir != running.state_dir {
         warn("state_dir");

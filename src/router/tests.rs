@@ -8,6 +8,7 @@ use crate::config;
 fn routes(text: &str) -> Vec<Route> {
     config::parse(text, Path::new("test.toml"))
         .unwrap_or_else(|e| panic!("{e}"))
+        .config
         .routes
 }
 
