@@ -7,3 +7,4 @@ pub mod cohort;
 pub mod config;
 pub mod histogram;
 pub mod rollout;
+pub mod router;

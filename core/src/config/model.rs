@@ -257,6 +257,7 @@ pub struct Override {
 }
 
 impl Override {
+    #[inline]
     pub fn trusts(&self, peer: IpAddr) -> bool {
         let peer = canonical_ip(peer);
         self.trusted.iter().any(|net| net.contains(&peer))
@@ -287,6 +288,7 @@ pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 pub const MAX_SHUTDOWN_DELAY: Duration = Duration::from_secs(3600);
 
 /// IPv4-mapped IPv6 addresses (`::ffff:192.0.2.7`) are treated as the IPv4 address.
+#[inline]
 pub fn canonical_ip(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V6(v6) => v6

@@ -8,7 +8,6 @@ use crate::config;
 fn routes(text: &str) -> Vec<Route> {
     config::parse(text, Path::new("test.toml"))
         .unwrap_or_else(|e| panic!("{e}"))
-        .config
         .routes
 }
 
