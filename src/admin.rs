@@ -95,7 +95,7 @@ async fn route(state: &State, control: &Control, req: Request<Incoming>) -> Resp
                 text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
             }
         }
-        "/config" => match serde_json::to_value(&*snap.config) {
+        "/config" => match serde_json::to_value(&snap.config.config) {
             Ok(config) => json_response(StatusCode::OK, &config),
             Err(e) => text_owned(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
         },

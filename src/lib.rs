@@ -1,19 +1,20 @@
 //! cohort: a sidecar reverse proxy for staged rollouts, as a library: [`start`] a
-//! [`Running`] instance from a validated [`config::Config`]. The `cohort` binary
+//! [`Running`] instance from a [`config::Loaded`] config. The `cohort` binary
 //! (`src/main.rs`, `src/cli/`) is its command line; tests and embedders use this.
 //!
-//! The pure core decides: [`cohort`] (hashing and assignment) and [`rollout`]
-//! (schedules, verdicts, time) come from the `cohort-core` crate; [`config`] (schema
-//! and validation) and [`router`] (route matching and the decision) are pure but still
-//! here. The shell does I/O: the server and listeners, the two HTTP/1 engines (hyper's
-//! in `proxy`, the own fast path in [`h1`]), which take every request decision from one
+//! The pure core decides: [`cohort`] (hashing and assignment), [`rollout`] (schedules,
+//! verdicts, time), [`router`] (route matching and the decision) and the config's schema
+//! and rules (re-exported by [`config`]) come from the `cohort-core` crate. The shell
+//! does I/O: loading a config ([`config::load`]: the core's validation, then the TLS
+//! files it names), the server and listeners, the two HTTP/1 engines (hyper's in
+//! `proxy`, the own fast path in [`h1`]), which take every request decision from one
 //! policy module ([`request`]), upstream pools, reload and the file watcher, the guard
 //! evaluator ([`guard`]), the admin listener and metrics. `window` (the sliding windows
 //! behind the figures and the guards) is shell: the clock is passed in, but it is state
 //! the workers write (atomics, one lane per worker thread), not a function of its inputs.
 #![forbid(unsafe_code)]
 
-pub use cohort_core::{cohort, rollout};
+pub use cohort_core::{cohort, rollout, router};
 
 mod admin;
 mod charts;
@@ -29,7 +30,6 @@ pub mod reload;
 pub mod request;
 pub mod request_id;
 mod request_log;
-pub mod router;
 mod server;
 mod snapshot;
 pub mod state_dir;

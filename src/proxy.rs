@@ -105,22 +105,23 @@ pub async fn handle(
     let mut reached = None;
     let result = match endpoints.next() {
         None => Err(UpstreamError::NoEndpoints),
-        Some((endpoint, authority)) => {
-            reached = Some(authority);
+        Some(target) => {
+            reached = Some(&target.authority);
             let timeouts = &route.timeouts;
             match ctx
                 .pool
-                .send(endpoint, authority, upstream_req, timeouts, &progress)
+                .send(target, upstream_req, timeouts, &progress)
                 .await
             {
                 Ok(ok) => Ok(ok),
                 Err((first_error, req)) => {
-                    let again = retry::another_endpoint(&first_error, endpoint, &mut endpoints);
+                    let again =
+                        retry::another_endpoint(&first_error, &target.endpoint, &mut endpoints);
                     match (again, req) {
-                        (Some((endpoint, authority)), Some(req)) => {
-                            reached = Some(authority);
+                        (Some(target), Some(req)) => {
+                            reached = Some(&target.authority);
                             ctx.pool
-                                .send(endpoint, authority, req, timeouts, &progress)
+                                .send(target, req, timeouts, &progress)
                                 .await
                                 .map_err(|(e, _)| e)
                         }

@@ -13,7 +13,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, Mutex};
 
 use crate::cohort::BasisPoints;
-use crate::config::{self, Config, ConfigError};
+use crate::config::{self, Config, ConfigError, Loaded};
 use crate::guard::ResumeError;
 use crate::server::State;
 use crate::snapshot::Snapshot;
@@ -56,7 +56,10 @@ pub enum ReloadError {
     #[error("{0}")]
     Invalid(#[from] ConfigError),
     #[error("{file}: admin.token_file: {reason}")]
-    Token { file: PathBuf, reason: String },
+    Token {
+        file: PathBuf,
+        reason: TokenFileError,
+    },
 }
 
 /// Why an admin API change was refused; each variant maps to one status code
@@ -187,7 +190,7 @@ impl Control {
     }
 
     /// Validated config → token → swap. Start-only settings keep their running values.
-    fn apply(&self, mut config: Config, trigger: Trigger) -> Result<Outcome, ReloadError> {
+    fn apply(&self, mut config: Loaded, trigger: Trigger) -> Result<Outcome, ReloadError> {
         let token = read_token(&config)?;
         let current = self.state.snapshot.load_full();
         keep_start_only_settings(&current.config, &mut config);
@@ -327,7 +330,9 @@ impl Control {
 }
 
 /// Settings read at start only: a reload that changes them warns, and keeps them.
-fn keep_start_only_settings(running: &Config, new: &mut Config) {
+fn keep_start_only_settings(running: &Loaded, new: &mut Loaded) {
+    let (running_tls, running) = (&running.tls, &running.config);
+    let (new_tls, new) = (&mut new.tls, &mut new.config);
     let warn = |key: &str| {
         tracing::warn!(
             key,
@@ -350,6 +355,7 @@ fn keep_start_only_settings(running: &Config, new: &mut Config) {
     if new.listen.tls.is_some() != running.listen.tls.is_some() {
         warn("listen.tls");
         new.listen.tls.clone_from(&running.listen.tls);
+        new_tls.listener.clone_from(&running_tls.listener);
     }
     if new.state_dir != running.state_dir {
         warn("state_dir");
@@ -362,21 +368,37 @@ pub fn read_token(config: &Config) -> Result<Option<String>, ReloadError> {
     let Some(file) = &config.admin.token_file else {
         return Ok(None);
     };
-    let error = |reason: String| ReloadError::Token {
+    let error = |reason| ReloadError::Token {
         file: config.source.clone(),
         reason,
     };
     read_token_file(file).map(Some).map_err(error)
 }
 
+/// Why a token file gives no token; the text names the file.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenFileError {
+    #[error("cannot read {}: {source}", path.display())]
+    Unreadable {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{} is empty", path.display())]
+    Empty { path: PathBuf },
+}
+
 /// A token file's content with surrounding whitespace trimmed; unreadable or empty
 /// files are errors that name the file.
-pub fn read_token_file(file: &Path) -> Result<String, String> {
-    let text = std::fs::read_to_string(file)
-        .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+pub fn read_token_file(file: &Path) -> Result<String, TokenFileError> {
+    let text = std::fs::read_to_string(file).map_err(|source| TokenFileError::Unreadable {
+        path: file.to_path_buf(),
+        source,
+    })?;
     let token = text.trim();
     if token.is_empty() {
-        return Err(format!("{} is empty", file.display()));
+        return Err(TokenFileError::Empty {
+            path: file.to_path_buf(),
+        });
     }
     Ok(token.to_owned())
 }
@@ -484,7 +506,10 @@ mod tests {
         let config_error = || ConfigError::file(&p, "bad");
         let token_error = || ReloadError::Token {
             file: p.clone(),
-            reason: "cannot read /t: gone".to_owned(),
+            reason: TokenFileError::Unreadable {
+                path: PathBuf::from("/t"),
+                source: io::Error::other("gone"),
+            },
         };
         let cases: Vec<(ChangeError, String)> = vec![
             (

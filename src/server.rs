@@ -10,7 +10,7 @@ use arc_swap::{ArcSwap, ArcSwapOption};
 use tokio::sync::watch;
 
 use crate::admin;
-use crate::config::Config;
+use crate::config::Loaded;
 use crate::guard::{self, Guards};
 use crate::listener;
 use crate::metrics::Metrics;
@@ -79,7 +79,7 @@ pub struct Running {
 
 /// Binds the listeners and starts serving `config`. Must run inside a tokio runtime,
 /// which then hosts the admin listener; the proxy runs on its own worker threads.
-pub async fn start(config: Config) -> Result<Running, StartError> {
+pub async fn start(config: Loaded) -> Result<Running, StartError> {
     let admin_token = reload::read_token(&config)?;
     // Found now, not at the first rollback: a kill switch that cannot be remembered
     // would send users back to a failed canary after the next restart.

@@ -14,14 +14,16 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 
 use crate::cohort::{BasisPoints, Variant};
-use crate::config::{Config, Endpoint, Route, Transport};
+use crate::config::{Endpoint, Loaded, Route, Transport};
 use crate::guard::{GuardState, Guards};
 use crate::metrics::{Metrics, RouteMetrics};
 use crate::rollout::{self, RolloutState, UnixMillis};
 use crate::router::{AssignSource, RouteTable};
+use crate::upstream::Target;
 
 pub struct Snapshot {
-    pub config: Arc<Config>,
+    /// The config with the files it names (reads as its `Config`).
+    pub config: Arc<Loaded>,
     pub table: RouteTable,
     pub routes: Vec<RouteState>,
     pub generation: u64,
@@ -44,9 +46,9 @@ pub struct RouteState {
     plain_http1: bool,
 }
 
-/// A variant's endpoints with their pool keys, and the round-robin cursor.
+/// A variant's endpoints as the pools reach them, and the round-robin cursor.
 struct VariantEndpoints {
-    endpoints: Vec<(Endpoint, Arc<str>)>,
+    endpoints: Vec<Target>,
     next: AtomicUsize,
 }
 
@@ -54,7 +56,7 @@ impl Snapshot {
     /// Compiles `config`; `now` places rollout schedules, `guards` holds the memory of
     /// each rollout identity across snapshots.
     pub(crate) fn build(
-        config: Arc<Config>,
+        config: Arc<Loaded>,
         generation: u64,
         metrics: &Metrics,
         guards: &Guards,
@@ -64,7 +66,8 @@ impl Snapshot {
         let routes = config
             .routes
             .iter()
-            .map(|route| {
+            .enumerate()
+            .map(|(index, route)| {
                 let route_metrics = metrics.route(
                     &route.name,
                     route.rollout.is_some() || route.guard.is_some(),
@@ -72,7 +75,7 @@ impl Snapshot {
                 let endpoints = |v: Variant| VariantEndpoints {
                     endpoints: variant_upstream(route, v)
                         .iter()
-                        .map(|e| (e.clone(), Arc::from(e.authority())))
+                        .map(|e| Target::new(e, config.client_tls(index, v)))
                         .collect(),
                     next: AtomicUsize::new(0),
                 };
@@ -198,7 +201,7 @@ impl RouteState {
 
     /// Endpoints of `variant` in round-robin order starting at the next one, for one
     /// request: the first is used, the second is the retry after a connect failure.
-    pub fn endpoints(&self, variant: Variant) -> impl Iterator<Item = &(Endpoint, Arc<str>)> {
+    pub fn endpoints(&self, variant: Variant) -> impl Iterator<Item = &Target> {
         let v = &self.variants[variant.index()];
         let n = v.endpoints.len();
         let start = if n > 1 {

@@ -2,10 +2,10 @@
 //! the listener's certificates (SNI, mTLS, reload when their files change); and the
 //! client configs for `https://` upstreams.
 //!
-//! Files are read and checked when the config is validated, so a config naming a bad
-//! certificate is rejected like any other invalid config. Afterwards [`ServerTls`]
-//! re-reads them when their directories change; a bad new file is logged with its
-//! path and reason and the certificate in force keeps serving.
+//! Files are read and checked when the config is loaded (`crate::config`), so a
+//! config naming a bad certificate is rejected like any other invalid config.
+//! Afterwards [`ServerTls`] re-reads them when their directories change; a bad new file
+//! is logged with its path and reason and the certificate in force keeps serving.
 
 use std::collections::{BTreeSet, HashMap};
 use std::fmt;
@@ -24,6 +24,7 @@ use rustls::sign::CertifiedKey;
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme};
 use tokio::sync::mpsc;
 
+use crate::config::Loaded;
 use crate::snapshot::SharedSnapshot;
 
 /// ALPN protocol ids.
@@ -50,36 +51,61 @@ static VERSIONS: &[&rustls::SupportedProtocolVersion] =
 // ---------------------------------------------------------------------------------------
 
 /// A certificate, key or CA file that cannot be used, and why.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{}: {reason}", path.display())]
+#[derive(Debug, thiserror::Error)]
+#[error("{}: {cause}", path.display())]
 pub struct TlsFileError {
     pub path: PathBuf,
-    pub reason: String,
+    pub cause: TlsFileCause,
+}
+
+/// Why a TLS file cannot be used. The text is what `cohort check` and a rejected reload
+/// print after the file's path.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsFileCause {
+    #[error("cannot read the file: {0}")]
+    Unreadable(std::io::Error),
+    #[error("not a valid PEM certificate file: {0}")]
+    NotPemCertificates(rustls::pki_types::pem::Error),
+    #[error("no certificate found (expected PEM \"-----BEGIN CERTIFICATE-----\" blocks)")]
+    NoCertificate,
+    #[error("no private key found (expected a PEM PKCS#8, RSA or EC private key)")]
+    NoPrivateKey,
+    #[error("not a valid PEM private key file: {0}")]
+    NotPemKey(rustls::pki_types::pem::Error),
+    #[error("not a usable CA certificate: {0}")]
+    UnusableCa(rustls::Error),
+    #[error("unsupported private key: {0}")]
+    UnsupportedKey(rustls::Error),
+    #[error("does not match the certificate in {}: {source}", cert.display())]
+    KeyMismatch {
+        cert: PathBuf,
+        source: rustls::Error,
+    },
+    /// rustls refused the protocol versions (not a file's fault; the path is empty).
+    #[error("{0}")]
+    Protocols(rustls::Error),
 }
 
 impl TlsFileError {
-    fn new(path: &Path, reason: impl Into<String>) -> TlsFileError {
+    fn new(path: &Path, cause: TlsFileCause) -> TlsFileError {
         TlsFileError {
             path: path.to_path_buf(),
-            reason: reason.into(),
+            cause,
         }
     }
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, TlsFileError> {
-    std::fs::read(path).map_err(|e| TlsFileError::new(path, format!("cannot read the file: {e}")))
+    std::fs::read(path).map_err(|e| TlsFileError::new(path, TlsFileCause::Unreadable(e)))
 }
 
 /// Every certificate of a PEM file, in order (a chain: leaf first).
 fn parse_certs(path: &Path, pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, TlsFileError> {
     let certs = CertificateDer::pem_slice_iter(pem)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| TlsFileError::new(path, format!("not a valid PEM certificate file: {e}")))?;
+        .map_err(|e| TlsFileError::new(path, TlsFileCause::NotPemCertificates(e)))?;
     if certs.is_empty() {
-        return Err(TlsFileError::new(
-            path,
-            "no certificate found (expected PEM \"-----BEGIN CERTIFICATE-----\" blocks)",
-        ));
+        return Err(TlsFileError::new(path, TlsFileCause::NoCertificate));
     }
     Ok(certs)
 }
@@ -87,11 +113,10 @@ fn parse_certs(path: &Path, pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, 
 /// The first private key of a PEM file: PKCS#8, PKCS#1 (RSA) or SEC1 (EC).
 fn parse_key(path: &Path, pem: &[u8]) -> Result<PrivateKeyDer<'static>, TlsFileError> {
     PrivateKeyDer::from_pem_slice(pem).map_err(|e| match e {
-        rustls::pki_types::pem::Error::NoItemsFound => TlsFileError::new(
-            path,
-            "no private key found (expected a PEM PKCS#8, RSA or EC private key)",
-        ),
-        e => TlsFileError::new(path, format!("not a valid PEM private key file: {e}")),
+        rustls::pki_types::pem::Error::NoItemsFound => {
+            TlsFileError::new(path, TlsFileCause::NoPrivateKey)
+        }
+        e => TlsFileError::new(path, TlsFileCause::NotPemKey(e)),
     })
 }
 
@@ -100,7 +125,7 @@ fn parse_roots(path: &Path, pem: &[u8]) -> Result<RootCertStore, TlsFileError> {
     for cert in parse_certs(path, pem)? {
         roots
             .add(cert)
-            .map_err(|e| TlsFileError::new(path, format!("not a usable CA certificate: {e}")))?;
+            .map_err(|e| TlsFileError::new(path, TlsFileCause::UnusableCa(e)))?;
     }
     Ok(roots)
 }
@@ -116,16 +141,11 @@ fn certified_key(
     let signing_key = provider()
         .key_provider
         .load_private_key(key)
-        .map_err(|e| TlsFileError::new(key_path, format!("unsupported private key: {e}")))?;
+        .map_err(|e| TlsFileError::new(key_path, TlsFileCause::UnsupportedKey(e)))?;
     let certified = CertifiedKey::new(chain, signing_key);
-    certified.keys_match().map_err(|e| {
-        TlsFileError::new(
-            key_path,
-            format!(
-                "does not match the certificate in {}: {e}",
-                cert_path.display()
-            ),
-        )
+    certified.keys_match().map_err(|source| {
+        let cert = cert_path.to_path_buf();
+        TlsFileError::new(key_path, TlsFileCause::KeyMismatch { cert, source })
     })?;
     Ok(certified)
 }
@@ -141,37 +161,37 @@ fn fingerprint(parts: &[&[u8]]) -> u64 {
 
 /// Something built from files, compared by the content it was built from (so a config
 /// whose files did not change compares equal to the running one).
-pub struct Loaded<T> {
+pub struct Built<T> {
     pub value: Arc<T>,
     pub fingerprint: u64,
 }
 
-impl<T> Clone for Loaded<T> {
+impl<T> Clone for Built<T> {
     fn clone(&self) -> Self {
-        Loaded {
+        Built {
             value: self.value.clone(),
             fingerprint: self.fingerprint,
         }
     }
 }
 
-impl<T> PartialEq for Loaded<T> {
+impl<T> PartialEq for Built<T> {
     fn eq(&self, other: &Self) -> bool {
         self.fingerprint == other.fingerprint
     }
 }
 
-impl<T> Eq for Loaded<T> {}
+impl<T> Eq for Built<T> {}
 
-impl<T> Hash for Loaded<T> {
+impl<T> Hash for Built<T> {
     fn hash<H: Hasher>(&self, state: &mut H) {
         self.fingerprint.hash(state);
     }
 }
 
-impl<T> fmt::Debug for Loaded<T> {
+impl<T> fmt::Debug for Built<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Loaded({:016x})", self.fingerprint)
+        write!(f, "Built({:016x})", self.fingerprint)
     }
 }
 
@@ -190,7 +210,7 @@ pub fn load_server_material(
     cert: &Path,
     key: &Path,
     client_ca: Option<&Path>,
-) -> Result<Loaded<ServerMaterial>, TlsFileError> {
+) -> Result<Built<ServerMaterial>, TlsFileError> {
     let cert_pem = read(cert)?;
     let key_pem = read(key)?;
     let certified = certified_key(cert, &cert_pem, key, &key_pem)?;
@@ -201,7 +221,7 @@ pub fn load_server_material(
         }
         None => (None, Vec::new()),
     };
-    Ok(Loaded {
+    Ok(Built {
         fingerprint: fingerprint(&[&cert_pem, &key_pem, &ca_pem]),
         value: Arc::new(ServerMaterial {
             certified: Arc::new(certified),
@@ -213,29 +233,21 @@ pub fn load_server_material(
 /// Where the listener's certificates come from: `listen.tls` and each route's `tls`.
 #[derive(Clone, PartialEq)]
 struct Sources {
-    default: Source,
+    default: ServerCert,
     /// Lowercase host → its certificate, in route order (the first route wins).
-    sni: Vec<(String, Source)>,
+    sni: Vec<(String, ServerCert)>,
 }
 
-#[derive(Clone, PartialEq)]
-struct Source {
-    cert: PathBuf,
-    key: PathBuf,
-    client_ca: Option<PathBuf>,
-    material: Loaded<ServerMaterial>,
+/// A listener certificate's files, and what was read from them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServerCert {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub client_ca: Option<PathBuf>,
+    pub material: Built<ServerMaterial>,
 }
 
-impl Source {
-    fn from_config(tls: &crate::config::ServerTls) -> Source {
-        Source {
-            cert: tls.cert.clone(),
-            key: tls.key.clone(),
-            client_ca: tls.client_ca.clone(),
-            material: tls.material.clone(),
-        }
-    }
-
+impl ServerCert {
     fn files(&self) -> impl Iterator<Item = &Path> {
         [
             Some(self.cert.as_path()),
@@ -247,32 +259,32 @@ impl Source {
     }
 
     /// Re-reads the files; on failure the error names the file and the reason.
-    fn reread(&self) -> Result<Loaded<ServerMaterial>, TlsFileError> {
+    fn reread(&self) -> Result<Built<ServerMaterial>, TlsFileError> {
         load_server_material(&self.cert, &self.key, self.client_ca.as_deref())
     }
 }
 
 impl Sources {
-    fn from_config(config: &crate::config::Config) -> Option<Sources> {
-        let default = Source::from_config(config.listen.tls.as_ref()?);
-        let mut sni: Vec<(String, Source)> = Vec::new();
-        for route in &config.routes {
-            if let (Some(host), Some(tls)) = (&route.host, &route.tls) {
+    fn from_config(config: &Loaded) -> Option<Sources> {
+        let default = config.tls.listener.clone()?;
+        let mut sni: Vec<(String, ServerCert)> = Vec::new();
+        for (route, tls) in config.routes.iter().zip(&config.tls.routes) {
+            if let (Some(host), Some(cert)) = (&route.host, &tls.sni) {
                 if !sni.iter().any(|(h, _)| h == host) {
-                    sni.push((host.clone(), Source::from_config(tls)));
+                    sni.push((host.clone(), cert.clone()));
                 }
             }
         }
         Some(Sources { default, sni })
     }
 
-    fn all(&self) -> impl Iterator<Item = &Source> {
+    fn all(&self) -> impl Iterator<Item = &ServerCert> {
         std::iter::once(&self.default).chain(self.sni.iter().map(|(_, s)| s))
     }
 
     fn dirs(&self) -> BTreeSet<PathBuf> {
         self.all()
-            .flat_map(Source::files)
+            .flat_map(ServerCert::files)
             .map(|f| match f.parent() {
                 Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
                 _ => PathBuf::from("."),
@@ -348,9 +360,7 @@ pub struct ServerTls {
 
 impl ServerTls {
     /// The listener's TLS, when `listen.tls` is set (read at start only).
-    pub fn from_config(
-        config: &crate::config::Config,
-    ) -> Result<Option<Arc<ServerTls>>, ServerConfigError> {
+    pub fn from_config(config: &Loaded) -> Result<Option<Arc<ServerTls>>, ServerConfigError> {
         let Some(sources) = Sources::from_config(config) else {
             return Ok(None);
         };
@@ -390,8 +400,8 @@ impl ServerTls {
     }
 
     /// A new config generation: take its certificates (read and checked when it was
-    /// validated). `listen.tls` itself is read at start only.
-    fn apply_config(&self, config: &crate::config::Config) {
+    /// loaded). `listen.tls` itself is read at start only.
+    fn apply_config(&self, config: &Loaded) {
         // A reload never removes `listen.tls` from a TLS listener (it is read at start
         // only; reload.rs keeps it and warns), so there is always a set here.
         let Some(new) = Sources::from_config(config) else {
@@ -408,7 +418,7 @@ impl ServerTls {
     fn reread_files(&self) {
         let mut sources = self.sources();
         let mut changed = false;
-        let mut refresh = |source: &mut Source, what: &str| match source.reread() {
+        let mut refresh = |source: &mut ServerCert, what: &str| match source.reread() {
             Ok(material) => {
                 if material != source.material {
                     tracing::info!(certificate = what, file = %source.cert.display(), "TLS certificate reloaded");
@@ -564,10 +574,10 @@ fn platform_roots() -> Arc<RootCertStore> {
 
 /// Reads a variant's TLS files and builds its client config; an error names the file
 /// (its `path` tells the caller which setting it came from).
-pub fn client_config(settings: &ClientSettings) -> Result<Loaded<ClientConfig>, TlsFileError> {
+fn client_config(settings: &ClientSettings) -> Result<Built<ClientConfig>, TlsFileError> {
     let builder = ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(VERSIONS)
-        .map_err(|e| TlsFileError::new(Path::new(""), e.to_string()))?;
+        .map_err(|e| TlsFileError::new(Path::new(""), TlsFileCause::Protocols(e)))?;
     let mut seen: Vec<Vec<u8>> = vec![vec![
         u8::from(settings.insecure_skip_verify),
         u8::from(settings.h2),
@@ -603,10 +613,46 @@ pub fn client_config(settings: &ClientSettings) -> Result<Loaded<ClientConfig>, 
     };
     config.alpn_protocols = vec![if settings.h2 { ALPN_H2 } else { ALPN_HTTP11 }.to_vec()];
     let parts: Vec<&[u8]> = seen.iter().map(Vec::as_slice).collect();
-    Ok(Loaded {
+    Ok(Built {
         fingerprint: fingerprint(&parts),
         value: Arc::new(config),
     })
+}
+
+/// A ready TLS client config for one variant's `https://` endpoints.
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub struct ClientTls {
+    pub config: Built<ClientConfig>,
+    /// SNI and the name the certificate must carry; the endpoint's host when `None`.
+    pub server_name: Option<ServerName<'static>>,
+    pub h2: bool,
+    /// Files, options and server name in one number: connections verified under one
+    /// set of settings are never lent to another (`crate::upstream::Target`).
+    pub id: u64,
+}
+
+impl ClientTls {
+    /// Reads the variant's files and builds its client config. `server_name` has passed
+    /// the config's rules (a DNS name or an IP address).
+    pub fn build(
+        settings: &ClientSettings,
+        server_name: Option<&str>,
+    ) -> Result<ClientTls, TlsFileError> {
+        let config = client_config(settings)?;
+        let id = {
+            let mut h = xxhash_rust::xxh3::Xxh3::new();
+            h.update(&config.fingerprint.to_le_bytes());
+            h.update(server_name.unwrap_or("").as_bytes());
+            // Never 0 or 1, the ids of plain HTTP/1.1 and h2c.
+            h.digest() | 2
+        };
+        Ok(ClientTls {
+            config,
+            server_name: server_name.and_then(|n| ServerName::try_from(n.to_owned()).ok()),
+            h2: settings.h2,
+            id,
+        })
+    }
 }
 
 /// `insecure_skip_verify = true`: any certificate is accepted (signatures are still

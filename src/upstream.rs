@@ -29,13 +29,49 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
-use crate::config::{ClientTls, Endpoint, Timeouts, Transport};
+use crate::config::{Endpoint, Timeouts, Transport};
 use crate::metrics::UpstreamErrorKind;
+use crate::tls::ClientTls;
 
 /// A pooled connection idle longer than this is closed rather than reused. It is kept
 /// below the common upstream keep-alive timeouts (Node.js closes after 5 s) so cohort
 /// rarely races an upstream that is closing the same connection.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(4);
+
+/// One endpoint as the pools reach it: the config's endpoint, its authority and, for an
+/// `https://` endpoint, its variant's client TLS (built when the config was loaded).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Target {
+    pub endpoint: Endpoint,
+    /// `host:port`: the pool key, shared so giving a connection back allocates nothing.
+    pub authority: Arc<str>,
+    pub tls: Option<Arc<ClientTls>>,
+}
+
+impl Target {
+    /// `endpoint` of a variant whose `https://` endpoints use `tls`.
+    pub fn new(endpoint: &Endpoint, tls: Option<&Arc<ClientTls>>) -> Target {
+        Target {
+            authority: Arc::from(endpoint.authority()),
+            tls: match endpoint.transport {
+                Transport::Tls { .. } => tls.cloned(),
+                Transport::Http1 | Transport::H2c => None,
+            },
+            endpoint: endpoint.clone(),
+        }
+    }
+
+    /// Tells connection pools apart: targets with equal ids may share connections.
+    fn transport_id(&self) -> u64 {
+        match (&self.endpoint.transport, &self.tls) {
+            (Transport::Http1, _) => 0,
+            (Transport::H2c, _) => 1,
+            (Transport::Tls { .. }, Some(tls)) => tls.id,
+            // Without its client config an https:// target never connects (`open`).
+            (Transport::Tls { .. }, None) => 2,
+        }
+    }
+}
 
 /// Idle connections kept per endpoint and worker.
 pub const MAX_IDLE_PER_ENDPOINT: usize = 1024;
@@ -293,31 +329,31 @@ impl Pool {
     /// so the caller may try another endpoint.
     pub async fn send(
         &self,
-        endpoint: &Endpoint,
-        authority: &Arc<str>,
+        target: &Target,
         req: Request<Incoming>,
         timeouts: &Timeouts,
         progress: &Arc<Progress>,
     ) -> Result<(Response<Incoming>, Option<Lease>), (UpstreamError, Option<Request<Incoming>>)>
     {
-        let slot = match &endpoint.transport {
+        let authority = &target.authority;
+        let slot = match &target.endpoint.transport {
             Transport::Http1 => Slot::Plain(authority.clone()),
             transport => {
                 let key = PoolKey {
                     authority: authority.clone(),
-                    transport: transport.id(),
+                    transport: target.transport_id(),
                 };
                 if transport.is_h2() {
                     // Boxed: the HTTP/2 path's state would otherwise widen every
                     // request's future, and hyper keeps one such slot per client
                     // connection for its whole life, idle or not.
-                    let sending = self.send_h2(key, endpoint, authority, req, timeouts, progress);
+                    let sending = self.send_h2(key, target, req, timeouts, progress);
                     return Box::pin(sending).await.map(|resp| (resp, None));
                 }
                 Slot::Keyed(key)
             }
         };
-        self.send_h1(slot, endpoint, authority, req, timeouts, progress)
+        self.send_h1(slot, target, req, timeouts, progress)
             .await
             .map(|(resp, lease)| (resp, Some(lease)))
     }
@@ -325,12 +361,12 @@ impl Pool {
     async fn send_h1(
         &self,
         slot: Slot,
-        endpoint: &Endpoint,
-        authority: &str,
+        target: &Target,
         mut req: Request<Incoming>,
         timeouts: &Timeouts,
         progress: &Arc<Progress>,
     ) -> Result<(Response<Incoming>, Lease), (UpstreamError, Option<Request<Incoming>>)> {
+        let authority = &*target.authority;
         // Idle connections first; one the upstream closed meanwhile hands the request
         // back unsent, and the next one is tried.
         while let Some(mut sender) = self.take_idle(&slot) {
@@ -349,7 +385,7 @@ impl Pool {
         }
         // Boxed for the same reason: connecting (TCP, TLS, handshake) is rare on a warm
         // pool, and its large state should not sit in every request's future.
-        let mut sender = match Box::pin(connect(endpoint, authority, timeouts.connect)).await {
+        let mut sender = match Box::pin(connect(target, timeouts.connect)).await {
             Ok(sender) => sender,
             Err(e) => return Err((e, Some(req))),
         };
@@ -369,20 +405,17 @@ impl Pool {
     async fn send_h2(
         &self,
         key: PoolKey,
-        endpoint: &Endpoint,
-        authority: &str,
+        target: &Target,
         req: Request<Incoming>,
         timeouts: &Timeouts,
         progress: &Arc<Progress>,
     ) -> Result<Response<Incoming>, (UpstreamError, Option<Request<Incoming>>)> {
-        let mut req = to_h2(req, endpoint);
+        let authority = &*target.authority;
+        let mut req = to_h2(req, &target.endpoint);
         let mut fresh = false;
         // At most two rounds: the shared connection, then a new one if it had closed.
         loop {
-            let mut sender = match self
-                .h2_connection(&key, endpoint, authority, timeouts)
-                .await
-            {
+            let mut sender = match self.h2_connection(&key, target, timeouts).await {
                 Ok((sender, opened)) => {
                     fresh |= opened;
                     sender
@@ -421,8 +454,7 @@ impl Pool {
     async fn h2_connection(
         &self,
         key: &PoolKey,
-        endpoint: &Endpoint,
-        authority: &str,
+        target: &Target,
         timeouts: &Timeouts,
     ) -> Result<(http2::SendRequest<SentBody>, bool), UpstreamError> {
         let attempt = {
@@ -445,7 +477,7 @@ impl Pool {
         };
         let result = attempt
             .get_or_init(|| async {
-                let result = connect_h2(endpoint, authority, timeouts.connect)
+                let result = connect_h2(target, timeouts.connect)
                     .await
                     .map_err(Arc::new);
                 let mut keyed = self.keyed();
@@ -507,7 +539,7 @@ fn to_h2(mut req: Request<Incoming>, endpoint: &Endpoint) -> Request<Incoming> {
         return req;
     }
     let scheme = match endpoint.transport {
-        Transport::Tls(_) => Scheme::HTTPS,
+        Transport::Tls { .. } => Scheme::HTTPS,
         Transport::Http1 | Transport::H2c => Scheme::HTTP,
     };
     let headers = req.headers_mut();
@@ -726,17 +758,12 @@ enum Io {
 
 /// Resolves (per connect, so DNS changes and compose service names work), connects
 /// and, for `https://` endpoints, runs the TLS handshake, all within `timeout`.
-async fn open(
-    endpoint: &Endpoint,
-    authority: &str,
-    timeout: Duration,
-) -> Result<Io, UpstreamError> {
+async fn open(target: &Target, timeout: Duration) -> Result<Io, UpstreamError> {
+    let authority = &*target.authority;
     let opening = async {
-        let tcp = open_tcp(endpoint, authority).await?;
-        match &endpoint.transport {
-            Transport::Tls(tls) => tls_connect(tcp, endpoint, authority, tls)
-                .await
-                .map(|s| Io::Tls(Box::new(s))),
+        let tcp = open_tcp(&target.endpoint, authority).await?;
+        match &target.endpoint.transport {
+            Transport::Tls { .. } => tls_connect(tcp, target).await.map(|s| Io::Tls(Box::new(s))),
             Transport::Http1 | Transport::H2c => Ok(Io::Tcp(tcp)),
         }
     };
@@ -759,13 +786,16 @@ async fn within_connect_timeout<T>(
 
 async fn tls_connect(
     tcp: TcpStream,
-    endpoint: &Endpoint,
-    authority: &str,
-    tls: &ClientTls,
+    target: &Target,
 ) -> Result<tokio_rustls::client::TlsStream<TcpStream>, UpstreamError> {
+    let endpoint = &target.endpoint;
     let error = |source: io::Error| UpstreamError::Tls {
-        authority: authority.to_owned(),
+        authority: target.authority.to_string(),
         source,
+    };
+    // Loading a config builds a client for every https:// endpoint; never plain text.
+    let Some(tls) = &target.tls else {
+        return Err(error(io::Error::other("no TLS client settings")));
     };
     let server_name = match &tls.server_name {
         Some(name) => name.clone(),
@@ -787,11 +817,11 @@ async fn tls_connect(
 
 /// Opens a new HTTP/1.1 connection (plain or TLS).
 async fn connect(
-    endpoint: &Endpoint,
-    authority: &str,
+    target: &Target,
     timeout: Duration,
 ) -> Result<SendRequest<SentBody>, UpstreamError> {
-    match open(endpoint, authority, timeout).await? {
+    let authority = &*target.authority;
+    match open(target, timeout).await? {
         Io::Tcp(stream) => handshake_h1(stream, authority).await,
         Io::Tls(stream) => handshake_h1(*stream, authority).await,
     }
@@ -819,11 +849,11 @@ where
 
 /// Opens a new HTTP/2 connection: h2c (prior knowledge) or h2 over TLS.
 async fn connect_h2(
-    endpoint: &Endpoint,
-    authority: &str,
+    target: &Target,
     timeout: Duration,
 ) -> Result<http2::SendRequest<SentBody>, UpstreamError> {
-    match open(endpoint, authority, timeout).await? {
+    let authority = &*target.authority;
+    match open(target, timeout).await? {
         Io::Tcp(stream) => handshake_h2(stream, authority).await,
         Io::Tls(stream) => handshake_h2(*stream, authority).await,
     }

@@ -88,7 +88,7 @@ fn flag<'a>(args: &'a [String], flag: &str) -> &'a str {
         .unwrap_or_else(|| panic!("{flag} without a value in {args:?}"))
 }
 
-fn cohort_config_of(doc: &Value) -> (PathBuf, cohort::config::Config) {
+fn cohort_config_of(doc: &Value) -> (PathBuf, cohort::config::Loaded) {
     let cohort = service(doc, "cohort");
     let args = command(cohort);
     let path = host_path(cohort, flag(&args, "-c"));

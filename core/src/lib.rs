@@ -4,5 +4,7 @@
 #![forbid(unsafe_code)]
 
 pub mod cohort;
+pub mod config;
 pub mod histogram;
 pub mod rollout;
+pub mod router;

@@ -39,7 +39,10 @@ impl AdminArgs {
     /// error, not a silent fallback to another instance.
     fn resolve(self, config_file: Option<&std::path::Path>) -> Result<AdminTarget, String> {
         let from_file = match config_file {
-            Some(path) => Some((path, config::load(path).map_err(|e| e.to_string())?.admin)),
+            Some(path) => Some((
+                path,
+                config::load(path).map_err(|e| e.to_string())?.config.admin,
+            )),
             None => None,
         };
         let base = match (self.admin, &from_file) {

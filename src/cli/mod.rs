@@ -45,7 +45,7 @@ pub fn in_runtime(work: impl std::future::Future<Output = ExitCode>) -> ExitCode
 }
 
 /// The config at `path`, or `None` after printing why it does not load.
-pub fn load_or_report(path: &std::path::Path) -> Option<cohort::config::Config> {
+pub fn load_or_report(path: &std::path::Path) -> Option<cohort::config::Loaded> {
     match cohort::config::load(path) {
         Ok(config) => Some(config),
         Err(e) => {

@@ -26,7 +26,7 @@ use super::chunked::{ChunkedScanner, Scan};
 use super::head::{self, Decoration, Framing, ParsedRequest, ParsedResponse};
 use super::upstream::Conn;
 use crate::cohort::Variant;
-use crate::config::{Endpoint, Route};
+use crate::config::Route;
 use crate::drain::DrainWatch;
 use crate::proxy::ProxyContext;
 use crate::request::errors::ErrorAnswer;
@@ -36,7 +36,7 @@ use crate::request::{begin, reject, retry};
 use crate::request_id::RequestId;
 use crate::router::IpText;
 use crate::snapshot::{RouteState, Snapshot};
-use crate::upstream::UpstreamError;
+use crate::upstream::{Target, UpstreamError};
 
 /// How a connection left this path.
 pub enum Served {
@@ -492,12 +492,12 @@ impl Forward {
             return Err(UpstreamError::NoEndpoints.into());
         };
         let mut target = first;
-        let mut conn = match ctx.h1_pool.checkout(&first.1) {
+        let mut conn = match ctx.h1_pool.checkout(&first.authority) {
             Some(conn) => conn,
             None => match connect(first, timeouts.connect).await {
                 Ok(conn) => conn,
                 // The policy's one retry: another endpoint of the same variant.
-                Err(e) => match retry::another_endpoint(&e, &first.0, &mut endpoints) {
+                Err(e) => match retry::another_endpoint(&e, &first.endpoint, &mut endpoints) {
                     Some(other) => {
                         target = other;
                         connect(other, timeouts.connect).await?
@@ -529,7 +529,7 @@ impl Forward {
                 }
                 Err(Attempt::Stale { error, .. }) => {
                     return Err(UpstreamError::Reset {
-                        authority: target.1.to_string(),
+                        authority: target.authority.to_string(),
                         source: Box::new(error),
                     }
                     .into())
@@ -542,11 +542,9 @@ impl Forward {
 
 /// Opens a new connection to an endpoint (boxed: rare on a warm pool, and its state
 /// should not widen every request's future).
-async fn connect(
-    (endpoint, key): &(Endpoint, Arc<str>),
-    timeout: Duration,
-) -> Result<Conn, UpstreamError> {
-    let stream = Box::pin(crate::upstream::connect_tcp(endpoint, key, timeout)).await?;
+async fn connect(target: &Target, timeout: Duration) -> Result<Conn, UpstreamError> {
+    let key = &target.authority;
+    let stream = Box::pin(crate::upstream::connect_tcp(&target.endpoint, key, timeout)).await?;
     Ok(Conn::new(stream, key))
 }
 

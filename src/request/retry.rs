@@ -3,10 +3,8 @@
 //! that would corrupt the experiment. Both engines ask here; each sends on its own
 //! connections.
 
-use std::sync::Arc;
-
 use crate::config::Endpoint;
-use crate::upstream::UpstreamError;
+use crate::upstream::{Target, UpstreamError};
 
 /// The endpoint to try after `error` at `first`: the next of the variant's endpoints
 /// (`rest`, round robin after `first`) when nothing was sent and it is a different one.
@@ -14,10 +12,10 @@ use crate::upstream::UpstreamError;
 pub(crate) fn another_endpoint<'a>(
     error: &UpstreamError,
     first: &Endpoint,
-    rest: &mut impl Iterator<Item = &'a (Endpoint, Arc<str>)>,
-) -> Option<&'a (Endpoint, Arc<str>)> {
+    rest: &mut impl Iterator<Item = &'a Target>,
+) -> Option<&'a Target> {
     if !error.nothing_sent() {
         return None;
     }
-    rest.next().filter(|(other, _)| other != first)
+    rest.next().filter(|other| other.endpoint != *first)
 }

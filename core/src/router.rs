@@ -42,6 +42,7 @@ impl RouteTable {
     }
 
     /// Index of the route for this host (any case, port allowed) and path, if any.
+    #[inline]
     pub fn find(&self, routes: &[Route], host: Option<&str>, path: &str) -> Option<usize> {
         if let Some(host) = host.map(strip_port).filter(|h| !h.is_empty()) {
             let found = self.with_host.iter().copied().find(|&i| {
@@ -66,6 +67,7 @@ impl RouteTable {
 /// The request's host: the URI authority when the request has one (HTTP/2 `:authority`,
 /// or an HTTP/1.1 absolute-form target, which RFC 9112 §3.2.2 says wins over `Host`),
 /// else the `Host` header.
+#[inline]
 pub fn request_host<'a>(uri: &'a Uri, headers: &'a HeaderMap) -> Option<&'a str> {
     uri.authority()
         .map(|a| a.as_str())
@@ -73,6 +75,7 @@ pub fn request_host<'a>(uri: &'a Uri, headers: &'a HeaderMap) -> Option<&'a str>
 }
 
 /// `example.com:8080` → `example.com`; `[::1]:8080` → `[::1]`.
+#[inline]
 fn strip_port(host: &str) -> &str {
     if host.starts_with('[') {
         return match host.find(']') {
@@ -127,6 +130,7 @@ pub struct IpText {
 }
 
 impl IpText {
+    #[inline]
     pub fn new(ip: IpAddr) -> IpText {
         let mut text = IpText {
             buf: [0; 48],
@@ -165,6 +169,7 @@ impl IpText {
         self.len += 1;
     }
 
+    #[inline]
     pub fn as_bytes(&self) -> &[u8] {
         &self.buf[..self.len]
     }
@@ -189,6 +194,7 @@ pub enum CohortKey<'a> {
 }
 
 impl CohortKey<'_> {
+    #[inline]
     pub fn as_bytes(&self) -> &[u8] {
         match self {
             CohortKey::Borrowed(bytes) => bytes,

@@ -1,4 +1,10 @@
+use std::path::PathBuf;
+use std::time::Duration;
+
+use http::HeaderName;
+
 use super::*;
+use crate::cohort::BasisPoints;
 
 const FILE: &str = "config/cohort.toml";
 
@@ -202,7 +208,7 @@ fn bad_values_are_rejected() {
             "routes[0].timeouts.request: must be greater than zero",
         ),
         (
-            // Beyond what `Instant::now() + timeout` can hold on Linux.
+            // Beyond what a deadline (the clock's now + timeout) can hold on Linux.
             "timeouts = { request = \"10000000000000000000s\" }",
             "routes[0].timeouts.request: must be at most 24h",
         ),

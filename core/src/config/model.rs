@@ -1,0 +1,351 @@
+//! The validated config: what cohort runs on. Only [`super::parse`] builds a [`Config`],
+//! so every value here has passed its rules. TLS settings are paths and flags; the shell
+//! reads the files they name.
+
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use http::HeaderName;
+use ipnet::IpNet;
+use serde::Serialize;
+
+use super::ConfigWarning;
+use crate::cohort::BasisPoints;
+use crate::rollout::{Guard, GuardAction, Rollout};
+
+pub const DEFAULT_CONFIG_PATH: &str = "config/cohort.toml";
+pub const DEFAULT_OVERRIDE_HEADER: &str = "x-cohort-variant";
+pub const DEFAULT_OVERRIDE_COOKIE: &str = "cohort_variant";
+pub const DEFAULT_VARIANT_HEADER: &str = "x-cohort-variant";
+pub const COHORT_ID_COOKIE: &str = "cohort_id";
+
+/// A fully validated config. Built only by [`parse`](super::parse).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Config {
+    /// The file it came from; relative paths in it resolve against its directory.
+    #[serde(skip)]
+    pub source: PathBuf,
+    pub listen: Listen,
+    pub admin: Admin,
+    pub state_dir: Option<PathBuf>,
+    pub routes: Vec<Route>,
+    /// What the log should warn about (the shell logs them when it loads the config).
+    #[serde(skip)]
+    pub(crate) warnings: Vec<ConfigWarning>,
+}
+
+impl Config {
+    /// Valid settings worth a warning, in file order.
+    pub fn warnings(&self) -> &[ConfigWarning] {
+        &self.warnings
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Listen {
+    pub address: SocketAddr,
+    /// Proxy worker threads; 0 = one per CPU the process may use.
+    pub workers: usize,
+    #[serde(serialize_with = "ser_duration")]
+    pub drain_timeout: Duration,
+    /// How long cohort keeps accepting and serving after SIGTERM, with `/readyz` at
+    /// 503, before the drain begins: the time an orchestrator needs to stop sending
+    /// new connections (Kubernetes starts removing a terminating pod's endpoints with
+    /// the signal; it takes seconds to propagate). Read when the signal arrives, so a
+    /// reload changes it.
+    #[serde(serialize_with = "ser_duration")]
+    pub shutdown_delay: Duration,
+    /// Response header naming the variant; `None` when set to `""`.
+    #[serde(serialize_with = "ser_opt_header")]
+    pub variant_header: Option<HeaderName>,
+    pub access_log: bool,
+    /// Whether the listener speaks TLS is read at start only; its files are re-read.
+    pub tls: Option<ServerTls>,
+}
+
+/// `listen.tls`, or a route's `tls` (served by SNI for its `host`): the files of a
+/// certificate chain and key, which the shell reads and checks when it loads the config.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ServerTls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// Clients must present a certificate chaining to this CA (mTLS); listen.tls only.
+    pub client_ca: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Admin {
+    pub address: SocketAddr,
+    pub token_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Route {
+    pub name: String,
+    /// Lowercase, without port.
+    pub host: Option<String>,
+    /// The certificate served for `host` (by SNI) on a TLS listener.
+    pub tls: Option<ServerTls>,
+    pub path_prefix: String,
+    pub sticky: Vec<StickySource>,
+    pub salt: String,
+    #[serde(rename = "canary_percent")]
+    pub canary_bp: BasisPoints,
+    pub stable: Upstream,
+    pub canary: Upstream,
+    #[serde(rename = "override")]
+    pub override_: Option<Override>,
+    pub timeouts: Timeouts,
+    #[serde(serialize_with = "ser_rollout")]
+    pub rollout: Option<Rollout>,
+    #[serde(serialize_with = "ser_guard")]
+    pub guard: Option<Guard>,
+}
+
+impl Route {
+    /// What a guard's rollback belongs to: route name + salt (+ `start` for a rollout),
+    /// so a new rollout (new salt or start) starts clean.
+    pub fn rollout_identity(&self) -> String {
+        match &self.rollout {
+            Some(r) => format!("{}\u{0}{}\u{0}{}", self.name, self.salt, r.start_text),
+            None => format!("{}\u{0}{}", self.name, self.salt),
+        }
+    }
+}
+
+pub const DEFAULT_GUARD_WINDOW: Duration = Duration::from_secs(30);
+pub const DEFAULT_GUARD_MIN_REQUESTS: u64 = 50;
+/// Longest guard window: windows are bounded, fixed-size buckets.
+pub const MAX_GUARD_WINDOW: Duration = Duration::from_secs(3600);
+/// Longest `timeouts.connect` / `timeouts.request`.
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+/// Most worker threads `listen.workers` may ask for (each holds per-route metric lanes).
+pub const MAX_WORKERS: usize = 1024;
+
+/// Where a cohort key may come from, in the route's order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StickySource {
+    Header(HeaderName),
+    Cookie(String),
+    Ip,
+}
+
+impl fmt::Display for StickySource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StickySource::Header(name) => write!(f, "header:{name}"),
+            StickySource::Cookie(name) => write!(f, "cookie:{name}"),
+            StickySource::Ip => f.write_str("ip"),
+        }
+    }
+}
+
+impl Serialize for StickySource {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// One variant's upstream: its endpoints, tried round robin.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Upstream {
+    pub endpoints: Vec<Endpoint>,
+    pub protocol: Protocol,
+    pub tls: Option<UpstreamTls>,
+}
+
+impl Upstream {
+    pub(crate) fn empty() -> Upstream {
+        Upstream {
+            endpoints: vec![],
+            protocol: Protocol::Http1,
+            tls: None,
+        }
+    }
+}
+
+/// How cohort speaks to a variant's endpoints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    /// HTTP/1.1, pooled keep-alive connections (the default).
+    Http1,
+    /// HTTP/2 over TLS (ALPN `h2`), for `https://` endpoints.
+    H2,
+    /// HTTP/2 with prior knowledge over plain TCP, for `http://` endpoints.
+    H2c,
+}
+
+/// A variant's `tls` settings for its `https://` endpoints (paths resolved).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct UpstreamTls {
+    pub ca: Option<PathBuf>,
+    pub server_name: Option<String>,
+    pub client_cert: Option<PathBuf>,
+    pub client_key: Option<PathBuf>,
+    pub insecure_skip_verify: bool,
+}
+
+/// An `http://` or `https://` `host:port` endpoint. The host is resolved when
+/// connecting, so docker-compose service names and DNS changes work.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Endpoint {
+    pub host: String,
+    pub port: u16,
+    pub transport: Transport,
+}
+
+/// What runs over the TCP connection to an endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Transport {
+    /// Plain HTTP/1.1: the hot path.
+    Http1,
+    /// HTTP/2 with prior knowledge over plain TCP.
+    H2c,
+    /// TLS (the variant's `tls` settings, built by the shell), then HTTP/1.1 or, with
+    /// `h2` (ALPN `h2`), HTTP/2.
+    Tls { h2: bool },
+}
+
+impl Transport {
+    /// Whether connections speak HTTP/2 (one multiplexed connection per endpoint).
+    pub fn is_h2(&self) -> bool {
+        match self {
+            Transport::Http1 => false,
+            Transport::H2c => true,
+            Transport::Tls { h2 } => *h2,
+        }
+    }
+}
+
+impl Endpoint {
+    /// `host:port`, with IPv6 literals bracketed; also the pool key.
+    pub fn authority(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+}
+
+impl fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let scheme = match self.transport {
+            Transport::Tls { .. } => "https",
+            Transport::Http1 | Transport::H2c => "http",
+        };
+        write!(f, "{scheme}://{}", self.authority())
+    }
+}
+
+impl Serialize for Endpoint {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Override {
+    #[serde(serialize_with = "ser_header")]
+    pub header: HeaderName,
+    pub cookie: String,
+    #[serde(serialize_with = "ser_nets")]
+    pub trusted: Vec<IpNet>,
+}
+
+impl Override {
+    #[inline]
+    pub fn trusts(&self, peer: IpAddr) -> bool {
+        let peer = canonical_ip(peer);
+        self.trusted.iter().any(|net| net.contains(&peer))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Timeouts {
+    #[serde(serialize_with = "ser_duration")]
+    pub connect: Duration,
+    /// Time allowed until the upstream's response headers arrive.
+    #[serde(serialize_with = "ser_duration")]
+    pub request: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            connect: Duration::from_secs(1),
+            request: Duration::from_secs(30),
+        }
+    }
+}
+
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest `listen.shutdown_delay`. Endpoint removal propagates in seconds; an hour is
+/// far beyond any orchestrator's grace period, so more is a typo (`"30m"` for `"30s"`).
+pub const MAX_SHUTDOWN_DELAY: Duration = Duration::from_secs(3600);
+
+/// IPv4-mapped IPv6 addresses (`::ffff:192.0.2.7`) are treated as the IPv4 address.
+#[inline]
+pub fn canonical_ip(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6
+            .to_ipv4_mapped()
+            .map(IpAddr::V4)
+            .unwrap_or(IpAddr::V6(v6)),
+        v4 => v4,
+    }
+}
+
+fn ser_duration<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(&humantime::format_duration(*d))
+}
+
+fn ser_header<S: serde::Serializer>(h: &HeaderName, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(h.as_str())
+}
+
+fn ser_opt_header<S: serde::Serializer>(h: &Option<HeaderName>, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(h.as_ref().map_or("", HeaderName::as_str))
+}
+
+fn ser_rollout<S: serde::Serializer>(r: &Option<Rollout>, s: S) -> Result<S::Ok, S::Error> {
+    match r {
+        None => s.serialize_none(),
+        Some(r) => {
+            // `BasisPoints` writes itself as /routes does: `1`, `0.5`.
+            serde::Serialize::serialize(
+                &serde_json::json!({
+                    "start": r.start_text,
+                    "steps": r.steps,
+                    "step_every": humantime::format_duration(r.step_every).to_string(),
+                }),
+                s,
+            )
+        }
+    }
+}
+
+fn ser_guard<S: serde::Serializer>(g: &Option<Guard>, s: S) -> Result<S::Ok, S::Error> {
+    match g {
+        None => s.serialize_none(),
+        Some(g) => serde::Serialize::serialize(
+            &serde_json::json!({
+                "window": humantime::format_duration(g.window).to_string(),
+                "min_requests": g.min_requests,
+                "max_error_ratio": g.max_error_ratio,
+                "max_error_ratio_vs_stable": g.max_error_ratio_vs_stable,
+                "max_p99": g.max_p99.map(|d| humantime::format_duration(d).to_string()),
+                "action": match g.action { GuardAction::Rollback => "rollback", GuardAction::Hold => "hold" },
+                "on_rollback": g.on_rollback,
+            }),
+            s,
+        ),
+    }
+}
+
+fn ser_nets<S: serde::Serializer>(nets: &[IpNet], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(nets.iter().map(ToString::to_string))
+}
