@@ -17,7 +17,7 @@ use subtle::ConstantTimeEq;
 use tokio::net::TcpListener;
 
 use crate::cohort::{self, BasisPoints, Variant};
-use crate::reload::{ChangeError, Control};
+use crate::reload::{ChangeError, Control, Trigger};
 use crate::server::State;
 use crate::snapshot::Snapshot;
 
@@ -254,7 +254,7 @@ async fn change(
             format!("use {expected_method} /routes/{{name}}/{action}\n"),
         );
     }
-    if let Err(refusal) = authorize(state, req.headers()) {
+    if let Err(refusal) = authorize(state, control, req.headers()).await {
         return refusal.response();
     }
     let result = match action {
@@ -319,8 +319,12 @@ impl Refusal {
 
 /// Token rules of DESIGN §4: with a token, `Authorization: Bearer <token>` compared in
 /// constant time; without one, changes only through a loopback admin listener.
-fn authorize(state: &State, headers: &http::HeaderMap) -> Result<(), Refusal> {
-    match current_token(state) {
+async fn authorize(
+    state: &State,
+    control: &Control,
+    headers: &http::HeaderMap,
+) -> Result<(), Refusal> {
+    match current_token(control).await {
         Some(token) => {
             let presented = headers
                 .get(http::header::AUTHORIZATION)
@@ -349,28 +353,20 @@ fn authorize(state: &State, headers: &http::HeaderMap) -> Result<(), Refusal> {
     }
 }
 
-/// The token mutating calls need. The token file is read again on each such call, so a
-/// rotated secret (a Kubernetes Secret's symlink swap) applies without a reload; a file
-/// that has become empty or unreadable keeps the last token read, as a bad reload would.
-fn current_token(state: &State) -> Option<Arc<String>> {
-    let last = state.admin_token();
-    let snapshot = state.snapshot.load();
-    let Some(file) = &snapshot.config.admin.token_file else {
-        return last;
-    };
-    match crate::reload::read_token_file(file) {
-        Ok(token) if last.as_deref() == Some(&token) => last,
-        Ok(token) => {
-            tracing::info!(file = %file.display(), "admin token changed");
-            let token = Arc::new(token);
-            state.set_admin_token(Some(token.clone()));
-            Some(token)
-        }
-        Err(reason) => {
-            tracing::warn!(%reason, "admin.token_file: keeping the last token read");
-            last
-        }
+/// The token mutating calls need: the snapshot's. The token file is read on each such
+/// call, and when it differs from the token in force the files are reloaded first (as
+/// the file watcher would a moment later), so a rotated secret (a Kubernetes Secret's
+/// symlink swap) applies at once; a file that has become empty or unreadable is a
+/// rejected reload, and the token in force stays.
+async fn current_token(control: &Control) -> Option<Arc<String>> {
+    let snapshot = control.snapshot();
+    let file = snapshot.config.admin.token_file.as_deref()?;
+    let in_force = snapshot.credentials.admin_token.as_deref();
+    if crate::reload::read_token_file(file).ok().as_ref() != in_force {
+        // Logged and counted inside when rejected; the token in force stays.
+        let _ = control.reload(Trigger::File).await;
     }
+    control.snapshot().credentials.admin_token.clone()
 }
 
 /// Reads `{"percent": N}` from the body.

@@ -71,7 +71,13 @@ pub fn load(file: &Path) -> Result<Loaded, ConfigError> {
 /// Validates config text and reads the files it names. `file` names it in errors and
 /// anchors relative paths.
 pub fn parse(text: &str, file: &Path) -> Result<Loaded, ConfigError> {
-    let config = cohort_core::config::parse(text, file)?;
+    read_files(cohort_core::config::parse(text, file)?)
+}
+
+/// Reads the files a validated config names (its certificates, keys and CAs) and
+/// builds what TLS needs from them.
+pub fn read_files(config: Config) -> Result<Loaded, ConfigError> {
+    let file = config.source.as_path();
     let mut issues = Vec::new();
     let tls = read_tls(&config, &mut issues);
     if !issues.is_empty() {

@@ -25,7 +25,7 @@ use crate::drain::{Drain, DrainWatch};
 use crate::h1::{self, rewind::Rewind, server::Served};
 use crate::proxy::{self, ProxyContext};
 use crate::request::reject::{self, Malformed};
-use crate::tls::{ServerTls, HANDSHAKE_TIMEOUT};
+use crate::tls::HANDSHAKE_TIMEOUT;
 
 /// Pending connections the kernel queues for us; sized for bursts of thousands.
 const BACKLOG: i32 = 4096;
@@ -49,13 +49,13 @@ pub fn worker_count(configured: usize) -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
-/// Starts one worker thread serving `listener` (through `tls` when set) until
+/// Starts one worker thread serving `listener` (through TLS when `tls`) until
 /// `shutdown` turns true, then drains its connections for up to `listen.drain_timeout`.
 pub fn spawn_worker(
     id: usize,
     listener: std::net::TcpListener,
     ctx: ProxyContext,
-    tls: Option<Arc<ServerTls>>,
+    tls: bool,
     shutdown: watch::Receiver<bool>,
 ) -> io::Result<std::thread::JoinHandle<()>> {
     std::thread::Builder::new()
@@ -80,7 +80,7 @@ pub fn spawn_worker(
 async fn serve(
     listener: std::net::TcpListener,
     ctx: Arc<ProxyContext>,
-    tls: Option<Arc<ServerTls>>,
+    tls: bool,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let listener = match TcpListener::from_std(listener) {
@@ -107,10 +107,17 @@ async fn serve(
                         drain: connections_drain.watch(),
                         _open: open.clone(),
                     };
-                    match &tls {
-                        Some(tls) => tokio::spawn(conn.serve_tls(tls.acceptor(), stream)),
-                        None => tokio::spawn(conn.serve_plain(stream)),
-                    };
+                    if !tls {
+                        tokio::spawn(conn.serve_plain(stream));
+                    } else if let Some(server) = ctx.snapshot.load().credentials.server_tls.clone() {
+                        // The certificates of the snapshot in force when accepted.
+                        let acceptor = tokio_rustls::TlsAcceptor::from(server);
+                        tokio::spawn(conn.serve_tls(acceptor, stream));
+                    } else {
+                        // Unreachable: a reload keeps `listen.tls` on a TLS listener.
+                        // Never fall back to plain text; close the connection.
+                        tracing::error!(%peer, "no TLS settings in force on a TLS listener");
+                    }
                 }
                 Err(e) => {
                     // Out of file descriptors and similar: back off instead of spinning.

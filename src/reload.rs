@@ -8,21 +8,15 @@
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
-use tokio::sync::{mpsc, Mutex};
+use tokio::sync::{Mutex, Notify};
 
 use crate::cohort::BasisPoints;
 use crate::config::{self, Config, ConfigError, Loaded};
 use crate::guard::ResumeError;
 use crate::server::State;
-use crate::snapshot::Snapshot;
+use crate::snapshot::{Credentials, Snapshot};
 use crate::writeback::{self, EditError, WriteError};
-
-/// File events are applied this long after the last event of a burst...
-pub(crate) const DEBOUNCE_QUIET: Duration = Duration::from_millis(100);
-/// ...and never later than this after its first.
-pub(crate) const DEBOUNCE_MAX: Duration = Duration::from_millis(500);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Trigger {
@@ -59,6 +53,11 @@ pub enum ReloadError {
     Token {
         file: PathBuf,
         reason: TokenFileError,
+    },
+    #[error("{}: listen.tls: {source}", file.display())]
+    Tls {
+        file: PathBuf,
+        source: crate::tls::ServerConfigError,
     },
 }
 
@@ -138,17 +137,57 @@ pub(crate) enum WriteCause {
 pub(crate) struct Control {
     state: Arc<State>,
     path: PathBuf,
-    /// Serializes changes and remembers the file text last read or written, so file
-    /// events that do not change the content are not reloads.
-    last_text: Mutex<Option<String>>,
+    /// Serializes changes and remembers what the last one read, so file events that
+    /// change nothing are not reloads.
+    last_read: Mutex<LastRead>,
+    /// Told after each new snapshot, so the file watcher follows the files it names.
+    applied: Notify,
+}
+
+/// The config text last read or written, and a fingerprint of each file it named.
+struct LastRead {
+    text: Option<String>,
+    files: Vec<(PathBuf, Option<u64>)>,
+}
+
+impl LastRead {
+    fn new(text: Option<String>, config: Option<&Config>) -> LastRead {
+        let files = config.map_or_else(Vec::new, |c| {
+            c.named_files()
+                .into_iter()
+                .map(|f| (f.to_path_buf(), fingerprint(f)))
+                .collect()
+        });
+        LastRead { text, files }
+    }
+
+    /// The config file reads `text` again and no file it names changed.
+    fn unchanged(&self, text: &str) -> bool {
+        self.text.as_deref() == Some(text)
+            && self
+                .files
+                .iter()
+                .all(|(file, seen)| fingerprint(file) == *seen)
+    }
+}
+
+/// A fingerprint of a file's bytes; `None` when it cannot be read.
+fn fingerprint(file: &Path) -> Option<u64> {
+    use std::hash::{Hash, Hasher};
+    let bytes = std::fs::read(file).ok()?;
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    bytes.hash(&mut hasher);
+    Some(hasher.finish())
 }
 
 impl Control {
     pub(crate) fn new(state: Arc<State>, path: PathBuf, initial_text: Option<String>) -> Control {
+        let last_read = LastRead::new(initial_text, Some(&state.snapshot.load().config));
         Control {
             state,
             path,
-            last_text: Mutex::new(initial_text),
+            last_read: Mutex::new(last_read),
+            applied: Notify::new(),
         }
     }
 
@@ -156,9 +195,19 @@ impl Control {
         &self.path
     }
 
+    /// The snapshot in force.
+    pub(crate) fn snapshot(&self) -> Arc<Snapshot> {
+        self.state.snapshot.load_full()
+    }
+
+    /// Returns after the next new snapshot (at once if one came since the last call).
+    pub(crate) async fn applied(&self) {
+        self.applied.notified().await;
+    }
+
     /// Re-reads the config file and applies it if it is valid.
     pub(crate) async fn reload(&self, trigger: Trigger) -> Result<Outcome, ReloadError> {
-        let mut last_text = self.last_text.lock().await;
+        let mut last_read = self.last_read.lock().await;
         let text = match std::fs::read_to_string(&self.path) {
             Ok(text) => text,
             Err(e) => {
@@ -166,13 +215,14 @@ impl Control {
                 return Err(self.rejected(trigger, error.into()));
             }
         };
-        if trigger == Trigger::File && last_text.as_deref() == Some(text.as_str()) {
+        if trigger == Trigger::File && last_read.unchanged(&text) {
             return Ok(Outcome::Skipped);
         }
+        let parsed = cohort_core::config::parse(&text, &self.path);
         // Remembered even when invalid, so one broken save is reported once, not on
         // every unrelated event in the directory.
-        *last_text = Some(text.clone());
-        let config = match config::parse(&text, &self.path) {
+        *last_read = LastRead::new(Some(text), parsed.as_ref().ok());
+        let config = match parsed.and_then(config::read_files) {
             Ok(config) => config,
             Err(e) => return Err(self.rejected(trigger, e.into())),
         };
@@ -189,14 +239,14 @@ impl Control {
         error
     }
 
-    /// Validated config → token → swap. Start-only settings keep their running values.
+    /// Validated config → credentials → swap. Start-only settings keep their running
+    /// values.
     fn apply(&self, mut config: Loaded, trigger: Trigger) -> Result<Outcome, ReloadError> {
-        let token = read_token(&config)?;
         let current = self.state.snapshot.load_full();
         keep_start_only_settings(&current.config, &mut config);
-        self.state.set_admin_token(token.map(Arc::new));
+        let credentials = credentials(&config)?;
         self.state.metrics.reload(true);
-        if *current.config == config {
+        if *current.config == config && current.credentials.admin_token == credentials.admin_token {
             tracing::info!(
                 trigger = trigger.as_str(),
                 generation = current.generation,
@@ -209,12 +259,14 @@ impl Control {
         let generation = current.generation + 1;
         let snapshot = Snapshot::build(
             Arc::new(config),
+            credentials,
             generation,
             &self.state.metrics,
             &self.state.guards,
             crate::guard::wall_now(),
         );
         self.state.snapshot.store(Arc::new(snapshot));
+        self.applied.notify_one();
         tracing::info!(trigger = trigger.as_str(), generation, "config applied");
         Ok(Outcome::Applied { generation })
     }
@@ -226,7 +278,7 @@ impl Control {
         route: &str,
         bp: BasisPoints,
     ) -> Result<Outcome, ChangeError> {
-        let mut last_text = self.last_text.lock().await;
+        let mut last_read = self.last_read.lock().await;
         match self.state.snapshot.load().route_by_name(route) {
             None => return Err(ChangeError::UnknownRoute(route.to_owned())),
             Some(r) if r.rollout.is_some() => return Err(ConflictCause::UnderRollout.into()),
@@ -258,7 +310,8 @@ impl Control {
             },
             WriteError::Io { path, source } => WriteCause::Write { file: path, source }.into(),
         })?;
-        *last_text = Some(edited);
+        // A share edit names no other file: the fingerprints stay.
+        last_read.text = Some(edited);
         Ok(self
             .apply(config, Trigger::Api)
             .map_err(WriteCause::Apply)?)
@@ -282,7 +335,7 @@ impl Control {
     pub(crate) async fn rollback(&self, route: &str) -> Result<(), ChangeError> {
         // Serialized with reloads (which read and parse, never wait on the network),
         // so a snapshot being built cannot miss the rollback.
-        let _serial = self.last_text.lock().await;
+        let _serial = self.last_read.lock().await;
         let (snap, index) = self.running_route(route)?;
         let (config_route, route_state) = snap.route(index);
         crate::guard::manual_rollback(
@@ -297,7 +350,7 @@ impl Control {
     /// `POST /routes/{name}/resume`: clears a rollback and empties the guard window; a
     /// rollout's ramp restarts at its first step from now.
     pub(crate) async fn resume(&self, route: &str) -> Result<(), ChangeError> {
-        let _serial = self.last_text.lock().await;
+        let _serial = self.last_read.lock().await;
         let (snap, index) = self.running_route(route)?;
         let (config_route, route_state) = snap.route(index);
         let now = crate::guard::wall_now();
@@ -375,6 +428,20 @@ pub fn read_token(config: &Config) -> Result<Option<String>, ReloadError> {
     read_token_file(file).map(Some).map_err(error)
 }
 
+/// What the listener and the admin API take from the files `config` names: its TLS
+/// server config (certificates read when it was loaded) and the admin token.
+pub(crate) fn credentials(config: &Loaded) -> Result<Credentials, ReloadError> {
+    let admin_token = read_token(config)?.map(Arc::new);
+    let server_tls = crate::tls::server_config(config).map_err(|source| ReloadError::Tls {
+        file: config.source.clone(),
+        source,
+    })?;
+    Ok(Credentials {
+        server_tls,
+        admin_token,
+    })
+}
+
 /// Why a token file gives no token; the text names the file.
 #[derive(Debug, thiserror::Error)]
 pub enum TokenFileError {
@@ -401,62 +468,6 @@ pub fn read_token_file(file: &Path) -> Result<String, TokenFileError> {
         });
     }
     Ok(token.to_owned())
-}
-
-/// Watches the config file's directory (so editor renames and Kubernetes ConfigMap
-/// `..data` symlink swaps are seen) and reloads after each debounced burst of events.
-/// Returns `None` when the file cannot be watched (it does not exist, say).
-pub(crate) fn watch(control: Arc<Control>) -> Option<tokio::task::JoinHandle<()>> {
-    use notify::{RecursiveMode, Watcher};
-    let dir = match control.path().parent() {
-        Some(d) if d.as_os_str().is_empty() => PathBuf::from("."),
-        Some(d) => d.to_path_buf(),
-        None => PathBuf::from("."),
-    };
-    let (tx, rx) = mpsc::unbounded_channel::<()>();
-    let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        if let Ok(event) = event {
-            if !matches!(event.kind, notify::EventKind::Access(_)) {
-                let _ = tx.send(());
-            }
-        }
-    });
-    let mut watcher = match watcher {
-        Ok(w) => w,
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot watch the config file; use SIGHUP or the admin API to reload");
-            return None;
-        }
-    };
-    if let Err(e) = watcher.watch(&dir, RecursiveMode::NonRecursive) {
-        tracing::warn!(dir = %dir.display(), error = %e, "cannot watch the config directory; use SIGHUP or the admin API to reload");
-        return None;
-    }
-    Some(tokio::spawn(async move {
-        // The watcher lives as long as this task.
-        let _watcher = watcher;
-        debounce_loop(rx, control).await;
-    }))
-}
-
-async fn debounce_loop(mut events: mpsc::UnboundedReceiver<()>, control: Arc<Control>) {
-    while events.recv().await.is_some() {
-        let first = tokio::time::Instant::now();
-        let latest = first + DEBOUNCE_MAX;
-        let mut quiet_until = first + DEBOUNCE_QUIET;
-        loop {
-            let wake = quiet_until.min(latest);
-            tokio::select! {
-                more = events.recv() => match more {
-                    Some(()) => quiet_until = tokio::time::Instant::now() + DEBOUNCE_QUIET,
-                    None => return,
-                },
-                _ = tokio::time::sleep_until(wake) => break,
-            }
-        }
-        // Errors are logged and counted inside; the old config keeps serving.
-        let _ = control.reload(Trigger::File).await;
-    }
 }
 
 /// Reloads on every SIGHUP.

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use arc_swap::{ArcSwap, ArcSwapOption};
+use arc_swap::ArcSwap;
 use tokio::sync::watch;
 
 use crate::admin;
@@ -17,7 +17,6 @@ use crate::metrics::Metrics;
 use crate::proxy::ProxyContext;
 use crate::reload::{self, Control, ReloadError};
 use crate::snapshot::{SharedSnapshot, Snapshot};
-use crate::tls::ServerTls;
 use crate::upstream::Pool;
 
 /// State shared by the workers, the admin listener and (later) reloads.
@@ -26,20 +25,8 @@ pub struct State {
     pub metrics: Arc<Metrics>,
     /// True once listening with a valid config; false from the moment shutdown begins.
     pub ready: AtomicBool,
-    /// The bearer token mutating admin calls need, when `admin.token_file` is set.
-    admin_token: ArcSwapOption<String>,
     /// Rollout and guard memory per rollout identity, across snapshots.
     pub guards: Guards,
-}
-
-impl State {
-    pub fn admin_token(&self) -> Option<Arc<String>> {
-        self.admin_token.load_full()
-    }
-
-    pub fn set_admin_token(&self, token: Option<Arc<String>>) {
-        self.admin_token.store(token);
-    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -52,17 +39,13 @@ pub enum StartError {
     },
     #[error("cannot start worker threads: {0}")]
     Workers(io::Error),
+    /// The admin token or the listener's TLS cannot be had from the files named.
     #[error("{0}")]
-    Token(#[from] ReloadError),
+    Credentials(#[from] ReloadError),
     #[error("{}: {source}", file.display())]
     StateDir {
         file: std::path::PathBuf,
         source: crate::state_dir::StateDirError,
-    },
-    #[error("{}: listen.tls: {source}", file.display())]
-    Tls {
-        file: std::path::PathBuf,
-        source: crate::tls::ServerConfigError,
     },
 }
 
@@ -80,7 +63,7 @@ pub struct Running {
 /// Binds the listeners and starts serving `config`. Must run inside a tokio runtime,
 /// which then hosts the admin listener; the proxy runs on its own worker threads.
 pub async fn start(config: Loaded) -> Result<Running, StartError> {
-    let admin_token = reload::read_token(&config)?;
+    let credentials = reload::credentials(&config)?;
     // Found now, not at the first rollback: a kill switch that cannot be remembered
     // would send users back to a failed canary after the next restart.
     if let Some(dir) = &config.state_dir {
@@ -116,12 +99,9 @@ pub async fn start(config: Loaded) -> Result<Running, StartError> {
             source,
         })?;
 
-    let tls = ServerTls::from_config(&config).map_err(|source| StartError::Tls {
-        file: config.source.clone(),
-        source,
-    })?;
+    let tls = credentials.server_tls.is_some();
     let config_path = config.source.clone();
-    if admin_token.is_none() && !config.admin.address.ip().is_loopback() {
+    if credentials.admin_token.is_none() && !config.admin.address.ip().is_loopback() {
         tracing::warn!(
             admin = %config.admin.address,
             "the admin listener is off loopback without admin.token_file: changes through it are refused (403)"
@@ -135,12 +115,18 @@ pub async fn start(config: Loaded) -> Result<Running, StartError> {
         tracing::warn!("no state_dir is set: a rollback will not survive a restart");
     }
     let guards = Guards::with_lanes(workers);
-    let snapshot = Snapshot::build(Arc::new(config), 1, &metrics, &guards, guard::wall_now());
+    let snapshot = Snapshot::build(
+        Arc::new(config),
+        credentials,
+        1,
+        &metrics,
+        &guards,
+        guard::wall_now(),
+    );
     let state = Arc::new(State {
         snapshot: Arc::new(ArcSwap::from_pointee(snapshot)),
         metrics,
         ready: AtomicBool::new(false),
-        admin_token: ArcSwapOption::new(admin_token.map(Arc::new)),
         guards,
     });
 
@@ -153,9 +139,9 @@ pub async fn start(config: Loaded) -> Result<Running, StartError> {
                 metrics: state.metrics.clone(),
                 pool: Pool::new(),
                 h1_pool: Default::default(),
-                scheme: if tls.is_some() { "https" } else { "http" },
+                scheme: if tls { "https" } else { "http" },
             };
-            listener::spawn_worker(id, socket, ctx, tls.clone(), stop_rx.clone())
+            listener::spawn_worker(id, socket, ctx, tls, stop_rx.clone())
         });
         match spawned {
             Ok(handle) => handles.push(handle),
@@ -177,18 +163,12 @@ pub async fn start(config: Loaded) -> Result<Running, StartError> {
         control.clone(),
     ))];
     control_tasks.push(tokio::spawn(guard::evaluate_forever(state.clone())));
-    if let Some(tls) = &tls {
-        control_tasks.push(crate::tls::spawn_reloader(
-            tls.clone(),
-            state.snapshot.clone(),
-        ));
-    }
     if watchable {
-        control_tasks.extend(reload::watch(control.clone()));
+        control_tasks.extend(crate::watch::spawn(control.clone()));
         control_tasks.extend(reload::on_sighup(control.clone()));
     }
     state.ready.store(true, Ordering::SeqCst);
-    let scheme = if tls.is_some() { "https" } else { "http" };
+    let scheme = if tls { "https" } else { "http" };
     tracing::info!(proxy = %proxy_addr, admin = %admin_addr, workers, scheme, "cohort is serving");
     Ok(Running {
         proxy_addr,

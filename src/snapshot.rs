@@ -24,9 +24,22 @@ use crate::upstream::Target;
 pub struct Snapshot {
     /// The config with the files it names (reads as its `Config`).
     pub config: Arc<Loaded>,
+    /// The listener's TLS and the admin token, from the files the config names.
+    pub credentials: Credentials,
     pub table: RouteTable,
     pub routes: Vec<RouteState>,
     pub generation: u64,
+}
+
+/// What the listener and the admin API take from the files a config names. Swapped
+/// with the rest of the snapshot: there is no other place a certificate or a token is
+/// kept, so what serves is always what the config in force names.
+#[derive(Clone, Default)]
+pub struct Credentials {
+    /// `None` without `listen.tls`. Each accepted connection takes the one in force.
+    pub server_tls: Option<Arc<rustls::ServerConfig>>,
+    /// The bearer token mutating admin calls need, when `admin.token_file` is set.
+    pub admin_token: Option<Arc<String>>,
 }
 
 /// Per-route runtime state, parallel to `config.routes`.
@@ -57,6 +70,7 @@ impl Snapshot {
     /// each rollout identity across snapshots.
     pub(crate) fn build(
         config: Arc<Loaded>,
+        credentials: Credentials,
         generation: u64,
         metrics: &Metrics,
         guards: &Guards,
@@ -100,6 +114,7 @@ impl Snapshot {
         Snapshot {
             table: RouteTable::new(&config.routes),
             config,
+            credentials,
             routes,
             generation,
         }

@@ -7,14 +7,13 @@
 //! Afterwards [`ServerTls`] re-reads them when their directories change; a bad new file
 //! is logged with its path and reason and the certificate in force keeps serving.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::fmt;
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
@@ -22,10 +21,8 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme};
-use tokio::sync::mpsc;
 
 use crate::config::Loaded;
-use crate::snapshot::SharedSnapshot;
 
 /// ALPN protocol ids.
 pub const ALPN_H2: &[u8] = b"h2";
@@ -230,14 +227,6 @@ pub fn load_server_material(
     })
 }
 
-/// Where the listener's certificates come from: `listen.tls` and each route's `tls`.
-#[derive(Clone, PartialEq)]
-struct Sources {
-    default: ServerCert,
-    /// Lowercase host → its certificate, in route order (the first route wins).
-    sni: Vec<(String, ServerCert)>,
-}
-
 /// A listener certificate's files, and what was read from them.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ServerCert {
@@ -245,52 +234,6 @@ pub struct ServerCert {
     pub key: PathBuf,
     pub client_ca: Option<PathBuf>,
     pub material: Built<ServerMaterial>,
-}
-
-impl ServerCert {
-    fn files(&self) -> impl Iterator<Item = &Path> {
-        [
-            Some(self.cert.as_path()),
-            Some(self.key.as_path()),
-            self.client_ca.as_deref(),
-        ]
-        .into_iter()
-        .flatten()
-    }
-
-    /// Re-reads the files; on failure the error names the file and the reason.
-    fn reread(&self) -> Result<Built<ServerMaterial>, TlsFileError> {
-        load_server_material(&self.cert, &self.key, self.client_ca.as_deref())
-    }
-}
-
-impl Sources {
-    fn from_config(config: &Loaded) -> Option<Sources> {
-        let default = config.tls.listener.clone()?;
-        let mut sni: Vec<(String, ServerCert)> = Vec::new();
-        for (route, tls) in config.routes.iter().zip(&config.tls.routes) {
-            if let (Some(host), Some(cert)) = (&route.host, &tls.sni) {
-                if !sni.iter().any(|(h, _)| h == host) {
-                    sni.push((host.clone(), cert.clone()));
-                }
-            }
-        }
-        Some(Sources { default, sni })
-    }
-
-    fn all(&self) -> impl Iterator<Item = &ServerCert> {
-        std::iter::once(&self.default).chain(self.sni.iter().map(|(_, s)| s))
-    }
-
-    fn dirs(&self) -> BTreeSet<PathBuf> {
-        self.all()
-            .flat_map(ServerCert::files)
-            .map(|f| match f.parent() {
-                Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-                _ => PathBuf::from("."),
-            })
-            .collect()
-    }
 }
 
 /// Picks the certificate by SNI; the default one for other names and for clients
@@ -324,8 +267,15 @@ pub enum ServerConfigError {
     ClientCa(rustls::server::VerifierBuilderError),
 }
 
-fn server_config(sources: &Sources) -> Result<ServerConfig, ServerConfigError> {
-    let default = &sources.default.material.value;
+/// The listener's TLS for one config: `listen.tls`'s certificate by default, each
+/// route's `tls` for its `host` by SNI (the first route naming a host wins); `None`
+/// without `listen.tls`. Built with each snapshot, so a connection takes the
+/// certificates of the snapshot in force when it is accepted and keeps them.
+pub fn server_config(config: &Loaded) -> Result<Option<Arc<ServerConfig>>, ServerConfigError> {
+    let Some(default) = &config.tls.listener else {
+        return Ok(None);
+    };
+    let default = &default.material.value;
     let builder = ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(VERSIONS)
         .map_err(ServerConfigError::Protocols)?;
@@ -338,184 +288,21 @@ fn server_config(sources: &Sources) -> Result<ServerConfig, ServerConfigError> {
         }
         None => builder.with_no_client_auth(),
     };
+    let mut by_host = HashMap::new();
+    for (route, tls) in config.routes.iter().zip(&config.tls.routes) {
+        if let (Some(host), Some(cert)) = (&route.host, &tls.sni) {
+            by_host
+                .entry(host.clone())
+                .or_insert_with(|| cert.material.value.certified.clone());
+        }
+    }
     let resolver = SniResolver {
         default: default.certified.clone(),
-        by_host: sources
-            .sni
-            .iter()
-            .map(|(host, s)| (host.clone(), s.material.value.certified.clone()))
-            .collect(),
+        by_host,
     };
-    let mut config = builder.with_cert_resolver(Arc::new(resolver));
-    config.alpn_protocols = vec![ALPN_H2.to_vec(), ALPN_HTTP11.to_vec()];
-    Ok(config)
-}
-
-/// The listener's TLS settings in force. Each new connection takes the current
-/// [`ServerConfig`]; a swap never touches connections already open.
-pub struct ServerTls {
-    current: ArcSwap<ServerConfig>,
-    sources: std::sync::Mutex<Sources>,
-}
-
-impl ServerTls {
-    /// The listener's TLS, when `listen.tls` is set (read at start only).
-    pub fn from_config(config: &Loaded) -> Result<Option<Arc<ServerTls>>, ServerConfigError> {
-        let Some(sources) = Sources::from_config(config) else {
-            return Ok(None);
-        };
-        let server = server_config(&sources)?;
-        Ok(Some(Arc::new(ServerTls {
-            current: ArcSwap::from_pointee(server),
-            sources: std::sync::Mutex::new(sources),
-        })))
-    }
-
-    /// An acceptor for one new connection.
-    pub fn acceptor(&self) -> tokio_rustls::TlsAcceptor {
-        tokio_rustls::TlsAcceptor::from(self.current.load_full())
-    }
-
-    fn sources(&self) -> Sources {
-        self.sources
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone()
-    }
-
-    fn install(&self, sources: Sources) {
-        match server_config(&sources) {
-            Ok(server) => {
-                self.current.store(Arc::new(server));
-                *self
-                    .sources
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner) = sources;
-            }
-            Err(e) => tracing::error!(
-                error = %e,
-                "the new TLS settings were rejected; the certificates in force keep serving"
-            ),
-        }
-    }
-
-    /// A new config generation: take its certificates (read and checked when it was
-    /// loaded). `listen.tls` itself is read at start only.
-    fn apply_config(&self, config: &Loaded) {
-        // A reload never removes `listen.tls` from a TLS listener (it is read at start
-        // only; reload.rs keeps it and warns), so there is always a set here.
-        let Some(new) = Sources::from_config(config) else {
-            return;
-        };
-        if new != self.sources() {
-            self.install(new);
-            tracing::info!("TLS certificates updated from the config");
-        }
-    }
-
-    /// Files changed on disk: re-read every certificate, keeping the one in force for
-    /// each file that is now bad.
-    fn reread_files(&self) {
-        let mut sources = self.sources();
-        let mut changed = false;
-        let mut refresh = |source: &mut ServerCert, what: &str| match source.reread() {
-            Ok(material) => {
-                if material != source.material {
-                    tracing::info!(certificate = what, file = %source.cert.display(), "TLS certificate reloaded");
-                    source.material = material;
-                    changed = true;
-                }
-            }
-            Err(e) => tracing::error!(
-                certificate = what,
-                "TLS certificate rejected; the one in force keeps serving: {e}"
-            ),
-        };
-        refresh(&mut sources.default, "listen.tls");
-        for (host, source) in &mut sources.sni {
-            refresh(source, host);
-        }
-        if changed {
-            self.install(sources);
-        }
-    }
-}
-
-/// Keeps the listener's certificates current: re-reads them when their directories
-/// change (editor renames and Kubernetes Secret `..data` symlink swaps included,
-/// debounced like config reloads), and follows new config generations.
-pub fn spawn_reloader(
-    tls: Arc<ServerTls>,
-    snapshot: SharedSnapshot,
-) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let mut generation = snapshot.load().generation;
-        let mut watching = BTreeSet::new();
-        let (tx, mut rx) = mpsc::unbounded_channel::<()>();
-        let mut watcher = file_watcher(tx);
-        loop {
-            let dirs = tls.sources().dirs();
-            if dirs != watching {
-                if let Some(w) = watcher.as_mut() {
-                    watch_dirs(w, &watching, &dirs);
-                }
-                watching = dirs;
-            }
-            tokio::select! {
-                event = rx.recv() => {
-                    if event.is_none() {
-                        // No watcher: follow config generations only.
-                        tokio::time::sleep(CONFIG_POLL).await;
-                    } else {
-                        crate::watch::debounce(&mut rx).await;
-                        tls.reread_files();
-                    }
-                }
-                _ = tokio::time::sleep(CONFIG_POLL) => {}
-            }
-            let snap = snapshot.load();
-            if snap.generation != generation {
-                generation = snap.generation;
-                tls.apply_config(&snap.config);
-            }
-        }
-    })
-}
-
-/// How often the reloader looks for a new config generation.
-const CONFIG_POLL: Duration = Duration::from_millis(200);
-
-fn file_watcher(tx: mpsc::UnboundedSender<()>) -> Option<notify::RecommendedWatcher> {
-    let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        if let Ok(event) = event {
-            if !matches!(event.kind, notify::EventKind::Access(_)) {
-                let _ = tx.send(());
-            }
-        }
-    });
-    match watcher {
-        Ok(w) => Some(w),
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot watch the TLS certificate files; they are re-read on config reloads only");
-            None
-        }
-    }
-}
-
-fn watch_dirs(
-    watcher: &mut notify::RecommendedWatcher,
-    old: &BTreeSet<PathBuf>,
-    new: &BTreeSet<PathBuf>,
-) {
-    use notify::{RecursiveMode, Watcher};
-    for dir in old.difference(new) {
-        let _ = watcher.unwatch(dir);
-    }
-    for dir in new.difference(old) {
-        if let Err(e) = watcher.watch(dir, RecursiveMode::NonRecursive) {
-            tracing::warn!(dir = %dir.display(), error = %e, "cannot watch a TLS certificate directory; changes in it are not seen");
-        }
-    }
+    let mut server = builder.with_cert_resolver(Arc::new(resolver));
+    server.alpn_protocols = vec![ALPN_H2.to_vec(), ALPN_HTTP11.to_vec()];
+    Ok(Some(Arc::new(server)))
 }
 
 // ---------------------------------------------------------------------------------------

@@ -227,6 +227,73 @@ async fn a_rotated_certificate_serves_new_connections_while_old_ones_keep_workin
     cohort.shutdown().await;
 }
 
+/// The certificate files are inputs of the config like its text: a change to one is a
+/// reload through the same path (counted, a new generation, the whole config re-read),
+/// and a broken one is a rejected reload while the snapshot in force keeps serving.
+#[tokio::test]
+async fn a_certificate_change_is_a_reload_and_a_broken_one_a_rejected_reload() {
+    let pki = Pki::new("reload-path");
+    let certs = tempfile::tempdir().expect("tempdir");
+    let leaf = pki.write_leaf(
+        certs.path(),
+        "server",
+        &["localhost"],
+        rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+    );
+    let stable = FakeUpstream::start("stable").await;
+    let canary = FakeUpstream::start("canary").await;
+    let cohort = TestCohort::start(tls_listener(&leaf).route(web(&stable, &canary))).await;
+    let config = client_config(&pki.ca_path(), &[H1], None);
+    let figures = || async {
+        let text = cohort.metrics().await;
+        let value =
+            |name: &str, labels: &[(&str, &str)]| support::prom::series_value(&text, name, labels);
+        (
+            value("cohort_config_generation", &[]),
+            value("cohort_config_reloads_total", &[("result", "ok")]),
+            value("cohort_config_reloads_total", &[("result", "error")]),
+        )
+    };
+    let (generation, ok, error) = figures().await;
+
+    let new_der = pki.rotate(&leaf, &["localhost"]);
+    let deadline = Instant::now() + PATIENCE;
+    while TlsConn::connect(cohort.proxy, "localhost", config.clone())
+        .await
+        .expect("handshake")
+        .served[0]
+        != new_der
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the new certificate was never served"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let after_rotation = figures().await;
+    assert_eq!(
+        after_rotation,
+        (generation + 1.0, ok + 1.0, error),
+        "(generation, ok, error) after a rotation"
+    );
+
+    tls_support::write_atomically(&leaf.cert, b"-----BEGIN CERTIFICATE-----\nnot base64\n");
+    let deadline = Instant::now() + PATIENCE;
+    while figures().await.2 == error {
+        assert!(
+            Instant::now() < deadline,
+            "the broken certificate was never rejected"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(figures().await, (generation + 1.0, ok + 1.0, error + 1.0));
+    let conn = TlsConn::connect(cohort.proxy, "localhost", config.clone())
+        .await
+        .expect("handshake after a bad write");
+    assert_eq!(conn.served[0], new_der);
+    cohort.shutdown().await;
+}
+
 #[tokio::test]
 async fn a_kubernetes_secret_symlink_swap_is_picked_up() {
     // A mounted Secret: tls.crt -> ..data/tls.crt, ..data -> ..<timestamp>/; an update

@@ -4,7 +4,7 @@
 
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use http::HeaderName;
@@ -40,6 +40,39 @@ impl Config {
     /// Valid settings worth a warning, in file order.
     pub fn warnings(&self) -> &[ConfigWarning] {
         &self.warnings
+    }
+
+    /// Every file the config names besides itself (certificates, keys, CAs, the admin
+    /// token), each once, in file order: what the shell reads with the config, and
+    /// watches beside it, so a change to any of them is a reload.
+    pub fn named_files(&self) -> Vec<&Path> {
+        fn server(tls: &ServerTls) -> [Option<&Path>; 3] {
+            [Some(&tls.cert), Some(&tls.key), tls.client_ca.as_ref()]
+                .map(|p| p.map(PathBuf::as_path))
+        }
+        fn upstream(tls: &UpstreamTls) -> [Option<&Path>; 3] {
+            [
+                tls.ca.as_deref(),
+                tls.client_cert.as_deref(),
+                tls.client_key.as_deref(),
+            ]
+        }
+        let mut files: Vec<&Path> = Vec::new();
+        let listen = self.listen.tls.iter().flat_map(server);
+        let token = self.admin.token_file.as_deref();
+        let routes = self.routes.iter().flat_map(|route| {
+            let sni = route.tls.iter().flat_map(server);
+            let variants = [&route.stable, &route.canary]
+                .into_iter()
+                .flat_map(|u| u.tls.iter().flat_map(upstream));
+            sni.chain(variants)
+        });
+        for file in listen.chain([token]).chain(routes).flatten() {
+            if !files.contains(&file) {
+                files.push(file);
+            }
+        }
+        files
     }
 }
 

@@ -405,3 +405,43 @@ fn bad_rollouts_and_guards_are_rejected() {
         "{err}"
     );
 }
+
+#[test]
+fn named_files_lists_every_file_once_resolved() {
+    let c = parse(
+        r#"
+[listen]
+tls = { cert = "tls/cert.pem", key = "tls/key.pem", client_ca = "tls/clients.pem" }
+[admin]
+token_file = "secrets/token"
+[[routes]]
+name = "a"
+salt = "s"
+host = "a.example"
+tls = { cert = "tls/a.pem", key = "tls/key.pem" }
+stable = { endpoints = ["https://10.0.0.1:443"], tls = { ca = "ca.pem", client_cert = "me.pem", client_key = "me.key" } }
+canary = { endpoints = ["https://10.0.0.2:443"], tls = { ca = "ca.pem" } }
+"#,
+        Path::new("/etc/cohort/cohort.toml"),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let names: Vec<String> = c
+        .named_files()
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "/etc/cohort/tls/cert.pem",
+            "/etc/cohort/tls/key.pem",
+            "/etc/cohort/tls/clients.pem",
+            "/etc/cohort/secrets/token",
+            "/etc/cohort/tls/a.pem",
+            "/etc/cohort/ca.pem",
+            "/etc/cohort/me.pem",
+            "/etc/cohort/me.key",
+        ]
+    );
+    assert!(parse_ok(MINIMAL).named_files().is_empty());
+}
