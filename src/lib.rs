@@ -7,40 +7,34 @@
 //! and rules (re-exported by [`config`]) come from the `cohort-core` crate. The shell
 //! does I/O: loading a config ([`config::load`]: the core's validation, then the TLS
 //! files it names), the server and listeners, the two HTTP/1 engines (hyper's in
-//! `proxy`, the own fast path in [`h1`]), which take every request decision from one
-//! policy module ([`request`]), upstream pools, reload and the file watcher, the guard
-//! evaluator ([`guard`]), the admin listener and metrics. `window` (the sliding windows
+//! `engine::proxy`, the own fast path in [`h1`]; `src/engine/`), which take every request decision from
+//! one policy module ([`request`]), upstream pools, the runtime (reload, the file
+//! watcher, the snapshot, the guard evaluator [`guard`]; `src/runtime/`), the admin
+//! listener (`src/admin/`) and metrics (`src/metrics/`). `window` (the sliding windows
 //! behind the figures and the guards) is shell: the clock is passed in, but it is state
 //! the workers write (atomics, one lane per worker thread), not a function of its inputs.
 #![forbid(unsafe_code)]
 
 pub use cohort_core::{cohort, rollout, router};
 
+// The folders are the architecture (ARCHITECTURE.md): the request policy, the two
+// engines, the upstream pools, the runtime (server, reloads, snapshot, guard), the admin
+// listener and metrics; config.rs and tls.rs turn the files a config names into values.
 mod admin;
-mod charts;
 pub mod config;
-mod drain;
-pub mod guard;
-pub mod h1;
-mod history;
-mod listener;
+mod engine;
 mod metrics;
-mod proxy;
-pub mod reload;
 pub mod request;
-pub mod request_id;
-mod request_log;
-mod server;
-mod snapshot;
-pub mod state_dir;
-pub mod status_page;
+mod runtime;
 mod tls;
 mod upstream;
-mod watch;
-mod webhook;
-mod window;
-mod writeback;
 
-pub use proxy::ACCESS_LOG_TARGET;
-pub use server::{start, Running, StartError};
+// What tests, benches, the binary and embedders reach by name.
+pub use admin::status_page;
+pub use engine::h1;
+pub use request::id as request_id;
+pub use runtime::{guard, reload, state_dir};
+
+pub use engine::proxy::ACCESS_LOG_TARGET;
+pub use runtime::server::{start, Running, StartError};
 pub use tls::ServerConfigError;

@@ -9,10 +9,10 @@ use http::{Method, StatusCode};
 
 use crate::config::Route;
 use crate::metrics::Metrics;
-use crate::request_id::{self, RequestId};
-use crate::request_log::AccessLog;
+use crate::request::id::{self, RequestId};
+use crate::request::log::AccessLog;
 use crate::router::{self, Decision, Fields};
-use crate::snapshot::{RouteState, Snapshot};
+use crate::runtime::snapshot::{RouteState, Snapshot};
 
 /// The body of the 404 for a request no route matches.
 pub(crate) const NO_ROUTE_BODY: &str = "no route matches this request\n";
@@ -60,7 +60,7 @@ pub(crate) fn draw_key() -> String {
 /// behaviour).
 #[inline]
 pub(crate) fn draws_request_id(client_id: Option<&[u8]>) -> bool {
-    !client_id.is_some_and(request_id::usable)
+    !client_id.is_some_and(id::usable)
 }
 
 /// The access log's record of the request when `listen.access_log` is on (one heap

@@ -1,6 +1,6 @@
 //! The header rules of both hops (DESIGN §1.7), defined once and applied by both
 //! engines: hyper's to a `HeaderMap` (the functions here), cohort's own HTTP/1.1 path
-//! while it writes head bytes (`crate::h1::head`, from the same [`Field`]s,
+//! while it writes head bytes (`crate::engine::h1::head`, from the same [`Field`]s,
 //! [`HOP_BY_HOP`] list and [`Forwarding`] decision).
 //!
 //! - hop-by-hop fields never cross cohort in either direction: the [`HOP_BY_HOP`] list
@@ -21,9 +21,9 @@ use http::{HeaderMap, HeaderName, HeaderValue};
 
 use crate::cohort::Variant;
 use crate::config::Route;
-use crate::request_id::RequestId;
+use crate::request::id::RequestId;
 use crate::router::{self, Decision, IpText};
-use crate::snapshot::Snapshot;
+use crate::runtime::snapshot::Snapshot;
 
 pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -354,7 +354,7 @@ pub(crate) fn forward_headers(
     if let Some(id) = fwd.request_id {
         // Hex digits and hyphens: always a valid header value.
         if let Ok(value) = HeaderValue::from_bytes(id.as_bytes()) {
-            headers.insert(crate::request_id::X_REQUEST_ID.clone(), value);
+            headers.insert(crate::request::id::X_REQUEST_ID.clone(), value);
         }
     }
 }

@@ -1,6 +1,6 @@
 //! The request policy: every decision about one proxied request that is not wire
-//! handling, written once and called by both engines (hyper's in `crate::proxy`, which
-//! also serves HTTP/2 and TLS, and cohort's own HTTP/1.1 fast path in `crate::h1`).
+//! handling, written once and called by both engines (hyper's in `crate::engine::proxy`, which
+//! also serves HTTP/2 and TLS, and cohort's own HTTP/1.1 fast path in `crate::engine::h1`).
 //!
 //! - [`begin`]: route lookup and the 404, the (variant, source) decision and its
 //!   counting, whether cohort draws a request id, the access log's start;
@@ -19,6 +19,8 @@
 pub(crate) mod begin;
 pub(crate) mod errors;
 pub mod forward;
+pub mod id;
+pub(crate) mod log;
 pub(crate) mod record;
 pub mod reject;
 pub(crate) mod retry;

@@ -10,9 +10,9 @@ use std::time::Instant;
 use crate::cohort::Variant;
 use crate::metrics::VariantMetrics;
 use crate::request::errors::{self, ErrorAnswer};
-use crate::request_log::{AccessLog, Causes};
+use crate::request::log::{AccessLog, Causes};
 use crate::router::{AssignSource, Decision};
-use crate::snapshot::Snapshot;
+use crate::runtime::snapshot::Snapshot;
 use crate::upstream::UpstreamError;
 
 /// Everything needed to count one request once.
@@ -130,7 +130,7 @@ pub(crate) const UPSTREAM_WARNING_TARGET: &str = "cohort::request_log";
 /// after a quiet spell says how many were held back meanwhile (`suppressed`), so a
 /// dead upstream under load costs one line a second, not one per request.
 ///
-/// [`WarnGate::INTERVAL_MS`]: crate::request_log::WarnGate::INTERVAL_MS
+/// [`WarnGate::INTERVAL_MS`]: crate::request::log::WarnGate::INTERVAL_MS
 fn upstream_failed(route: &str, variant: Variant, metrics: &VariantMetrics, error: &UpstreamError) {
     let kind = error.kind();
     metrics.upstream_error(kind);

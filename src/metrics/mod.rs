@@ -19,12 +19,13 @@ use metrics_exporter_prometheus::{
 };
 
 use crate::cohort::Variant;
-use crate::request_log::WarnGate;
+use crate::metrics::window::{HistorySlot, Window, WindowStats, WINDOW_SECONDS};
+use crate::request::log::WarnGate;
 use crate::rollout::{Figures, Reason, RolloutState};
 use crate::router::AssignSource;
-use crate::window::{HistorySlot, Window, WindowStats, WINDOW_SECONDS};
 
 mod process;
+pub(crate) mod window;
 
 pub const REQUESTS_TOTAL: &str = "cohort_requests_total";
 pub const REQUEST_DURATION: &str = "cohort_request_duration_seconds";
@@ -538,7 +539,7 @@ impl VariantMetrics {
         self.upstream_errors[kind.index()].increment(1);
     }
 
-    /// The gate of the upstream-failure warnings of `kind` (`crate::request_log`).
+    /// The gate of the upstream-failure warnings of `kind` (`crate::request::log`).
     pub fn warn_gate(&self, kind: UpstreamErrorKind) -> &WarnGate {
         &self.warn_gates[kind.index()]
     }

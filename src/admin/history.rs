@@ -1,9 +1,9 @@
 //! The status page's last 15 minutes of one route: per variant the request rate, error
 //! ratio and p99 in 15-second slots (read from the one-minute windows, which keep them;
-//! see [`crate::window`]), and the events that belong on the charts' time axis: rollout
+//! see [`crate::metrics::window`]), and the events that belong on the charts' time axis: rollout
 //! steps, share changes, rollbacks and resumes, in a small ring per route identity.
 //!
-//! Served as `GET /routes/{name}/history` and drawn by [`crate::charts`]. It is not part
+//! Served as `GET /routes/{name}/history` and drawn by [`crate::admin::charts`]. It is not part
 //! of `/routes`: 120 points per route would make that document, which scripts poll and
 //! which answers every change, ten times heavier for a picture only the page draws.
 
@@ -12,8 +12,8 @@ use std::collections::VecDeque;
 use serde_json::{json, Value};
 
 use crate::cohort::BasisPoints;
+use crate::metrics::window::{quantile, HistorySlot, HISTORY_SLOTS, HISTORY_SLOT_SECONDS};
 use crate::rollout::{format_rfc3339, Effective, Reason, RolloutState, UnixMillis};
-use crate::window::{quantile, HistorySlot, HISTORY_SLOTS, HISTORY_SLOT_SECONDS};
 
 /// Events a route keeps: far more than 15 minutes of steps and rollbacks normally hold.
 pub const EVENTS_KEPT: usize = 32;
@@ -56,7 +56,7 @@ pub struct Event {
 }
 
 /// The event ring of one route identity. Rollbacks and resumes are recorded where they
-/// happen (`crate::guard`); steps and share changes are noticed by comparing what
+/// happen (`crate::runtime::guard`); steps and share changes are noticed by comparing what
 /// `RouteState::refresh` computes with what was in force before.
 #[derive(Debug, Default)]
 pub struct Events {
@@ -192,7 +192,7 @@ pub fn history_json(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::window::Counts;
+    use crate::metrics::window::Counts;
 
     fn bp(percent: f64) -> BasisPoints {
         BasisPoints::from_percent(percent).expect("a valid percentage")

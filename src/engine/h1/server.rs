@@ -27,15 +27,15 @@ use super::head::{self, Decoration, Framing, ParsedRequest, ParsedResponse};
 use super::upstream::Conn;
 use crate::cohort::Variant;
 use crate::config::Route;
-use crate::drain::DrainWatch;
-use crate::proxy::ProxyContext;
+use crate::engine::drain::DrainWatch;
+use crate::engine::proxy::ProxyContext;
 use crate::request::errors::ErrorAnswer;
 use crate::request::forward::{self, Forwarding};
+use crate::request::id::RequestId;
 use crate::request::record::{Completion, Pending};
 use crate::request::{begin, reject, retry};
-use crate::request_id::RequestId;
 use crate::router::IpText;
-use crate::snapshot::{RouteState, Snapshot};
+use crate::runtime::snapshot::{RouteState, Snapshot};
 use crate::upstream::{Target, UpstreamError};
 
 /// How a connection left this path.

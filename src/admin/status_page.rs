@@ -4,7 +4,7 @@
 //!
 //! The page is one self-contained HTML document (inline CSS, no script, no external
 //! asset) that reloads itself every 5 s. Under each route's figures, small inline SVG
-//! charts show its last 15 minutes ([`crate::charts`]) when the route's object carries
+//! charts show its last 15 minutes ([`crate::admin::charts`]) when the route's object carries
 //! the `GET /routes/{name}/history` document as `"history"` (the admin listener adds
 //! it); without it, the page is the same minus the charts. Every string that comes from config (route
 //! names, hosts, salts, sticky sources, endpoints) is HTML-escaped. The document is read
@@ -54,7 +54,7 @@ pub struct RouteView {
     /// The route is rolled back (the line above says why).
     pub rolled_back: bool,
     /// The last 15 minutes, when the document carries them.
-    pub(crate) history: Option<crate::charts::History>,
+    pub(crate) history: Option<crate::admin::charts::History>,
 }
 
 /// "rollout ramping · step 2 of 5 (5 %) · next step at 2026-12-01T09:20:00Z", or the
@@ -197,7 +197,7 @@ impl RouteView {
                 }),
             history: route
                 .get("history")
-                .and_then(crate::charts::History::from_json),
+                .and_then(crate::admin::charts::History::from_json),
         }
     }
 }
@@ -514,7 +514,7 @@ fn route_card(html: &mut String, route: &RouteView) {
     }
     html.push_str("</tbody>\n</table>\n");
     if let Some(history) = &route.history {
-        html.push_str(&crate::charts::charts_block(history));
+        html.push_str(&crate::admin::charts::charts_block(history));
     }
     html.push_str("</section>\n");
 }

@@ -13,7 +13,7 @@ use std::time::Duration;
 use notify::{RecommendedWatcher, RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 
-use crate::reload::{Control, Trigger};
+use crate::runtime::reload::{Control, Trigger};
 
 /// File events are applied this long after the last event of a burst...
 const DEBOUNCE_QUIET: Duration = Duration::from_millis(100);

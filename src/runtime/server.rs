@@ -11,12 +11,12 @@ use tokio::sync::watch;
 
 use crate::admin;
 use crate::config::Loaded;
-use crate::guard::{self, Guards};
-use crate::listener;
+use crate::engine::listener;
+use crate::engine::proxy::ProxyContext;
 use crate::metrics::Metrics;
-use crate::proxy::ProxyContext;
-use crate::reload::{self, Control, ReloadError};
-use crate::snapshot::{SharedSnapshot, Snapshot};
+use crate::runtime::guard::{self, Guards};
+use crate::runtime::reload::{self, Control, ReloadError};
+use crate::runtime::snapshot::{SharedSnapshot, Snapshot};
 use crate::upstream::Pool;
 
 /// State shared by the workers, the admin listener and (later) reloads.
@@ -45,7 +45,7 @@ pub enum StartError {
     #[error("{}: {source}", file.display())]
     StateDir {
         file: std::path::PathBuf,
-        source: crate::state_dir::StateDirError,
+        source: crate::runtime::state_dir::StateDirError,
     },
 }
 
@@ -67,7 +67,7 @@ pub async fn start(config: Loaded) -> Result<Running, StartError> {
     // Found now, not at the first rollback: a kill switch that cannot be remembered
     // would send users back to a failed canary after the next restart.
     if let Some(dir) = &config.state_dir {
-        crate::state_dir::check(dir).map_err(|source| StartError::StateDir {
+        crate::runtime::state_dir::check(dir).map_err(|source| StartError::StateDir {
             file: config.source.clone(),
             source,
         })?;
@@ -164,7 +164,7 @@ pub async fn start(config: Loaded) -> Result<Running, StartError> {
     ))];
     control_tasks.push(tokio::spawn(guard::evaluate_forever(state.clone())));
     if watchable {
-        control_tasks.extend(crate::watch::spawn(control.clone()));
+        control_tasks.extend(crate::runtime::watch::spawn(control.clone()));
         control_tasks.extend(reload::on_sighup(control.clone()));
     }
     state.ready.store(true, Ordering::SeqCst);

@@ -19,12 +19,12 @@ use hyper_util::rt::TokioIo;
 
 use crate::metrics::Metrics;
 use crate::request::forward::{self, Forwarding};
+use crate::request::id::{RequestId, X_REQUEST_ID};
+use crate::request::log::Causes;
 use crate::request::record::{Completion, Pending};
 use crate::request::{begin, retry};
-use crate::request_id::{RequestId, X_REQUEST_ID};
-use crate::request_log::Causes;
 use crate::router;
-use crate::snapshot::SharedSnapshot;
+use crate::runtime::snapshot::SharedSnapshot;
 use crate::upstream::{Lease, Pool, Progress, UpstreamError};
 
 /// What every request on one worker shares.
@@ -32,8 +32,8 @@ pub struct ProxyContext {
     pub snapshot: SharedSnapshot,
     pub metrics: Arc<Metrics>,
     pub pool: Pool,
-    /// Plain HTTP/1.1 upstream connections of cohort's own client (`crate::h1`).
-    pub h1_pool: crate::h1::upstream::Pool,
+    /// Plain HTTP/1.1 upstream connections of cohort's own client (`crate::engine::h1`).
+    pub h1_pool: crate::engine::h1::upstream::Pool,
     /// `http` or `https`: the listener's scheme, for `X-Forwarded-Proto` and cookies.
     pub scheme: &'static str,
 }
@@ -238,7 +238,7 @@ async fn tunnel(downstream: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade:
 }
 
 /// The tracing target of access log lines (`listen.access_log`), always written as JSON.
-pub use crate::request_log::ACCESS_LOG_TARGET;
+pub use crate::request::log::ACCESS_LOG_TARGET;
 
 /// The response body sent to the client: the upstream's, streamed, or cohort's own.
 /// It records the request's metrics when it ends, fails or is dropped, and hands

@@ -1,6 +1,6 @@
 //! Rollout and guard runtime: per-identity memory (windows, hold, rollback), the
 //! evaluator that turns schedule + verdict into the share in force at least once a
-//! second, rollbacks and resumes (persisted by `crate::state_dir`), and the
+//! second, rollbacks and resumes (persisted by `crate::runtime::state_dir`), and the
 //! `on_rollback` webhook.
 //!
 //! The decisions themselves are pure (`crate::rollout`); this module feeds them clocks
@@ -14,15 +14,15 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use serde_json::{json, Value};
 
+use crate::admin::history::{Event, Events};
 use crate::cohort::{BasisPoints, Variant};
 use crate::config::{Config, Route};
-use crate::history::{Event, Events};
+use crate::metrics::window::Window;
 use crate::rollout::{
     self, format_rfc3339, verdict, Figures, GuardAction, Reason, UnixMillis, Verdict,
 };
-use crate::server::State;
-use crate::state_dir::{self, Stored};
-use crate::window::Window;
+use crate::runtime::server::State;
+use crate::runtime::state_dir::{self, Stored};
 
 /// How often guards are judged and schedules re-read.
 pub(crate) const EVALUATE_EVERY: Duration = Duration::from_millis(250);
@@ -359,7 +359,7 @@ fn announce_late_start(route: &Route, memory: &GuardState, now: UnixMillis) {
 /// earlier one). `mono` is the metrics clock the windows run on.
 pub(crate) fn manual_rollback(
     route: &Route,
-    route_state: &crate::snapshot::RouteState,
+    route_state: &crate::runtime::snapshot::RouteState,
     now: UnixMillis,
     mono: u64,
 ) -> Option<RollbackRecord> {
@@ -440,7 +440,7 @@ fn rounded(value: f64) -> f64 {
 /// guard's rollback is an ERROR (something failed); a manual one a WARN (someone acted).
 fn announce_rollback(
     route: &Route,
-    route_state: &crate::snapshot::RouteState,
+    route_state: &crate::runtime::snapshot::RouteState,
     reason: Reason,
     now: UnixMillis,
     canary: &Figures,
@@ -521,7 +521,7 @@ pub(crate) async fn deliver_webhook(url: String, body: Value, route: String) {
     let mut delay = Duration::from_millis(500);
     let mut attempt = 1u32;
     loop {
-        let result = crate::webhook::post_json(&uri, payload.clone()).await;
+        let result = crate::runtime::webhook::post_json(&uri, payload.clone()).await;
         match result {
             Ok(status) if status.is_success() => {
                 tracing::info!(%route, attempt, "on_rollback webhook delivered");

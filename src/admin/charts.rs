@@ -1,5 +1,5 @@
 //! The status page's charts: a route's last 15 minutes as small inline SVG, drawn on
-//! the server from the `GET /routes/{name}/history` document ([`crate::history`]).
+//! the server from the `GET /routes/{name}/history` document ([`crate::admin::history`]).
 //!
 //! Pure functions from JSON to strings: no I/O, no clock (the document says what "now"
 //! is), no script. Request rate, error ratio and p99 get a chart each, stable and canary
@@ -14,8 +14,8 @@ use std::fmt::Write as _;
 
 use serde_json::Value;
 
+use crate::admin::status_page::{error_percent_text, escape, p99_ms_text, rate_text};
 use crate::rollout::{parse_rfc3339, UnixMillis};
-use crate::status_page::{error_percent_text, escape, p99_ms_text, rate_text};
 
 /// Size of one chart, in CSS pixels.
 pub const WIDTH: f64 = 360.0;
@@ -141,12 +141,12 @@ impl History {
             .get("slot_seconds")
             .and_then(Value::as_u64)
             .filter(|s| (1..=3600).contains(s))
-            .unwrap_or(crate::window::HISTORY_SLOT_SECONDS);
+            .unwrap_or(crate::metrics::window::HISTORY_SLOT_SECONDS);
         let slots = doc
             .get("slots")
             .and_then(Value::as_u64)
             .filter(|s| (1..=1000).contains(s))
-            .unwrap_or(crate::window::HISTORY_SLOTS);
+            .unwrap_or(crate::metrics::window::HISTORY_SLOTS);
         let slot_ms = i64::try_from(slot_seconds * 1000).unwrap_or(15_000);
         let points = |key: &str| -> Vec<Point> {
             let mut points: Vec<Point> = doc
@@ -210,7 +210,7 @@ impl Marker {
         let percent = event
             .get("percent")
             .and_then(Value::as_f64)
-            .map(|p| crate::status_page::trimmed(p, 2));
+            .map(|p| crate::admin::status_page::trimmed(p, 2));
         let reason = event.get("reason").and_then(Value::as_str);
         // "step 2 · 5 %" (steps counted from 1, as the page's rollout line does).
         let step_text = match (step, &percent) {

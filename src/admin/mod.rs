@@ -1,6 +1,10 @@
 //! The admin listener (loopback by default): metrics, health, and a read-only view of
 //! the routes and assignments.
 
+pub(crate) mod charts;
+pub(crate) mod history;
+pub mod status_page;
+
 use std::convert::Infallible;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -17,9 +21,9 @@ use subtle::ConstantTimeEq;
 use tokio::net::TcpListener;
 
 use crate::cohort::{self, BasisPoints, Variant};
-use crate::reload::{ChangeError, Control, Trigger};
-use crate::server::State;
-use crate::snapshot::Snapshot;
+use crate::runtime::reload::{ChangeError, Control, Trigger};
+use crate::runtime::server::State;
+use crate::runtime::snapshot::Snapshot;
 
 const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
 const JSON: &str = "application/json";
@@ -84,7 +88,7 @@ async fn route(state: &State, control: &Control, req: Request<Incoming>) -> Resp
         "/" => with_type(
             StatusCode::OK,
             "text/html; charset=utf-8",
-            crate::status_page::render(&page_json(state, &snap)),
+            crate::admin::status_page::render(&page_json(state, &snap)),
         ),
         "/metrics" => with_type(StatusCode::OK, PROMETHEUS_TEXT, state.metrics.render()),
         "/healthz" => text(StatusCode::OK, "ok\n"),
@@ -126,14 +130,14 @@ pub fn page_json(state: &State, snap: &Snapshot) -> Value {
 }
 
 /// `GET /routes/{name}/history`: the route's last 15 minutes per variant in 15-second
-/// slots, and its steps, rollbacks and resumes (see [`crate::history`]).
+/// slots, and its steps, rollbacks and resumes (see [`crate::admin::history`]).
 pub fn history_json(state: &State, snap: &Snapshot, index: usize) -> Value {
     let (route, route_state) = snap.route(index);
     let clock = state.metrics.clock();
     let now = clock.now();
-    let wall_now = crate::guard::wall_now();
+    let wall_now = crate::runtime::guard::wall_now();
     let metrics = |v: Variant| route_state.metrics.variant(v).history(now);
-    crate::history::history_json(
+    crate::admin::history::history_json(
         &route.name,
         &metrics(Variant::Stable),
         &metrics(Variant::Canary),
@@ -163,7 +167,7 @@ fn route_json(snap: &Snapshot, index: usize) -> Value {
     };
     let share = state.share();
     let rollout = route.rollout.as_ref().map(|r| {
-        let now = crate::guard::wall_now();
+        let now = crate::runtime::guard::wall_now();
         let resumed_at = state.memory().resumed_at();
         let position = r.position_from(r.origin(resumed_at), now);
         json!({
@@ -183,7 +187,7 @@ fn route_json(snap: &Snapshot, index: usize) -> Value {
             "at": crate::rollout::format_rfc3339(r.at),
             "remembered": r.saved.is_remembered(),
         });
-        if let crate::guard::Saved::Failed(reason) = &r.saved {
+        if let crate::runtime::guard::Saved::Failed(reason) = &r.saved {
             record["not_remembered_because"] = json!(reason);
         }
         record
@@ -362,7 +366,7 @@ async fn current_token(control: &Control) -> Option<Arc<String>> {
     let snapshot = control.snapshot();
     let file = snapshot.config.admin.token_file.as_deref()?;
     let in_force = snapshot.credentials.admin_token.as_deref();
-    if crate::reload::read_token_file(file).ok().as_ref() != in_force {
+    if crate::runtime::reload::read_token_file(file).ok().as_ref() != in_force {
         // Logged and counted inside when rejected; the token in force stays.
         let _ = control.reload(Trigger::File).await;
     }

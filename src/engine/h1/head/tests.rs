@@ -21,7 +21,7 @@ fn upstream(raw: &str, untrusted_override: Option<&HeaderName>) -> String {
 fn upstream_with_id(
     raw: &str,
     untrusted_override: Option<&HeaderName>,
-    drawn: Option<&crate::request_id::RequestId>,
+    drawn: Option<&crate::request::id::RequestId>,
 ) -> String {
     let mut s = storage();
     let ParsedRequest::Ready(req) = parse_request(raw.as_bytes(), &mut s) else {
@@ -436,7 +436,7 @@ fn the_first_request_id_is_read_and_passes_through_unchanged() {
 
 #[test]
 fn a_drawn_request_id_is_written_and_replaces_a_blank_one() {
-    let id = crate::request_id::RequestId::from_bits(0x0123_4567_89ab_cdef_0123_4567_89ab_cdef);
+    let id = crate::request::id::RequestId::from_bits(0x0123_4567_89ab_cdef_0123_4567_89ab_cdef);
     let head = upstream_with_id("GET / HTTP/1.1\r\nHost: a\r\n\r\n", None, Some(&id));
     assert!(
         head.ends_with("x-cohort-variant: canary\r\nx-request-id: 01234567-89ab-4def-8123-456789abcdef\r\n\r\n"),

@@ -21,9 +21,9 @@ use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 
-use crate::drain::{Drain, DrainWatch};
-use crate::h1::{self, rewind::Rewind, server::Served};
-use crate::proxy::{self, ProxyContext};
+use crate::engine::drain::{Drain, DrainWatch};
+use crate::engine::h1::{self, rewind::Rewind, server::Served};
+use crate::engine::proxy::{self, ProxyContext};
 use crate::request::reject::{self, Malformed};
 use crate::tls::HANDSHAKE_TIMEOUT;
 
@@ -62,7 +62,7 @@ pub fn spawn_worker(
         .name(format!("cohort-worker-{id}"))
         .spawn(move || {
             // This worker's requests are counted in its own lane of every window.
-            crate::window::enter_lane(id);
+            crate::metrics::window::enter_lane(id);
             let runtime = match tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()

@@ -15,10 +15,10 @@ use arc_swap::ArcSwap;
 
 use crate::cohort::{BasisPoints, Variant};
 use crate::config::{Endpoint, Loaded, Route, Transport};
-use crate::guard::{GuardState, Guards};
 use crate::metrics::{Metrics, RouteMetrics};
 use crate::rollout::{self, RolloutState, UnixMillis};
 use crate::router::{AssignSource, RouteTable};
+use crate::runtime::guard::{GuardState, Guards};
 use crate::upstream::Target;
 
 pub struct Snapshot {
@@ -55,7 +55,7 @@ pub struct RouteState {
     /// What this replica remembers of the route (rollback, resume, hold, guard windows).
     memory: Arc<GuardState>,
     /// Every endpoint of both variants is plain HTTP/1.1: cohort's own client serves
-    /// the route (`crate::h1`); otherwise hyper's does.
+    /// the route (`crate::engine::h1`); otherwise hyper's does.
     plain_http1: bool,
 }
 

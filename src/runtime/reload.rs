@@ -13,10 +13,10 @@ use tokio::sync::{Mutex, Notify};
 
 use crate::cohort::BasisPoints;
 use crate::config::{self, Config, ConfigError, Loaded};
-use crate::guard::ResumeError;
-use crate::server::State;
-use crate::snapshot::{Credentials, Snapshot};
-use crate::writeback::{self, EditError, WriteError};
+use crate::runtime::guard::ResumeError;
+use crate::runtime::server::State;
+use crate::runtime::snapshot::{Credentials, Snapshot};
+use crate::runtime::writeback::{self, EditError, WriteError};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Trigger {
@@ -263,7 +263,7 @@ impl Control {
             generation,
             &self.state.metrics,
             &self.state.guards,
-            crate::guard::wall_now(),
+            crate::runtime::guard::wall_now(),
         );
         self.state.snapshot.store(Arc::new(snapshot));
         self.applied.notify_one();
@@ -338,10 +338,10 @@ impl Control {
         let _serial = self.last_read.lock().await;
         let (snap, index) = self.running_route(route)?;
         let (config_route, route_state) = snap.route(index);
-        crate::guard::manual_rollback(
+        crate::runtime::guard::manual_rollback(
             config_route,
             route_state,
-            crate::guard::wall_now(),
+            crate::runtime::guard::wall_now(),
             self.state.metrics.clock().now(),
         );
         Ok(())
@@ -353,7 +353,7 @@ impl Control {
         let _serial = self.last_read.lock().await;
         let (snap, index) = self.running_route(route)?;
         let (config_route, route_state) = snap.route(index);
-        let now = crate::guard::wall_now();
+        let now = crate::runtime::guard::wall_now();
         route_state
             .memory()
             .resume(config_route, now)

@@ -55,7 +55,7 @@ pub fn check(dir: &Path) -> Result<(), StateDirError> {
         ));
     }
     let probe = dir.join(format!(".cohort-probe-{}", std::process::id()));
-    crate::writeback::write_new_atomically(&probe, "probe\n").map_err(|e| {
+    crate::runtime::writeback::write_new_atomically(&probe, "probe\n").map_err(|e| {
         error(format!(
             "is not writable; rollbacks could not be remembered: {e}"
         ))
@@ -137,7 +137,8 @@ pub(crate) fn write(path: &Path, route: &Route, stored: Stored) -> Result<(), St
             "resumed_at_ms": at,
         }),
     };
-    crate::writeback::write_new_atomically(path, &format!("{record}\n")).map_err(|e| e.to_string())
+    crate::runtime::writeback::write_new_atomically(path, &format!("{record}\n"))
+        .map_err(|e| e.to_string())
 }
 
 /// Removes the record at `path`; a missing one is fine.
