@@ -48,6 +48,39 @@ fn web(stable: &FakeUpstream, canary: &FakeUpstream) -> Route {
 }
 
 /// A route "shop" on host `shop.test` with `leaf` as its own certificate, to `upstream`.
+/// A TLS listener serving `localhost` from a certificate in its own directory (apart
+/// from the config's), in front of a stable and a canary upstream.
+struct LocalhostTls {
+    pki: Pki,
+    leaf: tls_support::Leaf,
+    cohort: TestCohort,
+    _certs: tempfile::TempDir,
+    _upstreams: [FakeUpstream; 2],
+}
+
+impl LocalhostTls {
+    async fn start(name: &str) -> LocalhostTls {
+        let pki = Pki::new(name);
+        let certs = tempfile::tempdir().expect("tempdir");
+        let leaf = pki.write_leaf(
+            certs.path(),
+            "server",
+            &["localhost"],
+            rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+        );
+        let stable = FakeUpstream::start("stable").await;
+        let canary = FakeUpstream::start("canary").await;
+        let cohort = TestCohort::start(tls_listener(&leaf).route(web(&stable, &canary))).await;
+        LocalhostTls {
+            pki,
+            leaf,
+            cohort,
+            _certs: certs,
+            _upstreams: [stable, canary],
+        }
+    }
+}
+
 fn shop_route(leaf: &tls_support::Leaf, upstream: &FakeUpstream) -> Route {
     Route::new("shop")
         .host("shop.test")
@@ -169,17 +202,13 @@ async fn sni_picks_the_routes_certificate_and_the_default_serves_the_rest() {
 
 #[tokio::test]
 async fn a_rotated_certificate_serves_new_connections_while_old_ones_keep_working() {
-    let pki = Pki::new("rotate");
-    let certs = tempfile::tempdir().expect("tempdir");
-    let leaf = pki.write_leaf(
-        certs.path(),
-        "server",
-        &["localhost"],
-        rcgen::ExtendedKeyUsagePurpose::ServerAuth,
-    );
-    let stable = FakeUpstream::start("stable").await;
-    let canary = FakeUpstream::start("canary").await;
-    let cohort = TestCohort::start(tls_listener(&leaf).route(web(&stable, &canary))).await;
+    let LocalhostTls {
+        pki,
+        leaf,
+        cohort,
+        _certs,
+        _upstreams,
+    } = LocalhostTls::start("rotate").await;
     let config = client_config(&pki.ca_path(), &[H2, H1], None);
 
     let mut old = TlsConn::connect(cohort.proxy, "localhost", config.clone())
@@ -232,17 +261,13 @@ async fn a_rotated_certificate_serves_new_connections_while_old_ones_keep_workin
 /// and a broken one is a rejected reload while the snapshot in force keeps serving.
 #[tokio::test]
 async fn a_certificate_change_is_a_reload_and_a_broken_one_a_rejected_reload() {
-    let pki = Pki::new("reload-path");
-    let certs = tempfile::tempdir().expect("tempdir");
-    let leaf = pki.write_leaf(
-        certs.path(),
-        "server",
-        &["localhost"],
-        rcgen::ExtendedKeyUsagePurpose::ServerAuth,
-    );
-    let stable = FakeUpstream::start("stable").await;
-    let canary = FakeUpstream::start("canary").await;
-    let cohort = TestCohort::start(tls_listener(&leaf).route(web(&stable, &canary))).await;
+    let LocalhostTls {
+        pki,
+        leaf,
+        cohort,
+        _certs,
+        _upstreams,
+    } = LocalhostTls::start("reload-path").await;
     let config = client_config(&pki.ca_path(), &[H1], None);
     let figures = || async {
         let text = cohort.metrics().await;
