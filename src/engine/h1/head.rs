@@ -61,7 +61,8 @@ impl Fields for ParsedFields<'_, '_> {
 pub enum Handover {
     /// HTTP/1.0 keep-alive rules differ.
     Http10,
-    /// Absolute-form or asterisk target.
+    /// Absolute-form or asterisk target, or an origin-form one hyper's URI parsing
+    /// would not take as it is (see [`is_plain_target`]).
     UnusualTarget,
     /// A chunked, oversized or ambiguous request body: hyper streams it.
     Body,
@@ -137,7 +138,7 @@ pub fn parse_request<'h, 'b>(
     if version != 1 {
         return ParsedRequest::Handover(Handover::Http10);
     }
-    if !target.starts_with('/') {
+    if !target.starts_with('/') || !is_plain_target(target.as_bytes()) {
         return ParsedRequest::Handover(Handover::UnusualTarget);
     }
     let fields: &'h [httparse::Header<'b>] = req.headers;
@@ -625,16 +626,52 @@ fn many(fields: &[httparse::Header<'_>], known: Field) -> bool {
         .is_some()
 }
 
-/// The values of every `known` field joined by `sep`.
+/// The values of every `known` field joined by `sep`, empty ones included, as
+/// `crate::request::forward::fold_cookies` joins them on hyper's path.
 fn fold(fields: &[httparse::Header<'_>], known: Field, sep: &[u8]) -> Vec<u8> {
     let mut joined = Vec::new();
-    for field in fields.iter().filter(|f| Field::of(f.name) == known) {
-        if !joined.is_empty() {
+    for (i, field) in fields
+        .iter()
+        .filter(|f| Field::of(f.name) == known)
+        .enumerate()
+    {
+        if i > 0 {
             joined.extend_from_slice(sep);
         }
         joined.extend_from_slice(field.value);
     }
     joined
+}
+
+/// Whether hyper's engine would forward `target` byte for byte: httparse takes any
+/// visible byte, but hyper's URI parsing (the `http` crate) refuses some (`<`, `>`,
+/// `` ` `` in the path, `"` in the query: 400) and drops a `#` fragment. Such a target
+/// goes to hyper, so both engines answer it alike; bytes past ASCII too (hyper checks
+/// their UTF-8). The sets are `http`'s path and query maps.
+fn is_plain_target(target: &[u8]) -> bool {
+    const PATH: u8 = 1;
+    const QUERY: u8 = 2;
+    const CLASSES: [u8; 256] = {
+        let mut t = [0; 256];
+        let mut b: u8 = 0x21;
+        while b < 0x7f {
+            let path = !matches!(b, b'#' | b'<' | b'>' | b'`');
+            let query = !matches!(b, b'#' | b'<' | b'>' | b'"');
+            t[b as usize] = if path { PATH } else { 0 } | if query { QUERY } else { 0 };
+            b += 1;
+        }
+        t
+    };
+    let query = target
+        .iter()
+        .position(|&b| b == b'?')
+        .unwrap_or(target.len());
+    target[..query]
+        .iter()
+        .all(|&b| CLASSES[usize::from(b)] & PATH != 0)
+        && target[query..]
+            .iter()
+            .all(|&b| CLASSES[usize::from(b)] & QUERY != 0)
 }
 
 /// A `Content-Length` value: digits only, no sign, no list (RFC 9110 §8.6).

@@ -451,3 +451,62 @@ fn a_drawn_request_id_is_written_and_replaces_a_blank_one() {
     assert!(!head.contains("X-Request-Id"), "{head}");
     assert!(head.contains("Accept: */*\r\n"), "{head}");
 }
+
+// Found by fuzzing (fuzz/, `h1_head` and `h1_differential`): each input is the one the
+// fuzzer reported, reduced.
+
+#[test]
+fn empty_cookie_lines_fold_as_hyper_folds_them() {
+    // h1_head: an empty first `Cookie` line lost its separator here but kept it on
+    // hyper's path (`forward::fold_cookies`), so the engines forwarded different bytes.
+    let raw = "GET / HTTP/1.1\r\nHost: a\r\nCookie: \r\nCookie: cohort_id=b\r\nCookie: \r\n\r\n";
+    let head = upstream(raw, None);
+    let mut map = http::HeaderMap::new();
+    for value in ["", "cohort_id=b", ""] {
+        map.append(http::header::COOKIE, http::HeaderValue::from_static(value));
+    }
+    crate::request::forward::fold_cookies(&mut map);
+    let folded = map[http::header::COOKIE].to_str().unwrap();
+    assert_eq!(folded, "; cohort_id=b; ");
+    assert!(
+        head.contains(&format!("\r\ncookie: {folded}\r\n")),
+        "{head}"
+    );
+}
+
+#[test]
+fn a_target_with_a_fragment_goes_to_hyper() {
+    // h1_differential: `GET /a#frag` was forwarded with its fragment here, while
+    // hyper's URI parsing drops it (upstream target `/a`): the engines disagreed.
+    assert_eq!(
+        handover("GET /a#frag HTTP/1.1\r\nHost: a\r\n\r\n"),
+        Some(Handover::UnusualTarget)
+    );
+    assert_eq!(
+        handover("GET /a?b=1#c HTTP/1.1\r\nHost: a\r\n\r\n"),
+        Some(Handover::UnusualTarget)
+    );
+}
+
+#[test]
+fn a_target_hyper_would_refuse_goes_to_hyper() {
+    // h1_differential: `POST /u`p` was forwarded here while hyper answers "invalid URI"
+    // (400): the `http` crate refuses some bytes httparse takes.
+    for target in ["/u`p", "/a<b", "/a>b", "/a?q=\"x\"", "/a?q=<", "/caf\u{e9}"] {
+        let raw = format!("GET {target} HTTP/1.1\r\nHost: a\r\n\r\n");
+        assert_eq!(handover(&raw), Some(Handover::UnusualTarget), "{target}");
+    }
+    // What hyper takes as it is stays here: braces and quotes in the path, a backtick,
+    // `|` and `^` in the query.
+    for target in ["/a{\"b\"}|^~!$&'()*+,;=:@", "/a?b=`|^{}/?", "/", "/?"] {
+        let raw = format!("GET {target} HTTP/1.1\r\nHost: a\r\n\r\n");
+        let mut s = storage();
+        assert!(
+            matches!(
+                parse_request(raw.as_bytes(), &mut s),
+                ParsedRequest::Ready(_)
+            ),
+            "{target}"
+        );
+    }
+}
