@@ -9,26 +9,17 @@ pub mod own;
 
 use std::path::Path;
 
-use cohort::config::{Config, ConfigError};
+use cohort_core::config::{Config, ConfigError};
 
 /// Where fuzzed config text claims to live: relative paths in it resolve into a
 /// directory that does not exist, so validation never reads a real file through them.
 const CONFIG_PATH: &str = "/nonexistent/cohort-fuzz/cohort.toml";
 
-/// Parses and validates config text. The one place that names the config API, so a
-/// move of the config into `cohort-core` changes this function only.
+/// Parses and validates config text with the pure core (`cohort_core::config::parse`:
+/// no file is read; the shell reads the certificate and token files afterwards). The
+/// one place that names the config API.
 pub fn parse_config(text: &str) -> Result<Config, ConfigError> {
-    cohort::config::parse(text, Path::new(CONFIG_PATH))
-}
-
-/// Whether validating `text` could read a file that never ends or blocks (device
-/// nodes, `/proc`, FIFOs behind escapes): validation still reads TLS and token files.
-/// Such inputs are skipped, not failed.
-pub fn may_read_special_files(text: &str) -> bool {
-    let lower = text.to_ascii_lowercase();
-    ["dev", "proc", "sys", "fd", "\\u"]
-        .iter()
-        .any(|s| lower.contains(s))
+    cohort_core::config::parse(text, Path::new(CONFIG_PATH))
 }
 
 /// `text` as a TOML basic string, quotes included.

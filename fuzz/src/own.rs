@@ -58,7 +58,7 @@ pub fn run(input: &[u8], max_requests: usize) -> OwnRun {
         let req = match head::parse_request(buf, &mut storage) {
             ParsedRequest::Partial => break OwnEnd::Partial,
             ParsedRequest::Handover(why) => break OwnEnd::Handover(why),
-            ParsedRequest::Reject(status) => break OwnEnd::Reject(status),
+            ParsedRequest::Reject(malformed) => break OwnEnd::Reject(malformed.status()),
             ParsedRequest::Ready(req) => req,
         };
         if buf.len() < req.message_len() {

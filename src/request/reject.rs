@@ -31,6 +31,13 @@ pub enum Malformed {
 }
 
 impl Malformed {
+    /// The status the client is answered with.
+    pub fn status(self) -> StatusCode {
+        answer(self).status
+    }
+}
+
+impl Malformed {
     /// Every kind, for tests and for anything that must list them.
     pub const ALL: [Malformed; 3] = [
         Malformed::InvalidRequest,
