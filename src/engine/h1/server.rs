@@ -494,17 +494,7 @@ impl Forward {
         let mut target = first;
         let mut conn = match ctx.h1_pool.checkout(&first.authority) {
             Some(conn) => conn,
-            None => match connect(first, timeouts.connect).await {
-                Ok(conn) => conn,
-                // The policy's one retry: another endpoint of the same variant.
-                Err(e) => match retry::another_endpoint(&e, &first.endpoint, &mut endpoints) {
-                    Some(other) => {
-                        target = other;
-                        connect(other, timeouts.connect).await?
-                    }
-                    None => return Err(e.into()),
-                },
-            },
+            None => connect_or_sibling(ctx, &mut target, &mut endpoints, timeouts.connect).await?,
         };
         loop {
             let head_request = self.head_request;
@@ -525,7 +515,10 @@ impl Forward {
                     if conn.reused && (!written || self.idempotent) =>
                 {
                     tracing::trace!(%error, "pooled upstream connection was closed; retrying");
-                    conn = connect(target, timeouts.connect).await?;
+                    // The endpoint may be gone with its connections: then the policy's
+                    // retry applies as to any refused connect.
+                    conn = connect_or_sibling(ctx, &mut target, &mut endpoints, timeouts.connect)
+                        .await?;
                 }
                 Err(Attempt::Stale { error, .. }) => {
                     return Err(UpstreamError::Reset {
@@ -537,6 +530,31 @@ impl Forward {
                 Err(Attempt::Failed(failure)) => return Err(failure),
             }
         }
+    }
+}
+
+/// A new connection to `target`, or, when that fails with nothing sent, the policy's one
+/// retry: another endpoint of the same variant (`target` becomes it), on one of its
+/// pooled connections when it has one. (A new connection each time would grow the pool
+/// by one per retry while an endpoint is down.)
+async fn connect_or_sibling<'a>(
+    ctx: &ProxyContext,
+    target: &mut &'a Target,
+    endpoints: &mut impl Iterator<Item = &'a Target>,
+    timeout: Duration,
+) -> Result<Conn, UpstreamError> {
+    match connect(target, timeout).await {
+        Ok(conn) => Ok(conn),
+        Err(e) => match retry::another_endpoint(&e, &target.endpoint, endpoints) {
+            Some(other) => {
+                *target = other;
+                match ctx.h1_pool.checkout(&other.authority) {
+                    Some(conn) => Ok(conn),
+                    None => connect(other, timeout).await,
+                }
+            }
+            None => Err(e),
+        },
     }
 }
 
