@@ -172,3 +172,38 @@ fn parsing_routing_and_rewriting_heads_allocates_nothing() {
     );
     assert!(!text.contains("Keep-Alive"), "{text}");
 }
+
+/// Behind trusted proxies (`listen.trusted_proxies`), the client's address is walked out
+/// of the `X-Forwarded-For` lines parsed in place, then keys the decision: nothing
+/// allocated on cohort's own path.
+#[test]
+fn the_client_address_behind_trusted_proxies_allocates_nothing() {
+    use cohort::h1::head::{field_storage, parse_request, ParsedRequest};
+    use cohort::router::Fields;
+
+    let text = format!("[listen]\ntrusted_proxies = [\"10.0.0.0/8\", \"192.0.2.0/24\"]\n{CONFIG}");
+    let config = cohort::config::parse(&text, Path::new("alloc.toml")).expect("config");
+    let trusted = &config.listen.trusted_proxies;
+    let routes = &config.routes;
+    let table = RouteTable::new(routes);
+    let peer: IpAddr = "192.0.2.7".parse().expect("ip");
+    let request = b"GET /other HTTP/1.1\r\nHost: shop.example\r\n\
+        X-Forwarded-For: 203.0.113.1, 198.51.100.7:4711\r\nAccept: */*\r\n\
+        X-Forwarded-For: 10.1.1.1,  [::ffff:10.2.2.2]:80\r\n\r\n";
+    let mut client = peer;
+    let per_call = allocations_per_call(10_000, || {
+        let mut fields = field_storage();
+        let ParsedRequest::Ready(req) = parse_request(request, &mut fields) else {
+            panic!("the request is forwardable");
+        };
+        let index = table.find(routes, req.host, "/other").expect("a route");
+        let route = &routes[index];
+        client = cohort::client_addr::client_addr(peer, trusted, req.fields.forwarded_for());
+        let decision = decide(route, route.canary_bp, &req.fields, client, || {
+            unreachable!("the ip is the key")
+        });
+        std::hint::black_box(decision);
+    });
+    assert_eq!(per_call, 0.0, "the client address walk allocated");
+    assert_eq!(client, "198.51.100.7".parse::<IpAddr>().expect("ip"));
+}

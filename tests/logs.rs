@@ -420,3 +420,49 @@ async fn drawn_request_ids_differ_from_request_to_request() {
     cohort.signal("TERM");
     cohort.exit_within(QUICK).await;
 }
+
+/// The access line's `client` is the client's address (DESIGN §10): behind a trusted
+/// proxy (here the test itself, on 127.0.0.1) the one `X-Forwarded-For` names, else the
+/// peer's; `peer` stays the TCP peer. On both engines, and on hyper's with an h2c
+/// upstream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn access_lines_show_the_client_address_behind_trusted_proxies() {
+    let plain = FakeUpstream::start("plain").await;
+    let h2c = FakeUpstream::start("h2c").await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = Config::new()
+        .access_log(true)
+        .trusted_proxies(&["127.0.0.1/32"])
+        .route(route_to("plain", "/plain", &plain.url(), ""))
+        .route(route_to("h2c", "/h2c", &h2c.url(), "h2c"));
+    let file = write_file(dir.path(), "cohort.toml", &config.to_toml());
+    let mut cohort = Cohort::spawn(&["run", "-c", &file, "--log-format", "json"]);
+    let (proxy, _) = cohort.wait_serving(QUICK).await;
+
+    let mut n = 0;
+    for (engine, http) in engines() {
+        for route in ["plain", "h2c"] {
+            let url = format!("http://{proxy}/{route}/item");
+            for (xff, client) in [
+                (Some("198.51.100.1, 2001:db8::7"), "2001:db8::7"),
+                (Some("203.0.113.9:4711, 127.0.0.1"), "203.0.113.9"),
+                (None, "127.0.0.1"),
+            ] {
+                let what = format!("{engine}, route {route}, {xff:?}");
+                n += 1;
+                let id = format!("client-addr-{n}");
+                let mut headers = vec![("x-request-id", id.as_str())];
+                headers.extend(xff.map(|xff| ("x-forwarded-for", xff)));
+                let answer = send(&http, "GET", &url, &headers, Bytes::new()).await;
+                assert_eq!(answer.status, 200, "{what}");
+                let (raw, line) = access_line(&cohort, &id).await;
+                check_common(&what, &raw, &line);
+                assert_eq!(line["fields"]["client"], client, "{what}: {raw}");
+                let peer = line["fields"]["peer"].as_str().unwrap_or_default();
+                assert!(peer.starts_with("127.0.0.1:"), "{what}: {raw}");
+            }
+        }
+    }
+    cohort.signal("TERM");
+    cohort.exit_within(QUICK).await;
+}

@@ -3,6 +3,7 @@
 //! every rule is unit-tested directly and the shell (`cohort`) only does I/O.
 #![forbid(unsafe_code)]
 
+pub mod client_addr;
 pub mod cohort;
 pub mod config;
 pub mod histogram;

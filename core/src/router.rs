@@ -210,6 +210,9 @@ pub trait Fields {
     fn first(&self, name: &HeaderName) -> Option<&[u8]>;
     /// Every `Cookie` field value, in order.
     fn cookies(&self) -> impl Iterator<Item = &[u8]>;
+    /// Every `X-Forwarded-For` field value, in order (walked from the right:
+    /// [`crate::client_addr`]).
+    fn forwarded_for(&self) -> impl DoubleEndedIterator<Item = &[u8]>;
 }
 
 impl Fields for HeaderMap {
@@ -220,7 +223,15 @@ impl Fields for HeaderMap {
     fn cookies(&self) -> impl Iterator<Item = &[u8]> {
         self.get_all(COOKIE).iter().map(HeaderValue::as_bytes)
     }
+
+    fn forwarded_for(&self) -> impl DoubleEndedIterator<Item = &[u8]> {
+        self.get_all(X_FORWARDED_FOR)
+            .iter()
+            .map(HeaderValue::as_bytes)
+    }
 }
+
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 
 /// The first present, non-empty key among the route's sources, then `cookie:cohort_id`.
 pub fn find_key<'a>(

@@ -69,7 +69,8 @@ pub async fn handle(
         return local_response(StatusCode::NOT_FOUND, begin::NO_ROUTE_BODY);
     };
     let (route, state) = snap.route(index);
-    let decision = begin::decide(route, state, req.headers(), peer.ip());
+    let client_ip = begin::client_addr(&snap, peer.ip(), req.headers());
+    let decision = begin::decide(route, state, req.headers(), client_ip);
     let variant = decision.variant;
     let client_id = req.headers().get(&X_REQUEST_ID).map(HeaderValue::as_bytes);
     let drawn = begin::draws_request_id(client_id).then(RequestId::generate);
@@ -79,6 +80,7 @@ pub async fn handle(
         method,
         path,
         peer,
+        client_ip,
         &decision,
         client_id,
         drawn.as_ref(),
@@ -95,7 +97,7 @@ pub async fn handle(
     let upgrade = req.version() == Version::HTTP_11 && forward::is_upgrade_request(req.headers());
     let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let upstream_req = {
-        let fwd = Forwarding::new(route, peer.ip(), ctx.scheme, &decision, drawn.as_ref());
+        let fwd = Forwarding::new(route, client_ip, ctx.scheme, &decision, drawn.as_ref());
         prepare_upstream_request(req, &fwd, client)
     };
 

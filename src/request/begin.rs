@@ -1,7 +1,8 @@
 //! The start of a proxied request (DESIGN §1.2–1.5): route lookup (no route → 404,
 //! counted as unrouted), the (variant, source) decision and its counting, whether
 //! cohort draws the request id, and the access log's record when it is on. The
-//! engine hands in what it parsed (host, path, header fields, the client address).
+//! engine hands in what it parsed (host, path, header fields, the TCP peer), and the
+//! client's address is derived here once (DESIGN §10) for everything that judges a client.
 
 use std::net::{IpAddr, SocketAddr};
 
@@ -31,6 +32,19 @@ pub(crate) fn find_route(
         metrics.unrouted(StatusCode::NOT_FOUND.as_u16());
     }
     found
+}
+
+/// The client's address: the TCP `peer`, or, when `listen.trusted_proxies` holds it,
+/// the address its `X-Forwarded-For` names (`cohort_core::client_addr`). It is what the
+/// `ip` key, `override.trusted` and the access log judge. With no trusted proxies (the
+/// default) nothing is read; otherwise the walk is bounded and allocates nothing.
+#[inline]
+pub(crate) fn client_addr(snap: &Snapshot, peer: IpAddr, fields: &impl Fields) -> IpAddr {
+    let trusted = &snap.config.listen.trusted_proxies;
+    if trusted.is_empty() {
+        return peer;
+    }
+    crate::client_addr::client_addr(peer, trusted, fields.forwarded_for())
 }
 
 /// Decides the request's variant and counts it: the assignment by source, and the
@@ -65,13 +79,15 @@ pub(crate) fn draws_request_id(client_id: Option<&[u8]>) -> bool {
 
 /// The access log's record of the request when `listen.access_log` is on (one heap
 /// block, so the figures only the line shows cost nothing otherwise); `method` is
-/// asked for only then.
+/// asked for only then. The line shows both the TCP `peer` and the `client` address.
 #[inline]
+#[allow(clippy::too_many_arguments)] // what one line records, each from the engine
 pub(crate) fn access_log(
     snap: &Snapshot,
     method: impl FnOnce() -> Method,
     path: &str,
     peer: SocketAddr,
+    client: IpAddr,
     decision: &Decision,
     client_id: Option<&[u8]>,
     drawn_id: Option<&RequestId>,
@@ -81,6 +97,13 @@ pub(crate) fn access_log(
             Some(drawn) => drawn.as_bytes(),
             None => client_id.unwrap_or_default(),
         };
-        Box::new(AccessLog::new(method(), path, peer, decision.source, id))
+        Box::new(AccessLog::new(
+            method(),
+            path,
+            peer,
+            client,
+            decision.source,
+            id,
+        ))
     })
 }

@@ -8,7 +8,7 @@
 
 use std::error::Error;
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,6 +16,7 @@ use std::time::Duration;
 use http::Method;
 
 use crate::cohort::Variant;
+use crate::config::canonical_ip;
 use crate::metrics::UpstreamErrorKind;
 use crate::router::AssignSource;
 use crate::upstream::Progress;
@@ -92,6 +93,8 @@ pub(crate) struct AccessLog {
     method: Method,
     path: String,
     peer: SocketAddr,
+    /// The client's address (DESIGN §10): the peer's IP, or what trusted proxies said.
+    client: IpAddr,
     source: AssignSource,
     request_id: String,
     /// The authority of the endpoint the request went to, if one was chosen.
@@ -111,6 +114,7 @@ impl AccessLog {
         method: Method,
         path: &str,
         peer: SocketAddr,
+        client: IpAddr,
         source: AssignSource,
         request_id: &[u8],
     ) -> AccessLog {
@@ -118,6 +122,7 @@ impl AccessLog {
             method,
             path: path.to_owned(),
             peer,
+            client,
             source,
             request_id: String::from_utf8_lossy(request_id).into_owned(),
             endpoint: None,
@@ -143,6 +148,7 @@ impl AccessLog {
             status,
             duration_ms = millis(elapsed),
             peer = %self.peer,
+            client = %canonical_ip(self.client),
             endpoint = self.endpoint.as_deref(),
             error_kind = self.error.map(UpstreamErrorKind::as_str),
             request_body_bytes,

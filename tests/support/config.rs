@@ -86,6 +86,11 @@ impl Config {
         self.listen_key("access_log", &on.to_string())
     }
 
+    /// `listen.trusted_proxies`: hops whose `X-Forwarded-For` is believed (DESIGN §10).
+    pub fn trusted_proxies(self, cidrs: &[&str]) -> Config {
+        self.listen_key("trusted_proxies", &quoted_list(cidrs))
+    }
+
     /// `listen.tls = { cert, key }`: the listener speaks TLS with this default certificate.
     pub fn tls(mut self, cert: &Path, key: &Path) -> Config {
         self.listen_tls = vec![

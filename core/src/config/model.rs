@@ -96,6 +96,10 @@ pub struct Listen {
     pub access_log: bool,
     /// Whether the listener speaks TLS is read at start only; its files are re-read.
     pub tls: Option<ServerTls>,
+    /// Hops whose `X-Forwarded-For` is believed (DESIGN §10): the client's address is
+    /// derived from it when the TCP peer is inside one (`crate::client_addr`).
+    #[serde(serialize_with = "ser_nets")]
+    pub trusted_proxies: Vec<IpNet>,
 }
 
 /// `listen.tls`, or a route's `tls` (served by SNI for its `host`): the files of a

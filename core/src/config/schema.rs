@@ -33,6 +33,8 @@ pub(crate) struct RawListen {
     #[serde(default)]
     pub(crate) access_log: bool,
     pub(crate) tls: Option<RawServerTls>,
+    #[serde(default)]
+    pub(crate) trusted_proxies: Vec<String>,
 }
 
 impl Default for RawListen {
@@ -45,6 +47,7 @@ impl Default for RawListen {
             variant_header: None,
             access_log: false,
             tls: None,
+            trusted_proxies: Vec::new(),
         }
     }
 }

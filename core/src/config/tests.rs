@@ -445,3 +445,37 @@ canary = { endpoints = ["https://10.0.0.2:443"], tls = { ca = "ca.pem" } }
     );
     assert!(parse_ok(MINIMAL).named_files().is_empty());
 }
+
+#[test]
+fn trusted_proxies_are_cidrs_or_addresses() {
+    assert!(parse_ok(MINIMAL).listen.trusted_proxies.is_empty());
+    let c = parse_ok(&format!(
+        "[listen]\ntrusted_proxies = [\"10.0.0.0/8\", \"192.0.2.7\", \"fd00::/8\", \"10.1.2.3/16\"]\n{MINIMAL}"
+    ));
+    let nets: Vec<String> = c
+        .listen
+        .trusted_proxies
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    // A single address is a /32 (/128); host bits are dropped, as override.trusted does.
+    assert_eq!(
+        nets,
+        ["10.0.0.0/8", "192.0.2.7/32", "fd00::/8", "10.1.0.0/16"]
+    );
+    let json = serde_json::to_value(&c).unwrap();
+    assert_eq!(json["listen"]["trusted_proxies"][1], "192.0.2.7/32");
+    let err = parse_err(&format!(
+        "[listen]\ntrusted_proxies = [\"10.0.0.0/8\", \"ingress\"]\n{MINIMAL}"
+    ));
+    assert!(
+        err.contains(
+            "config/cohort.toml: listen.trusted_proxies[1]: \"ingress\" is not a CIDR such as \"10.0.0.0/8\" or an IP address"
+        ),
+        "{err}"
+    );
+    let err = parse_err(&format!(
+        "[listen]\ntrusted_proxies = \"10.0.0.0/8\"\n{MINIMAL}"
+    ));
+    assert!(err.contains("listen.trusted_proxies"), "{err}");
+}

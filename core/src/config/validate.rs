@@ -134,6 +134,7 @@ impl Validator<'_> {
             variant_header,
             access_log: raw.access_log,
             tls,
+            trusted_proxies: self.nets("listen.trusted_proxies", &raw.trusted_proxies),
         }
     }
 
@@ -604,9 +605,17 @@ impl Validator<'_> {
                 format!("{cookie:?} is not a valid cookie name"),
             );
         }
-        let trusted = raw
-            .trusted
-            .iter()
+        let trusted = self.nets(&format!("{key}.trusted"), &raw.trusted);
+        Override {
+            header,
+            cookie,
+            trusted,
+        }
+    }
+
+    /// A list of CIDRs or single addresses (`override.trusted`, `listen.trusted_proxies`).
+    fn nets(&mut self, key: &str, list: &[String]) -> Vec<IpNet> {
+        list.iter()
             .enumerate()
             .filter_map(|(i, cidr)| {
                 let parsed = cidr
@@ -616,7 +625,7 @@ impl Validator<'_> {
                     Ok(net) => Some(net.trunc()),
                     Err(_) => {
                         self.fail(
-                            format!("{key}.trusted[{i}]"),
+                            format!("{key}[{i}]"),
                             format!(
                                 "{cidr:?} is not a CIDR such as \"10.0.0.0/8\" or an IP address"
                             ),
@@ -625,12 +634,7 @@ impl Validator<'_> {
                     }
                 }
             })
-            .collect();
-        Override {
-            header,
-            cookie,
-            trusted,
-        }
+            .collect()
     }
 
     fn timeouts(&mut self, key: &str, raw: RawTimeouts) -> Timeouts {

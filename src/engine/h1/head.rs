@@ -54,6 +54,13 @@ impl Fields for ParsedFields<'_, '_> {
             .filter(|f| f.name.eq_ignore_ascii_case("cookie"))
             .map(|f| f.value)
     }
+
+    fn forwarded_for(&self) -> impl DoubleEndedIterator<Item = &[u8]> {
+        self.0
+            .iter()
+            .filter(|f| f.name.eq_ignore_ascii_case("x-forwarded-for"))
+            .map(|f| f.value)
+    }
 }
 
 /// Why a request goes to hyper instead: rare shapes this path does not implement.

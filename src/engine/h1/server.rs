@@ -306,7 +306,8 @@ fn prepare(
         return Step::Handover;
     }
     let ip = peer.ip();
-    let decision = begin::decide(route, state, &req.fields, ip);
+    let client = begin::client_addr(&snap, ip, &req.fields);
+    let decision = begin::decide(route, state, &req.fields, client);
     // A drawn id lives on the stack and is written straight into the upstream head.
     // (Initialised in place only when drawn: no `Option<RequestId>` moved around.)
     let drawn_id;
@@ -317,8 +318,16 @@ fn prepare(
         None
     };
     let method = || Method::from_bytes(req.method.as_bytes()).unwrap_or(Method::GET);
-    let mut access_log =
-        begin::access_log(&snap, method, path, peer, &decision, req.request_id, drawn);
+    let mut access_log = begin::access_log(
+        &snap,
+        method,
+        path,
+        peer,
+        client,
+        &decision,
+        req.request_id,
+        drawn,
+    );
     if let Some(log) = &mut access_log {
         // The body leaves in the same write as the head; a failure that sent nothing
         // takes it back (`Forward::run`).
@@ -328,7 +337,7 @@ fn prepare(
     // for an IPv4 address, where keeping it cost every idle connection 40 bytes of
     // state and a heap block.
     let peer_text = IpText::new(ip);
-    let forwarding = Forwarding::new(route, ip, ctx.scheme, &decision, drawn);
+    let forwarding = Forwarding::new(route, client, ctx.scheme, &decision, drawn);
     head::write_upstream_request(&req, &forwarding, peer_text.as_bytes(), out);
     out.extend_from_slice(&buf[req.head_len..req.message_len()]);
     let completion = Completion::new(snap.clone(), index, &decision, start, access_log);
