@@ -36,6 +36,8 @@ pub struct ProxyContext {
     pub h1_pool: crate::engine::h1::upstream::Pool,
     /// `http` or `https`: the listener's scheme, for `X-Forwarded-Proto` and cookies.
     pub scheme: &'static str,
+    /// The listener's limits (`listen.*`, read at start only).
+    pub limits: crate::config::Limits,
 }
 
 /// A client connection's address, with its `X-Forwarded-For` text made once (hyper's

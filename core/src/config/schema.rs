@@ -33,6 +33,21 @@ pub(crate) struct RawListen {
     #[serde(default)]
     pub(crate) access_log: bool,
     pub(crate) tls: Option<RawServerTls>,
+    // Limits (DESIGN §10); absent = the default in `model::Limits`.
+    pub(crate) max_connections: Option<i64>,
+    pub(crate) header_timeout: Option<String>,
+    pub(crate) idle_timeout: Option<String>,
+    pub(crate) max_header_bytes: Option<RawSize>,
+    pub(crate) max_headers: Option<i64>,
+    pub(crate) h2_max_concurrent_streams: Option<i64>,
+}
+
+/// A size in bytes: a TOML integer, or text with a unit such as "10MiB".
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub(crate) enum RawSize {
+    Bytes(i64),
+    Text(String),
 }
 
 impl Default for RawListen {
@@ -45,6 +60,12 @@ impl Default for RawListen {
             variant_header: None,
             access_log: false,
             tls: None,
+            max_connections: None,
+            header_timeout: None,
+            idle_timeout: None,
+            max_header_bytes: None,
+            max_headers: None,
+            h2_max_concurrent_streams: None,
         }
     }
 }
@@ -103,6 +124,7 @@ pub(crate) struct RawRoute {
     pub(crate) timeouts: RawTimeouts,
     pub(crate) rollout: Option<RawRollout>,
     pub(crate) guard: Option<RawGuard>,
+    pub(crate) max_body: Option<RawSize>,
 }
 
 #[derive(Debug, Deserialize)]
