@@ -239,3 +239,61 @@ async fn a_max_headers_above_100_forwards_a_head_with_120_fields() {
     assert_eq!(upstream.connections(), 1, "nothing more went upstream");
     cohort.shutdown().await;
 }
+
+/// Over `max_connections` open client connections, a new one is closed at once without
+/// a byte and counted in `cohort_connections_rejected_total`; `cohort_connections_open`
+/// follows the open ones (on either engine), and a slot freed is taken again.
+#[tokio::test]
+async fn a_connection_over_max_connections_is_closed_at_once_and_counted() {
+    let setup = Setup::start(|c| c.max_connections(2)).await;
+    let cohort = &setup.cohort;
+    assert_eq!(cohort.series("cohort_connections_open", &[]).await, 0.0);
+    assert_eq!(
+        cohort
+            .series("cohort_connections_rejected_total", &[])
+            .await,
+        0.0
+    );
+    let mut held = Vec::new();
+    for engine in ENGINES {
+        let (mut conn, _) = setup.connect(engine).await;
+        conn.write(b"GET /held HTTP/1.1\r\nHost: app.example\r\n\r\n")
+            .await;
+        assert_eq!(conn.read_response(false).await.status, 200, "{engine:?}");
+        held.push(conn);
+    }
+    assert_eq!(
+        cohort
+            .series_eventually("cohort_connections_open", &[], 2.0)
+            .await,
+        2.0
+    );
+    let hits = setup.hits();
+    let mut third = RawConn::connect(cohort.proxy).await;
+    third
+        .write(b"GET /third HTTP/1.1\r\nHost: app.example\r\n\r\n")
+        .await;
+    assert!(
+        third.closed_within(Duration::from_secs(2)).await,
+        "the third connection is closed without an answer"
+    );
+    assert_eq!(
+        cohort
+            .series_eventually("cohort_connections_rejected_total", &[], 1.0)
+            .await,
+        1.0
+    );
+    assert_eq!(setup.hits(), hits, "nothing went upstream");
+    drop(held.pop());
+    assert_eq!(
+        cohort
+            .series_eventually("cohort_connections_open", &[], 1.0)
+            .await,
+        1.0
+    );
+    let (mut conn, _) = setup.connect(Engine::Own).await;
+    conn.write(b"GET /again HTTP/1.1\r\nHost: app.example\r\n\r\n")
+        .await;
+    assert_eq!(conn.read_response(false).await.status, 200, "a freed slot");
+    setup.shutdown().await;
+}

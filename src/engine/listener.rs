@@ -103,6 +103,12 @@ async fn serve(
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
+                    // Over `listen.max_connections`: closed at once, counted.
+                    if !ctx.metrics.open_connection(ctx.limits.max_connections) {
+                        tracing::debug!(%peer, "listen.max_connections reached; connection closed");
+                        drop(stream);
+                        continue;
+                    }
                     let _ = stream.set_nodelay(true);
                     let conn = Connection {
                         http: http.clone(),
@@ -188,6 +194,14 @@ struct Connection {
     _open: mpsc::Sender<()>,
 }
 
+/// A connection counts in `cohort_connections_open` from its accept (see `serve`) to
+/// here (a drop, not a field: every connection's state stays as small as it was).
+impl Drop for Connection {
+    fn drop(&mut self) {
+        self.ctx.metrics.close_connection();
+    }
+}
+
 impl Connection {
     /// Tells HTTP/2 prior knowledge from HTTP/1.x by peeking at the first bytes, so
     /// nothing is buffered for the connection before it speaks (an idle client costs
@@ -264,7 +278,7 @@ impl Connection {
         self.serve(stream, protocol).await;
     }
 
-    async fn serve<I>(self, io: I, protocol: Wire)
+    async fn serve<I>(mut self, io: I, protocol: Wire)
     where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
@@ -291,7 +305,7 @@ impl Connection {
                     }
                 };
                 let result =
-                    until_drained(conn, self.drain, |c| c.graceful_shutdown(), ended).await;
+                    until_drained(conn, &mut self.drain, |c| c.graceful_shutdown(), ended).await;
                 if watch.answer.load(Ordering::Relaxed) {
                     reject::rejected(&self.ctx.metrics, peer, Malformed::HeadTimeout);
                 }
@@ -299,7 +313,7 @@ impl Connection {
             }
             Wire::Http2 => {
                 let conn = self.http.h2.serve_connection(TokioIo::new(io), service);
-                until_drained(conn, self.drain, |c| c.graceful_shutdown(), |_| {}).await
+                until_drained(conn, &mut self.drain, |c| c.graceful_shutdown(), |_| {}).await
             }
         };
         if let Err(e) = result {
@@ -384,7 +398,7 @@ fn preface_pause() -> Pin<Box<tokio::time::Sleep>> {
 /// the result while the connection (and its IO) still exists.
 async fn until_drained<C, E>(
     conn: C,
-    mut drain: DrainWatch,
+    drain: &mut DrainWatch,
     stop: impl FnOnce(Pin<&mut C>),
     ended: impl FnOnce(&Result<(), E>),
 ) -> Result<(), E>
