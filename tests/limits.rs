@@ -297,3 +297,62 @@ async fn a_connection_over_max_connections_is_closed_at_once_and_counted() {
     assert_eq!(conn.read_response(false).await.status, 200, "a freed slot");
     setup.shutdown().await;
 }
+
+/// A request whose `Content-Length` is over its route's `max_body` is answered 413
+/// before anything goes upstream, on both engines, and counted under the route and
+/// variant (a route was chosen); the connection closes. A body within it is served.
+#[tokio::test]
+async fn a_body_over_max_body_gets_413_by_content_length_on_both_engines() {
+    let stable = FakeUpstream::start("stable").await;
+    let canary = FakeUpstream::start("canary").await;
+    let route = Route::new("app")
+        .stable(&stable)
+        .canary(&canary)
+        .max_body("1KiB");
+    let setup = Setup {
+        cohort: TestCohort::start(Config::new().route(route)).await,
+        stable,
+        canary,
+    };
+    let post = |len: usize| {
+        format!(
+            "POST /up HTTP/1.1\r\nHost: app.example\r\nContent-Length: {len}\r\n\r\n{}",
+            "x".repeat(len)
+        )
+    };
+    let labels = [("route", "app"), ("variant", "stable"), ("status", "413")];
+    for (i, engine) in ENGINES.into_iter().enumerate() {
+        let (mut conn, hits) = setup.connect(engine).await;
+        conn.write(post(2000).as_bytes()).await;
+        let answer = conn.read_response(false).await;
+        assert_eq!(answer.status, 413, "{engine:?}: {}", answer.text());
+        assert_eq!(answer.text(), "request body too large\n", "{engine:?}");
+        assert_eq!(answer.header("connection"), Some("close"), "{engine:?}");
+        assert_eq!(
+            answer.header("x-cohort-variant"),
+            Some("stable"),
+            "{engine:?}"
+        );
+        assert_eq!(setup.hits(), hits, "{engine:?}: nothing more went upstream");
+        let want = (i + 1) as f64;
+        assert_eq!(
+            setup
+                .cohort
+                .series_eventually("cohort_requests_total", &labels, want)
+                .await,
+            want,
+            "{engine:?}"
+        );
+    }
+    assert_eq!(
+        setup.cohort.series(UNROUTED, &[("status", "413")]).await,
+        0.0,
+        "a routed 413 is not unrouted"
+    );
+    let (mut conn, _) = setup.connect(Engine::Own).await;
+    let hits = setup.hits();
+    conn.write(post(1024).as_bytes()).await;
+    assert_eq!(conn.read_response(false).await.status, 200, "at the limit");
+    assert_eq!(setup.hits(), hits + 1);
+    setup.shutdown().await;
+}

@@ -109,6 +109,13 @@ pub(crate) fn answer(malformed: Malformed) -> Rejection {
     }
 }
 
+/// Whether a request whose `Content-Length` is `length` is over its route's `max_body`
+/// (DESIGN §10): answered [`Malformed::BodyTooLarge`] before anything goes upstream,
+/// and counted under the route and variant (a route was chosen), not as unrouted.
+pub(crate) fn body_too_large(route: &crate::config::Route, length: u64) -> bool {
+    length > route.max_body
+}
+
 /// Counts a malformed request from `peer` in `cohort_unrouted_requests_total` (no
 /// route was chosen) and logs it at debug level, then gives its answer. Cold: a
 /// well-formed request never comes here.

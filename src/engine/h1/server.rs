@@ -353,6 +353,30 @@ fn prepare(
     head::write_upstream_request(&req, &forwarding, peer_text.as_bytes(), out);
     out.extend_from_slice(&buf[req.head_len..req.message_len()]);
     let completion = Completion::new(snap.clone(), index, &decision, start, access_log);
+    if reject::body_too_large(route, req.content_length as u64) {
+        // Read whole already (this path's bodies are small), but refused: the policy's
+        // 413, counted under the route and variant, then close.
+        out.clear();
+        let answer = reject::answer(reject::Malformed::BodyTooLarge);
+        let cookie = forward::cohort_cookie(&decision, ctx.scheme);
+        let deco = Decoration {
+            variant_header: forward::variant_header(&snap, decision.variant),
+            set_cookie: cookie.as_ref().map(http::HeaderValue::as_bytes),
+            close: answer.close,
+        };
+        head::write_local_response(answer.status, answer.body, &deco, out);
+        let mut completion = completion;
+        completion.status = answer.status.as_u16();
+        if let Some(log) = completion.log() {
+            log.request_body_bytes = 0;
+            log.response_body_bytes = answer.body.len() as u64;
+        }
+        completion.finish();
+        return Step::Ready(Ready::Local {
+            consumed: req.message_len(),
+            close: answer.close,
+        });
+    }
     Step::Ready(Ready::Forward(Forward {
         route: index,
         variant: decision.variant,
