@@ -356,3 +356,69 @@ async fn a_body_over_max_body_gets_413_by_content_length_on_both_engines() {
     assert_eq!(setup.hits(), hits + 1);
     setup.shutdown().await;
 }
+
+/// One HTTP/2 request on a prior-knowledge connection: its status, or the error the
+/// HTTP/2 layer gave instead.
+async fn h2_request(
+    proxy: std::net::SocketAddr,
+    request: http::Request<http_body_util::Full<bytes::Bytes>>,
+) -> Result<u16, String> {
+    let stream = tokio::net::TcpStream::connect(proxy)
+        .await
+        .expect("connect");
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .expect("h2 handshake");
+    tokio::spawn(conn);
+    match sender.send_request(request).await {
+        Ok(resp) => Ok(resp.status().as_u16()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// HTTP/2 takes the same `max_body` (413 by `content-length`, counted under the route
+/// and variant) and advertises `max_header_bytes` as its header list size: a larger
+/// header list never reaches the upstream (h2 answers 431 itself, uncounted).
+#[tokio::test]
+async fn http2_takes_max_body_and_max_header_bytes() {
+    let stable = FakeUpstream::start("stable").await;
+    let canary = FakeUpstream::start("canary").await;
+    let route = Route::new("app")
+        .stable(&stable)
+        .canary(&canary)
+        .max_body("1KiB");
+    let setup = Setup {
+        cohort: TestCohort::start(Config::new().max_header_bytes(8192).route(route)).await,
+        stable,
+        canary,
+    };
+    let proxy = setup.cohort.proxy;
+    let body = bytes::Bytes::from(vec![b'x'; 2000]);
+    let post = http::Request::post("http://app.example/up")
+        .header("content-length", "2000")
+        .body(http_body_util::Full::new(body))
+        .expect("request");
+    assert_eq!(h2_request(proxy, post).await, Ok(413));
+    let labels = [("route", "app"), ("variant", "stable"), ("status", "413")];
+    assert_eq!(
+        setup
+            .cohort
+            .series_eventually("cohort_requests_total", &labels, 1.0)
+            .await,
+        1.0
+    );
+    let big = http::Request::get("http://app.example/big")
+        .header("x-big", "b".repeat(10_000))
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .expect("request");
+    assert_eq!(h2_request(proxy, big).await, Ok(431));
+    assert_eq!(setup.hits(), 0, "nothing reached the upstream");
+    let small = http::Request::get("http://app.example/small")
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .expect("request");
+    assert_eq!(h2_request(proxy, small).await, Ok(200));
+    setup.shutdown().await;
+}

@@ -355,7 +355,9 @@ async fn an_upstream_that_stops_reading_an_upload_gets_504_after_the_timeout() {
             Route::new("app")
                 .stable(&stable)
                 .canary(&canary)
-                .request_timeout("300ms"),
+                .request_timeout("300ms")
+                // A 1 GiB upload, over the 10 MiB default.
+                .max_body("2GiB"),
         ),
     )
     .await;
