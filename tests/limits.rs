@@ -422,3 +422,50 @@ async fn http2_takes_max_body_and_max_header_bytes() {
     assert_eq!(h2_request(proxy, small).await, Ok(200));
     setup.shutdown().await;
 }
+
+/// A chunked body (no `Content-Length`: it streams through hyper's engine) that grows
+/// past `max_body` is aborted upstream; with no response started the client gets 413
+/// and the connection closes; counted under the route and variant. A chunked body
+/// within the limit goes through.
+#[tokio::test]
+async fn a_chunked_body_growing_past_max_body_is_aborted_with_413() {
+    let stable = FakeUpstream::start("stable").await;
+    let canary = FakeUpstream::start("canary").await;
+    let route = Route::new("app")
+        .stable(&stable)
+        .canary(&canary)
+        .max_body("1KiB");
+    let setup = Setup {
+        cohort: TestCohort::start(Config::new().route(route)).await,
+        stable,
+        canary,
+    };
+    let chunked = |chunks: usize| {
+        let mut request =
+            "POST /up HTTP/1.1\r\nHost: app.example\r\nTransfer-Encoding: chunked\r\n\r\n"
+                .to_owned();
+        for _ in 0..chunks {
+            request.push_str(&format!("1f4\r\n{}\r\n", "x".repeat(500)));
+        }
+        request.push_str("0\r\n\r\n");
+        request
+    };
+    let mut conn = RawConn::connect(setup.cohort.proxy).await;
+    conn.write(chunked(2).as_bytes()).await;
+    assert_eq!(conn.read_response(false).await.status, 200, "1000 bytes");
+    let mut conn = RawConn::connect(setup.cohort.proxy).await;
+    conn.write(chunked(6).as_bytes()).await;
+    let answer = conn.read_response(false).await;
+    assert_eq!(answer.status, 413, "{}", answer.text());
+    assert_eq!(answer.text(), "request body too large\n");
+    assert_eq!(answer.header("connection"), Some("close"));
+    let labels = [("route", "app"), ("variant", "stable"), ("status", "413")];
+    assert_eq!(
+        setup
+            .cohort
+            .series_eventually("cohort_requests_total", &labels, 1.0)
+            .await,
+        1.0
+    );
+    setup.shutdown().await;
+}

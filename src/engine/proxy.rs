@@ -103,6 +103,7 @@ pub async fn handle(
     if declared.is_some_and(|length| reject::body_too_large(route, length)) {
         return body_too_large(ctx, &snap, &decision, req.version(), pending.take());
     }
+    let version = req.version();
     let upgrade = req.version() == Version::HTTP_11 && forward::is_upgrade_request(req.headers());
     let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let upstream_req = {
@@ -111,6 +112,7 @@ pub async fn handle(
     };
 
     let progress = Progress::new();
+    progress.limit_body(route.max_body);
     let mut endpoints = state.endpoints(variant);
     // The endpoint the request went to last, for the access log.
     let mut reached = None;
@@ -145,6 +147,7 @@ pub async fn handle(
 
     // No await from here on: the request cannot be dropped before it is counted.
     let mut completion = pending.take();
+    let over_limit = result.is_err() && progress.body_over_limit();
     if let Some(log) = completion.log() {
         log.endpoint = reached.cloned();
         log.progress = Some(progress);
@@ -162,6 +165,18 @@ pub async fn handle(
                 }
                 _ => resp.map(|body| ProxyBody::upstream(body, lease, reached.cloned())),
             }
+        }
+        // A chunked body grew past `max_body`: the upstream request was aborted before
+        // any response; the client gets the policy's 413 (and HTTP/1 closes).
+        Err(_) if over_limit => {
+            let answer = reject::answer(Malformed::BodyTooLarge);
+            let mut response = local_response(answer.status, answer.body);
+            if answer.close && version < Version::HTTP_2 {
+                response
+                    .headers_mut()
+                    .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            response
         }
         Err(e) => {
             let answer = completion.failed(&e);
