@@ -87,7 +87,12 @@ impl Gauge {
 }
 
 async fn start_cohort(stable: &FakeUpstream, canary: &FakeUpstream) -> TestCohort {
-    let cohort = TestCohort::start(Route::new("app").stable(stable).canary(canary)).await;
+    // 1 GiB bodies, over the 10 MiB default `max_body`.
+    let route = Route::new("app")
+        .stable(stable)
+        .canary(canary)
+        .max_body("2GiB");
+    let cohort = TestCohort::start(route).await;
     // Warm up: connections, pools and buffers exist before the baseline is taken.
     stable.set_reply(Reply::Pattern { len: 4 * MIB });
     let warm = support::get(&cohort.url("/warm-up"), &[]).await;
