@@ -623,6 +623,8 @@ pub struct Progress {
     base: Instant,
     nanos: AtomicU64,
     body_bytes: AtomicU64,
+    /// The route's `max_body`: a body that grows beyond it is aborted.
+    max_body: AtomicU64,
 }
 
 impl Progress {
@@ -631,7 +633,19 @@ impl Progress {
             base: Instant::now(),
             nanos: AtomicU64::new(0),
             body_bytes: AtomicU64::new(0),
+            max_body: AtomicU64::new(u64::MAX),
         })
+    }
+
+    /// Aborts the request body once more than `max` bytes of it went upstream (a
+    /// chunked body growing past the route's `max_body`).
+    pub fn limit_body(&self, max: u64) {
+        self.max_body.store(max, Ordering::Relaxed);
+    }
+
+    /// Whether the request body was aborted for growing past its limit.
+    pub fn body_over_limit(&self) -> bool {
+        self.body_bytes() > self.max_body.load(Ordering::Relaxed)
     }
 
     /// Request body bytes handed to the upstream connection so far.
@@ -673,23 +687,40 @@ impl SentBody {
     }
 }
 
+/// A request body aborted for growing past its route's `max_body`.
+#[derive(Debug)]
+struct BodyOverLimit;
+
+impl std::fmt::Display for BodyOverLimit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("request body over the route's max_body")
+    }
+}
+
+impl std::error::Error for BodyOverLimit {}
+
 impl Body for SentBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
         if let Poll::Ready(frame) = &polled {
-            self.progress.0.mark();
+            let progress = &self.progress.0;
+            progress.mark();
             if let Some(data) = frame.as_ref().and_then(|f| f.as_ref().ok()?.data_ref()) {
                 let n = data.len() as u64;
-                self.progress.0.body_bytes.fetch_add(n, Ordering::Relaxed);
+                let total = progress.body_bytes.fetch_add(n, Ordering::Relaxed) + n;
+                if total > progress.max_body.load(Ordering::Relaxed) {
+                    // The upstream request is aborted (its connection is not reused).
+                    return Poll::Ready(Some(Err(Box::new(BodyOverLimit))));
+                }
             }
         }
-        polled
+        polled.map_err(Into::into)
     }
 
     fn is_end_stream(&self) -> bool {

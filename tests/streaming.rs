@@ -87,7 +87,12 @@ impl Gauge {
 }
 
 async fn start_cohort(stable: &FakeUpstream, canary: &FakeUpstream) -> TestCohort {
-    let cohort = TestCohort::start(Route::new("app").stable(stable).canary(canary)).await;
+    // 1 GiB bodies, over the 10 MiB default `max_body`.
+    let route = Route::new("app")
+        .stable(stable)
+        .canary(canary)
+        .max_body("2GiB");
+    let cohort = TestCohort::start(route).await;
     // Warm up: connections, pools and buffers exist before the baseline is taken.
     stable.set_reply(Reply::Pattern { len: 4 * MIB });
     let warm = support::get(&cohort.url("/warm-up"), &[]).await;
@@ -355,7 +360,9 @@ async fn an_upstream_that_stops_reading_an_upload_gets_504_after_the_timeout() {
             Route::new("app")
                 .stable(&stable)
                 .canary(&canary)
-                .request_timeout("300ms"),
+                .request_timeout("300ms")
+                // A 1 GiB upload, over the 10 MiB default.
+                .max_body("2GiB"),
         ),
     )
     .await;

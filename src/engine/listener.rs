@@ -18,9 +18,13 @@ use std::pin::Pin;
 use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use socket2::{Domain, Protocol, Socket, Type};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 
+use crate::config::Limits;
 use crate::engine::drain::{Drain, DrainWatch};
 use crate::engine::h1::{self, rewind::Rewind, server::Served};
 use crate::engine::proxy::{self, ProxyContext};
@@ -90,7 +94,7 @@ async fn serve(
             return;
         }
     };
-    let http = Arc::new(Http::new());
+    let http = Arc::new(Http::new(&ctx.limits));
     // Every connection task holds a clone; the drain is over when all are dropped.
     let (open, mut all_closed) = mpsc::channel::<()>(1);
     // The accept loop watches `shutdown` and passes it on to this worker's connections.
@@ -99,6 +103,12 @@ async fn serve(
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
+                    // Over `listen.max_connections`: closed at once, counted.
+                    if !ctx.metrics.open_connection(ctx.limits.max_connections) {
+                        tracing::debug!(%peer, "listen.max_connections reached; connection closed");
+                        drop(stream);
+                        continue;
+                    }
                     let _ = stream.set_nodelay(true);
                     let conn = Connection {
                         http: http.clone(),
@@ -145,10 +155,6 @@ async fn serve(
 /// The HTTP/2 connection preface a prior-knowledge client starts with.
 const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
-/// How long a new connection may stay silent before its first bytes (hyper's own
-/// header-read timeout takes over from there).
-const FIRST_BYTES_TIMEOUT: Duration = Duration::from_secs(30);
-
 /// The two server protocol stacks, configured once per worker.
 struct Http {
     h1: http1::Builder,
@@ -156,18 +162,24 @@ struct Http {
 }
 
 impl Http {
-    fn new() -> Http {
+    fn new(limits: &Limits) -> Http {
         let mut h1 = http1::Builder::new();
         // Vectored writes cost more than they save for small proxied responses
         // (PERFORMANCE.md); the timer powers hyper's header-read timeout; request heads
-        // are limited as on cohort's own path (431 beyond, like Envoy's 60 KiB).
+        // are limited as on cohort's own path (431 beyond). hyper's header-read timeout
+        // runs from when it starts reading a head, so it also ends an idle keep-alive
+        // connection: on this engine a connection idle between requests is closed after
+        // the shorter of `header_timeout` and `idle_timeout`.
         h1.timer(TokioTimer::new())
             .writev(false)
-            .max_buf_size(h1::head::MAX_REQUEST_HEAD);
-        Http {
-            h1,
-            h2: http2::Builder::new(TokioExecutor::new()),
-        }
+            .header_read_timeout(limits.header_timeout.min(limits.idle_timeout))
+            .max_buf_size(limits.max_header_bytes)
+            .max_headers(limits.max_headers);
+        let mut h2 = http2::Builder::new(TokioExecutor::new());
+        h2.timer(TokioTimer::new())
+            .max_concurrent_streams(limits.h2_max_concurrent_streams)
+            .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
+        Http { h1, h2 }
     }
 }
 
@@ -182,6 +194,14 @@ struct Connection {
     _open: mpsc::Sender<()>,
 }
 
+/// A connection counts in `cohort_connections_open` from its accept (see `serve`) to
+/// here (a drop, not a field: every connection's state stays as small as it was).
+impl Drop for Connection {
+    fn drop(&mut self) {
+        self.ctx.metrics.close_connection();
+    }
+}
+
 impl Connection {
     /// Tells HTTP/2 prior knowledge from HTTP/1.x by peeking at the first bytes, so
     /// nothing is buffered for the connection before it speaks (an idle client costs
@@ -193,7 +213,8 @@ impl Connection {
     #[allow(clippy::manual_async_fn)] // an `async fn` would double the arguments (above)
     fn serve_plain(mut self, mut stream: TcpStream) -> impl Future<Output = ()> + Send {
         async move {
-            let first_bytes = tokio::time::timeout(FIRST_BYTES_TIMEOUT, sniff(&stream));
+            let idle = self.ctx.limits.idle_timeout;
+            let first_bytes = tokio::time::timeout(idle, sniff(&stream));
             let protocol = tokio::select! {
                 biased;
                 sniffed = first_bytes => match sniffed {
@@ -202,19 +223,19 @@ impl Connection {
                     _ => return,
                 },
                 // Nothing sent yet is idle too: the drain closes it at once (NGINX does
-                // the same), instead of waiting up to `FIRST_BYTES_TIMEOUT`.
+                // the same), instead of waiting up to `listen.idle_timeout`.
                 () = self.drain.draining() => return,
             };
             // hyper's paths are boxed (see `serve_boxed`).
             if protocol == Wire::Http2 {
-                return self.serve_boxed(TokioIo::new(stream), protocol).await;
+                return self.serve_boxed(stream, protocol).await;
             }
             // HTTP/1.1 on cohort's own path first; hyper takes over what it does not
             // handle.
             let served =
                 h1::server::serve(&self.ctx, &self.peer, &mut stream, &mut self.drain).await;
             if let Served::Handover(read) = served {
-                let io = TokioIo::new(Rewind::new(read, stream));
+                let io = Rewind::new(read, stream);
                 self.serve_boxed(io, Wire::Http1).await;
             }
         }
@@ -226,7 +247,7 @@ impl Connection {
     /// (`Box::pin(self.serve(..)).await` inside an `async fn` reserves room for it).
     fn serve_boxed<I>(self, io: I, protocol: Wire) -> Pin<Box<impl Future<Output = ()>>>
     where
-        I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         Box::pin(self.serve(io, protocol))
     }
@@ -254,12 +275,12 @@ impl Connection {
         } else {
             Wire::Http1
         };
-        self.serve(TokioIo::new(stream), protocol).await;
+        self.serve(stream, protocol).await;
     }
 
-    async fn serve<I>(self, io: I, protocol: Wire)
+    async fn serve<I>(mut self, io: I, protocol: Wire)
     where
-        I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let ctx = self.ctx.clone();
         let peer = self.peer;
@@ -272,15 +293,33 @@ impl Connection {
         });
         let result = match protocol {
             Wire::Http1 => {
-                let conn = self.http.h1.serve_connection(io, service).with_upgrades();
-                until_drained(conn, self.drain, |c| c.graceful_shutdown()).await
+                let io = HeadWatch::new(io);
+                let watch = io.state.clone();
+                let conn = self.http.h1.serve_connection(TokioIo::new(io), service);
+                let conn = conn.with_upgrades();
+                let ended = |result: &Result<(), hyper::Error>| {
+                    // hyper gave up on a head: answered 408 by the IO as hyper drops it,
+                    // unless nothing of a next request had arrived (an idle connection).
+                    if result.as_ref().is_err_and(hyper::Error::is_timeout) {
+                        watch.head_timed_out();
+                    }
+                };
+                let result =
+                    until_drained(conn, &mut self.drain, |c| c.graceful_shutdown(), ended).await;
+                if watch.answer.load(Ordering::Relaxed) {
+                    reject::rejected(&self.ctx.metrics, peer, Malformed::HeadTimeout);
+                }
+                result
             }
             Wire::Http2 => {
-                let conn = self.http.h2.serve_connection(io, service);
-                until_drained(conn, self.drain, |c| c.graceful_shutdown()).await
+                let conn = self.http.h2.serve_connection(TokioIo::new(io), service);
+                until_drained(conn, &mut self.drain, |c| c.graceful_shutdown(), |_| {}).await
             }
         };
         if let Err(e) = result {
+            if protocol == Wire::Http1 && e.is_timeout() {
+                return;
+            }
             match malformed(&e).filter(|_| protocol == Wire::Http1) {
                 // hyper has answered it already, with the policy's status, and closes;
                 // the policy counts and logs it as it does for cohort's own path.
@@ -310,6 +349,13 @@ fn malformed(e: &hyper::Error) -> Option<Malformed> {
         });
     }
     Some(Malformed::InvalidRequest)
+}
+
+/// A waker for the one write made without waiting ([`HeadWatch`]'s drop).
+struct NoWake;
+
+impl std::task::Wake for NoWake {
+    fn wake(self: Arc<Self>) {}
 }
 
 /// Which HTTP a connection speaks.
@@ -348,21 +394,132 @@ fn preface_pause() -> Pin<Box<tokio::time::Sleep>> {
 }
 
 /// Drives a connection to its end; when shutdown begins, asks it to finish what is in
-/// flight and close (hyper closes idle keep-alive connections at once).
+/// flight and close (hyper closes idle keep-alive connections at once). `ended` sees
+/// the result while the connection (and its IO) still exists.
 async fn until_drained<C, E>(
     conn: C,
-    mut drain: DrainWatch,
+    drain: &mut DrainWatch,
     stop: impl FnOnce(Pin<&mut C>),
+    ended: impl FnOnce(&Result<(), E>),
 ) -> Result<(), E>
 where
     C: Future<Output = Result<(), E>>,
 {
     let mut conn = std::pin::pin!(conn);
-    tokio::select! {
-        result = conn.as_mut() => return result,
-        () = drain.draining() => stop(conn.as_mut()),
+    let result = tokio::select! {
+        result = conn.as_mut() => result,
+        () = drain.draining() => {
+            stop(conn.as_mut());
+            conn.as_mut().await
+        }
+    };
+    ended(&result);
+    result
+}
+
+/// The IO of a connection hyper serves as HTTP/1, watched for the one answer hyper
+/// does not write: when its header-read timeout ends a head that had started, hyper
+/// closes without a word; cohort answers 408 (`reject::Malformed::HeadTimeout`) as the
+/// IO is dropped. Whether a head had started is whether a byte arrived since cohort
+/// last wrote: a timeout with none is an idle keep-alive connection, closed silently.
+struct HeadWatch<I: AsyncWrite + Unpin> {
+    io: I,
+    state: Arc<HeadState>,
+}
+
+/// What [`HeadWatch`] shares with the connection's task (one allocation per
+/// connection on hyper's engine; cohort's own path does without).
+#[derive(Default)]
+struct HeadState {
+    /// A byte arrived since the last write.
+    started: AtomicBool,
+    /// hyper gave up on the head; the 408 is to be written.
+    answer: AtomicBool,
+}
+
+impl HeadState {
+    fn head_timed_out(&self) {
+        if self.started.load(Ordering::Relaxed) {
+            self.answer.store(true, Ordering::Relaxed);
+        }
     }
-    conn.await
+}
+
+impl<I: AsyncWrite + Unpin> HeadWatch<I> {
+    fn new(io: I) -> HeadWatch<I> {
+        HeadWatch {
+            io,
+            state: Arc::default(),
+        }
+    }
+}
+
+impl<I: AsyncRead + AsyncWrite + Unpin> AsyncRead for HeadWatch<I> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut this.io).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            this.state.started.store(true, Ordering::Relaxed);
+        }
+        polled
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for HeadWatch<I> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        this.state.started.store(false, Ordering::Relaxed);
+        Pin::new(&mut this.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+}
+
+impl<I: AsyncWrite + Unpin> Drop for HeadWatch<I> {
+    fn drop(&mut self) {
+        if !self.state.answer.load(Ordering::Relaxed) {
+            return;
+        }
+        // Best effort, without waiting: a short answer fits an idle socket's send
+        // buffer; a client that is not reading loses it, as it would on any server.
+        let answer = reject::answer(Malformed::HeadTimeout);
+        let mut bytes = Vec::new();
+        let plain = h1::head::Decoration::plain(answer.close);
+        h1::head::write_local_response(answer.status, answer.body, &plain, &mut bytes);
+        let waker = std::task::Waker::from(Arc::new(NoWake));
+        let mut cx = std::task::Context::from_waker(&waker);
+        let mut io = Pin::new(&mut self.io);
+        let mut written = 0;
+        while written < bytes.len() {
+            match io.as_mut().poll_write(&mut cx, &bytes[written..]) {
+                std::task::Poll::Ready(Ok(n)) if n > 0 => written += n,
+                _ => return,
+            }
+        }
+        let _ = io.as_mut().poll_flush(&mut cx);
+        let _ = io.as_mut().poll_shutdown(&mut cx);
+    }
 }
 
 #[cfg(test)]

@@ -22,9 +22,10 @@ use crate::request::forward::{self, Forwarding};
 use crate::request::id::{RequestId, X_REQUEST_ID};
 use crate::request::log::Causes;
 use crate::request::record::{Completion, Pending};
+use crate::request::reject::{self, Malformed};
 use crate::request::{begin, retry};
-use crate::router;
-use crate::runtime::snapshot::SharedSnapshot;
+use crate::router::{self, Decision};
+use crate::runtime::snapshot::{SharedSnapshot, Snapshot};
 use crate::upstream::{Lease, Pool, Progress, UpstreamError};
 
 /// What every request on one worker shares.
@@ -36,6 +37,8 @@ pub struct ProxyContext {
     pub h1_pool: crate::engine::h1::upstream::Pool,
     /// `http` or `https`: the listener's scheme, for `X-Forwarded-Proto` and cookies.
     pub scheme: &'static str,
+    /// The listener's limits (`listen.*`, read at start only).
+    pub limits: crate::config::Limits,
 }
 
 /// A client connection's address, with its `X-Forwarded-For` text made once (hyper's
@@ -94,6 +97,15 @@ pub async fn handle(
         access_log,
     ));
 
+    let declared = req
+        .headers()
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|length| reject::body_too_large(route, length)) {
+        return body_too_large(ctx, &snap, &decision, req.version(), pending.take());
+    }
+    let version = req.version();
     let upgrade = req.version() == Version::HTTP_11 && forward::is_upgrade_request(req.headers());
     let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let upstream_req = {
@@ -102,6 +114,7 @@ pub async fn handle(
     };
 
     let progress = Progress::new();
+    progress.limit_body(route.max_body);
     let mut endpoints = state.endpoints(variant);
     // The endpoint the request went to last, for the access log.
     let mut reached = None;
@@ -136,6 +149,7 @@ pub async fn handle(
 
     // No await from here on: the request cannot be dropped before it is counted.
     let mut completion = pending.take();
+    let over_limit = result.is_err() && progress.body_over_limit();
     if let Some(log) = completion.log() {
         log.endpoint = reached.cloned();
         log.progress = Some(progress);
@@ -153,6 +167,18 @@ pub async fn handle(
                 }
                 _ => resp.map(|body| ProxyBody::upstream(body, lease, reached.cloned())),
             }
+        }
+        // A chunked body grew past `max_body`: the upstream request was aborted before
+        // any response; the client gets the policy's 413 (and HTTP/1 closes).
+        Err(_) if over_limit => {
+            let answer = reject::answer(Malformed::BodyTooLarge);
+            let mut response = local_response(answer.status, answer.body);
+            if answer.close && version < Version::HTTP_2 {
+                response
+                    .headers_mut()
+                    .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            response
         }
         Err(e) => {
             let answer = completion.failed(&e);
@@ -172,6 +198,37 @@ pub async fn handle(
     } else {
         response.body_mut().completion = Some(completion);
     }
+    response
+}
+
+/// The policy's 413 for a body over the route's `max_body`, by its `Content-Length`,
+/// before anything goes upstream; counted under the route and variant when it is sent.
+/// On HTTP/1 the connection closes (the body is not read).
+#[cold]
+fn body_too_large(
+    ctx: &ProxyContext,
+    snap: &Snapshot,
+    decision: &Decision,
+    version: Version,
+    mut completion: Completion,
+) -> Response<ProxyBody> {
+    let answer = reject::answer(Malformed::BodyTooLarge);
+    let mut response = local_response(answer.status, answer.body);
+    if answer.close && version < Version::HTTP_2 {
+        response
+            .headers_mut()
+            .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    forward::decorate_response(
+        response.headers_mut(),
+        forward::variant_header(snap, decision.variant),
+        forward::cohort_cookie(decision, ctx.scheme),
+    );
+    completion.status = answer.status.as_u16();
+    if let Some(log) = completion.log() {
+        log.request_body_bytes = 0;
+    }
+    response.body_mut().completion = Some(completion);
     response
 }
 

@@ -10,6 +10,7 @@
 //! `cohort_requests_total` waits for a status code to occur.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -43,6 +44,8 @@ pub const ROLLOUT_STATE: &str = "cohort_rollout_state";
 pub const GUARD_ERROR_RATIO: &str = "cohort_guard_error_ratio";
 pub const GUARD_P99_SECONDS: &str = "cohort_guard_p99_seconds";
 pub const BUILD_INFO: &str = "cohort_build_info";
+pub const CONNECTIONS_OPEN: &str = "cohort_connections_open";
+pub const CONNECTIONS_REJECTED_TOTAL: &str = "cohort_connections_rejected_total";
 
 /// The statuses cohort answers without a route (DESIGN §1, §10): exported at 0 from the
 /// start. Others (a 405 hyper might send one day) still count, from their first.
@@ -103,6 +106,10 @@ pub struct Metrics {
     reloads_error: Counter,
     generation: Gauge,
     tls_handshake_errors: Counter,
+    /// Open client connections, counted for `listen.max_connections` across workers.
+    connections: AtomicUsize,
+    connections_open: Gauge,
+    connections_rejected: Counter,
     /// The `process_*` families, read when `/metrics` is rendered.
     process: process::Collector,
     /// One-minute windows per (route, variant), each with its 15-minute history; they
@@ -195,6 +202,13 @@ impl Metrics {
                 &Key::from_static_name(TLS_HANDSHAKE_ERRORS_TOTAL),
                 &METADATA,
             ),
+            connections: AtomicUsize::new(0),
+            connections_open: recorder
+                .register_gauge(&Key::from_static_name(CONNECTIONS_OPEN), &METADATA),
+            connections_rejected: recorder.register_counter(
+                &Key::from_static_name(CONNECTIONS_REJECTED_TOTAL),
+                &METADATA,
+            ),
             process: process::Collector::new(),
             recorder,
             handle,
@@ -224,6 +238,25 @@ impl Metrics {
 
     pub fn tls_handshake_error(&self) {
         self.tls_handshake_errors.increment(1);
+    }
+
+    /// Counts a new client connection in, unless `max` are open already: then it is
+    /// counted in `cohort_connections_rejected_total` and `false` says close it. Each
+    /// `true` is matched by one [`Metrics::close_connection`].
+    pub fn open_connection(&self, max: usize) -> bool {
+        if self.connections.fetch_add(1, Ordering::Relaxed) >= max {
+            self.connections.fetch_sub(1, Ordering::Relaxed);
+            self.connections_rejected.increment(1);
+            return false;
+        }
+        self.connections_open.increment(1.0);
+        true
+    }
+
+    /// Counts a client connection that [`Metrics::open_connection`] let in out.
+    pub fn close_connection(&self) {
+        self.connections.fetch_sub(1, Ordering::Relaxed);
+        self.connections_open.decrement(1.0);
     }
 
     pub fn reload(&self, ok: bool) {
@@ -366,6 +399,14 @@ fn describe(r: &PrometheusRecorder) {
     counter(
         TLS_HANDSHAKE_ERRORS_TOTAL,
         "Failed TLS handshakes with downstream clients.",
+    );
+    gauge(
+        CONNECTIONS_OPEN,
+        "Open client connections on the proxy listener.",
+    );
+    counter(
+        CONNECTIONS_REJECTED_TOTAL,
+        "Client connections closed at once because listen.max_connections were open.",
     );
     gauge(
         BUILD_INFO,

@@ -8,9 +8,10 @@
 //! empty body: hyper has no hook for the body), so on its engine the classification
 //! and the counting are the policy's and the body is hyper's.
 //!
-//! A head that stalls is not answered on either engine: the connection is closed
-//! without a word (`tests/http1_wire.rs` pins it) and not counted, because hyper's
-//! header-read timeout cannot tell a stalled head from an idle keep-alive connection.
+//! A head that stalls past `listen.header_timeout` is answered 408 and the connection
+//! closed on both engines (hyper has no hook for it: the listener writes the answer
+//! itself when hyper gives up, see `engine::listener`). A connection that is merely
+//! idle (no byte of a next request) is closed without a word after `idle_timeout`.
 
 use std::net::SocketAddr;
 
@@ -24,10 +25,16 @@ pub enum Malformed {
     /// Not a valid HTTP/1.1 head: a bad request line, field name or value, two `Host`
     /// fields.
     InvalidRequest,
-    /// A head over 64 KiB, or with more than 100 fields.
+    /// A head over `listen.max_header_bytes` (64 KiB by default).
     HeadTooLarge,
+    /// A head with more than `listen.max_headers` fields (100 by default).
+    TooManyHeaders,
     /// A request line that alone is over the head limit: its target is too long.
     UriTooLong,
+    /// A head started but not complete within `listen.header_timeout`.
+    HeadTimeout,
+    /// A request body over its route's `max_body`.
+    BodyTooLarge,
 }
 
 impl Malformed {
@@ -39,10 +46,13 @@ impl Malformed {
 
 impl Malformed {
     /// Every kind, for tests and for anything that must list them.
-    pub const ALL: [Malformed; 3] = [
+    pub const ALL: [Malformed; 6] = [
         Malformed::InvalidRequest,
         Malformed::HeadTooLarge,
+        Malformed::TooManyHeaders,
         Malformed::UriTooLong,
+        Malformed::HeadTimeout,
+        Malformed::BodyTooLarge,
     ];
 
     /// The `reason` of the log line.
@@ -50,7 +60,10 @@ impl Malformed {
         match self {
             Malformed::InvalidRequest => "invalid_request",
             Malformed::HeadTooLarge => "head_too_large",
+            Malformed::TooManyHeaders => "too_many_headers",
             Malformed::UriTooLong => "uri_too_long",
+            Malformed::HeadTimeout => "head_timeout",
+            Malformed::BodyTooLarge => "body_too_large",
         }
     }
 }
@@ -80,12 +93,34 @@ pub(crate) fn answer(malformed: Malformed) -> Rejection {
             body: "request header fields too large\n",
             close: true,
         },
+        Malformed::TooManyHeaders => Rejection {
+            status: StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            body: "too many request header fields\n",
+            close: true,
+        },
         Malformed::UriTooLong => Rejection {
             status: StatusCode::URI_TOO_LONG,
             body: "request target too long\n",
             close: true,
         },
+        Malformed::HeadTimeout => Rejection {
+            status: StatusCode::REQUEST_TIMEOUT,
+            body: "request head not received in time\n",
+            close: true,
+        },
+        Malformed::BodyTooLarge => Rejection {
+            status: StatusCode::PAYLOAD_TOO_LARGE,
+            body: "request body too large\n",
+            close: true,
+        },
     }
+}
+
+/// Whether a request whose `Content-Length` is `length` is over its route's `max_body`
+/// (DESIGN §10): answered [`Malformed::BodyTooLarge`] before anything goes upstream,
+/// and counted under the route and variant (a route was chosen), not as unrouted.
+pub(crate) fn body_too_large(route: &crate::config::Route, length: u64) -> bool {
+    length > route.max_body
 }
 
 /// Counts a malformed request from `peer` in `cohort_unrouted_requests_total` (no
@@ -118,7 +153,18 @@ mod tests {
                 431,
                 "request header fields too large\n",
             ),
+            (
+                Malformed::TooManyHeaders,
+                431,
+                "too many request header fields\n",
+            ),
             (Malformed::UriTooLong, 414, "request target too long\n"),
+            (
+                Malformed::HeadTimeout,
+                408,
+                "request head not received in time\n",
+            ),
+            (Malformed::BodyTooLarge, 413, "request body too large\n"),
         ];
         assert_eq!(cases.len(), Malformed::ALL.len());
         for (malformed, status, body) in cases {
@@ -134,10 +180,10 @@ mod tests {
     }
 
     #[test]
-    fn kinds_have_distinct_statuses_and_reasons() {
+    fn kinds_have_distinct_answers_and_reasons() {
         for a in Malformed::ALL {
             for b in Malformed::ALL.into_iter().filter(|&b| b != a) {
-                assert_ne!(answer(a).status, answer(b).status, "{a:?} {b:?}");
+                assert_ne!(answer(a).body, answer(b).body, "{a:?} {b:?}");
                 assert_ne!(a.as_str(), b.as_str());
             }
         }
@@ -147,12 +193,13 @@ mod tests {
     fn a_rejection_is_counted_as_unrouted_with_its_status() {
         let metrics = Metrics::new();
         let peer = SocketAddr::from(([127, 0, 0, 1], 40000));
+        let mut seen = std::collections::HashMap::<u16, u32>::new();
         for malformed in Malformed::ALL {
             let answer = rejected(&metrics, peer, malformed);
-            let series = format!(
-                "{UNROUTED_REQUESTS_TOTAL}{{status=\"{}\"}} 1",
-                answer.status.as_u16()
-            );
+            let status = answer.status.as_u16();
+            let count = seen.entry(status).or_default();
+            *count += 1;
+            let series = format!("{UNROUTED_REQUESTS_TOTAL}{{status=\"{status}\"}} {count}");
             let text = metrics.render();
             assert!(text.lines().any(|l| l == series), "{series} in\n{text}");
         }

@@ -400,6 +400,28 @@ fn keep_start_only_settings(running: &Loaded, new: &mut Loaded) {
         warn("listen.workers");
         new.listen.workers = running.listen.workers;
     }
+    // The listener's limits are built into each worker's connection settings at start
+    // (hyper's builders, the connection cap).
+    let (old, limits) = (&running.listen.limits, &mut new.listen.limits);
+    if limits.max_connections != old.max_connections {
+        warn("listen.max_connections");
+    }
+    if limits.header_timeout != old.header_timeout {
+        warn("listen.header_timeout");
+    }
+    if limits.idle_timeout != old.idle_timeout {
+        warn("listen.idle_timeout");
+    }
+    if limits.max_header_bytes != old.max_header_bytes {
+        warn("listen.max_header_bytes");
+    }
+    if limits.max_headers != old.max_headers {
+        warn("listen.max_headers");
+    }
+    if limits.h2_max_concurrent_streams != old.h2_max_concurrent_streams {
+        warn("listen.h2_max_concurrent_streams");
+    }
+    *limits = *old;
     if new.admin.address != running.admin.address {
         warn("admin.address");
         new.admin.address = running.admin.address;

@@ -140,6 +140,7 @@ pub async fn start(config: Loaded) -> Result<Running, StartError> {
                 pool: Pool::new(),
                 h1_pool: Default::default(),
                 scheme: if tls { "https" } else { "http" },
+                limits: state.snapshot.load().config.listen.limits,
             };
             listener::spawn_worker(id, socket, ctx, tls, stop_rx.clone())
         });

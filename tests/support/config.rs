@@ -91,6 +91,36 @@ impl Config {
         self.listen_key("trusted_proxies", &quoted_list(cidrs))
     }
 
+    /// `listen.max_connections`.
+    pub fn max_connections(self, n: usize) -> Config {
+        self.listen_key("max_connections", &n.to_string())
+    }
+
+    /// `listen.header_timeout`, e.g. `"300ms"`.
+    pub fn header_timeout(self, duration: &str) -> Config {
+        self.listen_key("header_timeout", &quoted(duration))
+    }
+
+    /// `listen.idle_timeout`, e.g. `"500ms"`.
+    pub fn idle_timeout(self, duration: &str) -> Config {
+        self.listen_key("idle_timeout", &quoted(duration))
+    }
+
+    /// `listen.max_header_bytes`.
+    pub fn max_header_bytes(self, bytes: usize) -> Config {
+        self.listen_key("max_header_bytes", &bytes.to_string())
+    }
+
+    /// `listen.max_headers`.
+    pub fn max_headers(self, n: usize) -> Config {
+        self.listen_key("max_headers", &n.to_string())
+    }
+
+    /// `listen.h2_max_concurrent_streams`.
+    pub fn h2_max_concurrent_streams(self, n: u32) -> Config {
+        self.listen_key("h2_max_concurrent_streams", &n.to_string())
+    }
+
     /// `listen.tls = { cert, key }`: the listener speaks TLS with this default certificate.
     pub fn tls(mut self, cert: &Path, key: &Path) -> Config {
         self.listen_tls = vec![
@@ -196,6 +226,11 @@ impl Route {
     /// `sticky = [...]`, e.g. `&["header:x-user-id"]`.
     pub fn sticky(self, sources: &[&str]) -> Route {
         self.key("sticky", &quoted_list(sources))
+    }
+
+    /// `max_body`, e.g. `"1KiB"`.
+    pub fn max_body(self, size: &str) -> Route {
+        self.key("max_body", &quoted(size))
     }
 
     pub fn canary_percent(self, percent: impl Display) -> Route {

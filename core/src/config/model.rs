@@ -100,7 +100,59 @@ pub struct Listen {
     /// derived from it when the TCP peer is inside one (`crate::client_addr`).
     #[serde(serialize_with = "ser_nets")]
     pub trusted_proxies: Vec<IpNet>,
+    /// What one client may hold and send (DESIGN §10); read at start only.
+    #[serde(flatten)]
+    pub limits: Limits,
 }
+
+/// `listen.max_connections`, `header_timeout`, `idle_timeout`, `max_header_bytes`,
+/// `max_headers`, `h2_max_concurrent_streams`: the listener's limits, each with a safe
+/// default. The engines build their connection settings from them once, at start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Limits {
+    /// Open client connections per instance; a new one beyond it is closed at once.
+    pub max_connections: usize,
+    /// A request head must arrive whole within this after its first byte: 408, close.
+    #[serde(serialize_with = "ser_duration")]
+    pub header_timeout: Duration,
+    /// A connection with no request in flight (before its first, between keep-alive
+    /// requests) is closed after this.
+    #[serde(serialize_with = "ser_duration")]
+    pub idle_timeout: Duration,
+    /// A larger request head: 431 (HTTP/2: the header list size).
+    pub max_header_bytes: usize,
+    /// More header fields in a request head: 431.
+    pub max_headers: usize,
+    /// Concurrent streams an HTTP/2 client may open.
+    pub h2_max_concurrent_streams: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_connections: 10_000,
+            header_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(60),
+            max_header_bytes: 64 * 1024,
+            max_headers: 100,
+            h2_max_concurrent_streams: 100,
+        }
+    }
+}
+
+/// Bounds of the limits (`validate` names them in its messages).
+pub const MAX_CONNECTIONS_BOUND: usize = 1_000_000;
+/// Smallest `max_header_bytes`: hyper's read buffer cannot be smaller.
+pub const MIN_HEADER_BYTES: usize = 8 * 1024;
+pub const MAX_HEADER_BYTES_BOUND: usize = 1024 * 1024;
+pub const MAX_HEADERS_BOUND: usize = 1000;
+pub const MAX_CONCURRENT_STREAMS_BOUND: u32 = 10_000;
+/// Longest `header_timeout` / `idle_timeout`.
+pub const MAX_CONNECTION_TIMEOUT: Duration = Duration::from_secs(3600);
+/// The default `max_body` of a route.
+pub const DEFAULT_MAX_BODY: u64 = 10 * 1024 * 1024;
+/// Largest `max_body`.
+pub const MAX_BODY_BOUND: u64 = 1 << 40;
 
 /// `listen.tls`, or a route's `tls` (served by SNI for its `host`): the files of a
 /// certificate chain and key, which the shell reads and checks when it loads the config.
@@ -139,6 +191,8 @@ pub struct Route {
     pub rollout: Option<Rollout>,
     #[serde(serialize_with = "ser_guard")]
     pub guard: Option<Guard>,
+    /// Request bodies above this many bytes: 413 (DESIGN §10).
+    pub max_body: u64,
 }
 
 impl Route {

@@ -35,6 +35,21 @@ pub(crate) struct RawListen {
     pub(crate) tls: Option<RawServerTls>,
     #[serde(default)]
     pub(crate) trusted_proxies: Vec<String>,
+    // Limits (DESIGN §10); absent = the default in `model::Limits`.
+    pub(crate) max_connections: Option<i64>,
+    pub(crate) header_timeout: Option<String>,
+    pub(crate) idle_timeout: Option<String>,
+    pub(crate) max_header_bytes: Option<RawSize>,
+    pub(crate) max_headers: Option<i64>,
+    pub(crate) h2_max_concurrent_streams: Option<i64>,
+}
+
+/// A size in bytes: a TOML integer, or text with a unit such as "10MiB".
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub(crate) enum RawSize {
+    Bytes(i64),
+    Text(String),
 }
 
 impl Default for RawListen {
@@ -48,6 +63,12 @@ impl Default for RawListen {
             access_log: false,
             tls: None,
             trusted_proxies: Vec::new(),
+            max_connections: None,
+            header_timeout: None,
+            idle_timeout: None,
+            max_header_bytes: None,
+            max_headers: None,
+            h2_max_concurrent_streams: None,
         }
     }
 }
@@ -106,6 +127,7 @@ pub(crate) struct RawRoute {
     pub(crate) timeouts: RawTimeouts,
     pub(crate) rollout: Option<RawRollout>,
     pub(crate) guard: Option<RawGuard>,
+    pub(crate) max_body: Option<RawSize>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -479,3 +479,112 @@ fn trusted_proxies_are_cidrs_or_addresses() {
     ));
     assert!(err.contains("listen.trusted_proxies"), "{err}");
 }
+
+#[test]
+fn limits_have_safe_defaults() {
+    let c = parse_ok(MINIMAL);
+    let l = c.listen.limits;
+    assert_eq!(l.max_connections, 10_000);
+    assert_eq!(l.header_timeout, Duration::from_secs(30));
+    assert_eq!(l.idle_timeout, Duration::from_secs(60));
+    assert_eq!(l.max_header_bytes, 65536);
+    assert_eq!(l.max_headers, 100);
+    assert_eq!(l.h2_max_concurrent_streams, 100);
+    assert_eq!(c.routes[0].max_body, 10 * 1024 * 1024);
+}
+
+#[test]
+fn limits_are_read_with_units() {
+    let c = parse_ok(&format!(
+        "[listen]\nmax_connections = 5\nheader_timeout = \"300ms\"\nidle_timeout = \"2s\"\n\
+         max_header_bytes = \"16KiB\"\nmax_headers = 20\nh2_max_concurrent_streams = 7\n\
+         {MINIMAL}max_body = \"1MiB\"\n"
+    ));
+    let l = c.listen.limits;
+    assert_eq!(l.max_connections, 5);
+    assert_eq!(l.header_timeout, Duration::from_millis(300));
+    assert_eq!(l.idle_timeout, Duration::from_secs(2));
+    assert_eq!(l.max_header_bytes, 16384);
+    assert_eq!(l.max_headers, 20);
+    assert_eq!(l.h2_max_concurrent_streams, 7);
+    assert_eq!(c.routes[0].max_body, 1 << 20);
+    let c = parse_ok(&format!(
+        "[listen]\nmax_header_bytes = 8192\n{MINIMAL}max_body = 100\n"
+    ));
+    assert_eq!(c.listen.limits.max_header_bytes, 8192);
+    assert_eq!(c.routes[0].max_body, 100);
+    for (text, bytes) in [
+        ("10MiB", Some(10 << 20)),
+        ("64 KB", Some(64_000)),
+        ("7", Some(7)),
+        ("1GB", Some(1_000_000_000)),
+        ("1.5MiB", None),
+        ("MiB", None),
+        ("10 parsecs", None),
+        ("99999999999999999999TiB", None),
+    ] {
+        assert_eq!(validate::parse_size(text), bytes, "{text}");
+    }
+}
+
+#[test]
+fn limits_must_be_non_zero_and_bounded() {
+    for (listen, expected) in [
+        (
+            "max_connections = 0",
+            "listen.max_connections: must be between 1 and 1000000",
+        ),
+        (
+            "max_connections = -3",
+            "listen.max_connections: must be between 1 and 1000000",
+        ),
+        (
+            "max_headers = 0",
+            "listen.max_headers: must be between 1 and 1000",
+        ),
+        (
+            "max_headers = 1001",
+            "listen.max_headers: must be between 1 and 1000",
+        ),
+        (
+            "h2_max_concurrent_streams = 0",
+            "listen.h2_max_concurrent_streams: must be between 1 and 10000",
+        ),
+        (
+            "header_timeout = \"0s\"",
+            "listen.header_timeout: must be greater than zero",
+        ),
+        (
+            "idle_timeout = \"2h\"",
+            "listen.idle_timeout: must be at most 1h",
+        ),
+        (
+            "max_header_bytes = 100",
+            "listen.max_header_bytes: must be between 8KiB (8192) and 1MiB (1048576)",
+        ),
+        (
+            "max_header_bytes = \"2MiB\"",
+            "listen.max_header_bytes: must be between 8KiB (8192) and 1MiB (1048576)",
+        ),
+        (
+            "max_header_bytes = \"lots\"",
+            "listen.max_header_bytes: \"lots\" is not a size greater than zero",
+        ),
+    ] {
+        let err = parse_err(&format!("[listen]\n{listen}\n{MINIMAL}"));
+        assert!(
+            err.contains(expected),
+            "{listen}: missing {expected:?} in:\n{err}"
+        );
+    }
+    for (body, expected) in [
+        ("0", "routes[0].max_body: 0 is not a size greater than zero"),
+        ("\"2TiB\"", "routes[0].max_body: must be at most 1TiB"),
+    ] {
+        let err = parse_err(&format!("{MINIMAL}max_body = {body}\n"));
+        assert!(
+            err.contains(expected),
+            "{body}: missing {expected:?} in:\n{err}"
+        );
+    }
+}

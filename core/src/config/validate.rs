@@ -101,6 +101,7 @@ impl Validator<'_> {
     }
 
     fn listen(&mut self, raw: RawListen) -> Listen {
+        let limits = self.limits(&raw);
         let address = self.socket_addr("listen.address", &raw.address);
         let drain_timeout = raw
             .drain_timeout
@@ -135,6 +136,111 @@ impl Validator<'_> {
             access_log: raw.access_log,
             tls,
             trusted_proxies: self.nets("listen.trusted_proxies", &raw.trusted_proxies),
+            limits,
+        }
+    }
+
+    /// The listener's limits (DESIGN §10): each absent one takes its default; each
+    /// given one must be at least 1 (a zero would refuse everything) and within a
+    /// bound that keeps deadlines and buffers representable.
+    fn limits(&mut self, raw: &RawListen) -> Limits {
+        let defaults = Limits::default();
+        let mut count = |key: &str, value: Option<i64>, default: usize, max: usize| {
+            let Some(value) = value else {
+                return default;
+            };
+            match usize::try_from(value) {
+                Ok(n) if (1..=max).contains(&n) => n,
+                _ => {
+                    self.fail(key, format!("must be between 1 and {max}"));
+                    default
+                }
+            }
+        };
+        let max_connections = count(
+            "listen.max_connections",
+            raw.max_connections,
+            defaults.max_connections,
+            MAX_CONNECTIONS_BOUND,
+        );
+        let max_headers = count(
+            "listen.max_headers",
+            raw.max_headers,
+            defaults.max_headers,
+            MAX_HEADERS_BOUND,
+        );
+        let streams = count(
+            "listen.h2_max_concurrent_streams",
+            raw.h2_max_concurrent_streams,
+            defaults.h2_max_concurrent_streams as usize,
+            MAX_CONCURRENT_STREAMS_BOUND as usize,
+        );
+        let mut timeout = |key: &str, text: &Option<String>, default: Duration| {
+            let Some(text) = text else {
+                return default;
+            };
+            let d = self.positive_duration(key, text);
+            if d > MAX_CONNECTION_TIMEOUT {
+                self.fail(key, "must be at most 1h");
+            }
+            d
+        };
+        let header_timeout = timeout(
+            "listen.header_timeout",
+            &raw.header_timeout,
+            defaults.header_timeout,
+        );
+        let idle_timeout = timeout(
+            "listen.idle_timeout",
+            &raw.idle_timeout,
+            defaults.idle_timeout,
+        );
+        let max_header_bytes =
+            raw.max_header_bytes
+                .as_ref()
+                .map_or(defaults.max_header_bytes, |size| {
+                    let key = "listen.max_header_bytes";
+                    let bytes = self.size(key, size);
+                    match usize::try_from(bytes) {
+                        Ok(n) if (MIN_HEADER_BYTES..=MAX_HEADER_BYTES_BOUND).contains(&n) => n,
+                        _ => {
+                            self.fail(key, "must be between 8KiB (8192) and 1MiB (1048576)");
+                            defaults.max_header_bytes
+                        }
+                    }
+                });
+        Limits {
+            max_connections,
+            header_timeout,
+            idle_timeout,
+            max_header_bytes,
+            max_headers,
+            h2_max_concurrent_streams: u32::try_from(streams)
+                .unwrap_or(defaults.h2_max_concurrent_streams),
+        }
+    }
+
+    /// A size: a whole number of bytes, or text such as "512KiB", "10MiB", "1GB"
+    /// (binary units KiB, MiB, GiB, TiB; decimal kB, KB, MB, GB, TB; B or none: bytes).
+    /// Must be greater than zero.
+    fn size(&mut self, key: &str, raw: &RawSize) -> u64 {
+        let parsed = match raw {
+            RawSize::Bytes(n) => u64::try_from(*n).ok(),
+            RawSize::Text(text) => parse_size(text),
+        };
+        match parsed {
+            Some(n) if n > 0 => n,
+            _ => {
+                let shown = match raw {
+                    RawSize::Bytes(n) => n.to_string(),
+                    RawSize::Text(t) => format!("{t:?}"),
+                };
+                self.fail(
+                    key,
+                    format!("{shown} is not a size greater than zero, such as 65536 or \"10MiB\""),
+                );
+                0
+            }
         }
     }
 
@@ -246,6 +352,14 @@ impl Validator<'_> {
             .override_
             .map(|o| self.override_(&format!("{key}.override"), o));
         let timeouts = self.timeouts(&format!("{key}.timeouts"), raw.timeouts);
+        let max_body = raw.max_body.map_or(DEFAULT_MAX_BODY, |size| {
+            let key = format!("{key}.max_body");
+            let bytes = self.size(&key, &size);
+            if bytes > MAX_BODY_BOUND {
+                self.fail(key, "must be at most 1TiB");
+            }
+            bytes
+        });
         let guard = raw
             .guard
             .and_then(|g| self.guard(&format!("{key}.guard"), g, rollout.is_some()));
@@ -263,6 +377,7 @@ impl Validator<'_> {
             timeouts,
             rollout,
             guard,
+            max_body,
         })
     }
 
@@ -695,6 +810,27 @@ impl Validator<'_> {
             }
         }
     }
+}
+
+/// Bytes in a size text such as "10MiB" or "64 KB"; `None` if it is not one.
+pub(crate) fn parse_size(text: &str) -> Option<u64> {
+    let text = text.trim();
+    let digits = text.bytes().take_while(u8::is_ascii_digit).count();
+    let (number, unit) = text.split_at(digits);
+    let number: u64 = number.parse().ok()?;
+    let unit: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        "TiB" => 1 << 40,
+        "kB" | "KB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        "TB" => 1_000_000_000_000,
+        _ => return None,
+    };
+    number.checked_mul(unit)
 }
 
 /// RFC 6265 cookie-name characters (an HTTP token).

@@ -17,7 +17,8 @@ use crate::request::forward::{is_trailers_only, Field};
 use crate::request::reject::Malformed;
 use crate::router::Fields;
 
-/// Header fields a head may carry (hyper's limit too).
+/// Header fields this path parses in place; a head with more (up to
+/// `listen.max_headers`) goes to hyper.
 pub const MAX_FIELDS: usize = 100;
 
 /// Room for a head's parsed fields, left uninitialised: httparse writes only the
@@ -29,8 +30,25 @@ pub fn field_storage<'b>() -> FieldStorage<'b> {
     [const { MaybeUninit::uninit() }; MAX_FIELDS]
 }
 
-/// Request heads larger than this are hyper's (it answers 431 past its own limit).
+/// The default `listen.max_header_bytes`: larger request heads are answered 431.
 pub const MAX_REQUEST_HEAD: usize = 64 * 1024;
+
+/// `listen.max_header_bytes` and `listen.max_headers`, as this path applies them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HeadLimits {
+    /// Bytes of a request head, final CRLF included.
+    pub max_bytes: usize,
+    /// Header fields.
+    pub max_fields: usize,
+}
+
+impl HeadLimits {
+    /// The defaults of `listen.max_header_bytes` and `listen.max_headers`.
+    pub const DEFAULT: HeadLimits = HeadLimits {
+        max_bytes: MAX_REQUEST_HEAD,
+        max_fields: MAX_FIELDS,
+    };
+}
 
 /// Request bodies up to this size are forwarded from the read buffer in one write;
 /// larger ones, and chunked ones, are streamed by hyper.
@@ -75,6 +93,8 @@ pub enum Handover {
     Body,
     /// Protocol upgrade (WebSocket) or `Expect`.
     Upgrade,
+    /// More header fields than parsed in place, within `listen.max_headers`.
+    ManyFields,
 }
 
 /// A request head ready to forward.
@@ -119,25 +139,44 @@ pub enum ParsedRequest<'h, 'b> {
     Ready(Request<'h, 'b>),
 }
 
-/// Parses and classifies the request head at the start of `buf`.
+/// Parses and classifies the request head at the start of `buf`, with the default
+/// limits.
 pub fn parse_request<'h, 'b>(
     buf: &'b [u8],
     storage: &'h mut [MaybeUninit<httparse::Header<'b>>],
 ) -> ParsedRequest<'h, 'b> {
+    parse_request_within(buf, storage, HeadLimits::DEFAULT)
+}
+
+/// Parses and classifies the request head at the start of `buf`: a head over
+/// `limits.max_bytes` is 431 (414 if its request line alone is), one with more than
+/// `limits.max_fields` fields 431; more fields than this path parses in place, but
+/// within the limit, go to hyper.
+pub fn parse_request_within<'h, 'b>(
+    buf: &'b [u8],
+    storage: &'h mut [MaybeUninit<httparse::Header<'b>>],
+    limits: HeadLimits,
+) -> ParsedRequest<'h, 'b> {
     let mut req = httparse::Request::new(&mut []);
     let head_len = match req.parse_with_uninit_headers(buf, storage) {
         Ok(httparse::Status::Complete(n)) => n,
-        Ok(httparse::Status::Partial) if buf.len() > MAX_REQUEST_HEAD => {
-            return ParsedRequest::Reject(too_large(buf))
+        Ok(httparse::Status::Partial) if buf.len() > limits.max_bytes => {
+            return ParsedRequest::Reject(too_large(buf, limits.max_bytes))
         }
         Ok(httparse::Status::Partial) => return ParsedRequest::Partial,
+        Err(httparse::Error::TooManyHeaders) if limits.max_fields > MAX_FIELDS => {
+            return ParsedRequest::Handover(Handover::ManyFields)
+        }
         Err(httparse::Error::TooManyHeaders) => {
-            return ParsedRequest::Reject(Malformed::HeadTooLarge)
+            return ParsedRequest::Reject(Malformed::TooManyHeaders)
         }
         Err(_) => return ParsedRequest::Reject(Malformed::InvalidRequest),
     };
-    if head_len > MAX_REQUEST_HEAD {
-        return ParsedRequest::Reject(too_large(buf));
+    if head_len > limits.max_bytes {
+        return ParsedRequest::Reject(too_large(buf, limits.max_bytes));
+    }
+    if req.headers.len() > limits.max_fields {
+        return ParsedRequest::Reject(Malformed::TooManyHeaders);
     }
     let (Some(method), Some(target), Some(version)) = (req.method, req.path, req.version) else {
         return ParsedRequest::Reject(Malformed::InvalidRequest);
@@ -205,11 +244,11 @@ pub fn parse_request<'h, 'b>(
     })
 }
 
-/// What is too large in a head over [`MAX_REQUEST_HEAD`]: the request line alone (its
-/// target: 414, as hyper answers), or the head (431).
+/// What is too large in a head over `max_bytes`: the request line alone (its target:
+/// 414, as hyper answers), or the head (431).
 #[cold]
-fn too_large(buf: &[u8]) -> Malformed {
-    let limit = buf.len().min(MAX_REQUEST_HEAD);
+fn too_large(buf: &[u8], max_bytes: usize) -> Malformed {
+    let limit = buf.len().min(max_bytes);
     if buf[..limit].contains(&b'\n') {
         Malformed::HeadTooLarge
     } else {

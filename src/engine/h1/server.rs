@@ -46,14 +46,6 @@ pub enum Served {
     Handover(Vec<u8>),
 }
 
-/// How long a client may take to complete a request head it has started.
-const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// How long a keep-alive connection may sit idle between requests before cohort closes
-/// it (hyper's header-read timeout did the same before this path existed), so clients
-/// that vanished without a FIN do not hold sockets forever.
-pub const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(30);
-
 /// How long a connection cohort closes keeps draining what the client still sends.
 const LINGER: Duration = Duration::from_secs(2);
 
@@ -79,14 +71,18 @@ pub fn serve<'a>(
         // a response is awaited. Moving a registered timer later is one atomic
         // exchange, where a new timer per wait took the timer wheel's lock to register
         // and again to cancel.
-        let timer = tokio::time::sleep(KEEP_ALIVE_TIMEOUT);
+        // `listen.idle_timeout` closes a connection with no request in flight, so clients
+        // that vanished without a FIN do not hold sockets forever; a head that has
+        // started must be whole within `listen.header_timeout` (408 otherwise).
+        let limits = &ctx.limits;
+        let timer = tokio::time::sleep(limits.idle_timeout);
         tokio::pin!(timer);
         loop {
             if pending.is_none() {
                 // Idle: wait holding no buffer, so an idle connection costs its socket only.
                 timer
                     .as_mut()
-                    .reset(tokio::time::Instant::now() + KEEP_ALIVE_TIMEOUT);
+                    .reset(tokio::time::Instant::now() + limits.idle_timeout);
                 tokio::select! {
                     biased;
                     ready = readable(client) => if ready.is_err() {
@@ -109,7 +105,10 @@ pub fn serve<'a>(
                         // deadline was set: that instant is the timer's, less the timeout
                         // (read back rather than kept in every connection's state).
                         let arrived = if head_started {
-                            timer.deadline().into_std().checked_sub(HEAD_TIMEOUT)
+                            timer
+                                .deadline()
+                                .into_std()
+                                .checked_sub(limits.header_timeout)
                         } else {
                             None
                         };
@@ -124,7 +123,7 @@ pub fn serve<'a>(
                             head_started = true;
                             timer
                                 .as_mut()
-                                .reset(tokio::time::Instant::now() + HEAD_TIMEOUT);
+                                .reset(tokio::time::Instant::now() + limits.header_timeout);
                         }
                     }
                     let read = read_some(client, &mut pending);
@@ -132,7 +131,7 @@ pub fn serve<'a>(
                         tokio::select! {
                             biased;
                             n = read => n,
-                            () = &mut timer => return Served::Closed,
+                            () = &mut timer => break head_timed_out(ctx, *peer, &pending),
                         }
                     } else {
                         read.await
@@ -213,6 +212,24 @@ fn close_after_response<'a>(
     })
 }
 
+/// The answer to a head that did not arrive whole within `listen.header_timeout`: the
+/// policy's 408, counted, then close (everything read goes with it).
+#[cold]
+fn head_timed_out(ctx: &ProxyContext, peer: SocketAddr, pending: &Option<Lent>) -> (Ready, Lent) {
+    let answer = reject::rejected(&ctx.metrics, peer, reject::Malformed::HeadTimeout);
+    let mut out = Lent::take();
+    let plain = Decoration::plain(answer.close);
+    head::write_local_response(answer.status, answer.body, &plain, &mut out);
+    let consumed = pending.as_ref().map_or(0, |b| b.len());
+    (
+        Ready::Local {
+            consumed,
+            close: answer.close,
+        },
+        out,
+    )
+}
+
 fn handover(pending: Option<Lent>) -> Served {
     Served::Handover(pending.map(Lent::into_vec).unwrap_or_default())
 }
@@ -271,7 +288,11 @@ fn prepare(
     out: &mut Vec<u8>,
 ) -> Step {
     let mut storage = head::field_storage();
-    let req = match head::parse_request(buf, &mut storage) {
+    let limits = head::HeadLimits {
+        max_bytes: ctx.limits.max_header_bytes,
+        max_fields: ctx.limits.max_headers,
+    };
+    let req = match head::parse_request_within(buf, &mut storage, limits) {
         ParsedRequest::Partial => return Step::Partial,
         ParsedRequest::Handover(_) => return Step::Handover,
         ParsedRequest::Reject(malformed) => {
@@ -341,6 +362,30 @@ fn prepare(
     head::write_upstream_request(&req, &forwarding, peer_text.as_bytes(), out);
     out.extend_from_slice(&buf[req.head_len..req.message_len()]);
     let completion = Completion::new(snap.clone(), index, &decision, start, access_log);
+    if reject::body_too_large(route, req.content_length as u64) {
+        // Read whole already (this path's bodies are small), but refused: the policy's
+        // 413, counted under the route and variant, then close.
+        out.clear();
+        let answer = reject::answer(reject::Malformed::BodyTooLarge);
+        let cookie = forward::cohort_cookie(&decision, ctx.scheme);
+        let deco = Decoration {
+            variant_header: forward::variant_header(&snap, decision.variant),
+            set_cookie: cookie.as_ref().map(http::HeaderValue::as_bytes),
+            close: answer.close,
+        };
+        head::write_local_response(answer.status, answer.body, &deco, out);
+        let mut completion = completion;
+        completion.status = answer.status.as_u16();
+        if let Some(log) = completion.log() {
+            log.request_body_bytes = 0;
+            log.response_body_bytes = answer.body.len() as u64;
+        }
+        completion.finish();
+        return Step::Ready(Ready::Local {
+            consumed: req.message_len(),
+            close: answer.close,
+        });
+    }
     Step::Ready(Ready::Forward(Forward {
         route: index,
         variant: decision.variant,

@@ -138,7 +138,7 @@ fn invalid_requests_are_refused_as_invalid_or_too_large() {
     let many: String = (0..=MAX_FIELDS).map(|i| format!("x-{i}: 1\r\n")).collect();
     assert_eq!(
         rejected(&format!("GET / HTTP/1.1\r\n{many}\r\n")),
-        too_large
+        Some(Malformed::TooManyHeaders)
     );
 }
 
@@ -509,4 +509,38 @@ fn a_target_hyper_would_refuse_goes_to_hyper() {
             "{target}"
         );
     }
+}
+
+#[test]
+fn configured_head_limits_refuse_or_hand_over() {
+    let parse = |raw: &str, limits: HeadLimits| {
+        let mut storage = field_storage();
+        match parse_request_within(raw.as_bytes(), &mut storage, limits) {
+            ParsedRequest::Reject(m) => Err(Some(m)),
+            ParsedRequest::Handover(h) => Ok(Some(h)),
+            ParsedRequest::Ready(_) => Ok(None),
+            ParsedRequest::Partial => Err(None),
+        }
+    };
+    let fields = |n: usize| -> String {
+        let many: String = (0..n).map(|i| format!("x-{i}: 1\r\n")).collect();
+        format!("GET / HTTP/1.1\r\n{many}\r\n")
+    };
+    let few = HeadLimits {
+        max_bytes: 8192,
+        max_fields: 10,
+    };
+    assert_eq!(parse(&fields(10), few), Ok(None));
+    assert_eq!(
+        parse(&fields(11), few),
+        Err(Some(Malformed::TooManyHeaders))
+    );
+    let many = HeadLimits {
+        max_bytes: MAX_REQUEST_HEAD,
+        max_fields: 150,
+    };
+    assert_eq!(parse(&fields(120), many), Ok(Some(Handover::ManyFields)));
+    let big = format!("GET / HTTP/1.1\r\nx-big: {}\r\n\r\n", "b".repeat(9000));
+    assert_eq!(parse(&big, few), Err(Some(Malformed::HeadTooLarge)));
+    assert_eq!(parse(&big, HeadLimits::DEFAULT), Ok(None));
 }
