@@ -31,9 +31,17 @@ struct Setup {
 
 impl Setup {
     async fn start(config: impl FnOnce(Config) -> Config) -> Setup {
+        Setup::with_route(|route| route, config).await
+    }
+
+    /// The route `app` as `route` makes it, in the config `config` makes.
+    async fn with_route(
+        route: impl FnOnce(Route) -> Route,
+        config: impl FnOnce(Config) -> Config,
+    ) -> Setup {
         let stable = FakeUpstream::start("stable").await;
         let canary = FakeUpstream::start("canary").await;
-        let route = Route::new("app").stable(&stable).canary(&canary);
+        let route = route(Route::new("app").stable(&stable).canary(&canary));
         let cohort = TestCohort::start(config(Config::new().route(route))).await;
         Setup {
             cohort,
@@ -303,17 +311,7 @@ async fn a_connection_over_max_connections_is_closed_at_once_and_counted() {
 /// variant (a route was chosen); the connection closes. A body within it is served.
 #[tokio::test]
 async fn a_body_over_max_body_gets_413_by_content_length_on_both_engines() {
-    let stable = FakeUpstream::start("stable").await;
-    let canary = FakeUpstream::start("canary").await;
-    let route = Route::new("app")
-        .stable(&stable)
-        .canary(&canary)
-        .max_body("1KiB");
-    let setup = Setup {
-        cohort: TestCohort::start(Config::new().route(route)).await,
-        stable,
-        canary,
-    };
+    let setup = Setup::with_route(|route| route.max_body("1KiB"), |config| config).await;
     let post = |len: usize| {
         format!(
             "POST /up HTTP/1.1\r\nHost: app.example\r\nContent-Length: {len}\r\n\r\n{}",
@@ -384,17 +382,11 @@ async fn h2_request(
 /// header list never reaches the upstream (h2 answers 431 itself, uncounted).
 #[tokio::test]
 async fn http2_takes_max_body_and_max_header_bytes() {
-    let stable = FakeUpstream::start("stable").await;
-    let canary = FakeUpstream::start("canary").await;
-    let route = Route::new("app")
-        .stable(&stable)
-        .canary(&canary)
-        .max_body("1KiB");
-    let setup = Setup {
-        cohort: TestCohort::start(Config::new().max_header_bytes(8192).route(route)).await,
-        stable,
-        canary,
-    };
+    let setup = Setup::with_route(
+        |route| route.max_body("1KiB"),
+        |config| config.max_header_bytes(8192),
+    )
+    .await;
     let proxy = setup.cohort.proxy;
     let body = bytes::Bytes::from(vec![b'x'; 2000]);
     let post = http::Request::post("http://app.example/up")
@@ -429,17 +421,7 @@ async fn http2_takes_max_body_and_max_header_bytes() {
 /// within the limit goes through.
 #[tokio::test]
 async fn a_chunked_body_growing_past_max_body_is_aborted_with_413() {
-    let stable = FakeUpstream::start("stable").await;
-    let canary = FakeUpstream::start("canary").await;
-    let route = Route::new("app")
-        .stable(&stable)
-        .canary(&canary)
-        .max_body("1KiB");
-    let setup = Setup {
-        cohort: TestCohort::start(Config::new().route(route)).await,
-        stable,
-        canary,
-    };
+    let setup = Setup::with_route(|route| route.max_body("1KiB"), |config| config).await;
     let chunked = |chunks: usize| {
         let mut request =
             "POST /up HTTP/1.1\r\nHost: app.example\r\nTransfer-Encoding: chunked\r\n\r\n"

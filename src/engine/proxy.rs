@@ -170,16 +170,7 @@ pub async fn handle(
         }
         // A chunked body grew past `max_body`: the upstream request was aborted before
         // any response; the client gets the policy's 413 (and HTTP/1 closes).
-        Err(_) if over_limit => {
-            let answer = reject::answer(Malformed::BodyTooLarge);
-            let mut response = local_response(answer.status, answer.body);
-            if answer.close && version < Version::HTTP_2 {
-                response
-                    .headers_mut()
-                    .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
-            }
-            response
-        }
+        Err(_) if over_limit => too_large_response(version),
         Err(e) => {
             let answer = completion.failed(&e);
             local_response(answer.status, answer.body)
@@ -201,6 +192,19 @@ pub async fn handle(
     response
 }
 
+/// The policy's answer to a body over `max_body` (413; on HTTP/1 the connection closes,
+/// as the rest of the body is not read).
+fn too_large_response(version: Version) -> Response<ProxyBody> {
+    let answer = reject::answer(Malformed::BodyTooLarge);
+    let mut response = local_response(answer.status, answer.body);
+    if answer.close && version < Version::HTTP_2 {
+        response
+            .headers_mut()
+            .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    response
+}
+
 /// The policy's 413 for a body over the route's `max_body`, by its `Content-Length`,
 /// before anything goes upstream; counted under the route and variant when it is sent.
 /// On HTTP/1 the connection closes (the body is not read).
@@ -212,19 +216,13 @@ fn body_too_large(
     version: Version,
     mut completion: Completion,
 ) -> Response<ProxyBody> {
-    let answer = reject::answer(Malformed::BodyTooLarge);
-    let mut response = local_response(answer.status, answer.body);
-    if answer.close && version < Version::HTTP_2 {
-        response
-            .headers_mut()
-            .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
-    }
+    let mut response = too_large_response(version);
     forward::decorate_response(
         response.headers_mut(),
         forward::variant_header(snap, decision.variant),
         forward::cohort_cookie(decision, ctx.scheme),
     );
-    completion.status = answer.status.as_u16();
+    completion.status = response.status().as_u16();
     if let Some(log) = completion.log() {
         log.request_body_bytes = 0;
     }
