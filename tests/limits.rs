@@ -451,3 +451,25 @@ async fn a_chunked_body_growing_past_max_body_is_aborted_with_413() {
     );
     setup.shutdown().await;
 }
+
+/// Two `Host` fields are a 400 on both engines (RFC 9112 §3.2: a server MUST reject
+/// them); hyper's engine used to serve the first (found by the `h1_differential` fuzz
+/// target). Nothing goes upstream; counted as an unrouted 400.
+#[tokio::test]
+async fn two_host_fields_get_400_on_both_engines() {
+    let setup = Setup::start(|config| config).await;
+    for (i, engine) in ENGINES.into_iter().enumerate() {
+        let (mut conn, hits) = setup.connect(engine).await;
+        conn.write(b"GET /two HTTP/1.1\r\nHost: app.example\r\nHost: other.example\r\n\r\n")
+            .await;
+        let answer = conn.read_response(false).await;
+        assert_eq!(answer.status, 400, "{engine:?}");
+        assert_eq!(setup.hits(), hits, "{engine:?}: nothing went upstream");
+        let counted = setup
+            .cohort
+            .series("cohort_unrouted_requests_total", &[("status", "400")])
+            .await;
+        assert_eq!(counted, (i + 1) as f64, "{engine:?}");
+    }
+    setup.shutdown().await;
+}

@@ -64,6 +64,24 @@ pub async fn handle(
     client: &Peer,
 ) -> Response<ProxyBody> {
     let peer = client.addr;
+    // Two `Host` fields: RFC 9112 §3.2 says a server MUST answer 400, as the own
+    // engine's parser does; hyper's would serve the first.
+    if req
+        .headers()
+        .get_all(http::header::HOST)
+        .iter()
+        .nth(1)
+        .is_some()
+    {
+        let answer = reject::rejected(&ctx.metrics, peer, Malformed::InvalidRequest);
+        let mut response = local_response(answer.status, answer.body);
+        if answer.close && req.version() < Version::HTTP_2 {
+            response
+                .headers_mut()
+                .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        return response;
+    }
     let start = Instant::now();
     let snap = ctx.snapshot.load_full();
     let host = router::request_host(req.uri(), req.headers());
