@@ -74,13 +74,7 @@ pub async fn handle(
         .is_some()
     {
         let answer = reject::rejected(&ctx.metrics, peer, Malformed::InvalidRequest);
-        let mut response = local_response(answer.status, answer.body);
-        if answer.close && req.version() < Version::HTTP_2 {
-            response
-                .headers_mut()
-                .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
-        }
-        return response;
+        return rejection_response(answer, req.version());
     }
     let start = Instant::now();
     let snap = ctx.snapshot.load_full();
@@ -213,7 +207,12 @@ pub async fn handle(
 /// The policy's answer to a body over `max_body` (413; on HTTP/1 the connection closes,
 /// as the rest of the body is not read).
 fn too_large_response(version: Version) -> Response<ProxyBody> {
-    let answer = reject::answer(Malformed::BodyTooLarge);
+    rejection_response(reject::answer(Malformed::BodyTooLarge), version)
+}
+
+/// A policy rejection as a response: its status and body, and on HTTP/1 the
+/// `connection: close` it asks for (HTTP/2 has no such field; the stream ends).
+fn rejection_response(answer: reject::Rejection, version: Version) -> Response<ProxyBody> {
     let mut response = local_response(answer.status, answer.body);
     if answer.close && version < Version::HTTP_2 {
         response
