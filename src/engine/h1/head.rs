@@ -79,6 +79,13 @@ impl Fields for ParsedFields<'_, '_> {
             .filter(|f| f.name.eq_ignore_ascii_case("x-forwarded-for"))
             .map(|f| f.value)
     }
+
+    fn baggage(&self) -> impl Iterator<Item = &[u8]> {
+        self.0
+            .iter()
+            .filter(|f| f.name.eq_ignore_ascii_case("baggage"))
+            .map(|f| f.value)
+    }
 }
 
 /// Why a request goes to hyper instead: rare shapes this path does not implement.
