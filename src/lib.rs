@@ -15,7 +15,7 @@
 //! the workers write (atomics, one lane per worker thread), not a function of its inputs.
 #![forbid(unsafe_code)]
 
-pub use cohort_core::{client_addr, cohort, rollout, router};
+pub use cohort_core::{baggage, client_addr, cohort, rollout, router, segment, split_clients};
 
 // The folders are the architecture (ARCHITECTURE.md): the request policy, the two
 // engines, the upstream pools, the runtime (server, reloads, snapshot, guard), the admin

@@ -108,7 +108,11 @@ impl ValueSet {
             }
             _ => {
                 let mut set = HashSet::with_hasher(Xxh3DefaultBuilder::new());
-                for (_, value) in values {
+                for (place, value) in values {
+                    // No request can carry such a value: a typo or a binary file.
+                    if value.bytes().any(|b| b.is_ascii_control() && b != b'\t') {
+                        return Err(format!("{place}: {value:?} holds a control character"));
+                    }
                     set.insert(Box::<[u8]>::from(value.as_bytes()));
                 }
                 Ok(ValueSet::Exact(set))

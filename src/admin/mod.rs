@@ -217,6 +217,18 @@ fn route_json(snap: &Snapshot, index: usize) -> Value {
         "rolled_back": rolled_back,
         "rollout": rollout,
         "guard": guard,
+        "segments": route.segments.iter().map(|segment| json!({
+            "match": segment.on.to_string(),
+            "variant": segment.variant.as_str(),
+            "values_count": segment.values_count,
+            "values_file": segment.values_file,
+        })).collect::<Vec<_>>(),
+        "propagate": route.propagate,
+        "follow": route.follow,
+        "hash": match route.hash {
+            crate::config::Hash::Xxh3 => "xxh3",
+            crate::config::Hash::Nginx { .. } => "nginx",
+        },
     })
 }
 

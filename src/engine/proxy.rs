@@ -121,7 +121,14 @@ pub async fn handle(
     let upgrade = req.version() == Version::HTTP_11 && forward::is_upgrade_request(req.headers());
     let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let upstream_req = {
-        let fwd = Forwarding::new(route, client_ip, ctx.scheme, &decision, drawn.as_ref());
+        let fwd = Forwarding::new(
+            route,
+            client_ip,
+            ctx.scheme,
+            &decision,
+            drawn.as_ref(),
+            req.headers(),
+        );
         prepare_upstream_request(req, &fwd, client)
     };
 

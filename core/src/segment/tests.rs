@@ -125,6 +125,13 @@ fn a_bad_cidr_names_its_place() {
 }
 
 #[test]
+fn a_value_no_request_can_carry_is_refused() {
+    let err = ValueSet::parse(&SegmentMatch::Key, file_values("ok\nbad\u{1}value\n"))
+        .expect_err("control character");
+    assert!(err.starts_with("line 2: "), "{err}");
+}
+
+#[test]
 fn values_files_skip_comments_and_blank_lines_and_trim() {
     let values: Vec<_> = file_values("# beta customers\n  acme \n\n\tglobex\n#x\n").collect();
     assert_eq!(

@@ -358,7 +358,7 @@ fn prepare(
     // for an IPv4 address, where keeping it cost every idle connection 40 bytes of
     // state and a heap block.
     let peer_text = IpText::new(ip);
-    let forwarding = Forwarding::new(route, client, ctx.scheme, &decision, drawn);
+    let forwarding = Forwarding::new(route, client, ctx.scheme, &decision, drawn, &req.fields);
     head::write_upstream_request(&req, &forwarding, peer_text.as_bytes(), out);
     out.extend_from_slice(&buf[req.head_len..req.message_len()]);
     let completion = Completion::new(snap.clone(), index, &decision, start, access_log);
