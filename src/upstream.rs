@@ -1257,3 +1257,63 @@ impl Resolver {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicUsize;
+
+    use super::*;
+
+    /// Answers `10.0.0.<n>` while `up`, an error otherwise; counts the questions.
+    #[derive(Default)]
+    struct Scripted {
+        up: AtomicBool,
+        asked: AtomicUsize,
+    }
+
+    impl Resolve for Arc<Scripted> {
+        fn resolve(&self, _host: &str, port: u16) -> Resolved {
+            let n = self.asked.fetch_add(1, Ordering::SeqCst) as u8;
+            let answer = if self.up.load(Ordering::SeqCst) {
+                Ok(vec![SocketAddr::from(([10, 0, 0, n], port))])
+            } else {
+                Err(io::Error::new(io::ErrorKind::NotFound, "no such name"))
+            };
+            Box::pin(async move { answer })
+        }
+    }
+
+    #[tokio::test]
+    async fn a_name_that_stops_resolving_keeps_its_last_good_addresses() {
+        let script = Arc::new(Scripted::default());
+        let resolver = Resolver::new(Arc::new(script.clone()));
+        // Never resolved: nothing to fall back on.
+        assert!(resolver.addrs("svc", 80).await.is_err());
+        script.up.store(true, Ordering::SeqCst);
+        let first = resolver.addrs("svc", 80).await.expect("resolves");
+        assert_eq!(first, [SocketAddr::from(([10, 0, 0, 1], 80))]);
+        script.up.store(false, Ordering::SeqCst);
+        assert_eq!(resolver.addrs("svc", 80).await.expect("last good"), first);
+        assert_eq!(resolver.addrs("svc", 80).await.expect("still"), first);
+        // Another port of the same name has its own memory.
+        assert!(resolver.addrs("svc", 81).await.is_err());
+        // Resolving again replaces what is remembered.
+        script.up.store(true, Ordering::SeqCst);
+        let fresh = resolver.addrs("svc", 80).await.expect("resolves");
+        assert_eq!(fresh, [SocketAddr::from(([10, 0, 0, 5], 80))]);
+        script.up.store(false, Ordering::SeqCst);
+        assert_eq!(resolver.addrs("svc", 80).await.expect("last good"), fresh);
+        assert_eq!(script.asked.load(Ordering::SeqCst), 7, "asked every time");
+    }
+
+    #[tokio::test]
+    async fn ip_literals_never_reach_the_resolver() {
+        let script = Arc::new(Scripted::default());
+        let resolver = Resolver::new(Arc::new(script.clone()));
+        let v4 = resolver.addrs("127.0.0.1", 9).await.expect("v4");
+        assert_eq!(v4, [SocketAddr::from(([127, 0, 0, 1], 9))]);
+        let v6 = resolver.addrs("::1", 9).await.expect("v6");
+        assert_eq!(v6, ["[::1]:9".parse::<SocketAddr>().expect("addr")]);
+        assert_eq!(script.asked.load(Ordering::SeqCst), 0);
+    }
+}
