@@ -635,6 +635,35 @@ async fn an_upstream_stalling_mid_body_is_cut_after_the_idle_timeout() {
     .await;
 }
 
+/// The same stall from an HTTP/2 upstream (h2c): the stalled stream is reset alone
+/// after `timeouts.idle`, each time, and the one shared upstream connection carries
+/// every request (a stall must not cost the other streams their connection).
+#[tokio::test]
+async fn an_h2_upstream_stream_stalling_mid_body_is_reset_alone() {
+    let _serial = SERIAL.lock().await;
+    let upstream = FakeUpstream::start("h2c").await;
+    upstream.set_reply(support::Reply::StallBody {
+        sent: 10,
+        promised: 100,
+    });
+    let matrix = Matrix::start(&upstream.url(), |r| {
+        r.stable_protocol("h2c").stream_idle_timeout("200ms")
+    })
+    .await;
+    fault(
+        "h2c stall mid-body",
+        matrix,
+        Got::Cut(200),
+        "200",
+        "timeout",
+        || 0,
+    )
+    .await;
+    // One worker: one HTTP/2 connection to the upstream, for every request.
+    assert_eq!(upstream.connections(), 1, "upstream connections");
+    assert_eq!(upstream.hits(), (REPEATS + CONCURRENCY) * ENGINES.len());
+}
+
 /// A reply that is not HTTP: 502, `kind="protocol"`.
 #[tokio::test]
 async fn an_upstream_answering_garbage_gets_502_protocol_each_time() {

@@ -81,6 +81,11 @@ pub enum Reply {
     /// `200` with `Content-Length: len`, then the body one byte every `every`: slow,
     /// but never idle for longer than `every`.
     Drip { len: u64, every: Duration },
+    /// `200` with `Content-Length: promised`, `sent` pattern bytes, then nothing, the
+    /// stream left open until the peer resets it or the connection closes. (Over
+    /// HTTP/2, where a reset drops the body; an HTTP/1.1 stall is
+    /// `RawUpstream::start_then` with [`AfterReply::Hold`].)
+    StallBody { sent: usize, promised: u64 },
 }
 
 struct UpstreamState {
@@ -396,6 +401,13 @@ async fn answer(state: &Arc<UpstreamState>, mut req: Request<Incoming>) -> Respo
             }
             resp
         }
+        Reply::StallBody { sent, promised } => {
+            let mut resp = Response::new(boxed(StallBody {
+                head: Some(PatternBody::new(sent as u64, false)),
+            }));
+            resp.headers_mut().insert(CONTENT_LENGTH, promised.into());
+            resp
+        }
         Reply::Drip { len, every } => {
             let mut resp = Response::new(boxed(Drip {
                 left: len,
@@ -463,6 +475,29 @@ impl Body for CutBody {
             std::io::ErrorKind::ConnectionReset,
             "the fake upstream cuts this body",
         ))))
+    }
+}
+
+/// Some pattern bytes, then a body that never goes on (nor wakes anyone).
+struct StallBody {
+    head: Option<PatternBody>,
+}
+
+impl Body for StallBody {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
+        if let Some(head) = &mut self.head {
+            match Pin::new(head).poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => return Poll::Ready(Some(Ok(frame))),
+                _ => self.head = None,
+            }
+        }
+        Poll::Pending
     }
 }
 
