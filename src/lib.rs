@@ -36,5 +36,6 @@ pub use request::id as request_id;
 pub use runtime::{guard, reload, state_dir};
 
 pub use engine::proxy::ACCESS_LOG_TARGET;
-pub use runtime::server::{start, Running, StartError};
+pub use runtime::server::{start, start_with, Running, StartError, StartOptions};
 pub use tls::ServerConfigError;
+pub use upstream::{Resolve, Resolved, SystemResolver};

@@ -26,7 +26,7 @@ use crate::request::reject::{self, Malformed};
 use crate::request::{begin, retry};
 use crate::router::{self, Decision};
 use crate::runtime::snapshot::{SharedSnapshot, Snapshot};
-use crate::upstream::{Lease, Pool, Progress, UpstreamError};
+use crate::upstream::{BoxError, IdleWatch, Lease, Pool, Progress, Stall, UpstreamError};
 
 /// What every request on one worker shares.
 pub struct ProxyContext {
@@ -169,9 +169,10 @@ pub async fn handle(
     // No await from here on: the request cannot be dropped before it is counted.
     let mut completion = pending.take();
     let over_limit = result.is_err() && progress.body_over_limit();
+    let client_stalled = result.is_err() && progress.client_stalled();
     if let Some(log) = completion.log() {
         log.endpoint = reached.cloned();
-        log.progress = Some(progress);
+        log.progress = Some(progress.clone());
     }
     let mut response = match result {
         Ok((mut resp, lease)) => {
@@ -184,12 +185,20 @@ pub async fn handle(
                     drop(lease);
                     resp.map(|_| ProxyBody::empty())
                 }
-                _ => resp.map(|body| ProxyBody::upstream(body, lease, reached.cloned())),
+                _ => {
+                    let idle = IdleWatch::new(progress, route.timeouts.idle, reached.cloned());
+                    resp.map(|body| ProxyBody::upstream(body, lease, idle))
+                }
             }
         }
         // A chunked body grew past `max_body`: the upstream request was aborted before
         // any response; the client gets the policy's 413 (and HTTP/1 closes).
         Err(_) if over_limit => too_large_response(version),
+        // The client stopped sending its body for `timeouts.idle`: its 408, and no
+        // upstream error (the upstream request was aborted, not failed).
+        Err(_) if client_stalled => {
+            rejection_response(reject::answer(Malformed::BodyStalled), version)
+        }
         Err(e) => {
             let answer = completion.failed(&e);
             local_response(answer.status, answer.body)
@@ -333,21 +342,30 @@ enum Inner {
     Upstream {
         body: Incoming,
         lease: Option<Lease>,
-        /// The endpoint's authority, for the warning if it cuts the body.
-        endpoint: Option<Arc<str>>,
+        /// The stream idle timeout; it knows the endpoint, for the warning if the
+        /// upstream cuts the body or stalls.
+        idle: IdleWatch,
     },
     Local(Option<Bytes>),
 }
 
+/// A response body the upstream left idle for `timeouts.idle`.
+#[derive(Debug)]
+struct IdleTimedOut;
+
+impl std::fmt::Display for IdleTimedOut {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("no body bytes either way for the route's timeouts.idle")
+    }
+}
+
+impl std::error::Error for IdleTimedOut {}
+
 impl ProxyBody {
     /// `lease` is the HTTP/1.1 connection to give back at the end (HTTP/2 ones are shared).
-    fn upstream(body: Incoming, lease: Option<Lease>, endpoint: Option<Arc<str>>) -> ProxyBody {
+    fn upstream(body: Incoming, lease: Option<Lease>, idle: IdleWatch) -> ProxyBody {
         ProxyBody {
-            inner: Inner::Upstream {
-                body,
-                lease,
-                endpoint,
-            },
+            inner: Inner::Upstream { body, lease, idle },
             completion: None,
         }
     }
@@ -383,16 +401,35 @@ impl ProxyBody {
 
 impl Body for ProxyBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
         let polled = match &mut this.inner {
             Inner::Local(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
-            Inner::Upstream { body, .. } => Pin::new(body).poll_frame(cx),
+            Inner::Upstream { body, idle, .. } => match Pin::new(body).poll_frame(cx) {
+                Poll::Pending => match idle.poll_stalled(cx) {
+                    Poll::Pending => return Poll::Pending,
+                    // Nothing moved either way for `timeouts.idle`: the client's stream
+                    // is cut (HTTP/1: closed before the body's end; HTTP/2: reset), and
+                    // the request keeps its status. Blamed on the upstream unless the
+                    // request body was still waiting for the client.
+                    Poll::Ready(stall) => {
+                        if let (Stall::Upstream(error), Some(c)) = (stall, &mut this.completion) {
+                            c.cut(&error);
+                        }
+                        this.finish();
+                        return Poll::Ready(Some(Err(Box::new(IdleTimedOut))));
+                    }
+                },
+                Poll::Ready(frame) => {
+                    idle.moved();
+                    Poll::Ready(frame)
+                }
+            },
         };
         match &polled {
             Poll::Ready(None) => {
@@ -401,17 +438,17 @@ impl Body for ProxyBody {
             }
             Poll::Ready(Some(Err(e))) => {
                 // The upstream cut the body after its headers: the client's stream is
-                // cut too (hyper closes it), and the request keeps its status.
-                if let Some(c) = &mut this.completion {
-                    let endpoint = match &this.inner {
-                        Inner::Upstream { endpoint, .. } => endpoint.as_deref(),
-                        Inner::Local(_) => None,
-                    };
-                    let error = UpstreamError::Reset {
-                        authority: endpoint.unwrap_or_default().to_owned(),
-                        source: Causes(e).to_string().into(),
-                    };
-                    c.cut(&error);
+                // cut too (hyper closes it), and the request keeps its status. (Unless
+                // cohort aborted the request itself, its client having stalled.)
+                if let (Some(c), Inner::Upstream { idle, .. }) = (&mut this.completion, &this.inner)
+                {
+                    if !idle.client_stalled() {
+                        let error = UpstreamError::Reset {
+                            authority: idle.authority().unwrap_or_default().to_owned(),
+                            source: Causes(e).to_string().into(),
+                        };
+                        c.cut(&error);
+                    }
                 }
                 this.finish();
             }
@@ -423,7 +460,7 @@ impl Body for ProxyBody {
             }
             Poll::Pending => {}
         }
-        polled
+        polled.map(|frame| frame.map(|result| result.map_err(Into::into)))
     }
 
     fn is_end_stream(&self) -> bool {

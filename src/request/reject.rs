@@ -35,6 +35,10 @@ pub enum Malformed {
     HeadTimeout,
     /// A request body over its route's `max_body`.
     BodyTooLarge,
+    /// A request body whose client sent nothing for its route's `timeouts.idle`
+    /// before any response (hyper's engine; cohort's own path reads a body whole
+    /// within `header_timeout`).
+    BodyStalled,
 }
 
 impl Malformed {
@@ -46,13 +50,14 @@ impl Malformed {
 
 impl Malformed {
     /// Every kind, for tests and for anything that must list them.
-    pub const ALL: [Malformed; 6] = [
+    pub const ALL: [Malformed; 7] = [
         Malformed::InvalidRequest,
         Malformed::HeadTooLarge,
         Malformed::TooManyHeaders,
         Malformed::UriTooLong,
         Malformed::HeadTimeout,
         Malformed::BodyTooLarge,
+        Malformed::BodyStalled,
     ];
 
     /// The `reason` of the log line.
@@ -64,6 +69,7 @@ impl Malformed {
             Malformed::UriTooLong => "uri_too_long",
             Malformed::HeadTimeout => "head_timeout",
             Malformed::BodyTooLarge => "body_too_large",
+            Malformed::BodyStalled => "body_stalled",
         }
     }
 }
@@ -111,6 +117,12 @@ pub(crate) fn answer(malformed: Malformed) -> Rejection {
         Malformed::BodyTooLarge => Rejection {
             status: StatusCode::PAYLOAD_TOO_LARGE,
             body: "request body too large\n",
+            close: true,
+        },
+        // The rest of the body may never come: nothing after it can be read.
+        Malformed::BodyStalled => Rejection {
+            status: StatusCode::REQUEST_TIMEOUT,
+            body: "request body stalled\n",
             close: true,
         },
     }
@@ -165,6 +177,7 @@ mod tests {
                 "request head not received in time\n",
             ),
             (Malformed::BodyTooLarge, 413, "request body too large\n"),
+            (Malformed::BodyStalled, 408, "request body stalled\n"),
         ];
         assert_eq!(cases.len(), Malformed::ALL.len());
         for (malformed, status, body) in cases {

@@ -281,6 +281,12 @@ impl Route {
         self
     }
 
+    /// `timeouts.idle`: how long a body may go without a byte moving either way.
+    pub fn stream_idle_timeout(mut self, duration: &str) -> Route {
+        self.timeouts.push(format!("idle = {}", quoted(duration)));
+        self
+    }
+
     /// The stable variant: `upstream` as its one endpoint.
     pub fn stable(self, upstream: &FakeUpstream) -> Route {
         self.stable_urls(&[&upstream.url()])

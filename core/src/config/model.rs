@@ -282,7 +282,7 @@ pub const DEFAULT_GUARD_WINDOW: Duration = Duration::from_secs(30);
 pub const DEFAULT_GUARD_MIN_REQUESTS: u64 = 50;
 /// Longest guard window: windows are bounded, fixed-size buckets.
 pub const MAX_GUARD_WINDOW: Duration = Duration::from_secs(3600);
-/// Longest `timeouts.connect` / `timeouts.request`.
+/// Longest `timeouts.connect` / `timeouts.request` / `timeouts.idle`.
 pub const MAX_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
 /// Most worker threads `listen.workers` may ask for (each holds per-route metric lanes).
 pub const MAX_WORKERS: usize = 1024;
@@ -434,6 +434,13 @@ pub struct Timeouts {
     /// Time allowed until the upstream's response headers arrive.
     #[serde(serialize_with = "ser_duration")]
     pub request: Duration,
+    /// The stream idle timeout: how long a request or response body may go without a
+    /// byte moving before cohort ends the stream (a stalled upload: 408; a response
+    /// body stalled after its headers: the client's stream is cut, `kind="timeout"`).
+    /// Envoy's `stream_idle_timeout`, with its default; never off (a long-poll or SSE
+    /// route that is quiet for longer sets a longer one, up to 24h).
+    #[serde(serialize_with = "ser_duration")]
+    pub idle: Duration,
 }
 
 impl Default for Timeouts {
@@ -441,6 +448,7 @@ impl Default for Timeouts {
         Timeouts {
             connect: Duration::from_secs(1),
             request: Duration::from_secs(30),
+            idle: Duration::from_secs(5 * 60),
         }
     }
 }

@@ -207,6 +207,7 @@ pub(crate) struct RawOverride {
 pub(crate) struct RawTimeouts {
     pub(crate) connect: Option<String>,
     pub(crate) request: Option<String>,
+    pub(crate) idle: Option<String>,
 }
 
 /// A percentage as written in TOML: an integer (`10`) or a float (`2.5`).

@@ -47,6 +47,8 @@ fn minimal_config_gets_documented_defaults() {
     assert!(r.sticky.is_empty());
     assert!(r.canary.endpoints.is_empty());
     assert_eq!(r.timeouts, Timeouts::default());
+    // Envoy's stream_idle_timeout default.
+    assert_eq!(r.timeouts.idle, Duration::from_secs(300));
 }
 
 #[test]
@@ -71,7 +73,7 @@ canary_percent = 2.5
 stable = { endpoints = ["http://stable:9001", "http://[::1]:9003"] }
 canary = { endpoints = ["http://canary"] }
 override = { trusted = ["10.0.0.0/8", "127.0.0.1"] }
-timeouts = { connect = "250ms", request = "2s" }
+timeouts = { connect = "250ms", request = "2s", idle = "90s" }
 "#,
     );
     assert_eq!(c.listen.variant_header, None);
@@ -100,6 +102,7 @@ timeouts = { connect = "250ms", request = "2s" }
     assert!(!o.trusts("127.0.0.2".parse().unwrap()));
     assert_eq!(r.timeouts.connect, Duration::from_millis(250));
     assert_eq!(r.timeouts.request, Duration::from_secs(2));
+    assert_eq!(r.timeouts.idle, Duration::from_secs(90));
 }
 
 #[test]
@@ -215,6 +218,19 @@ fn bad_values_are_rejected() {
         (
             "timeouts = { connect = \"25h\" }",
             "routes[0].timeouts.connect: must be at most 24h",
+        ),
+        (
+            // Never off: a quiet long-poll route sets a long one instead.
+            "timeouts = { idle = \"0s\" }",
+            "routes[0].timeouts.idle: must be greater than zero",
+        ),
+        (
+            "timeouts = { idle = \"2d\" }",
+            "routes[0].timeouts.idle: must be at most 24h",
+        ),
+        (
+            "timeouts = { idle = \"forever\" }",
+            "routes[0].timeouts.idle: \"forever\" is not a duration",
         ),
         (
             "sticky = [\"cookie:\"]",

@@ -879,6 +879,7 @@ impl Validator<'_> {
         Timeouts {
             connect: timeout("connect", raw.connect, defaults.connect),
             request: timeout("request", raw.request, defaults.request),
+            idle: timeout("idle", raw.idle, defaults.idle),
         }
     }
 
