@@ -80,17 +80,45 @@ pub fn hashed_string(template: &str, key: &[u8], out: &mut Vec<u8>) {
     out.extend_from_slice(rest.as_bytes());
 }
 
+/// Hashed strings up to this many bytes are built on the stack: the hot path
+/// allocates nothing for the usual key.
+const STACK_LIMIT: usize = 256;
+
 /// The NGINX-compatible assignment: (bucket, variant) for `key` under `template`.
 pub fn assign(template: &str, key: &[u8], canary: BasisPoints) -> (u16, Variant) {
-    let mut text = Vec::with_capacity(template.len() + key.len());
-    hashed_string(template, key, &mut text);
-    let bucket = bucket(murmur_hash2(&text));
+    let hash = hash_of(template, key);
+    let bucket = bucket(hash);
     let variant = if bucket < canary.get() {
         Variant::Canary
     } else {
         Variant::Stable
     };
     (bucket, variant)
+}
+
+/// NGINX's hash of `template` with `${key}` replaced by `key`.
+fn hash_of(template: &str, key: &[u8]) -> u32 {
+    let places = template.matches(KEY_PLACEHOLDER).count();
+    let len = template.len() - places * KEY_PLACEHOLDER.len() + places * key.len();
+    if len > STACK_LIMIT {
+        let mut text = Vec::with_capacity(len);
+        hashed_string(template, key, &mut text);
+        return murmur_hash2(&text);
+    }
+    let mut buf = [0u8; STACK_LIMIT];
+    let mut at = 0;
+    let mut put = |bytes: &[u8]| {
+        buf[at..at + bytes.len()].copy_from_slice(bytes);
+        at += bytes.len();
+    };
+    let mut rest = template;
+    while let Some(i) = rest.find(KEY_PLACEHOLDER) {
+        put(&rest.as_bytes()[..i]);
+        put(key);
+        rest = &rest[i + KEY_PLACEHOLDER.len()..];
+    }
+    put(rest.as_bytes());
+    murmur_hash2(&buf[..at])
 }
 
 /// Whether NGINX itself would pick the canary (its boundary, its ends): for tests
@@ -171,6 +199,16 @@ mod tests {
         assert_eq!(out, b"akbk");
         hashed_string("${key}", b"", &mut out);
         assert!(out.is_empty());
+    }
+
+    #[test]
+    fn long_hashed_strings_hash_the_same_as_short_ones_would() {
+        let key = "k".repeat(300);
+        let mut text = Vec::new();
+        hashed_string("${key}AAA", key.as_bytes(), &mut text);
+        assert_eq!(hash_of("${key}AAA", key.as_bytes()), murmur_hash2(&text));
+        hashed_string("a${key}b", b"user-1", &mut text);
+        assert_eq!(hash_of("a${key}b", b"user-1"), murmur_hash2(&text));
     }
 
     #[test]
