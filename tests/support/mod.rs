@@ -5,6 +5,7 @@
 mod cohort;
 mod config;
 mod http;
+pub mod nginx;
 mod pattern;
 pub mod prom;
 mod sys;
