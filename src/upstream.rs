@@ -12,7 +12,7 @@ use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -625,6 +625,8 @@ pub struct Progress {
     body_bytes: AtomicU64,
     /// The route's `max_body`: a body that grows beyond it is aborted.
     max_body: AtomicU64,
+    /// The client's body framing was invalid (hyper's decoder refused it).
+    client_body_invalid: AtomicBool,
 }
 
 impl Progress {
@@ -634,6 +636,7 @@ impl Progress {
             nanos: AtomicU64::new(0),
             body_bytes: AtomicU64::new(0),
             max_body: AtomicU64::new(u64::MAX),
+            client_body_invalid: AtomicBool::new(false),
         })
     }
 
@@ -646,6 +649,12 @@ impl Progress {
     /// Whether the request body was aborted for growing past its limit.
     pub fn body_over_limit(&self) -> bool {
         self.body_bytes() > self.max_body.load(Ordering::Relaxed)
+    }
+
+    /// Whether the request failed because the client's body was malformed (a bad
+    /// chunk size or extension), not because of the upstream.
+    pub fn client_body_invalid(&self) -> bool {
+        self.client_body_invalid.load(Ordering::Relaxed)
     }
 
     /// Request body bytes handed to the upstream connection so far.
@@ -711,6 +720,11 @@ impl Body for SentBody {
         if let Poll::Ready(frame) = &polled {
             let progress = &self.progress.0;
             progress.mark();
+            if let Some(Err(e)) = frame {
+                if is_malformed_body(e) {
+                    progress.client_body_invalid.store(true, Ordering::Relaxed);
+                }
+            }
             if let Some(data) = frame.as_ref().and_then(|f| f.as_ref().ok()?.data_ref()) {
                 let n = data.len() as u64;
                 let total = progress.body_bytes.fetch_add(n, Ordering::Relaxed) + n;
@@ -730,6 +744,20 @@ impl Body for SentBody {
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
     }
+}
+
+/// Whether a client body error is hyper's HTTP/1 decoder refusing the framing
+/// (`InvalidInput`/`InvalidData` under it), as opposed to a client gone mid-body
+/// (`UnexpectedEof`) or an HTTP/2 stream reset.
+fn is_malformed_body(e: &hyper::Error) -> bool {
+    std::error::Error::source(e)
+        .and_then(|cause| cause.downcast_ref::<io::Error>())
+        .is_some_and(|io| {
+            matches!(
+                io.kind(),
+                io::ErrorKind::InvalidInput | io::ErrorKind::InvalidData
+            )
+        })
 }
 
 // A short-lived return value: boxing the request would cost an allocation per request.

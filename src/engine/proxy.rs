@@ -64,16 +64,10 @@ pub async fn handle(
     client: &Peer,
 ) -> Response<ProxyBody> {
     let peer = client.addr;
-    // Two `Host` fields: RFC 9112 §3.2 says a server MUST answer 400, as the own
-    // engine's parser does; hyper's would serve the first.
-    if req
-        .headers()
-        .get_all(http::header::HOST)
-        .iter()
-        .nth(1)
-        .is_some()
-    {
-        let answer = reject::rejected(&ctx.metrics, peer, Malformed::InvalidRequest);
+    // What hyper's parser lets through and the policy refuses (two `Host` fields, a
+    // transfer coding other than `chunked`), answered as the own engine would.
+    if let Some(malformed) = reject::fields(req.version(), req.headers()) {
+        let answer = reject::rejected(&ctx.metrics, peer, malformed);
         return rejection_response(answer, req.version());
     }
     let start = Instant::now();
@@ -162,6 +156,7 @@ pub async fn handle(
     // No await from here on: the request cannot be dropped before it is counted.
     let mut completion = pending.take();
     let over_limit = result.is_err() && progress.body_over_limit();
+    let invalid_body = result.is_err() && progress.client_body_invalid();
     if let Some(log) = completion.log() {
         log.endpoint = reached.cloned();
         log.progress = Some(progress);
@@ -183,6 +178,11 @@ pub async fn handle(
         // A chunked body grew past `max_body`: the upstream request was aborted before
         // any response; the client gets the policy's 413 (and HTTP/1 closes).
         Err(_) if over_limit => too_large_response(version),
+        // The client's body framing broke (a bad chunk size): its fault, not the
+        // upstream's; the policy's 400, counted under the route and variant.
+        Err(_) if invalid_body => {
+            rejection_response(reject::answer(Malformed::InvalidBody), version)
+        }
         Err(e) => {
             let answer = completion.failed(&e);
             local_response(answer.status, answer.body)
