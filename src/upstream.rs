@@ -12,7 +12,7 @@ use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -625,8 +625,9 @@ pub struct Progress {
     body_bytes: AtomicU64,
     /// The route's `max_body`: a body that grows beyond it is aborted.
     max_body: AtomicU64,
-    /// The client's body framing was invalid (hyper's decoder refused it).
-    client_body_invalid: AtomicBool,
+    /// How the client's body failed, if it did: [`BODY_OK`], [`BODY_INVALID`] or
+    /// [`BODY_CLIENT_GONE`].
+    client_body: AtomicU8,
 }
 
 impl Progress {
@@ -636,7 +637,7 @@ impl Progress {
             nanos: AtomicU64::new(0),
             body_bytes: AtomicU64::new(0),
             max_body: AtomicU64::new(u64::MAX),
-            client_body_invalid: AtomicBool::new(false),
+            client_body: AtomicU8::new(BODY_OK),
         })
     }
 
@@ -654,7 +655,13 @@ impl Progress {
     /// Whether the request failed because the client's body was malformed (a bad
     /// chunk size or extension), not because of the upstream.
     pub fn client_body_invalid(&self) -> bool {
-        self.client_body_invalid.load(Ordering::Relaxed)
+        self.client_body.load(Ordering::Relaxed) == BODY_INVALID
+    }
+
+    /// Whether the request failed because the client hung up in the middle of its
+    /// body: it has left (499), the upstream did nothing wrong.
+    pub fn client_gone_mid_body(&self) -> bool {
+        self.client_body.load(Ordering::Relaxed) == BODY_CLIENT_GONE
     }
 
     /// Request body bytes handed to the upstream connection so far.
@@ -721,9 +728,9 @@ impl Body for SentBody {
             let progress = &self.progress.0;
             progress.mark();
             if let Some(Err(e)) = frame {
-                if is_malformed_body(e) {
-                    progress.client_body_invalid.store(true, Ordering::Relaxed);
-                }
+                progress
+                    .client_body
+                    .store(client_body_failure(e), Ordering::Relaxed);
             }
             if let Some(data) = frame.as_ref().and_then(|f| f.as_ref().ok()?.data_ref()) {
                 let n = data.len() as u64;
@@ -746,18 +753,25 @@ impl Body for SentBody {
     }
 }
 
-/// Whether a client body error is hyper's HTTP/1 decoder refusing the framing
-/// (`InvalidInput`/`InvalidData` under it), as opposed to a client gone mid-body
-/// (`UnexpectedEof`) or an HTTP/2 stream reset.
-fn is_malformed_body(e: &hyper::Error) -> bool {
-    std::error::Error::source(e)
+/// The client's body has not failed.
+const BODY_OK: u8 = 0;
+/// hyper's HTTP/1 decoder refused the client's body framing.
+const BODY_INVALID: u8 = 1;
+/// The client's connection ended before its body did.
+const BODY_CLIENT_GONE: u8 = 2;
+
+/// What a client body error says about the client: hyper's HTTP/1 decoder refusing the
+/// framing (`InvalidInput`/`InvalidData` under it), or the connection ending before the
+/// body (`UnexpectedEof`). Anything else (an HTTP/2 stream reset) is left as it was.
+fn client_body_failure(e: &hyper::Error) -> u8 {
+    let kind = std::error::Error::source(e)
         .and_then(|cause| cause.downcast_ref::<io::Error>())
-        .is_some_and(|io| {
-            matches!(
-                io.kind(),
-                io::ErrorKind::InvalidInput | io::ErrorKind::InvalidData
-            )
-        })
+        .map(io::Error::kind);
+    match kind {
+        Some(io::ErrorKind::InvalidInput | io::ErrorKind::InvalidData) => BODY_INVALID,
+        Some(io::ErrorKind::UnexpectedEof) => BODY_CLIENT_GONE,
+        _ => BODY_OK,
+    }
 }
 
 // A short-lived return value: boxing the request would cost an allocation per request.

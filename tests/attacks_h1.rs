@@ -405,6 +405,8 @@ fn cases() -> Vec<Case> {
 struct Recorder {
     addr: SocketAddr,
     seen: Arc<Mutex<Vec<String>>>,
+    /// Request heads read, bodies ended or not.
+    heads: Arc<std::sync::atomic::AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -413,13 +415,19 @@ impl Recorder {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let seen = Arc::new(Mutex::new(Vec::new()));
-        let record = seen.clone();
+        let heads = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (record, count) = (seen.clone(), heads.clone());
         let task = tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
-                tokio::spawn(record_connection(stream, record.clone()));
+                tokio::spawn(record_connection(stream, record.clone(), count.clone()));
             }
         });
-        Recorder { addr, seen, task }
+        Recorder {
+            addr,
+            seen,
+            heads,
+            task,
+        }
     }
 
     fn url(&self) -> String {
@@ -445,7 +453,11 @@ impl Drop for Recorder {
 }
 
 /// Reads requests off one upstream connection until it ends or holds something else.
-async fn record_connection(mut stream: TcpStream, seen: Arc<Mutex<Vec<String>>>) {
+async fn record_connection(
+    mut stream: TcpStream,
+    seen: Arc<Mutex<Vec<String>>>,
+    heads: Arc<std::sync::atomic::AtomicUsize>,
+) {
     let mut buf: Vec<u8> = Vec::new();
     let push = |s: String| seen.lock().expect("seen lock").push(s);
     loop {
@@ -467,6 +479,7 @@ async fn record_connection(mut stream: TcpStream, seen: Arc<Mutex<Vec<String>>>)
             return;
         }
         let line = format!("{} {}", req.method.unwrap_or(""), req.path.unwrap_or(""));
+        heads.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let value = |name: &str| {
             req.headers
                 .iter()
@@ -1105,5 +1118,46 @@ async fn a_malformed_chunked_body_counts_as_the_routes_400_not_an_upstream_error
         1.0
     );
     assert_eq!(upstream_errors(&cohort).await, 0);
+    cohort.shutdown().await;
+}
+
+/// A client that hangs up in the middle of a streamed body (chunked, or a
+/// `Content-Length` larger than cohort's own path buffers) has left: counted as 499
+/// under its route and variant, never as an upstream error.
+#[tokio::test]
+async fn a_client_gone_mid_body_counts_as_499_not_an_upstream_error() {
+    let _alone = ONE_AT_A_TIME.lock().await;
+    let upstream = Recorder::start().await;
+    let route = Route::new("app").host(HOST).stable_urls(&[upstream.url()]);
+    let cohort = TestCohort::start(Config::new().route(route)).await;
+    let heads = [
+        "POST /gone HTTP/1.1\r\nHost: app.example\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nab"
+            .to_owned(),
+        format!(
+            "POST /gone HTTP/1.1\r\nHost: app.example\r\nContent-Length: {}\r\n\r\nab",
+            1 << 20
+        ),
+    ];
+    for (i, head) in heads.iter().enumerate() {
+        let mut conn = RawConn::connect(cohort.proxy).await;
+        conn.write(head.as_bytes()).await;
+        // The upstream has the request (head and the first bytes) before the client goes.
+        support::eventually("the upstream reads the head", || {
+            upstream.heads.load(std::sync::atomic::Ordering::SeqCst) > i
+        })
+        .await;
+        drop(conn);
+        let labels = [("route", "app"), ("variant", "stable"), ("status", "499")];
+        let want = (i + 1) as f64;
+        assert_eq!(
+            cohort
+                .series_eventually("cohort_requests_total", &labels, want)
+                .await,
+            want,
+            "{head:?}\n{}",
+            cohort.metrics().await
+        );
+        assert_eq!(upstream_errors(&cohort).await, 0, "{head:?}");
+    }
     cohort.shutdown().await;
 }

@@ -157,6 +157,7 @@ pub async fn handle(
     let mut completion = pending.take();
     let over_limit = result.is_err() && progress.body_over_limit();
     let invalid_body = result.is_err() && progress.client_body_invalid();
+    let client_gone = result.is_err() && progress.client_gone_mid_body();
     if let Some(log) = completion.log() {
         log.endpoint = reached.cloned();
         log.progress = Some(progress);
@@ -178,9 +179,10 @@ pub async fn handle(
         // A chunked body grew past `max_body`: the upstream request was aborted before
         // any response; the client gets the policy's 413 (and HTTP/1 closes).
         Err(_) if over_limit => too_large_response(version),
-        // The client's body framing broke (a bad chunk size): its fault, not the
-        // upstream's; the policy's 400, counted under the route and variant.
-        Err(_) if invalid_body => {
+        // The client's body framing broke (a bad chunk size), or the client hung up
+        // mid-body: its doing, not the upstream's. The policy's 400, counted under the
+        // route and variant (as 499 when nobody is left to read it, below).
+        Err(_) if invalid_body || client_gone => {
             rejection_response(reject::answer(Malformed::InvalidBody), version)
         }
         Err(e) => {
@@ -194,7 +196,12 @@ pub async fn handle(
         forward::variant_header(&snap, variant),
         forward::cohort_cookie(&decision, ctx.scheme),
     );
-    completion.status = response.status().as_u16();
+    // 499: the client left before any response (DESIGN §1.8).
+    completion.status = if client_gone {
+        499
+    } else {
+        response.status().as_u16()
+    };
     if response.status() == StatusCode::SWITCHING_PROTOCOLS {
         // A tunnel has no end the metrics could wait for: count it when the 101 leaves.
         completion.finish();
