@@ -241,6 +241,18 @@ fn cases() -> Vec<Case> {
             Spec::Reject(400),
         ),
         case(
+            "nul-in-value",
+            "`X-A: a<NUL>b`",
+            format!("GET /nul HTTP/1.1\r\nHost: {HOST}\r\nX-A: a\0b\r\n\r\n"),
+            Spec::Reject(400),
+        ),
+        case(
+            "http09",
+            "`GET /` (HTTP/0.9: no version, no fields)",
+            "GET /\r\n\r\n",
+            Spec::Reject(400),
+        ),
+        case(
             "te-http10",
             "HTTP/1.0, `Transfer-Encoding: chunked`, keep-alive, then a GET",
             format!(
@@ -315,6 +327,12 @@ fn cases() -> Vec<Case> {
             serve(&[200], &["POST /ext [3]"], false),
         ),
         case(
+            "chunk-trailers",
+            "chunked body ending in a trailer field `X-T: 1`",
+            chunked("/trailers", "3\r\nabc\r\n0\r\nX-T: 1\r\n\r\n"),
+            serve(&[200], &["POST /trailers [3]"], false),
+        ),
+        case(
             "chunk-ext-huge",
             "chunk `3;` + 64 KiB of extension",
             chunked(
@@ -375,8 +393,18 @@ fn cases() -> Vec<Case> {
             Spec::Reject(413),
         ),
     ];
+    cases.push(case(
+        "expect-413",
+        "`Content-Length: 2000` over `max_body`, `Expect: 100-continue`, no body",
+        post(
+            "/expect",
+            "Content-Length: 2000\r\nExpect: 100-continue\r\n",
+            "",
+        ),
+        Spec::Reject(413),
+    ));
     for case in &mut cases {
-        if case.name == "max-body-413" {
+        if matches!(case.name, "max-body-413" | "expect-413") {
             case.small_max_body = true;
         }
     }
@@ -585,6 +613,8 @@ fn printable(bytes: &[u8]) -> String {
 struct Outcome {
     /// The statuses answered, in order.
     answers: Vec<u16>,
+    /// Bytes received that were not an HTTP/1 response.
+    stray_bytes: usize,
     /// The connection was closed by the server.
     closed: bool,
     /// What the upstream read.
@@ -599,12 +629,15 @@ struct Outcome {
 impl Outcome {
     /// The README's cell.
     fn cell(&self) -> String {
-        let answered = if self.answers.is_empty() {
+        let mut answers: Vec<String> = self.answers.iter().map(u16::to_string).collect();
+        if self.stray_bytes > 0 {
+            answers.push(format!("{} bytes without a status line", self.stray_bytes));
+        }
+        let answered = if answers.is_empty() {
             if self.closed { "closed" } else { "no answer" }.to_owned()
         } else {
-            let statuses: Vec<String> = self.answers.iter().map(u16::to_string).collect();
             let state = if self.closed { "closed" } else { "open" };
-            format!("{}, {state}", statuses.join(" + "))
+            format!("{}, {state}", answers.join(" + "))
         };
         let upstream = if self.upstream.is_empty() {
             "none".to_owned()
@@ -635,11 +668,15 @@ async fn collect(stream: &mut TcpStream, into: &mut Vec<u8>) -> bool {
     false
 }
 
-/// The statuses of the responses in `bytes` (bodies framed by `Content-Length` or
-/// chunked; these tests send no HEAD).
-fn statuses(mut bytes: &[u8]) -> Vec<u16> {
+/// The statuses of the HTTP/1 responses in `bytes` (bodies framed by `Content-Length`,
+/// chunked, or to the end; these tests send no HEAD), and how many bytes are not part
+/// of one (an HTTP/0.9-style answer: a body without a status line).
+fn statuses(mut bytes: &[u8]) -> (Vec<u16>, usize) {
     let mut found = Vec::new();
-    while let Some(end) = find(bytes, b"\r\n\r\n") {
+    while bytes.starts_with(b"HTTP/1.") {
+        let Some(end) = find(bytes, b"\r\n\r\n") else {
+            break;
+        };
         let head = String::from_utf8_lossy(&bytes[..end]).into_owned();
         let status = head
             .split(' ')
@@ -661,11 +698,11 @@ fn statuses(mut bytes: &[u8]) -> Vec<u16> {
             bytes = &bytes[n..];
         } else if let Some(n) = field("content-length").and_then(|v| v.parse::<usize>().ok()) {
             bytes = &bytes[n.min(bytes.len())..];
-        } else if status != 101 && status != 204 && status != 304 && !(100..200).contains(&status) {
-            break;
+        } else if !matches!(status, 100..=199 | 204 | 304) {
+            bytes = &[];
         }
     }
-    found
+    (found, bytes.len())
 }
 
 /// The length of the chunked body at the start of `bytes`, trailers included; `None`
@@ -736,8 +773,10 @@ async fn attack(case: &Case, target: Target, addr: SocketAddr, upstream: &Record
         }
     };
     drop(conn);
+    let (answers, stray_bytes) = statuses(&received);
     Outcome {
-        answers: statuses(&received),
+        answers,
+        stray_bytes,
         closed,
         upstream: upstream.seen(),
         others_served,
@@ -936,6 +975,12 @@ async fn hostile_http1_bytes_against_cohort_and_nginx() {
             {
                 fail(format!(
                     "the upstream read the smuggled request: {outcome:?}"
+                ));
+            }
+            if outcome.stray_bytes != 0 {
+                fail(format!(
+                    "{} bytes were not an HTTP/1 response",
+                    outcome.stray_bytes
                 ));
             }
             if outcome.upstream_errors != 0 {
