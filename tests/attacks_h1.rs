@@ -39,8 +39,16 @@ const UPLOAD: &[u8] = b"POST /up HTTP/1.1\r\nHost: app.example\r\nTransfer-Encod
 /// The request another client sends after each case, on a new connection.
 const OTHER: &[u8] = b"GET /other HTTP/1.1\r\nHost: app.example\r\n\r\n";
 
-/// How long a connection must stay silent before a case's answers are taken as all.
-const QUIET: Duration = Duration::from_millis(600);
+/// How long a connection must stay silent, once it has answered, before a case's
+/// answers are taken as all.
+const QUIET: Duration = Duration::from_millis(800);
+
+/// How long a case may take to answer at all (every case here is answered, or closed).
+const FIRST_ANSWER: Duration = Duration::from_secs(5);
+
+/// Runs (a case on a target) at once: each holds a few sockets on both ends, and an
+/// in-process cohort its listeners and runtime, within the usual 1024 open files.
+const RUNS_AT_ONCE: usize = 24;
 
 /// Where a case's bytes go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -653,13 +661,16 @@ impl Outcome {
     }
 }
 
-/// Everything a server sends until it closes (true) or stays quiet for [`QUIET`]
-/// (false); bounded overall.
-async fn collect(stream: &mut TcpStream, into: &mut Vec<u8>) -> bool {
-    let deadline = Instant::now() + Duration::from_secs(5);
+/// Everything a server sends until it closes (true) or, after waiting up to `first`
+/// for a first byte, stays quiet for [`QUIET`] (false); bounded overall.
+async fn collect(stream: &mut TcpStream, into: &mut Vec<u8>, first: Duration) -> bool {
+    let deadline = Instant::now() + first + Duration::from_secs(5);
     let mut chunk = [0u8; 16 * 1024];
+    let mut wait = first;
     while Instant::now() < deadline {
-        match tokio::time::timeout(QUIET, stream.read(&mut chunk)).await {
+        let read = tokio::time::timeout(wait, stream.read(&mut chunk)).await;
+        wait = QUIET;
+        match read {
             Err(_) => return false,
             Ok(Ok(0) | Err(_)) => return true,
             Ok(Ok(n)) => into.extend_from_slice(&chunk[..n]),
@@ -759,10 +770,17 @@ async fn attack(case: &Case, target: Target, addr: SocketAddr, upstream: &Record
     let mut received = Vec::new();
     // A failed write is a server that closed early: what it answered still counts.
     let _ = stream.write_all(&case.bytes).await;
-    let mut closed = collect(stream, &mut received).await;
+    // A case that sends more later may be waiting for it (a body in progress): its
+    // first answer may be none.
+    let first = if case.then.is_some() {
+        QUIET
+    } else {
+        FIRST_ANSWER
+    };
+    let mut closed = collect(stream, &mut received, first).await;
     if let (Some(then), false) = (case.then, closed) {
         let _ = stream.write_all(then).await;
-        closed = collect(stream, &mut received).await;
+        closed = collect(stream, &mut received, FIRST_ANSWER).await;
     }
     // Another client, while this connection is still open if it is: on cohort through
     // both engines (each has its own upstream pool), on NGINX once.
@@ -878,13 +896,16 @@ async fn measure() -> Measured {
     let nginx = nginx_for(&cases, &nginx_upstreams);
     let nginx_ports = nginx_ports(&nginx, cases.len());
     let nginx_upstreams = Arc::new(nginx_upstreams);
+    let at_once = Arc::new(tokio::sync::Semaphore::new(RUNS_AT_ONCE));
     let mut runs = tokio::task::JoinSet::new();
     for i in 0..cases.len() {
         for target in [Target::Own, Target::Hyper, Target::Nginx] {
             let cases = cases.clone();
             let nginx_upstreams = nginx_upstreams.clone();
             let nginx_port = nginx_ports[i];
+            let at_once = at_once.clone();
             runs.spawn(async move {
+                let _turn = at_once.acquire_owned().await.expect("semaphore");
                 let case = &cases[i];
                 let outcome = match target {
                     Target::Nginx => {
