@@ -82,7 +82,8 @@ struct Case {
     /// The bytes in a few words, for the README.
     short: &'static str,
     bytes: Vec<u8>,
-    /// Sent once the first answer is in (what a client sends after a refused upgrade).
+    /// Sent once the connection has gone quiet after the first bytes (the next bytes
+    /// of a body in progress, what a client sends after a refused upgrade).
     then: Option<&'static [u8]>,
     /// The route's `max_body` is 1 KiB (NGINX: `client_max_body_size 1k`).
     small_max_body: bool,
@@ -480,6 +481,26 @@ impl Recorder {
         format!("http://{}", self.addr)
     }
 
+    /// Waits (bounded) until every request head read has its record: a body still
+    /// arriving, or a cut the upstream has not noticed yet, is settled first.
+    async fn settled(&self) {
+        let deadline = Instant::now() + support::PATIENCE;
+        loop {
+            let records = self
+                .seen
+                .lock()
+                .expect("seen lock")
+                .iter()
+                .filter(|s| !s.starts_with("raw: "))
+                .count();
+            let heads = self.heads.load(std::sync::atomic::Ordering::SeqCst);
+            if records >= heads || Instant::now() > deadline {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
     /// What it read, leaving out the test's own requests (`/up`, `/other`).
     fn seen(&self) -> Vec<String> {
         self.seen
@@ -633,6 +654,8 @@ struct Outcome {
     answers: Vec<u16>,
     /// Bytes received that were not an HTTP/1 response.
     stray_bytes: usize,
+    /// The last response said `connection: close`.
+    last_says_close: bool,
     /// The connection was closed by the server.
     closed: bool,
     /// What the upstream read.
@@ -691,9 +714,11 @@ async fn collect(stream: &mut TcpStream, into: &mut Vec<u8>, first: Duration) ->
 
 /// The statuses of the HTTP/1 responses in `bytes` (bodies framed by `Content-Length`,
 /// chunked, or to the end; these tests send no HEAD), and how many bytes are not part
-/// of one (an HTTP/0.9-style answer: a body without a status line).
-fn statuses(mut bytes: &[u8]) -> (Vec<u16>, usize) {
+/// of one (an HTTP/0.9-style answer: a body without a status line), and whether the
+/// last one said `connection: close`.
+fn statuses(mut bytes: &[u8]) -> (Vec<u16>, usize, bool) {
     let mut found = Vec::new();
+    let mut says_close = false;
     while bytes.starts_with(b"HTTP/1.") {
         let Some(end) = find(bytes, b"\r\n\r\n") else {
             break;
@@ -714,6 +739,7 @@ fn statuses(mut bytes: &[u8]) -> (Vec<u16>, usize) {
                     .then(|| v.trim().to_ascii_lowercase())
             })
         };
+        says_close = field("connection").is_some_and(|c| c.contains("close"));
         if field("transfer-encoding").is_some_and(|te| te.contains("chunked")) {
             let Some(n) = chunked_len(bytes) else { break };
             bytes = &bytes[n..];
@@ -723,7 +749,7 @@ fn statuses(mut bytes: &[u8]) -> (Vec<u16>, usize) {
             bytes = &[];
         }
     }
-    (found, bytes.len())
+    (found, bytes.len(), says_close)
 }
 
 /// The length of the chunked body at the start of `bytes`, trailers included; `None`
@@ -801,10 +827,12 @@ async fn attack(case: &Case, target: Target, addr: SocketAddr, upstream: &Record
         }
     };
     drop(conn);
-    let (answers, stray_bytes) = statuses(&received);
+    upstream.settled().await;
+    let (answers, stray_bytes, last_says_close) = statuses(&received);
     Outcome {
         answers,
         stray_bytes,
+        last_says_close,
         closed,
         upstream: upstream.seen(),
         others_served,
@@ -1027,6 +1055,9 @@ async fn hostile_http1_bytes_against_cohort_and_nginx() {
                 Spec::Reject(status) => {
                     if outcome.answers != [*status] || !outcome.closed {
                         fail(format!("want {status} and close, got {}", outcome.cell()));
+                    }
+                    if !outcome.last_says_close {
+                        fail("the refusal did not say `connection: close`".to_owned());
                     }
                     if !outcome.upstream.is_empty() {
                         fail(format!("want nothing upstream, got {:?}", outcome.upstream));
