@@ -283,6 +283,18 @@ fn cases() -> Vec<Case> {
             serve(&[200, 200], &["GET /lf1", "GET /lf2"], false),
         ),
         case(
+            "bare-cr",
+            "a GET whose lines end in a bare CR",
+            format!("GET /cr HTTP/1.1\rHost: {HOST}\r\r"),
+            Spec::Reject(400),
+        ),
+        case(
+            "absolute-form",
+            "`GET http://other.example/` with `Host: app.example`",
+            format!("GET http://other.example/abs HTTP/1.1\r\nHost: {HOST}\r\n\r\n"),
+            serve(&[404], &[], false),
+        ),
+        case(
             "bare-lf-chunks",
             "chunked body with bare-LF chunk lines",
             chunked("/lf-chunks", "3\nabc\n0\n\n"),
