@@ -44,6 +44,9 @@
 #                         wake-up the proxy causes there can preempt wrk or an upstream in
 #                         mid-batch; `batch` shows what the proxies do when the load side
 #                         does not pay for that (docs/performance.md)
+#   LOAD_SEGMENTS=0       with N > 0, cohort's route also has three segments no request of
+#                         the load matches (a header rule, a key list of N values from a
+#                         file, an ip rule): the cost of segments configured but idle
 #   LOAD_NGINX_KEEPALIVE=1024  NGINX's upstream keepalive pool (cohort keeps up to 1024)
 #   LOAD_PORT_BASE=18400  ports used: base+1 stable, +2 canary, +10 cohort, +11 cohort admin,
 #                         +20 nginx proxy
@@ -384,6 +387,26 @@ canary_percent = 10
 stable = { endpoints = ["http://127.0.0.1:$PORT_STABLE"] }
 canary = { endpoints = ["http://127.0.0.1:$PORT_CANARY"] }
 EOF
+    if ((${LOAD_SEGMENTS:-0} > 0)); then
+        seq -f 'customer-%.0f' 1 "$LOAD_SEGMENTS" >"$dir/customers.txt"
+        cat >>"$dir/cohort.toml" <<EOF
+
+[[routes.segments]]
+match = "header:x-team"
+values = ["qa", "dev"]
+variant = "canary"
+
+[[routes.segments]]
+match = "key"
+values_file = "customers.txt"
+variant = "canary"
+
+[[routes.segments]]
+match = "ip"
+values = ["203.0.113.0/24", "2001:db8::/32"]
+variant = "stable"
+EOF
+    fi
     RUST_LOG=${RUST_LOG:-warn} "${ON_PROXY_CPU[@]}" "${WRAP[@]}" "$COHORT_BIN" run -c "$dir/cohort.toml" \
         >>"$dir/cohort.log" 2>&1 &
     COHORT_PID=$!

@@ -74,9 +74,12 @@ pub fn parse(text: &str, file: &Path) -> Result<Loaded, ConfigError> {
     read_files(cohort_core::config::parse(text, file)?)
 }
 
-/// Reads the files a validated config names (its certificates, keys and CAs) and
-/// builds what TLS needs from them.
-pub fn read_files(config: Config) -> Result<Loaded, ConfigError> {
+/// Reads the files a validated config names (its certificates, keys and CAs, its
+/// segments' values files) and builds what TLS needs from them.
+pub fn read_files(mut config: Config) -> Result<Loaded, ConfigError> {
+    config.load_values_files(|path| {
+        std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))
+    })?;
     let file = config.source.as_path();
     let mut issues = Vec::new();
     let tls = read_tls(&config, &mut issues);

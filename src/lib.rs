@@ -15,7 +15,7 @@
 //! the workers write (atomics, one lane per worker thread), not a function of its inputs.
 #![forbid(unsafe_code)]
 
-pub use cohort_core::{client_addr, cohort, rollout, router};
+pub use cohort_core::{baggage, client_addr, cohort, rollout, router, segment, split_clients};
 
 // The folders are the architecture (ARCHITECTURE.md): the request policy, the two
 // engines, the upstream pools, the runtime (server, reloads, snapshot, guard), the admin
@@ -36,5 +36,6 @@ pub use request::id as request_id;
 pub use runtime::{guard, reload, state_dir};
 
 pub use engine::proxy::ACCESS_LOG_TARGET;
-pub use runtime::server::{start, Running, StartError};
+pub use runtime::server::{start, start_with, Running, StartError, StartOptions};
 pub use tls::ServerConfigError;
+pub use upstream::{Resolve, Resolved, SystemResolver};

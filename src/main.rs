@@ -47,6 +47,15 @@ enum Command {
         route: String,
         #[arg(long)]
         key: String,
+        /// A request header segments or overrides read, `NAME=VALUE` (repeatable).
+        #[arg(long = "header", value_name = "NAME=VALUE")]
+        headers: Vec<String>,
+        /// A request cookie, `NAME=VALUE` (repeatable).
+        #[arg(long = "cookie", value_name = "NAME=VALUE")]
+        cookies: Vec<String>,
+        /// The client address, for `ip` segments and `override.trusted`.
+        #[arg(long)]
+        ip: Option<String>,
     },
     /// Set a route's canary percentage on a running instance (written back to its file).
     Set {
@@ -140,7 +149,22 @@ fn main() -> ExitCode {
     match cli.command.unwrap_or(Command::Run) {
         Command::Run => serve::run(&cli.config),
         Command::Check => offline::check(&cli.config),
-        Command::Assign { route, key } => offline::assign_key(&cli.config, &route, &key),
+        Command::Assign {
+            route,
+            key,
+            headers,
+            cookies,
+            ip,
+        } => offline::assign_key(
+            &cli.config,
+            &route,
+            &key,
+            &offline::Attributes {
+                headers,
+                cookies,
+                ip,
+            },
+        ),
         Command::Demo { duration } => in_runtime(demo::run(duration)),
         Command::DemoUpstream {
             name,

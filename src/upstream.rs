@@ -11,8 +11,9 @@
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::io;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -28,6 +29,7 @@ use hyper::client::conn::{http2, TrySendError};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
+use tokio::time::Sleep;
 
 use crate::config::{Endpoint, Timeouts, Transport};
 use crate::metrics::UpstreamErrorKind;
@@ -98,6 +100,10 @@ pub enum UpstreamError {
     ConnectTimeout { authority: String, after: Duration },
     #[error("no response headers from {authority} within {after:?}")]
     ResponseTimeout { authority: String, after: Duration },
+    /// The response body stalled after its headers: no byte either way for the
+    /// route's `timeouts.idle`.
+    #[error("no response body bytes from {authority} for {after:?} (timeouts.idle)")]
+    IdleTimeout { authority: String, after: Duration },
     #[error("TLS handshake with {authority} failed: {source}")]
     Tls {
         authority: String,
@@ -130,6 +136,7 @@ impl UpstreamError {
             | UpstreamError::Connect { authority, .. }
             | UpstreamError::ConnectTimeout { authority, .. }
             | UpstreamError::ResponseTimeout { authority, .. }
+            | UpstreamError::IdleTimeout { authority, .. }
             | UpstreamError::Tls { authority, .. }
             | UpstreamError::Handshake { authority, .. }
             | UpstreamError::Reset { authority, .. }
@@ -201,6 +208,8 @@ struct PoolInner {
     /// TLS and HTTP/2 connections, keyed by authority and transport settings, so
     /// variants with different TLS settings never share a connection.
     keyed: Mutex<Keyed>,
+    /// How new connections find their endpoint's addresses (shared by all workers).
+    resolver: Resolver,
 }
 
 #[derive(Default)]
@@ -276,6 +285,21 @@ fn push_idle(queue: &mut VecDeque<IdleConnection>, sender: SendRequest<SentBody>
 impl Pool {
     pub fn new() -> Pool {
         Pool::default()
+    }
+
+    /// A pool whose new connections resolve endpoint names with `resolver`.
+    pub fn with_resolver(resolver: Resolver) -> Pool {
+        Pool {
+            inner: Arc::new(PoolInner {
+                resolver,
+                ..PoolInner::default()
+            }),
+        }
+    }
+
+    /// The resolver new connections use (cohort's own HTTP/1.1 client shares it).
+    pub fn resolver(&self) -> &Resolver {
+        &self.inner.resolver
     }
 
     fn keyed(&self) -> std::sync::MutexGuard<'_, Keyed> {
@@ -385,7 +409,8 @@ impl Pool {
         }
         // Boxed for the same reason: connecting (TCP, TLS, handshake) is rare on a warm
         // pool, and its large state should not sit in every request's future.
-        let mut sender = match Box::pin(connect(target, timeouts.connect)).await {
+        let resolver = &self.inner.resolver;
+        let mut sender = match Box::pin(connect(target, resolver, timeouts.connect)).await {
             Ok(sender) => sender,
             Err(e) => return Err((e, Some(req))),
         };
@@ -477,7 +502,7 @@ impl Pool {
         };
         let result = attempt
             .get_or_init(|| async {
-                let result = connect_h2(target, timeouts.connect)
+                let result = connect_h2(target, &self.inner.resolver, timeouts.connect)
                     .await
                     .map_err(Arc::new);
                 let mut keyed = self.keyed();
@@ -588,12 +613,20 @@ where
     let req = req.map(|body| SentBody {
         inner: body,
         progress: MarkOnDrop(progress.clone()),
+        idle: IdleTimer::new(timeouts.idle),
     });
     let stalled = async {
+        let mut since = progress.last();
         loop {
+            tokio::time::sleep_until((since + timeouts.request).into()).await;
             let last = progress.last();
-            tokio::time::sleep_until((last + timeouts.request).into()).await;
-            if progress.last() == last {
+            if last != since {
+                since = last;
+            } else if progress.awaiting_client() {
+                // The client, not the upstream, is slow: the body's own idle timeout
+                // (`timeouts.idle`) judges that, and answers 408.
+                since = Instant::now();
+            } else {
                 return;
             }
         }
@@ -615,16 +648,20 @@ where
     }
 }
 
-/// A request's progress upstream, one per request on hyper's engine: when it last
-/// moved (sent, a body frame handed over, or its body finished with; nanoseconds since
-/// `base`, so it fits one atomic), and how many request body bytes the upstream
-/// connection took (for the access log).
+/// A request's progress, one per request on hyper's engine: when it last moved (sent,
+/// a request body frame handed over, its body finished with, or a response body frame
+/// relayed; nanoseconds since `base`, so it fits one atomic), and how many request body
+/// bytes the upstream connection took (for the access log).
 pub struct Progress {
     base: Instant,
     nanos: AtomicU64,
     body_bytes: AtomicU64,
     /// The route's `max_body`: a body that grows beyond it is aborted.
     max_body: AtomicU64,
+    /// The request body waits for the client to send more.
+    awaiting_client: AtomicBool,
+    /// The request body was aborted: the client sent nothing for `timeouts.idle`.
+    client_stalled: AtomicBool,
     /// How the client's body failed, if it did: [`BODY_OK`], [`BODY_INVALID`] or
     /// [`BODY_CLIENT_GONE`].
     client_body: AtomicU8,
@@ -637,8 +674,21 @@ impl Progress {
             nanos: AtomicU64::new(0),
             body_bytes: AtomicU64::new(0),
             max_body: AtomicU64::new(u64::MAX),
+            awaiting_client: AtomicBool::new(false),
+            client_stalled: AtomicBool::new(false),
             client_body: AtomicU8::new(BODY_OK),
         })
+    }
+
+    /// Whether the request body was aborted because the client stopped sending it for
+    /// the route's `timeouts.idle` (answered 408 when no response has started).
+    pub fn client_stalled(&self) -> bool {
+        self.client_stalled.load(Ordering::Relaxed)
+    }
+
+    /// Whether the request body, not finished, waits for the client.
+    fn awaiting_client(&self) -> bool {
+        self.awaiting_client.load(Ordering::Relaxed)
     }
 
     /// Aborts the request body once more than `max` bytes of it went upstream (a
@@ -682,10 +732,13 @@ impl Progress {
 
 /// The client's request body on its way upstream, marking [`Progress`] as hyper takes
 /// its frames and when it is finished with (read to its end, failed, or dropped:
-/// hyper never polls a body that is empty from the start).
+/// hyper never polls a body that is empty from the start). A client that sends nothing
+/// more for `timeouts.idle` while nothing moves the other way either has the body
+/// aborted (the upstream request with it).
 struct SentBody {
     inner: Incoming,
     progress: MarkOnDrop,
+    idle: IdleTimer,
 }
 
 /// Marks progress once more when the body is dropped.
@@ -702,6 +755,18 @@ impl SentBody {
         self.inner
     }
 }
+
+/// A request body aborted because its client sent nothing for `timeouts.idle`.
+#[derive(Debug)]
+struct BodyStalled;
+
+impl std::fmt::Display for BodyStalled {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the client sent no request body bytes for the route's timeouts.idle")
+    }
+}
+
+impl std::error::Error for BodyStalled {}
 
 /// A request body aborted for growing past its route's `max_body`.
 #[derive(Debug)]
@@ -723,9 +788,17 @@ impl Body for SentBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        let this = &mut *self;
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        let progress = &this.progress.0;
+        progress
+            .awaiting_client
+            .store(polled.is_pending(), Ordering::Relaxed);
+        if polled.is_pending() && this.idle.poll_expired(progress, cx).is_ready() {
+            progress.client_stalled.store(true, Ordering::Relaxed);
+            return Poll::Ready(Some(Err(Box::new(BodyStalled))));
+        }
         if let Poll::Ready(frame) = &polled {
-            let progress = &self.progress.0;
             progress.mark();
             if let Some(Err(e)) = frame {
                 progress
@@ -771,6 +844,100 @@ fn client_body_failure(e: &hyper::Error) -> u8 {
         Some(io::ErrorKind::InvalidInput | io::ErrorKind::InvalidData) => BODY_INVALID,
         Some(io::ErrorKind::UnexpectedEof) => BODY_CLIENT_GONE,
         _ => BODY_OK,
+    }
+}
+
+/// The stream idle timeout (`timeouts.idle`) as a deadline a body polls: `after` past
+/// the last time its request's [`Progress`] moved, in either direction. The timer is
+/// made the first time the body waits, so a body that never waits costs none.
+struct IdleTimer {
+    after: Duration,
+    sleep: Option<Pin<Box<Sleep>>>,
+}
+
+impl IdleTimer {
+    fn new(after: Duration) -> IdleTimer {
+        IdleTimer { after, sleep: None }
+    }
+
+    /// Ready once nothing has moved for `after`; otherwise wakes `cx` when it might.
+    fn poll_expired(&mut self, progress: &Progress, cx: &mut Context<'_>) -> Poll<()> {
+        loop {
+            let deadline = tokio::time::Instant::from_std(progress.last() + self.after);
+            let sleep = self
+                .sleep
+                .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+            if sleep.deadline() != deadline {
+                // Moving a registered timer later costs an atomic, not the wheel's lock.
+                sleep.as_mut().reset(deadline);
+            }
+            std::task::ready!(sleep.as_mut().poll(cx));
+            // Expired, unless something moved while the timer ran: then wait again.
+            if progress.last() + self.after <= deadline.into_std() {
+                return Poll::Ready(());
+            }
+        }
+    }
+}
+
+/// How a response body on hyper's engine stalled (see [`IdleWatch`]).
+pub enum Stall {
+    /// The upstream sent nothing for `timeouts.idle`: the stream is cut and counted
+    /// (`kind="timeout"`).
+    Upstream(UpstreamError),
+    /// The request body still waits for the client, which sent nothing for as long:
+    /// the stream ends, and the upstream is not blamed.
+    Client,
+}
+
+/// The stream idle timeout of a response body on hyper's engine (HTTP/2, and HTTP/1
+/// connections handed over): the body calls [`IdleWatch::moved`] for each frame it
+/// relays and [`IdleWatch::poll_stalled`] while it waits for the upstream. Request body
+/// frames count as movement too (a bidirectional stream is idle only when both are).
+pub struct IdleWatch {
+    progress: Arc<Progress>,
+    timer: IdleTimer,
+    authority: Option<Arc<str>>,
+}
+
+impl IdleWatch {
+    pub fn new(progress: Arc<Progress>, after: Duration, authority: Option<Arc<str>>) -> IdleWatch {
+        // The response headers are out: the idle clock starts from them.
+        progress.mark();
+        IdleWatch {
+            progress,
+            timer: IdleTimer::new(after),
+            authority,
+        }
+    }
+
+    /// The endpoint the response comes from.
+    pub fn authority(&self) -> Option<&str> {
+        self.authority.as_deref()
+    }
+
+    /// A response body frame went by.
+    #[inline]
+    pub fn moved(&self) {
+        self.progress.mark();
+    }
+
+    /// Whether the request body was aborted for its client's stall (then a response
+    /// body error that follows is the client's doing, not the upstream's).
+    pub fn client_stalled(&self) -> bool {
+        self.progress.client_stalled()
+    }
+
+    /// While the body waits: ready once nothing has moved either way for `timeouts.idle`.
+    pub fn poll_stalled(&mut self, cx: &mut Context<'_>) -> Poll<Stall> {
+        std::task::ready!(self.timer.poll_expired(&self.progress, cx));
+        if self.progress.awaiting_client() {
+            return Poll::Ready(Stall::Client);
+        }
+        Poll::Ready(Stall::Upstream(UpstreamError::IdleTimeout {
+            authority: self.authority.as_deref().unwrap_or_default().to_owned(),
+            after: self.timer.after,
+        }))
     }
 }
 
@@ -831,10 +998,14 @@ enum Io {
 
 /// Resolves (per connect, so DNS changes and compose service names work), connects
 /// and, for `https://` endpoints, runs the TLS handshake, all within `timeout`.
-async fn open(target: &Target, timeout: Duration) -> Result<Io, UpstreamError> {
+async fn open(
+    target: &Target,
+    resolver: &Resolver,
+    timeout: Duration,
+) -> Result<Io, UpstreamError> {
     let authority = &*target.authority;
     let opening = async {
-        let tcp = open_tcp(&target.endpoint, authority).await?;
+        let tcp = open_tcp(&target.endpoint, authority, resolver).await?;
         match &target.endpoint.transport {
             Transport::Tls { .. } => tls_connect(tcp, target).await.map(|s| Io::Tls(Box::new(s))),
             Transport::Http1 | Transport::H2c => Ok(Io::Tcp(tcp)),
@@ -891,10 +1062,11 @@ async fn tls_connect(
 /// Opens a new HTTP/1.1 connection (plain or TLS).
 async fn connect(
     target: &Target,
+    resolver: &Resolver,
     timeout: Duration,
 ) -> Result<SendRequest<SentBody>, UpstreamError> {
     let authority = &*target.authority;
-    match open(target, timeout).await? {
+    match open(target, resolver, timeout).await? {
         Io::Tcp(stream) => handshake_h1(stream, authority).await,
         Io::Tls(stream) => handshake_h1(*stream, authority).await,
     }
@@ -923,10 +1095,11 @@ where
 /// Opens a new HTTP/2 connection: h2c (prior knowledge) or h2 over TLS.
 async fn connect_h2(
     target: &Target,
+    resolver: &Resolver,
     timeout: Duration,
 ) -> Result<http2::SendRequest<SentBody>, UpstreamError> {
     let authority = &*target.authority;
-    match open(target, timeout).await? {
+    match open(target, resolver, timeout).await? {
         Io::Tcp(stream) => handshake_h2(stream, authority).await,
         Io::Tls(stream) => handshake_h2(*stream, authority).await,
     }
@@ -962,13 +1135,20 @@ where
 pub(crate) async fn connect_tcp(
     endpoint: &Endpoint,
     authority: &str,
+    resolver: &Resolver,
     timeout: Duration,
 ) -> Result<TcpStream, UpstreamError> {
-    within_connect_timeout(timeout, authority, open_tcp(endpoint, authority)).await
+    let opening = open_tcp(endpoint, authority, resolver);
+    within_connect_timeout(timeout, authority, opening).await
 }
 
-async fn open_tcp(endpoint: &Endpoint, authority: &str) -> Result<TcpStream, UpstreamError> {
-    let addrs = tokio::net::lookup_host((endpoint.host.as_str(), endpoint.port))
+async fn open_tcp(
+    endpoint: &Endpoint,
+    authority: &str,
+    resolver: &Resolver,
+) -> Result<TcpStream, UpstreamError> {
+    let addrs = resolver
+        .addrs(&endpoint.host, endpoint.port)
         .await
         .map_err(|source| UpstreamError::Resolve {
             authority: authority.to_owned(),
@@ -990,4 +1170,192 @@ async fn open_tcp(endpoint: &Endpoint, authority: &str) -> Result<TcpStream, Ups
         authority: authority.to_owned(),
         source: last_error,
     })
+}
+
+// -------------------------------------------------------------------------------------
+// Resolving endpoint names
+// -------------------------------------------------------------------------------------
+
+/// A resolution in flight: the addresses of one `host:port`.
+pub type Resolved = Pin<Box<dyn Future<Output = io::Result<Vec<SocketAddr>>> + Send + 'static>>;
+
+/// How endpoint host names become addresses. Asked for each new upstream connection
+/// (never for an IP literal), so DNS changes and compose service names are followed
+/// without a reload. The default is the system resolver ([`SystemResolver`]);
+/// embedders and tests start cohort with their own (`cohort::start_with`).
+pub trait Resolve: Send + Sync + 'static {
+    fn resolve(&self, host: &str, port: u16) -> Resolved;
+}
+
+/// The system's resolver (`getaddrinfo`, on tokio's blocking pool): `/etc/hosts`,
+/// `resolv.conf`, the search domains a Kubernetes pod is given.
+pub struct SystemResolver;
+
+impl Resolve for SystemResolver {
+    fn resolve(&self, host: &str, port: u16) -> Resolved {
+        let host = host.to_owned();
+        Box::pin(async move {
+            Ok(tokio::net::lookup_host((host.as_str(), port))
+                .await?
+                .collect())
+        })
+    }
+}
+
+/// Names remembered with their last good addresses; a config naming more hosts than
+/// this (over its reloads) starts over rather than growing without bound.
+const MAX_REMEMBERED_NAMES: usize = 4096;
+
+/// The runtime's resolver: a [`Resolve`] plus each name's last good answer.
+///
+/// When a name that has resolved stops resolving (an error or no addresses), its last
+/// good addresses are used until it resolves again, as Envoy's `strict_dns` keeps its
+/// hosts: a DNS outage (a CoreDNS restart, a flaky resolver) must not take down
+/// upstreams that are still there. If they are really gone, connecting to them fails
+/// and is answered 502 `kind="connect"` as any refused connection. A name that never
+/// resolved fails at once (502 `kind="connect"`, the name in the reason). The change
+/// both ways is logged once, not per connection.
+#[derive(Clone)]
+pub struct Resolver {
+    inner: Arc<ResolverInner>,
+}
+
+struct ResolverInner {
+    resolve: Arc<dyn Resolve>,
+    last_good: Mutex<HashMap<(String, u16), LastGood>>,
+}
+
+struct LastGood {
+    addrs: Vec<SocketAddr>,
+    /// Resolution fails now and these addresses stand in (logged when it started).
+    failing: bool,
+}
+
+impl Default for Resolver {
+    fn default() -> Resolver {
+        Resolver::new(Arc::new(SystemResolver))
+    }
+}
+
+impl Resolver {
+    pub fn new(resolve: Arc<dyn Resolve>) -> Resolver {
+        Resolver {
+            inner: Arc::new(ResolverInner {
+                resolve,
+                last_good: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+
+    /// The addresses to try for `host:port`, in order.
+    pub(crate) async fn addrs(&self, host: &str, port: u16) -> io::Result<Vec<SocketAddr>> {
+        if let Ok(ip) = host.parse::<IpAddr>() {
+            return Ok(vec![SocketAddr::new(ip, port)]);
+        }
+        let answer = match self.inner.resolve.resolve(host, port).await {
+            Ok(addrs) if addrs.is_empty() => Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                "the name resolved to no addresses",
+            )),
+            other => other,
+        };
+        let mut last_good = self
+            .inner
+            .last_good
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        match answer {
+            Ok(addrs) => {
+                let key = (host.to_owned(), port);
+                if last_good.get(&key).is_some_and(|last| last.failing) {
+                    tracing::info!(host, port, "upstream name resolves again");
+                }
+                if last_good.len() >= MAX_REMEMBERED_NAMES && !last_good.contains_key(&key) {
+                    last_good.clear();
+                }
+                let remembered = LastGood {
+                    addrs: addrs.clone(),
+                    failing: false,
+                };
+                last_good.insert(key, remembered);
+                Ok(addrs)
+            }
+            Err(error) => {
+                let Some(last) = last_good.get_mut(&(host.to_owned(), port)) else {
+                    return Err(error);
+                };
+                if !last.failing {
+                    last.failing = true;
+                    tracing::warn!(
+                        host,
+                        port,
+                        %error,
+                        addresses = ?last.addrs,
+                        "upstream name no longer resolves; using its last good addresses"
+                    );
+                }
+                Ok(last.addrs.clone())
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicUsize;
+
+    use super::*;
+
+    /// Answers `10.0.0.<n>` while `up`, an error otherwise; counts the questions.
+    #[derive(Default)]
+    struct Scripted {
+        up: AtomicBool,
+        asked: AtomicUsize,
+    }
+
+    impl Resolve for Arc<Scripted> {
+        fn resolve(&self, _host: &str, port: u16) -> Resolved {
+            let n = self.asked.fetch_add(1, Ordering::SeqCst) as u8;
+            let answer = if self.up.load(Ordering::SeqCst) {
+                Ok(vec![SocketAddr::from(([10, 0, 0, n], port))])
+            } else {
+                Err(io::Error::new(io::ErrorKind::NotFound, "no such name"))
+            };
+            Box::pin(async move { answer })
+        }
+    }
+
+    #[tokio::test]
+    async fn a_name_that_stops_resolving_keeps_its_last_good_addresses() {
+        let script = Arc::new(Scripted::default());
+        let resolver = Resolver::new(Arc::new(script.clone()));
+        // Never resolved: nothing to fall back on.
+        assert!(resolver.addrs("svc", 80).await.is_err());
+        script.up.store(true, Ordering::SeqCst);
+        let first = resolver.addrs("svc", 80).await.expect("resolves");
+        assert_eq!(first, [SocketAddr::from(([10, 0, 0, 1], 80))]);
+        script.up.store(false, Ordering::SeqCst);
+        assert_eq!(resolver.addrs("svc", 80).await.expect("last good"), first);
+        assert_eq!(resolver.addrs("svc", 80).await.expect("still"), first);
+        // Another port of the same name has its own memory.
+        assert!(resolver.addrs("svc", 81).await.is_err());
+        // Resolving again replaces what is remembered.
+        script.up.store(true, Ordering::SeqCst);
+        let fresh = resolver.addrs("svc", 80).await.expect("resolves");
+        assert_eq!(fresh, [SocketAddr::from(([10, 0, 0, 5], 80))]);
+        script.up.store(false, Ordering::SeqCst);
+        assert_eq!(resolver.addrs("svc", 80).await.expect("last good"), fresh);
+        assert_eq!(script.asked.load(Ordering::SeqCst), 7, "asked every time");
+    }
+
+    #[tokio::test]
+    async fn ip_literals_never_reach_the_resolver() {
+        let script = Arc::new(Scripted::default());
+        let resolver = Resolver::new(Arc::new(script.clone()));
+        let v4 = resolver.addrs("127.0.0.1", 9).await.expect("v4");
+        assert_eq!(v4, [SocketAddr::from(([127, 0, 0, 1], 9))]);
+        let v6 = resolver.addrs("::1", 9).await.expect("v6");
+        assert_eq!(v6, ["[::1]:9".parse::<SocketAddr>().expect("addr")]);
+        assert_eq!(script.asked.load(Ordering::SeqCst), 0);
+    }
 }

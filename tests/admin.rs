@@ -303,6 +303,7 @@ async fn assign_answers_like_the_library() {
                 "key": key,
                 "bucket": bucket,
                 "variant": variant.as_str(),
+                "decided_by": "percentage",
             }),
             "query key={query}"
         );

@@ -118,7 +118,8 @@ fn a_keyed_routing_decision_allocates_nothing() {
 fn parsing_routing_and_rewriting_heads_allocates_nothing() {
     use cohort::h1::head::{
         field_storage, parse_request, parse_response, write_client_response,
-        write_upstream_request, Decoration, Forwarding, ParsedRequest, ParsedResponse,
+        write_upstream_request, BaggageRewrite, Decoration, Forwarding, ParsedRequest,
+        ParsedResponse,
     };
 
     let dir = tempfile::tempdir().expect("temp dir");
@@ -153,6 +154,7 @@ fn parsing_routing_and_rewriting_heads_allocates_nothing() {
             variant: decision.variant.as_str(),
             untrusted_override: None,
             request_id: req.request_id.is_none().then_some(&id),
+            baggage: BaggageRewrite::Keep,
         };
         write_upstream_request(&req, &forwarding, b"192.0.2.7", &mut out);
         let mut fields = field_storage();

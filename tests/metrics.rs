@@ -20,7 +20,15 @@ const BUCKET_LES: [&str; 15] = [
     "2.5", "5", "10", "+Inf",
 ];
 
-const SOURCES: [&str; 5] = ["header", "cookie", "ip", "random", "override"];
+const SOURCES: [&str; 7] = [
+    "header",
+    "cookie",
+    "ip",
+    "random",
+    "override",
+    "segment",
+    "propagated",
+];
 
 /// The first `n` keys `PREFIX-i` that `salt` at `percent` puts in `variant`.
 fn keys_for(salt: &str, percent: f64, variant: Variant, n: usize, prefix: &str) -> Vec<String> {

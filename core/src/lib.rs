@@ -3,9 +3,12 @@
 //! every rule is unit-tested directly and the shell (`cohort`) only does I/O.
 #![forbid(unsafe_code)]
 
+pub mod baggage;
 pub mod client_addr;
 pub mod cohort;
 pub mod config;
 pub mod histogram;
 pub mod rollout;
 pub mod router;
+pub mod segment;
+pub mod split_clients;

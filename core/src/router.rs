@@ -9,8 +9,10 @@ use std::net::{IpAddr, Ipv4Addr};
 use http::header::{COOKIE, HOST};
 use http::{HeaderMap, HeaderName, HeaderValue, Uri};
 
-use crate::cohort::{self, BasisPoints, Variant};
+use crate::baggage;
+use crate::cohort::{BasisPoints, Variant};
 use crate::config::{canonical_ip, Override, Route, StickySource, COHORT_ID_COOKIE};
+use crate::segment::{self, Attributes};
 
 /// Routes ordered for matching: host routes first, then host-less ones; each group by
 /// longest `path_prefix` first, ties in file order (DESIGN §1.2).
@@ -97,16 +99,29 @@ pub enum AssignSource {
     Ip,
     Random,
     Override,
+    /// A `[[routes.segments]]` rule (DESIGN §11).
+    Segment,
+    /// The `cohort.<follow>` member of a trusted sender's baggage (DESIGN §11).
+    Propagated,
 }
 
 impl AssignSource {
-    pub const ALL: [AssignSource; 5] = [
+    pub const ALL: [AssignSource; 7] = [
         AssignSource::Header,
         AssignSource::Cookie,
         AssignSource::Ip,
         AssignSource::Random,
         AssignSource::Override,
+        AssignSource::Segment,
+        AssignSource::Propagated,
     ];
+
+    /// Whether the request was forced into its variant rather than placed by its
+    /// cohort: forced requests say nothing about a variant's health, so the guard
+    /// does not count them (DESIGN §11).
+    pub fn is_forced(self) -> bool {
+        matches!(self, AssignSource::Override | AssignSource::Propagated)
+    }
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -115,6 +130,8 @@ impl AssignSource {
             AssignSource::Ip => "ip",
             AssignSource::Random => "random",
             AssignSource::Override => "override",
+            AssignSource::Segment => "segment",
+            AssignSource::Propagated => "propagated",
         }
     }
 
@@ -213,6 +230,8 @@ pub trait Fields {
     /// Every `X-Forwarded-For` field value, in order (walked from the right:
     /// [`crate::client_addr`]).
     fn forwarded_for(&self) -> impl DoubleEndedIterator<Item = &[u8]>;
+    /// Every `baggage` field value, in order ([`crate::baggage`]).
+    fn baggage(&self) -> impl Iterator<Item = &[u8]>;
 }
 
 impl Fields for HeaderMap {
@@ -229,9 +248,14 @@ impl Fields for HeaderMap {
             .iter()
             .map(HeaderValue::as_bytes)
     }
+
+    fn baggage(&self) -> impl Iterator<Item = &[u8]> {
+        self.get_all(BAGGAGE).iter().map(HeaderValue::as_bytes)
+    }
 }
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub const BAGGAGE: HeaderName = HeaderName::from_static("baggage");
 
 /// The first present, non-empty key among the route's sources, then `cookie:cohort_id`.
 pub fn find_key<'a>(
@@ -297,51 +321,177 @@ pub struct Decision {
     pub bucket: Option<u16>,
     /// A freshly drawn `cohort_id` the response must set, for clients that sent no key.
     pub new_cohort_id: Option<String>,
+    /// The index of the segment that decided, when one did.
+    pub segment: Option<usize>,
 }
 
-/// Assigns a variant for `route` at canary share `canary`.
+/// Assigns a variant for `route` at canary share `canary`, by DESIGN §11's precedence:
+/// a trusted override, then a trusted sender's baggage (`follow`), then the first
+/// matching segment, then the percentage. `client` is the client address (§10).
 ///
 /// `draw_key` is called only when the request carries no key at all.
 pub fn decide(
     route: &Route,
     canary: BasisPoints,
     headers: &impl Fields,
-    peer: IpAddr,
+    client: IpAddr,
     draw_key: impl FnOnce() -> String,
 ) -> Decision {
-    if let Some(variant) = route
-        .override_
-        .as_ref()
-        .and_then(|o| forced_variant(o, headers, peer))
-    {
+    if let Some((variant, source)) = forced(route, headers, client) {
         return Decision {
             variant,
-            source: AssignSource::Override,
+            source,
             bucket: None,
             new_cohort_id: None,
+            segment: None,
         };
     }
-    match find_key(&route.sticky, headers, peer) {
-        Some((key, source)) => {
-            let (bucket, variant) = cohort::assign(&route.salt, key.as_bytes(), canary);
-            Decision {
-                variant,
-                source,
-                bucket: Some(bucket),
-                new_cohort_id: None,
-            }
-        }
+    match find_key(&route.sticky, headers, client) {
+        Some((key, source)) => place(route, canary, headers, Some(client), key.as_bytes(), source),
         None => {
-            let key = draw_key();
-            let (bucket, variant) = cohort::assign(&route.salt, key.as_bytes(), canary);
-            Decision {
-                variant,
-                source: AssignSource::Random,
-                bucket: Some(bucket),
-                new_cohort_id: Some(key),
-            }
+            let drawn = draw_key();
+            let mut decision = place(
+                route,
+                canary,
+                headers,
+                Some(client),
+                drawn.as_bytes(),
+                AssignSource::Random,
+            );
+            decision.new_cohort_id = Some(drawn);
+            decision
         }
     }
+}
+
+/// A request described by hand, as `/assign` and `cohort assign` take it: a cohort
+/// key and the attributes rules read (headers, cookies, the client address).
+#[derive(Debug, Default)]
+pub struct Described {
+    headers: HeaderMap,
+    client: Option<IpAddr>,
+}
+
+impl Described {
+    /// `NAME=VALUE` (or `NAME:VALUE`): a request header.
+    pub fn header(&mut self, spec: &str) -> Result<(), String> {
+        let (name, value) = spec
+            .split_once(['=', ':'])
+            .ok_or_else(|| format!("header {spec:?} is not NAME=VALUE"))?;
+        let name = HeaderName::from_bytes(name.trim().as_bytes())
+            .map_err(|_| format!("{:?} is not a header name", name.trim()))?;
+        let value = HeaderValue::from_str(value.trim())
+            .map_err(|_| format!("{value:?} is not a header value"))?;
+        self.headers.append(name, value);
+        Ok(())
+    }
+
+    /// `NAME=VALUE`: a cookie.
+    pub fn cookie(&mut self, spec: &str) -> Result<(), String> {
+        if !spec.contains('=') || spec.contains(';') {
+            return Err(format!("cookie {spec:?} is not NAME=VALUE"));
+        }
+        let value = HeaderValue::from_str(spec).map_err(|_| format!("{spec:?} is not a cookie"))?;
+        self.headers.append(COOKIE, value);
+        Ok(())
+    }
+
+    /// The client address.
+    pub fn ip(&mut self, text: &str) -> Result<(), String> {
+        let ip = text
+            .trim()
+            .parse()
+            .map_err(|_| format!("{text:?} is not an IP address"))?;
+        self.client = Some(ip);
+        Ok(())
+    }
+
+    /// The decision for this request with cohort key `key`: the rules of [`decide`].
+    /// Without a client address, nothing that judges one (trust, `ip` rules) applies.
+    pub fn decide(&self, route: &Route, canary: BasisPoints, key: &[u8]) -> Decision {
+        let forced_by = self.client.and_then(|ip| forced(route, &self.headers, ip));
+        if let Some((variant, source)) = forced_by {
+            return Decision {
+                variant,
+                source,
+                bucket: None,
+                new_cohort_id: None,
+                segment: None,
+            };
+        }
+        place(
+            route,
+            canary,
+            &self.headers,
+            self.client,
+            key,
+            AssignSource::Header,
+        )
+    }
+}
+
+/// The first matching segment's variant, else the percentage's, for a request whose
+/// cohort key is `key` (found under `source`, or drawn). A drawn key is nobody's, so
+/// `key` segments do not see it. The bucket is reported either way (`/assign` shows it).
+fn place(
+    route: &Route,
+    canary: BasisPoints,
+    headers: &impl Fields,
+    client: Option<IpAddr>,
+    key: &[u8],
+    source: AssignSource,
+) -> Decision {
+    let (bucket, by_percentage) = route.assign(key, canary);
+    let segment = if route.segments.is_empty() {
+        None
+    } else {
+        let request = Attributes {
+            fields: headers,
+            key: (source != AssignSource::Random).then_some(key),
+            client,
+        };
+        segment::first_match(&route.segments, &request)
+    };
+    let (variant, source, segment) = match segment {
+        Some((index, variant)) => (variant, AssignSource::Segment, Some(index)),
+        None => (by_percentage, source, None),
+    };
+    Decision {
+        variant,
+        source,
+        bucket: Some(bucket),
+        new_cohort_id: None,
+        segment,
+    }
+}
+
+impl Decision {
+    /// Which rule decided, in the words of the config: `override`, `baggage`,
+    /// `segments[N]` or `percentage`.
+    pub fn decided_by(&self) -> String {
+        match (self.source, self.segment) {
+            (AssignSource::Override, _) => "override".to_owned(),
+            (AssignSource::Propagated, _) => "baggage".to_owned(),
+            (_, Some(index)) => format!("segments[{index}]"),
+            _ => "percentage".to_owned(),
+        }
+    }
+}
+
+/// A variant a trusted sender forces: the override header or cookie first, then the
+/// route's `follow` baggage member. Untrusted senders force nothing.
+fn forced(route: &Route, headers: &impl Fields, client: IpAddr) -> Option<(Variant, AssignSource)> {
+    let ovr = route.override_.as_ref()?;
+    if let Some(variant) = forced_variant(ovr, headers, client) {
+        return Some((variant, AssignSource::Override));
+    }
+    let name = route.follow.as_deref()?;
+    // `forced_variant` already judged the sender; `follow` is believed from the same
+    // peers (DESIGN §11: `trusted` is the route's `override.trusted`).
+    if !ovr.trusts(client) {
+        return None;
+    }
+    baggage::find(|| headers.baggage(), name).map(|variant| (variant, AssignSource::Propagated))
 }
 
 /// The `Set-Cookie` value that keeps a first-time client in its cohort.

@@ -20,7 +20,8 @@ use serde_json::{json, Value};
 use subtle::ConstantTimeEq;
 use tokio::net::TcpListener;
 
-use crate::cohort::{self, BasisPoints, Variant};
+use crate::cohort::{BasisPoints, Variant};
+use crate::router::Described;
 use crate::runtime::reload::{ChangeError, Control, Trigger};
 use crate::runtime::server::State;
 use crate::runtime::snapshot::Snapshot;
@@ -216,6 +217,18 @@ fn route_json(snap: &Snapshot, index: usize) -> Value {
         "rolled_back": rolled_back,
         "rollout": rollout,
         "guard": guard,
+        "segments": route.segments.iter().map(|segment| json!({
+            "match": segment.on.to_string(),
+            "variant": segment.variant.as_str(),
+            "values_count": segment.values_count,
+            "values_file": segment.values_file,
+        })).collect::<Vec<_>>(),
+        "propagate": route.propagate,
+        "follow": route.follow,
+        "hash": match route.hash {
+            crate::config::Hash::Xxh3 => "xxh3",
+            crate::config::Hash::Nginx { .. } => "nginx",
+        },
     })
 }
 
@@ -403,13 +416,28 @@ pub fn parse_percent_body(body: &[u8]) -> Result<BasisPoints, String> {
     BasisPoints::from_percent(percent).map_err(|e| format!("percent: {e}"))
 }
 
+/// `/assign?route=NAME&key=KEY`, plus what segments and overrides read: `header=NAME:VALUE`
+/// and `cookie=NAME=VALUE` (each repeatable) and `ip=ADDRESS`.
 fn assign(snap: &Snapshot, query: &str) -> Response<Full<Bytes>> {
     let (mut route_name, mut key) = (None, None);
+    let mut request = Described::default();
     for (name, value) in query_pairs(query) {
-        match name.as_str() {
-            "route" if route_name.is_none() => route_name = Some(value),
-            "key" if key.is_none() => key = Some(value),
-            _ => {}
+        let described = match name.as_str() {
+            "route" => {
+                route_name.get_or_insert(value);
+                Ok(())
+            }
+            "key" => {
+                key.get_or_insert(value);
+                Ok(())
+            }
+            "header" => request.header(&value),
+            "cookie" => request.cookie(&value),
+            "ip" => request.ip(&value),
+            _ => Ok(()),
+        };
+        if let Err(reason) = described {
+            return text_owned(StatusCode::BAD_REQUEST, format!("{reason}\n"));
         }
     }
     let (Some(route_name), Some(key)) = (route_name, key) else {
@@ -425,10 +453,16 @@ fn assign(snap: &Snapshot, query: &str) -> Response<Full<Bytes>> {
         );
     };
     let (route, state) = snap.route(index);
-    let (bucket, variant) = cohort::assign(&route.salt, key.as_bytes(), state.share());
+    let decision = request.decide(route, state.share(), key.as_bytes());
     json_response(
         StatusCode::OK,
-        &json!({ "route": route.name, "key": key, "bucket": bucket, "variant": variant.as_str() }),
+        &json!({
+            "route": route.name,
+            "key": key,
+            "bucket": decision.bucket,
+            "variant": decision.variant.as_str(),
+            "decided_by": decision.decided_by(),
+        }),
     )
 }
 

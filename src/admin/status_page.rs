@@ -51,10 +51,60 @@ pub struct RouteView {
     pub canary: VariantView,
     /// One line on the rollout or guard in force, when the route has one.
     pub rollout: Option<String>,
+    /// One line on the route's segments and baggage, when it has any.
+    pub targeting: Option<String>,
     /// The route is rolled back (the line above says why).
     pub rolled_back: bool,
     /// The last 15 minutes, when the document carries them.
     pub(crate) history: Option<crate::admin::charts::History>,
+}
+
+/// "segments: header:x-team=… → canary (2 values) · ip → stable (340 values from
+/// offices.txt) · follows baggage cohort.checkout-v2 · hash nginx"; `None` for a route
+/// placed by its percentage alone.
+pub fn targeting_line(route: &Value) -> Option<String> {
+    let mut parts: Vec<String> = Vec::new();
+    let segments = route.get("segments").and_then(Value::as_array);
+    let rules: Vec<String> = segments
+        .into_iter()
+        .flatten()
+        .map(|segment| {
+            let text = |key: &str| segment.get(key).and_then(Value::as_str).unwrap_or("");
+            let count = segment
+                .get("values_count")
+                .and_then(Value::as_u64)
+                .unwrap_or(0);
+            let noun = if count == 1 { "value" } else { "values" };
+            let file = segment
+                .get("values_file")
+                .and_then(Value::as_str)
+                .map(|path| {
+                    let name = std::path::Path::new(path)
+                        .file_name()
+                        .map_or(path.into(), |n| n.to_string_lossy());
+                    format!(" from {name}")
+                })
+                .unwrap_or_default();
+            format!(
+                "{} → {} ({count} {noun}{file})",
+                text("match"),
+                text("variant")
+            )
+        })
+        .collect();
+    if !rules.is_empty() {
+        parts.push(format!("segments: {}", rules.join(" · ")));
+    }
+    if let Some(name) = route.get("follow").and_then(Value::as_str) {
+        parts.push(format!("follows baggage cohort.{name}"));
+    }
+    if let Some(name) = route.get("propagate").and_then(Value::as_str) {
+        parts.push(format!("propagates baggage cohort.{name}"));
+    }
+    if route.get("hash").and_then(Value::as_str) == Some("nginx") {
+        parts.push("NGINX split_clients hash".to_owned());
+    }
+    (!parts.is_empty()).then(|| parts.join(" · "))
 }
 
 /// "rollout ramping · step 2 of 5 (5 %) · next step at 2026-12-01T09:20:00Z", or the
@@ -187,6 +237,7 @@ impl RouteView {
             stable: VariantView::from_json(route.get("stable")),
             canary: VariantView::from_json(route.get("canary")),
             rollout: rollout_line(route),
+            targeting: targeting_line(route),
             rolled_back: route.get("rolled_back").is_some_and(Value::is_object)
                 || ["rollout", "guard"].iter().any(|k| {
                     route
@@ -346,6 +397,7 @@ h2{font-size:20px;margin:0;word-break:break-all}
 .meta{display:flex;gap:6px 22px;flex-wrap:wrap;margin:8px 0 12px;color:var(--muted);font-size:13px}
 .meta b{font-weight:600;color:var(--ink)}
 .rollout{margin:-4px 0 12px;font-size:13px;color:var(--ink)}
+.targeting{margin:-4px 0 8px;font-size:13px;color:var(--muted)}
 .rollout.bad{color:#b91c1c;font-weight:600}
 code{font:13px/1.3 ui-monospace,'DejaVu Sans Mono',Menlo,monospace;color:var(--ink);\
 background:#f3f4f6;border-radius:4px;padding:1px 5px;word-break:break-all}
@@ -473,6 +525,9 @@ fn route_card(html: &mut String, route: &RouteView) {
          <span>sticky {sticky}</span></div>",
         escape(&route.salt)
     );
+    if let Some(line) = &route.targeting {
+        let _ = writeln!(html, "<div class=\"targeting\">{}</div>", escape(line));
+    }
     if let Some(line) = &route.rollout {
         let class = if route.rolled_back {
             "rollout bad"
@@ -627,6 +682,28 @@ mod tests {
         assert!(!html.contains("href="), "no external asset");
         assert!(html.contains("<b id=\"generation\">7</b>"));
         assert!(html.ends_with("</html>\n"));
+    }
+
+    #[test]
+    fn the_card_names_segments_and_baggage_when_a_route_has_them() {
+        let plain = route("checkout", 10.0, "s");
+        assert_eq!(targeting_line(&plain), None);
+        let mut targeted = plain.clone();
+        targeted["segments"] = json!([
+            {"match": "header:x-team", "variant": "canary", "values_count": 2, "values_file": null},
+            {"match": "ip", "variant": "stable", "values_count": 1, "values_file": "/etc/cohort/offices.txt"},
+        ]);
+        targeted["follow"] = json!("rel");
+        targeted["hash"] = json!("nginx");
+        let line = targeting_line(&targeted).expect("a line");
+        assert_eq!(
+            line,
+            "segments: header:x-team → canary (2 values) · ip → stable (1 value from offices.txt) \
+             · follows baggage cohort.rel · NGINX split_clients hash"
+        );
+        targeted["segments"][0]["match"] = json!("header:<b>");
+        let html = render(&doc(vec![targeted]));
+        assert!(html.contains("<div class=\"targeting\">segments: header:&lt;b&gt; → canary"));
     }
 
     #[test]

@@ -3,10 +3,10 @@
 
 use std::process::ExitCode;
 
-use cohort::cohort::assign;
 use cohort::config;
 use cohort::guard::{offline_memory, offline_share, wall_now};
 use cohort::rollout::{describe_guard, describe_rollout, effective, late_start};
+use cohort::router::Described;
 
 use super::load_or_report;
 
@@ -77,7 +77,33 @@ pub fn check(path: &std::path::Path) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-pub fn assign_key(path: &std::path::Path, route_name: &str, key: &str) -> ExitCode {
+/// What `cohort assign` was told about the request besides its key.
+pub struct Attributes {
+    pub headers: Vec<String>,
+    pub cookies: Vec<String>,
+    pub ip: Option<String>,
+}
+
+pub fn assign_key(
+    path: &std::path::Path,
+    route_name: &str,
+    key: &str,
+    attributes: &Attributes,
+) -> ExitCode {
+    let mut request = Described::default();
+    let described = (attributes.headers.iter())
+        .try_for_each(|h| request.header(h))
+        .and_then(|()| {
+            attributes
+                .cookies
+                .iter()
+                .try_for_each(|c| request.cookie(c))
+        })
+        .and_then(|()| attributes.ip.iter().try_for_each(|ip| request.ip(ip)));
+    if let Err(reason) = described {
+        eprintln!("cohort assign: {reason}");
+        return ExitCode::from(2);
+    }
     let Some(config) = load_or_report(path) else {
         return ExitCode::from(1);
     };
@@ -90,11 +116,17 @@ pub fn assign_key(path: &std::path::Path, route_name: &str, key: &str) -> ExitCo
         );
         return ExitCode::from(1);
     };
-    let (bucket, variant) = assign(
-        &route.salt,
-        key.as_bytes(),
-        offline_share(route, &config, wall_now()),
-    );
-    out!("route={route_name} key={key} bucket={bucket} variant={variant}");
+    let share = offline_share(route, &config, wall_now());
+    let decision = request.decide(route, share, key.as_bytes());
+    let bucket = decision.bucket.map_or("-".to_owned(), |b| b.to_string());
+    let variant = decision.variant;
+    let decided_by = decision.decided_by();
+    // DESIGN §6's line as it always was; a rule other than the percentage (new
+    // with segments and overrides) is named after it.
+    if decided_by == "percentage" {
+        out!("route={route_name} key={key} bucket={bucket} variant={variant}");
+    } else {
+        out!("route={route_name} key={key} bucket={bucket} variant={variant} decided_by={decided_by}");
+    }
     ExitCode::SUCCESS
 }

@@ -83,10 +83,15 @@ pub fn table(routes: &Value) -> String {
         out.push_str(line.trim_end());
         out.push('\n');
     }
-    // Rollouts and guards: the step in force and when the next one comes.
+    // Segments and baggage; rollouts and guards: the step in force and when the next
+    // one comes.
     if let Some(routes) = routes.get("routes").and_then(Value::as_array) {
         for route in routes {
-            if let Some(line) = cohort::status_page::rollout_line(route) {
+            let lines = [
+                cohort::status_page::targeting_line(route),
+                cohort::status_page::rollout_line(route),
+            ];
+            for line in lines.into_iter().flatten() {
                 let name = route.get("name").and_then(Value::as_str).unwrap_or("");
                 out.push_str(&plain(&format!("{name}: {line}")));
                 out.push('\n');

@@ -26,7 +26,7 @@ use crate::request::reject::{self, Malformed};
 use crate::request::{begin, retry};
 use crate::router::{self, Decision};
 use crate::runtime::snapshot::{SharedSnapshot, Snapshot};
-use crate::upstream::{Lease, Pool, Progress, UpstreamError};
+use crate::upstream::{BoxError, IdleWatch, Lease, Pool, Progress, Stall, UpstreamError};
 
 /// What every request on one worker shares.
 pub struct ProxyContext {
@@ -115,7 +115,14 @@ pub async fn handle(
     let upgrade = req.version() == Version::HTTP_11 && forward::is_upgrade_request(req.headers());
     let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let upstream_req = {
-        let fwd = Forwarding::new(route, client_ip, ctx.scheme, &decision, drawn.as_ref());
+        let fwd = Forwarding::new(
+            route,
+            client_ip,
+            ctx.scheme,
+            &decision,
+            drawn.as_ref(),
+            req.headers(),
+        );
         prepare_upstream_request(req, &fwd, client)
     };
 
@@ -158,9 +165,10 @@ pub async fn handle(
     let over_limit = result.is_err() && progress.body_over_limit();
     let invalid_body = result.is_err() && progress.client_body_invalid();
     let client_gone = result.is_err() && progress.client_gone_mid_body();
+    let client_stalled = result.is_err() && progress.client_stalled();
     if let Some(log) = completion.log() {
         log.endpoint = reached.cloned();
-        log.progress = Some(progress);
+        log.progress = Some(progress.clone());
     }
     let mut response = match result {
         Ok((mut resp, lease)) => {
@@ -173,12 +181,20 @@ pub async fn handle(
                     drop(lease);
                     resp.map(|_| ProxyBody::empty())
                 }
-                _ => resp.map(|body| ProxyBody::upstream(body, lease, reached.cloned())),
+                _ => {
+                    let idle = IdleWatch::new(progress, route.timeouts.idle, reached.cloned());
+                    resp.map(|body| ProxyBody::upstream(body, lease, idle))
+                }
             }
         }
         // A chunked body grew past `max_body`: the upstream request was aborted before
         // any response; the client gets the policy's 413 (and HTTP/1 closes).
         Err(_) if over_limit => too_large_response(version),
+        // The client stopped sending its body for `timeouts.idle`: its 408, and no
+        // upstream error (the upstream request was aborted, not failed).
+        Err(_) if client_stalled => {
+            rejection_response(reject::answer(Malformed::BodyStalled), version)
+        }
         // The client's body framing broke (a bad chunk size), or the client hung up
         // mid-body: its doing, not the upstream's. The policy's 400, counted under the
         // route and variant (as 499 when nobody is left to read it, below).
@@ -333,21 +349,30 @@ enum Inner {
     Upstream {
         body: Incoming,
         lease: Option<Lease>,
-        /// The endpoint's authority, for the warning if it cuts the body.
-        endpoint: Option<Arc<str>>,
+        /// The stream idle timeout; it knows the endpoint, for the warning if the
+        /// upstream cuts the body or stalls.
+        idle: IdleWatch,
     },
     Local(Option<Bytes>),
 }
 
+/// A response body the upstream left idle for `timeouts.idle`.
+#[derive(Debug)]
+struct IdleTimedOut;
+
+impl std::fmt::Display for IdleTimedOut {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("no body bytes either way for the route's timeouts.idle")
+    }
+}
+
+impl std::error::Error for IdleTimedOut {}
+
 impl ProxyBody {
     /// `lease` is the HTTP/1.1 connection to give back at the end (HTTP/2 ones are shared).
-    fn upstream(body: Incoming, lease: Option<Lease>, endpoint: Option<Arc<str>>) -> ProxyBody {
+    fn upstream(body: Incoming, lease: Option<Lease>, idle: IdleWatch) -> ProxyBody {
         ProxyBody {
-            inner: Inner::Upstream {
-                body,
-                lease,
-                endpoint,
-            },
+            inner: Inner::Upstream { body, lease, idle },
             completion: None,
         }
     }
@@ -383,16 +408,35 @@ impl ProxyBody {
 
 impl Body for ProxyBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
         let polled = match &mut this.inner {
             Inner::Local(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
-            Inner::Upstream { body, .. } => Pin::new(body).poll_frame(cx),
+            Inner::Upstream { body, idle, .. } => match Pin::new(body).poll_frame(cx) {
+                Poll::Pending => match idle.poll_stalled(cx) {
+                    Poll::Pending => return Poll::Pending,
+                    // Nothing moved either way for `timeouts.idle`: the client's stream
+                    // is cut (HTTP/1: closed before the body's end; HTTP/2: reset), and
+                    // the request keeps its status. Blamed on the upstream unless the
+                    // request body was still waiting for the client.
+                    Poll::Ready(stall) => {
+                        if let (Stall::Upstream(error), Some(c)) = (stall, &mut this.completion) {
+                            c.cut(&error);
+                        }
+                        this.finish();
+                        return Poll::Ready(Some(Err(Box::new(IdleTimedOut))));
+                    }
+                },
+                Poll::Ready(frame) => {
+                    idle.moved();
+                    Poll::Ready(frame)
+                }
+            },
         };
         match &polled {
             Poll::Ready(None) => {
@@ -401,17 +445,17 @@ impl Body for ProxyBody {
             }
             Poll::Ready(Some(Err(e))) => {
                 // The upstream cut the body after its headers: the client's stream is
-                // cut too (hyper closes it), and the request keeps its status.
-                if let Some(c) = &mut this.completion {
-                    let endpoint = match &this.inner {
-                        Inner::Upstream { endpoint, .. } => endpoint.as_deref(),
-                        Inner::Local(_) => None,
-                    };
-                    let error = UpstreamError::Reset {
-                        authority: endpoint.unwrap_or_default().to_owned(),
-                        source: Causes(e).to_string().into(),
-                    };
-                    c.cut(&error);
+                // cut too (hyper closes it), and the request keeps its status. (Unless
+                // cohort aborted the request itself, its client having stalled.)
+                if let (Some(c), Inner::Upstream { idle, .. }) = (&mut this.completion, &this.inner)
+                {
+                    if !idle.client_stalled() {
+                        let error = UpstreamError::Reset {
+                            authority: idle.authority().unwrap_or_default().to_owned(),
+                            source: Causes(e).to_string().into(),
+                        };
+                        c.cut(&error);
+                    }
                 }
                 this.finish();
             }
@@ -423,7 +467,7 @@ impl Body for ProxyBody {
             }
             Poll::Pending => {}
         }
-        polled
+        polled.map(|frame| frame.map(|result| result.map_err(Into::into)))
     }
 
     fn is_end_stream(&self) -> bool {

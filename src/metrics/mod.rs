@@ -497,7 +497,7 @@ pub struct VariantMetrics {
     /// One per upstream error kind: at most one warning a second each.
     warn_gates: Arc<WarnGates>,
     in_flight: Gauge,
-    assignments: [Counter; 5],
+    assignments: [Counter; AssignSource::ALL.len()],
     window: Arc<Window>,
     clock: Clock,
 }

@@ -39,7 +39,9 @@ pub(crate) fn answer(error: &UpstreamError) -> ErrorAnswer {
         | UpstreamError::Resolve { .. }
         | UpstreamError::Connect { .. }
         | UpstreamError::Handshake { .. } => CONNECT,
-        UpstreamError::ConnectTimeout { .. } | UpstreamError::ResponseTimeout { .. } => TIMEOUT,
+        UpstreamError::ConnectTimeout { .. }
+        | UpstreamError::ResponseTimeout { .. }
+        | UpstreamError::IdleTimeout { .. } => TIMEOUT,
         UpstreamError::Tls { .. } => ErrorAnswer {
             status: StatusCode::BAD_GATEWAY,
             kind: UpstreamErrorKind::Tls,
@@ -102,6 +104,14 @@ mod tests {
                 UpstreamError::ResponseTimeout {
                     authority: a(),
                     after: Duration::from_secs(1),
+                },
+                504,
+                "timeout",
+            ),
+            (
+                UpstreamError::IdleTimeout {
+                    authority: a(),
+                    after: Duration::from_secs(300),
                 },
                 504,
                 "timeout",

@@ -9,8 +9,9 @@
 //! - the forwarded request gets `X-Forwarded-For` appended with the peer,
 //!   `X-Forwarded-Proto` and `X-Forwarded-Host` set, `X-Cohort-Variant` set to the
 //!   decision (replacing the client's), a drawn `X-Request-Id` when the client sent
-//!   none, split `Cookie` lines folded, and the override header removed when the
-//!   client is not trusted to send it;
+//!   none, split `Cookie` lines folded, the override header removed when the
+//!   client is not trusted to send it, and `baggage` rewritten when the route
+//!   propagates its variant or an untrusted client sent `cohort.*` members;
 //! - the response gets the variant header (`listen.variant_header`) and, for a client
 //!   that sent no key, the `cohort_id` cookie.
 
@@ -19,10 +20,11 @@ use std::net::IpAddr;
 use http::header::{CONNECTION, COOKIE, SET_COOKIE, TE, UPGRADE};
 use http::{HeaderMap, HeaderName, HeaderValue};
 
+use crate::baggage;
 use crate::cohort::Variant;
 use crate::config::Route;
 use crate::request::id::RequestId;
-use crate::router::{self, Decision, IpText};
+use crate::router::{self, Decision, Fields, IpText, BAGGAGE};
 use crate::runtime::snapshot::Snapshot;
 
 pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -53,6 +55,7 @@ pub(crate) enum Field {
     XForwardedHost,
     XCohortVariant,
     XRequestId,
+    Baggage,
     Other,
 }
 
@@ -107,6 +110,7 @@ impl Field {
             (4, b'h') if is(b"host") => Field::Host,
             (6, b'c') if is(b"cookie") => Field::Cookie,
             (6, b'e') if is(b"expect") => Field::Expect,
+            (7, b'b') if is(b"baggage") => Field::Baggage,
             (7, b't') if is(b"trailer") => Field::Trailer,
             (7, b'u') if is(b"upgrade") => Field::Upgrade,
             (10, b'c') if is(b"connection") => Field::Connection,
@@ -146,6 +150,7 @@ impl Field {
             Field::XForwardedHost => "x-forwarded-host",
             Field::XCohortVariant => "x-cohort-variant",
             Field::XRequestId => "x-request-id",
+            Field::Baggage => "baggage",
             Field::Other => "",
         }
     }
@@ -169,6 +174,49 @@ pub struct Forwarding<'a> {
     /// `X-Request-Id`, drawn by cohort when the client sent none it could use; the
     /// client's own passes through as it came.
     pub request_id: Option<&'a RequestId>,
+    /// What becomes of the client's `baggage` (DESIGN §11).
+    pub baggage: BaggageRewrite,
+}
+
+/// The `baggage` field the upstream gets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BaggageRewrite {
+    /// The client's, as it came (or none): nothing of cohort's to set or remove.
+    Keep,
+    /// This value in place of every `baggage` field the client sent.
+    Replace(HeaderValue),
+    /// No `baggage` field: the client's held only `cohort.*` members it may not send.
+    Remove,
+}
+
+impl BaggageRewrite {
+    /// The route's `propagate` member set to the decided variant, and, from a client
+    /// outside `override.trusted`, every `cohort.*` member removed, so a client cannot
+    /// steer a next hop that follows this one. Without either, the field is not even
+    /// parsed.
+    #[inline]
+    fn new(route: &Route, trusted: bool, variant: Variant, fields: &impl Fields) -> BaggageRewrite {
+        let strip_cohort = !trusted && baggage::has_cohort_member(fields.baggage());
+        if route.propagate.is_none() && !strip_cohort {
+            return BaggageRewrite::Keep;
+        }
+        let rewrite = baggage::Rewrite {
+            strip_cohort: !trusted,
+            set: route.propagate.as_deref().map(|name| (name, variant)),
+        };
+        match baggage::rewrite(fields.baggage(), rewrite) {
+            // Members are kept as the client sent them: valid field bytes.
+            Some(value) => HeaderValue::from_bytes(&value)
+                .map_or(BaggageRewrite::Keep, BaggageRewrite::Replace),
+            None => BaggageRewrite::Remove,
+        }
+    }
+
+    /// Whether the client's own `baggage` fields go upstream as they came.
+    #[inline]
+    pub(crate) fn keeps_the_clients(&self) -> bool {
+        matches!(self, BaggageRewrite::Keep)
+    }
 }
 
 impl<'a> Forwarding<'a> {
@@ -179,16 +227,19 @@ impl<'a> Forwarding<'a> {
         proto: &'static str,
         decision: &Decision,
         request_id: Option<&'a RequestId>,
+        fields: &impl Fields,
     ) -> Forwarding<'a> {
+        let trusted = route.override_.as_ref().is_some_and(|o| o.trusts(client));
         Forwarding {
             proto,
             variant: decision.variant.as_str(),
             untrusted_override: route
                 .override_
                 .as_ref()
-                .filter(|o| !o.trusts(client))
+                .filter(|_| !trusted)
                 .map(|o| &o.header),
             request_id,
+            baggage: BaggageRewrite::new(route, trusted, decision.variant, fields),
         }
     }
 }
@@ -351,6 +402,15 @@ pub(crate) fn forward_headers(
         X_COHORT_VARIANT.clone(),
         HeaderValue::from_static(fwd.variant),
     );
+    match &fwd.baggage {
+        BaggageRewrite::Keep => {}
+        BaggageRewrite::Replace(value) => {
+            headers.insert(BAGGAGE, value.clone());
+        }
+        BaggageRewrite::Remove => {
+            headers.remove(BAGGAGE);
+        }
+    }
     if let Some(id) = fwd.request_id {
         // Hex digits and hyphens: always a valid header value.
         if let Ok(value) = HeaderValue::from_bytes(id.as_bytes()) {
@@ -538,6 +598,7 @@ mod tests {
             "x-forwarded-host",
             "x-cohort-variant",
             "x-request-id",
+            "baggage",
         ] {
             let field = Field::of(name);
             assert_eq!(field.name(), name);

@@ -47,6 +47,10 @@ pub enum Malformed {
     HeadTimeout,
     /// A request body over its route's `max_body`.
     BodyTooLarge,
+    /// A request body whose client sent nothing for its route's `timeouts.idle`
+    /// before any response (hyper's engine; cohort's own path reads a body whole
+    /// within `header_timeout`).
+    BodyStalled,
 }
 
 impl Malformed {
@@ -58,7 +62,7 @@ impl Malformed {
 
 impl Malformed {
     /// Every kind, for tests and for anything that must list them.
-    pub const ALL: [Malformed; 8] = [
+    pub const ALL: [Malformed; 9] = [
         Malformed::InvalidRequest,
         Malformed::UnsupportedTransferCoding,
         Malformed::InvalidBody,
@@ -67,6 +71,7 @@ impl Malformed {
         Malformed::UriTooLong,
         Malformed::HeadTimeout,
         Malformed::BodyTooLarge,
+        Malformed::BodyStalled,
     ];
 
     /// The `reason` of the log line.
@@ -80,6 +85,7 @@ impl Malformed {
             Malformed::UriTooLong => "uri_too_long",
             Malformed::HeadTimeout => "head_timeout",
             Malformed::BodyTooLarge => "body_too_large",
+            Malformed::BodyStalled => "body_stalled",
         }
     }
 }
@@ -141,6 +147,12 @@ pub(crate) fn answer(malformed: Malformed) -> Rejection {
         Malformed::BodyTooLarge => Rejection {
             status: StatusCode::PAYLOAD_TOO_LARGE,
             body: "request body too large\n",
+            close: true,
+        },
+        // The rest of the body may never come: nothing after it can be read.
+        Malformed::BodyStalled => Rejection {
+            status: StatusCode::REQUEST_TIMEOUT,
+            body: "request body stalled\n",
             close: true,
         },
     }
@@ -232,6 +244,7 @@ mod tests {
                 "request head not received in time\n",
             ),
             (Malformed::BodyTooLarge, 413, "request body too large\n"),
+            (Malformed::BodyStalled, 408, "request body stalled\n"),
         ];
         assert_eq!(cases.len(), Malformed::ALL.len());
         for (malformed, status, body) in cases {

@@ -17,7 +17,7 @@ use crate::metrics::Metrics;
 use crate::runtime::guard::{self, Guards};
 use crate::runtime::reload::{self, Control, ReloadError};
 use crate::runtime::snapshot::{SharedSnapshot, Snapshot};
-use crate::upstream::Pool;
+use crate::upstream::{Pool, Resolve, Resolver};
 
 /// State shared by the workers, the admin listener and (later) reloads.
 pub struct State {
@@ -60,9 +60,33 @@ pub struct Running {
     control_tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
+/// What an embedder (or a test) may set beyond the config when starting cohort.
+#[derive(Clone, Default)]
+pub struct StartOptions {
+    resolver: Option<Arc<dyn Resolve>>,
+}
+
+impl StartOptions {
+    pub fn new() -> StartOptions {
+        StartOptions::default()
+    }
+
+    /// Resolve endpoint host names with `resolver` instead of the system's (see
+    /// [`Resolve`] for when it is asked and what a failure does).
+    pub fn resolver(mut self, resolver: impl Resolve) -> StartOptions {
+        self.resolver = Some(Arc::new(resolver));
+        self
+    }
+}
+
 /// Binds the listeners and starts serving `config`. Must run inside a tokio runtime,
 /// which then hosts the admin listener; the proxy runs on its own worker threads.
 pub async fn start(config: Loaded) -> Result<Running, StartError> {
+    start_with(config, StartOptions::default()).await
+}
+
+/// [`start`] with [`StartOptions`].
+pub async fn start_with(config: Loaded, options: StartOptions) -> Result<Running, StartError> {
     let credentials = reload::credentials(&config)?;
     // Found now, not at the first rollback: a kill switch that cannot be remembered
     // would send users back to a failed canary after the next restart.
@@ -130,6 +154,8 @@ pub async fn start(config: Loaded) -> Result<Running, StartError> {
         guards,
     });
 
+    // One resolver for every worker, so a name's last good addresses are shared.
+    let resolver = options.resolver.map(Resolver::new).unwrap_or_default();
     let (stop, stop_rx) = watch::channel(false);
     let mut handles = Vec::with_capacity(workers);
     for id in 0..workers {
@@ -137,7 +163,7 @@ pub async fn start(config: Loaded) -> Result<Running, StartError> {
             let ctx = ProxyContext {
                 snapshot: state.snapshot.clone(),
                 metrics: state.metrics.clone(),
-                pool: Pool::new(),
+                pool: Pool::with_resolver(resolver.clone()),
                 h1_pool: Default::default(),
                 scheme: if tls { "https" } else { "http" },
                 limits: state.snapshot.load().config.listen.limits,

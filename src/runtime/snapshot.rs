@@ -196,7 +196,8 @@ impl RouteState {
     }
 
     /// Counts one finished request: metrics, the minute window, and the guard's window
-    /// (overrides excluded: a forced request says nothing about the cohort's health).
+    /// (forced ones, by override or followed baggage, excluded: they say nothing
+    /// about the cohort's health).
     pub fn finished(
         &self,
         variant: Variant,
@@ -207,7 +208,7 @@ impl RouteState {
     ) {
         self.metrics.variant(variant).finished(status, elapsed, cut);
         if let Some(window) = self.memory.window(variant) {
-            if source != AssignSource::Override {
+            if !source.is_forced() {
                 let now = self.metrics.variant(variant).clock_now();
                 window.record(now, cut || status >= 500, elapsed.as_secs_f64());
             }

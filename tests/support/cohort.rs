@@ -31,8 +31,28 @@ impl TestCohort {
     /// Starts cohort from a config file the test wrote itself; `dir` lives as long as
     /// the instance (put what must outlive it, such as a `state_dir`, elsewhere).
     pub async fn start_from(config_path: &std::path::Path, dir: tempfile::TempDir) -> TestCohort {
+        TestCohort::start_from_with(config_path, dir, ::cohort::StartOptions::new()).await
+    }
+
+    /// [`TestCohort::start`] with start options (a resolver of the test's own, say).
+    pub async fn start_with(
+        config: impl Into<Config>,
+        options: ::cohort::StartOptions,
+    ) -> TestCohort {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config_path = config.into().write(dir.path());
+        TestCohort::start_from_with(&config_path, dir, options).await
+    }
+
+    async fn start_from_with(
+        config_path: &std::path::Path,
+        dir: tempfile::TempDir,
+        options: ::cohort::StartOptions,
+    ) -> TestCohort {
         let config = ::cohort::config::load(config_path).unwrap_or_else(|e| panic!("{e}"));
-        let running = ::cohort::start(config).await.expect("start cohort");
+        let running = ::cohort::start_with(config, options)
+            .await
+            .expect("start cohort");
         TestCohort {
             proxy: running.proxy_addr(),
             admin: running.admin_addr(),

@@ -281,6 +281,12 @@ impl Route {
         self
     }
 
+    /// `timeouts.idle`: how long a body may go without a byte moving either way.
+    pub fn stream_idle_timeout(mut self, duration: &str) -> Route {
+        self.timeouts.push(format!("idle = {}", quoted(duration)));
+        self
+    }
+
     /// The stable variant: `upstream` as its one endpoint.
     pub fn stable(self, upstream: &FakeUpstream) -> Route {
         self.stable_urls(&[&upstream.url()])
@@ -351,6 +357,44 @@ impl Route {
         self.tables
             .push(format!("[routes.guard]\n{}\n", guard.lines.join("\n")));
         self
+    }
+
+    /// A `[[routes.segments]]` rule with inline `values`.
+    pub fn segment(mut self, on: &str, values: &[&str], variant: &str) -> Route {
+        self.tables.push(format!(
+            "[[routes.segments]]\nmatch = {}\nvalues = {}\nvariant = {}\n",
+            quoted(on),
+            quoted_list(values),
+            quoted(variant)
+        ));
+        self
+    }
+
+    /// A `[[routes.segments]]` rule reading its values from `file`.
+    pub fn segment_file(mut self, on: &str, file: &Path, variant: &str) -> Route {
+        self.tables.push(format!(
+            "[[routes.segments]]\nmatch = {}\nvalues_file = {}\nvariant = {}\n",
+            quoted(on),
+            quoted_path(file),
+            quoted(variant)
+        ));
+        self
+    }
+
+    /// `propagate`: the baggage member `cohort.<name>` set on forwarded requests.
+    pub fn propagate(self, name: &str) -> Route {
+        self.key("propagate", &quoted(name))
+    }
+
+    /// `follow`: the baggage member `cohort.<name>` believed from trusted peers.
+    pub fn follow(self, name: &str) -> Route {
+        self.key("follow", &quoted(name))
+    }
+
+    /// `hash = "nginx"` with `nginx_key`.
+    pub fn nginx_hash(self, nginx_key: &str) -> Route {
+        self.key("hash", &quoted("nginx"))
+            .key("nginx_key", &quoted(nginx_key))
     }
 
     fn key(mut self, key: &str, value: &str) -> Route {

@@ -78,6 +78,14 @@ pub enum Reply {
     /// `200` headers (chunked, or with `Content-Length: promised`), `sent` pattern
     /// bytes, then the connection is cut.
     CutBody { sent: usize, promised: Option<u64> },
+    /// `200` with `Content-Length: len`, then the body one byte every `every`: slow,
+    /// but never idle for longer than `every`.
+    Drip { len: u64, every: Duration },
+    /// `200` with `Content-Length: promised`, `sent` pattern bytes, then nothing, the
+    /// stream left open until the peer resets it or the connection closes. (Over
+    /// HTTP/2, where a reset drops the body; an HTTP/1.1 stall is
+    /// `RawUpstream::start_then` with [`AfterReply::Hold`].)
+    StallBody { sent: usize, promised: u64 },
 }
 
 struct UpstreamState {
@@ -393,6 +401,22 @@ async fn answer(state: &Arc<UpstreamState>, mut req: Request<Incoming>) -> Respo
             }
             resp
         }
+        Reply::StallBody { sent, promised } => {
+            let mut resp = Response::new(boxed(StallBody {
+                head: Some(PatternBody::new(sent as u64, false)),
+            }));
+            resp.headers_mut().insert(CONTENT_LENGTH, promised.into());
+            resp
+        }
+        Reply::Drip { len, every } => {
+            let mut resp = Response::new(boxed(Drip {
+                left: len,
+                every,
+                next: Box::pin(tokio::time::sleep(every)),
+            }));
+            resp.headers_mut().insert(CONTENT_LENGTH, len.into());
+            resp
+        }
     };
     *resp.status_mut() = status;
     let headers = resp.headers_mut();
@@ -454,6 +478,57 @@ impl Body for CutBody {
     }
 }
 
+/// Some pattern bytes, then a body that never goes on (nor wakes anyone).
+struct StallBody {
+    head: Option<PatternBody>,
+}
+
+impl Body for StallBody {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
+        if let Some(head) = &mut self.head {
+            match Pin::new(head).poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => return Poll::Ready(Some(Ok(frame))),
+                _ => self.head = None,
+            }
+        }
+        Poll::Pending
+    }
+}
+
+/// A body of `left` bytes (`.`), one every `every`.
+struct Drip {
+    left: u64,
+    every: Duration,
+    next: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl Body for Drip {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        if self.left == 0 {
+            return Poll::Ready(None);
+        }
+        std::task::ready!(self.next.as_mut().poll(cx));
+        let every = self.every;
+        self.next
+            .as_mut()
+            .reset(tokio::time::Instant::now() + every);
+        self.left -= 1;
+        Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(b".")))))
+    }
+}
+
 /// A loopback address nothing listens on: connecting is refused at once.
 pub fn refused_addr() -> SocketAddr {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
@@ -504,24 +579,57 @@ impl Blackhole {
     }
 }
 
+/// What a [`RawUpstream`] does once it has written its reply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AfterReply {
+    /// Closes the connection (FIN).
+    Close,
+    /// Resets it (RST: `SO_LINGER` 0, then close), as a crashed process's kernel does.
+    Reset,
+    /// Writes nothing more and keeps it open until the peer closes it: a stalled
+    /// upstream (before its headers when the reply is empty, mid-body when it promised
+    /// more than it wrote).
+    Hold,
+}
+
 /// A TCP server that is not HTTP-aware: for every connection it reads the request head,
-/// writes `reply` verbatim (possibly nothing, or garbage) and closes.
+/// writes `reply` verbatim (possibly nothing, or garbage) and closes (or what
+/// [`AfterReply`] says).
 pub struct RawUpstream {
     pub addr: SocketAddr,
     accepted: Arc<AtomicUsize>,
+    open: Arc<AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
+}
+
+/// Decrements a connection count when the connection it tracks ends.
+struct CountGuard(Arc<AtomicUsize>);
+
+impl Drop for CountGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl RawUpstream {
     pub async fn start(reply: &'static [u8]) -> RawUpstream {
+        RawUpstream::start_then(reply, AfterReply::Close).await
+    }
+
+    /// Writes `reply` to each connection, then does `after`.
+    pub async fn start_then(reply: &'static [u8], after: AfterReply) -> RawUpstream {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let accepted = Arc::new(AtomicUsize::new(0));
-        let counter = accepted.clone();
+        let open = Arc::new(AtomicUsize::new(0));
+        let (counter, open_counter) = (accepted.clone(), open.clone());
         let task = tokio::spawn(async move {
             while let Ok((mut stream, _)) = listener.accept().await {
                 counter.fetch_add(1, Ordering::SeqCst);
+                open_counter.fetch_add(1, Ordering::SeqCst);
+                let guard = CountGuard(open_counter.clone());
                 tokio::spawn(async move {
+                    let _guard = guard;
                     let mut head = Vec::new();
                     let mut chunk = [0u8; 4096];
                     while !head.windows(4).any(|w| w == b"\r\n\r\n") {
@@ -531,15 +639,36 @@ impl RawUpstream {
                         }
                     }
                     let _ = stream.write_all(reply).await;
-                    let _ = stream.shutdown().await;
+                    match after {
+                        AfterReply::Close => {
+                            let _ = stream.shutdown().await;
+                        }
+                        AfterReply::Reset => {
+                            // Let the reply be read first: a reset can discard what
+                            // the peer has not read yet.
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                            let _ =
+                                socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
+                        }
+                        // Until the peer closes (or the server is dropped); whatever
+                        // else it sends is ignored.
+                        AfterReply::Hold => while let Ok(1..) = stream.read(&mut chunk).await {},
+                    }
                 });
             }
         });
         RawUpstream {
             addr,
             accepted,
+            open,
             task,
         }
+    }
+
+    /// Connections still open (a [`AfterReply::Hold`] server's count falls as its
+    /// peer closes them).
+    pub fn open_connections(&self) -> usize {
+        self.open.load(Ordering::SeqCst)
     }
 
     pub fn url(&self) -> String {

@@ -14,6 +14,7 @@ use serde::Serialize;
 use super::ConfigWarning;
 use crate::cohort::BasisPoints;
 use crate::rollout::{Guard, GuardAction, Rollout};
+use crate::segment::{Segment, ValueSet};
 
 pub const DEFAULT_CONFIG_PATH: &str = "config/cohort.toml";
 pub const DEFAULT_OVERRIDE_HEADER: &str = "x-cohort-variant";
@@ -43,7 +44,7 @@ impl Config {
     }
 
     /// Every file the config names besides itself (certificates, keys, CAs, the admin
-    /// token), each once, in file order: what the shell reads with the config, and
+    /// token, segments' values files), each once, in file order: what the shell reads with the config, and
     /// watches beside it, so a change to any of them is a reload.
     pub fn named_files(&self) -> Vec<&Path> {
         fn server(tls: &ServerTls) -> [Option<&Path>; 3] {
@@ -65,7 +66,11 @@ impl Config {
             let variants = [&route.stable, &route.canary]
                 .into_iter()
                 .flat_map(|u| u.tls.iter().flat_map(upstream));
-            sni.chain(variants)
+            let values = route
+                .segments
+                .iter()
+                .map(|segment| segment.values_file.as_deref());
+            sni.chain(variants).chain(values)
         });
         for file in listen.chain([token]).chain(routes).flatten() {
             if !files.contains(&file) {
@@ -73,6 +78,45 @@ impl Config {
             }
         }
         files
+    }
+
+    /// Adds each segment's `values_file` to its values. `read` hands in a file's text
+    /// (the shell reads it); a file that cannot be read or holds a bad value fails the
+    /// whole config, naming the key, so a reload keeps the old values serving.
+    pub fn load_values_files(
+        &mut self,
+        mut read: impl FnMut(&Path) -> Result<String, String>,
+    ) -> Result<(), super::ConfigError> {
+        let mut issues = Vec::new();
+        for (r, route) in self.routes.iter_mut().enumerate() {
+            for (s, segment) in route.segments.iter_mut().enumerate() {
+                let Some(path) = segment.values_file.as_deref() else {
+                    continue;
+                };
+                let key = format!("routes[{r}].segments[{s}].values_file");
+                let loaded = read(path).and_then(|text| {
+                    ValueSet::parse(&segment.on, crate::segment::file_values(&text))
+                        .map_err(|e| format!("{}: {e}", path.display()))
+                });
+                match loaded {
+                    Ok(values) => {
+                        let mut set = ValueSet::clone(&segment.set);
+                        set.extend(values);
+                        segment.values_count = set.len();
+                        segment.set = std::sync::Arc::new(set);
+                    }
+                    Err(reason) => issues.push(super::ConfigIssue { key, reason }),
+                }
+            }
+        }
+        if issues.is_empty() {
+            Ok(())
+        } else {
+            Err(super::ConfigError {
+                file: self.source.clone(),
+                issues,
+            })
+        }
     }
 }
 
@@ -193,9 +237,37 @@ pub struct Route {
     pub guard: Option<Guard>,
     /// Request bodies above this many bytes: 413 (DESIGN §10).
     pub max_body: u64,
+    /// Rules tried before the percentage, in order (DESIGN §11).
+    pub segments: Vec<Segment>,
+    /// `cohort.<NAME>` set in the forwarded request's W3C baggage.
+    pub propagate: Option<String>,
+    /// `cohort.<NAME>` of the inbound baggage, believed from `override.trusted` peers.
+    pub follow: Option<String>,
+    /// How keys become buckets.
+    #[serde(flatten)]
+    pub hash: Hash,
+}
+
+/// How a route turns a key into a bucket (DESIGN §1.5, §11).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "hash", rename_all = "lowercase")]
+pub enum Hash {
+    /// XXH3-64 over `salt ‖ 0x00 ‖ key`: cohort's own.
+    Xxh3,
+    /// NGINX `split_clients` over `nginx_key` with `${key}` replaced.
+    Nginx { nginx_key: String },
 }
 
 impl Route {
+    /// The key's bucket and variant at canary share `canary`, by the route's hash.
+    #[inline]
+    pub fn assign(&self, key: &[u8], canary: BasisPoints) -> (u16, crate::cohort::Variant) {
+        match &self.hash {
+            Hash::Xxh3 => crate::cohort::assign(&self.salt, key, canary),
+            Hash::Nginx { nginx_key } => crate::split_clients::assign(nginx_key, key, canary),
+        }
+    }
+
     /// What a guard's rollback belongs to: route name + salt (+ `start` for a rollout),
     /// so a new rollout (new salt or start) starts clean.
     pub fn rollout_identity(&self) -> String {
@@ -210,7 +282,7 @@ pub const DEFAULT_GUARD_WINDOW: Duration = Duration::from_secs(30);
 pub const DEFAULT_GUARD_MIN_REQUESTS: u64 = 50;
 /// Longest guard window: windows are bounded, fixed-size buckets.
 pub const MAX_GUARD_WINDOW: Duration = Duration::from_secs(3600);
-/// Longest `timeouts.connect` / `timeouts.request`.
+/// Longest `timeouts.connect` / `timeouts.request` / `timeouts.idle`.
 pub const MAX_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
 /// Most worker threads `listen.workers` may ask for (each holds per-route metric lanes).
 pub const MAX_WORKERS: usize = 1024;
@@ -362,6 +434,13 @@ pub struct Timeouts {
     /// Time allowed until the upstream's response headers arrive.
     #[serde(serialize_with = "ser_duration")]
     pub request: Duration,
+    /// The stream idle timeout: how long a request or response body may go without a
+    /// byte moving before cohort ends the stream (a stalled upload: 408; a response
+    /// body stalled after its headers: the client's stream is cut, `kind="timeout"`).
+    /// Envoy's `stream_idle_timeout`, with its default; never off (a long-poll or SSE
+    /// route that is quiet for longer sets a longer one, up to 24h).
+    #[serde(serialize_with = "ser_duration")]
+    pub idle: Duration,
 }
 
 impl Default for Timeouts {
@@ -369,6 +448,7 @@ impl Default for Timeouts {
         Timeouts {
             connect: Duration::from_secs(1),
             request: Duration::from_secs(30),
+            idle: Duration::from_secs(5 * 60),
         }
     }
 }

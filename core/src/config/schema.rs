@@ -128,6 +128,24 @@ pub(crate) struct RawRoute {
     pub(crate) rollout: Option<RawRollout>,
     pub(crate) guard: Option<RawGuard>,
     pub(crate) max_body: Option<RawSize>,
+    // Targeting and the call chain (DESIGN §11).
+    #[serde(default)]
+    pub(crate) segments: Vec<RawSegment>,
+    pub(crate) propagate: Option<String>,
+    pub(crate) follow: Option<String>,
+    pub(crate) hash: Option<String>,
+    pub(crate) nginx_key: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawSegment {
+    #[serde(rename = "match")]
+    pub(crate) on: String,
+    #[serde(default)]
+    pub(crate) values: Vec<String>,
+    pub(crate) values_file: Option<String>,
+    pub(crate) variant: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -189,6 +207,7 @@ pub(crate) struct RawOverride {
 pub(crate) struct RawTimeouts {
     pub(crate) connect: Option<String>,
     pub(crate) request: Option<String>,
+    pub(crate) idle: Option<String>,
 }
 
 /// A percentage as written in TOML: an integer (`10`) or a float (`2.5`).

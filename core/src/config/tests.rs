@@ -47,6 +47,8 @@ fn minimal_config_gets_documented_defaults() {
     assert!(r.sticky.is_empty());
     assert!(r.canary.endpoints.is_empty());
     assert_eq!(r.timeouts, Timeouts::default());
+    // Envoy's stream_idle_timeout default.
+    assert_eq!(r.timeouts.idle, Duration::from_secs(300));
 }
 
 #[test]
@@ -71,7 +73,7 @@ canary_percent = 2.5
 stable = { endpoints = ["http://stable:9001", "http://[::1]:9003"] }
 canary = { endpoints = ["http://canary"] }
 override = { trusted = ["10.0.0.0/8", "127.0.0.1"] }
-timeouts = { connect = "250ms", request = "2s" }
+timeouts = { connect = "250ms", request = "2s", idle = "90s" }
 "#,
     );
     assert_eq!(c.listen.variant_header, None);
@@ -100,6 +102,7 @@ timeouts = { connect = "250ms", request = "2s" }
     assert!(!o.trusts("127.0.0.2".parse().unwrap()));
     assert_eq!(r.timeouts.connect, Duration::from_millis(250));
     assert_eq!(r.timeouts.request, Duration::from_secs(2));
+    assert_eq!(r.timeouts.idle, Duration::from_secs(90));
 }
 
 #[test]
@@ -215,6 +218,19 @@ fn bad_values_are_rejected() {
         (
             "timeouts = { connect = \"25h\" }",
             "routes[0].timeouts.connect: must be at most 24h",
+        ),
+        (
+            // Never off: a quiet long-poll route sets a long one instead.
+            "timeouts = { idle = \"0s\" }",
+            "routes[0].timeouts.idle: must be greater than zero",
+        ),
+        (
+            "timeouts = { idle = \"2d\" }",
+            "routes[0].timeouts.idle: must be at most 24h",
+        ),
+        (
+            "timeouts = { idle = \"forever\" }",
+            "routes[0].timeouts.idle: \"forever\" is not a duration",
         ),
         (
             "sticky = [\"cookie:\"]",
@@ -586,5 +602,130 @@ fn limits_must_be_non_zero_and_bounded() {
             err.contains(expected),
             "{body}: missing {expected:?} in:\n{err}"
         );
+    }
+}
+
+const TARGETING: &str = r#"
+[[routes]]
+name = "web"
+salt = "s"
+stable = { endpoints = ["http://127.0.0.1:1"] }
+propagate = "checkout-v2"
+follow = "checkout-v2"
+[[routes.segments]]
+match = "header:x-team"
+values = ["qa", "dev"]
+variant = "canary"
+[[routes.segments]]
+match = "ip"
+values = ["10.0.0.0/8"]
+values_file = "offices.txt"
+variant = "stable"
+"#;
+
+#[test]
+fn segments_propagation_and_hash_are_compiled() {
+    let config = parse_ok(TARGETING);
+    let route = &config.routes[0];
+    assert_eq!(route.segments.len(), 2);
+    assert_eq!(route.segments[0].values_count, 2);
+    assert_eq!(
+        route.segments[1].values_file.as_deref(),
+        Some(Path::new("config/offices.txt"))
+    );
+    assert_eq!(route.propagate.as_deref(), Some("checkout-v2"));
+    assert_eq!(route.hash, Hash::Xxh3);
+    assert!(config
+        .named_files()
+        .contains(&Path::new("config/offices.txt")));
+    let nginx = parse_ok(&MINIMAL.replace("[[routes]]", "[[routes]]\nhash = \"nginx\""));
+    assert_eq!(
+        nginx.routes[0].hash,
+        Hash::Nginx {
+            nginx_key: "${key}".into()
+        }
+    );
+}
+
+#[test]
+fn values_files_are_read_through_the_shell_and_join_the_inline_values() {
+    let mut config = parse_ok(TARGETING);
+    config
+        .load_values_files(|path| {
+            assert_eq!(path, Path::new("config/offices.txt"));
+            Ok("# offices\n192.0.2.0/24\n".into())
+        })
+        .expect("good file");
+    assert_eq!(config.routes[0].segments[1].values_count, 2);
+    let mut config = parse_ok(TARGETING);
+    let err = config
+        .load_values_files(|_| Ok("192.0.2.0/24\nnot-an-address\n".into()))
+        .expect_err("bad line");
+    assert_eq!(
+        err.to_string(),
+        "config/cohort.toml: routes[0].segments[1].values_file: config/offices.txt: line 2: \"not-an-address\" is not a CIDR or IP address"
+    );
+    let mut config = parse_ok(TARGETING);
+    let err = config
+        .load_values_files(|_| Err("cannot read: No such file or directory".into()))
+        .expect_err("missing file");
+    assert!(
+        err.to_string().contains("values_file: cannot read"),
+        "{err}"
+    );
+}
+
+#[test]
+fn bad_targeting_is_rejected_with_its_key() {
+    let cases = [
+        (
+            "match = \"header:x-team\"",
+            "match = \"query:x\"",
+            "routes[0].segments[0].match: \"query:x\" is not a segment match",
+        ),
+        (
+            "variant = \"canary\"",
+            "variant = \"blue\"",
+            "routes[0].segments[0].variant: \"blue\" is neither",
+        ),
+        (
+            "values = [\"qa\", \"dev\"]",
+            "values = []",
+            "routes[0].segments[0]: needs values or a values_file",
+        ),
+        (
+            "values = [\"10.0.0.0/8\"]",
+            "values = [\"10.0.0.0/33\"]",
+            "routes[0].segments[1]: values[0]: \"10.0.0.0/33\" is not a CIDR",
+        ),
+        (
+            "propagate = \"checkout-v2\"",
+            "propagate = \"a b\"",
+            "routes[0].propagate: \"a b\" must be a token",
+        ),
+        (
+            "follow = \"checkout-v2\"",
+            "follow = \"\"",
+            "routes[0].follow: \"\" must be a token",
+        ),
+        (
+            "propagate = \"checkout-v2\"",
+            "hash = \"md5\"",
+            "routes[0].hash: \"md5\" is neither",
+        ),
+        (
+            "propagate = \"checkout-v2\"",
+            "nginx_key = \"${key}\"",
+            "routes[0].nginx_key: needs hash = \"nginx\"",
+        ),
+        (
+            "propagate = \"checkout-v2\"",
+            "hash = \"nginx\"\nnginx_key = \"$key\"",
+            "routes[0].nginx_key: \"$key\" must contain ${key}",
+        ),
+    ];
+    for (from, to, expected) in cases {
+        let err = parse_err(&TARGETING.replacen(from, to, 1));
+        assert!(err.contains(expected), "{to}: {err}");
     }
 }

@@ -11,8 +11,13 @@ use ipnet::IpNet;
 use super::model::*;
 use super::schema::*;
 use super::{ConfigError, ConfigIssue, ConfigWarning};
-use crate::cohort::BasisPoints;
+use std::sync::Arc;
+
+use crate::baggage;
+use crate::cohort::{BasisPoints, Variant};
 use crate::rollout::{self, Guard, GuardAction, Rollout};
+use crate::segment::{Segment, SegmentMatch, ValueSet};
+use crate::split_clients::KEY_PLACEHOLDER;
 
 /// Checks every rule on `raw`, read from `file`: the config, or every problem found.
 pub(crate) fn validate(raw: RawConfig, file: &Path) -> Result<Config, ConfigError> {
@@ -363,6 +368,19 @@ impl Validator<'_> {
         let guard = raw
             .guard
             .and_then(|g| self.guard(&format!("{key}.guard"), g, rollout.is_some()));
+        let segments = raw
+            .segments
+            .into_iter()
+            .enumerate()
+            .filter_map(|(i, s)| self.segment(&format!("{key}.segments[{i}]"), s))
+            .collect();
+        let propagate = raw
+            .propagate
+            .filter(|name| self.baggage_name(&format!("{key}.propagate"), name));
+        let follow = raw
+            .follow
+            .filter(|name| self.baggage_name(&format!("{key}.follow"), name));
+        let hash = self.hash(key, raw.hash.as_deref(), raw.nginx_key);
         (self.issues.len() == before).then_some(Route {
             name,
             host,
@@ -378,7 +396,99 @@ impl Validator<'_> {
             rollout,
             guard,
             max_body,
+            segments,
+            propagate,
+            follow,
+            hash,
         })
+    }
+
+    fn segment(&mut self, key: &str, raw: RawSegment) -> Option<Segment> {
+        let on = match SegmentMatch::parse(&raw.on) {
+            Ok(on) => on,
+            Err(reason) => {
+                self.fail(format!("{key}.match"), reason);
+                return None;
+            }
+        };
+        let variant = match raw.variant.as_str() {
+            "stable" => Variant::Stable,
+            "canary" => Variant::Canary,
+            other => {
+                self.fail(
+                    format!("{key}.variant"),
+                    format!("{other:?} is neither \"stable\" nor \"canary\""),
+                );
+                return None;
+            }
+        };
+        if raw.values.is_empty() && raw.values_file.is_none() {
+            self.fail(key, "needs values or a values_file");
+            return None;
+        }
+        let inline = raw
+            .values
+            .iter()
+            .enumerate()
+            .map(|(i, v)| (format!("values[{i}]"), v.trim()));
+        let set = match ValueSet::parse(&on, inline) {
+            Ok(set) => set,
+            Err(reason) => {
+                self.fail(key, reason);
+                return None;
+            }
+        };
+        Some(Segment {
+            on,
+            variant,
+            values_count: set.len(),
+            values: raw.values,
+            values_file: raw.values_file.map(|p| self.resolve(&p)),
+            set: Arc::new(set),
+        })
+    }
+
+    /// The NAME of a `cohort.<NAME>` baggage member: a token.
+    fn baggage_name(&mut self, key: &str, name: &str) -> bool {
+        let ok = baggage::valid_name(name);
+        if !ok {
+            self.fail(
+                key,
+                format!("{name:?} must be a token (letters, digits and !#$%&'*+-.^_`|~)"),
+            );
+        }
+        ok
+    }
+
+    fn hash(&mut self, key: &str, hash: Option<&str>, nginx_key: Option<String>) -> Hash {
+        match (hash.unwrap_or("xxh3"), nginx_key) {
+            ("xxh3", None) => Hash::Xxh3,
+            ("xxh3", Some(_)) => {
+                self.fail(format!("{key}.nginx_key"), "needs hash = \"nginx\"");
+                Hash::Xxh3
+            }
+            ("nginx", None) => Hash::Nginx {
+                nginx_key: KEY_PLACEHOLDER.to_owned(),
+            },
+            ("nginx", Some(template)) => {
+                if !template.contains(KEY_PLACEHOLDER) {
+                    self.fail(
+                        format!("{key}.nginx_key"),
+                        format!("{template:?} must contain {KEY_PLACEHOLDER}, where the cohort key goes"),
+                    );
+                }
+                Hash::Nginx {
+                    nginx_key: template,
+                }
+            }
+            (other, _) => {
+                self.fail(
+                    format!("{key}.hash"),
+                    format!("{other:?} is neither \"xxh3\" nor \"nginx\""),
+                );
+                Hash::Xxh3
+            }
+        }
     }
 
     fn rollout(&mut self, key: &str, raw: RawRollout) -> Option<Rollout> {
@@ -769,6 +879,7 @@ impl Validator<'_> {
         Timeouts {
             connect: timeout("connect", raw.connect, defaults.connect),
             request: timeout("request", raw.request, defaults.request),
+            idle: timeout("idle", raw.idle, defaults.idle),
         }
     }
 

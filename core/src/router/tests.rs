@@ -3,6 +3,7 @@ use std::path::Path;
 use http::HeaderName;
 
 use super::*;
+use crate::cohort;
 use crate::config;
 
 fn routes(text: &str) -> Vec<Route> {
@@ -299,4 +300,165 @@ fn set_cookie_has_the_documented_attributes() {
     );
     let tls = cohort_id_cookie("abc", true).unwrap();
     assert!(tls.to_str().unwrap().ends_with("; Secure"));
+}
+
+fn decide_one(route: &Route, pairs: &[(&str, &str)], client: &str) -> Decision {
+    let bp = BasisPoints::from_percent(50.0).expect("50 %");
+    let client: IpAddr = client.parse().expect("address");
+    decide(route, bp, &headers(pairs), client, || "drawn".to_owned())
+}
+
+/// DESIGN §11: override (trusted) > followed baggage (trusted) > first segment > percentage.
+#[test]
+fn precedence_is_override_then_baggage_then_segment_then_percentage() {
+    let rs = routes(&route_block(
+        "r",
+        r#"sticky = ["header:x-user"]
+follow = "rel"
+override = { trusted = ["10.0.0.0/8"] }
+[[routes.segments]]
+match = "header:x-team"
+values = ["qa"]
+variant = "canary"
+[[routes.segments]]
+match = "key"
+values = ["blocked-user"]
+variant = "stable""#,
+    ));
+    let route = &rs[0];
+    let trusted = "10.1.2.3";
+    let team = ("x-team", "qa");
+    let stable_baggage = ("baggage", "a=1,cohort.rel=stable");
+    let forced = ("x-cohort-variant", "stable");
+
+    let d = decide_one(route, &[team, stable_baggage, forced], trusted);
+    assert_eq!(
+        (d.variant, d.source),
+        (Variant::Stable, AssignSource::Override)
+    );
+
+    let d = decide_one(route, &[team, stable_baggage], trusted);
+    assert_eq!(
+        (d.variant, d.source),
+        (Variant::Stable, AssignSource::Propagated)
+    );
+    assert_eq!(d.segment, None);
+
+    // From an untrusted client neither the override nor the baggage counts.
+    let d = decide_one(route, &[team, stable_baggage, forced], "192.0.2.1");
+    assert_eq!(
+        (d.variant, d.source, d.segment),
+        (Variant::Canary, AssignSource::Segment, Some(0))
+    );
+
+    let d = decide_one(route, &[("x-user", "blocked-user"), team], "192.0.2.1");
+    assert_eq!(d.segment, Some(0), "the first matching rule decides");
+    let d = decide_one(route, &[("x-user", "blocked-user")], "192.0.2.1");
+    assert_eq!(
+        (d.variant, d.source, d.segment),
+        (Variant::Stable, AssignSource::Segment, Some(1))
+    );
+    assert!(d.bucket.is_some(), "the bucket is still reported");
+
+    let d = decide_one(route, &[("x-user", "someone")], "192.0.2.1");
+    assert_eq!((d.source, d.segment), (AssignSource::Header, None));
+}
+
+#[test]
+fn a_segment_places_a_keyless_client_and_still_gives_it_a_cohort_id() {
+    let rs = routes(&route_block(
+        "r",
+        "[[routes.segments]]\nmatch = \"ip\"\nvalues = [\"192.0.2.0/24\"]\nvariant = \"canary\"",
+    ));
+    let d = decide_one(&rs[0], &[], "192.0.2.200");
+    assert_eq!(
+        (d.variant, d.source),
+        (Variant::Canary, AssignSource::Segment)
+    );
+    assert_eq!(d.new_cohort_id.as_deref(), Some("drawn"));
+}
+
+#[test]
+fn baggage_is_not_followed_without_follow_or_trust() {
+    let no_follow = routes(&route_block(
+        "r",
+        "override = { trusted = [\"0.0.0.0/0\"] }",
+    ));
+    let no_trust = routes(&route_block("r", "follow = \"rel\""));
+    for route in [&no_follow[0], &no_trust[0]] {
+        let d = decide_one(route, &[("baggage", "cohort.rel=canary")], "10.0.0.1");
+        assert_ne!(d.source, AssignSource::Propagated);
+    }
+}
+
+#[test]
+fn forced_sources_are_the_override_and_the_baggage() {
+    let forced: Vec<_> = AssignSource::ALL
+        .into_iter()
+        .filter(|s| s.is_forced())
+        .collect();
+    assert_eq!(forced, [AssignSource::Override, AssignSource::Propagated]);
+}
+
+#[test]
+fn an_nginx_route_buckets_by_nginx_s_hash() {
+    let rs = routes(&route_block(
+        "r",
+        "sticky = [\"header:x-user\"]\nhash = \"nginx\"\nnginx_key = \"${key}AAA\"",
+    ));
+    let d = decide_one(&rs[0], &[("x-user", "user-42")], "192.0.2.1");
+    let hash = crate::split_clients::murmur_hash2(b"user-42AAA");
+    assert_eq!(d.bucket, Some(crate::split_clients::bucket(hash)));
+}
+
+#[test]
+fn a_described_request_is_decided_by_the_same_rules() {
+    let rs = routes(&route_block(
+        "r",
+        r#"override = { trusted = ["10.0.0.0/8"] }
+[[routes.segments]]
+match = "cookie:beta"
+values = ["yes"]
+variant = "canary"
+[[routes.segments]]
+match = "ip"
+values = ["192.0.2.0/24"]
+variant = "stable""#,
+    ));
+    let bp = BasisPoints::from_percent(0.0).expect("0 %");
+    let mut beta = Described::default();
+    beta.cookie("beta=yes").expect("cookie");
+    let d = beta.decide(&rs[0], bp, b"alice");
+    assert_eq!(
+        (d.variant, d.decided_by().as_str()),
+        (Variant::Canary, "segments[0]")
+    );
+    assert_eq!(d.bucket, Some(cohort::bucket("s", b"alice")));
+
+    let mut office = Described::default();
+    office.ip("192.0.2.9").expect("ip");
+    assert_eq!(
+        office.decide(&rs[0], bp, b"alice").decided_by(),
+        "segments[1]"
+    );
+    assert_eq!(
+        Described::default()
+            .decide(&rs[0], bp, b"alice")
+            .decided_by(),
+        "percentage"
+    );
+
+    let mut tester = Described::default();
+    tester.header("x-cohort-variant=canary").expect("header");
+    assert_eq!(
+        tester.decide(&rs[0], bp, b"a").decided_by(),
+        "percentage",
+        "no address: not trusted"
+    );
+    tester.ip("10.0.0.1").expect("ip");
+    assert_eq!(tester.decide(&rs[0], bp, b"a").decided_by(), "override");
+
+    assert!(Described::default().header("novalue").is_err());
+    assert!(Described::default().cookie("a=1; b=2").is_err());
+    assert!(Described::default().ip("10.0.0.0/8").is_err());
 }

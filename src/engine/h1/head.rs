@@ -12,8 +12,8 @@ use std::ops::Range;
 
 use http::{HeaderName, StatusCode};
 
-pub use crate::request::forward::Forwarding;
 use crate::request::forward::{is_trailers_only, Field};
+pub use crate::request::forward::{BaggageRewrite, Forwarding};
 use crate::request::reject::Malformed;
 use crate::router::Fields;
 
@@ -77,6 +77,13 @@ impl Fields for ParsedFields<'_, '_> {
         self.0
             .iter()
             .filter(|f| f.name.eq_ignore_ascii_case("x-forwarded-for"))
+            .map(|f| f.value)
+    }
+
+    fn baggage(&self) -> impl Iterator<Item = &[u8]> {
+        self.0
+            .iter()
+            .filter(|f| f.name.eq_ignore_ascii_case("baggage"))
             .map(|f| f.value)
     }
 }
@@ -284,6 +291,7 @@ pub fn write_upstream_request(
             Field::Te => !is_trailers_only(field.value),
             Field::XForwardedProto | Field::XForwardedHost | Field::XCohortVariant => true,
             Field::XRequestId => fwd.request_id.is_some(),
+            Field::Baggage => !fwd.baggage.keeps_the_clients(),
             _ => known.is_hop_by_hop(),
         } || connection.names(name)
             || fwd
@@ -325,6 +333,10 @@ pub fn write_upstream_request(
     }
     out.extend_from_slice(b"\r\nx-cohort-variant: ");
     out.extend_from_slice(fwd.variant.as_bytes());
+    if let BaggageRewrite::Replace(value) = &fwd.baggage {
+        out.extend_from_slice(b"\r\nbaggage: ");
+        out.extend_from_slice(value.as_bytes());
+    }
     if let Some(id) = fwd.request_id {
         out.extend_from_slice(id.field_line());
     }

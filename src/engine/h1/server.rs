@@ -358,7 +358,7 @@ fn prepare(
     // for an IPv4 address, where keeping it cost every idle connection 40 bytes of
     // state and a heap block.
     let peer_text = IpText::new(ip);
-    let forwarding = Forwarding::new(route, client, ctx.scheme, &decision, drawn);
+    let forwarding = Forwarding::new(route, client, ctx.scheme, &decision, drawn, &req.fields);
     head::write_upstream_request(&req, &forwarding, peer_text.as_bytes(), out);
     out.extend_from_slice(&buf[req.head_len..req.message_len()]);
     let completion = Completion::new(snap.clone(), index, &decision, start, access_log);
@@ -452,7 +452,7 @@ impl Forward {
         client: &mut TcpStream,
         request: Vec<u8>,
         draining: bool,
-        timer: Pin<&mut Sleep>,
+        mut timer: Pin<&mut Sleep>,
     ) -> bool {
         let snap = self.snap.clone();
         let (route, state) = snap.route(self.route);
@@ -461,12 +461,14 @@ impl Forward {
             set_cookie: self.set_cookie.as_ref().map(http::HeaderValue::as_bytes),
             close: self.close || draining,
         };
-        let client_watch = ClientWatch {
+        // The connection's one timer, lent to the wait for the response head, then to
+        // the body's idle timeout.
+        let mut client_watch = ClientWatch {
             client: &*client,
-            timer,
+            timer: timer.as_mut(),
         };
         let exchanged = self
-            .exchange(ctx, route, state, &request, client_watch, &deco)
+            .exchange(ctx, route, state, &request, &mut client_watch, &deco)
             .await;
         drop(request);
         let (conn, mut answer) = match exchanged {
@@ -499,6 +501,10 @@ impl Forward {
             log.endpoint = Some(conn.key().clone());
         }
         let mut body = Body::new(fin.framing);
+        let idle = Idle {
+            timer,
+            after: route.timeouts.idle,
+        };
         let relay = relay_body(
             conn,
             &mut answer.buf,
@@ -506,6 +512,7 @@ impl Forward {
             client,
             &mut answer.head,
             &mut body,
+            idle,
         )
         .await;
         if let Some(log) = completion.log() {
@@ -537,7 +544,7 @@ impl Forward {
         route: &Route,
         state: &RouteState,
         request: &[u8],
-        mut client_watch: ClientWatch<'_>,
+        client_watch: &mut ClientWatch<'_>,
         deco: &Decoration<'_>,
     ) -> Result<(Conn, Answer), Failure> {
         let timeouts = &route.timeouts;
@@ -557,7 +564,7 @@ impl Forward {
                 request,
                 timeouts.request,
                 head_request,
-                &mut client_watch,
+                client_watch,
                 deco,
             )
             .await
@@ -597,14 +604,14 @@ async fn connect_or_sibling<'a>(
     endpoints: &mut impl Iterator<Item = &'a Target>,
     timeout: Duration,
 ) -> Result<Conn, UpstreamError> {
-    match connect(target, timeout).await {
+    match connect(ctx, target, timeout).await {
         Ok(conn) => Ok(conn),
         Err(e) => match retry::another_endpoint(&e, &target.endpoint, endpoints) {
             Some(other) => {
                 *target = other;
                 match ctx.h1_pool.checkout(&other.authority) {
                     Some(conn) => Ok(conn),
-                    None => connect(other, timeout).await,
+                    None => connect(ctx, other, timeout).await,
                 }
             }
             None => Err(e),
@@ -614,9 +621,15 @@ async fn connect_or_sibling<'a>(
 
 /// Opens a new connection to an endpoint (boxed: rare on a warm pool, and its state
 /// should not widen every request's future).
-async fn connect(target: &Target, timeout: Duration) -> Result<Conn, UpstreamError> {
+async fn connect(
+    ctx: &ProxyContext,
+    target: &Target,
+    timeout: Duration,
+) -> Result<Conn, UpstreamError> {
     let key = &target.authority;
-    let stream = Box::pin(crate::upstream::connect_tcp(&target.endpoint, key, timeout)).await?;
+    let resolver = ctx.pool.resolver();
+    let connecting = crate::upstream::connect_tcp(&target.endpoint, key, resolver, timeout);
+    let stream = Box::pin(connecting).await?;
     Ok(Conn::new(stream, key))
 }
 
@@ -792,9 +805,18 @@ enum Relayed {
     ClientGone,
 }
 
+/// The stream idle timeout (`timeouts.idle`) of a response body, on the client
+/// connection's one timer.
+struct Idle<'a> {
+    timer: Pin<&'a mut Sleep>,
+    after: Duration,
+}
+
 /// Streams the response: the head in `out` with the body bytes already in `buf`
 /// (after `head_len`), then the rest as it arrives, one buffer at a time. `body`
-/// tracks the body's framing (the caller's, so it can read the payload relayed).
+/// tracks the body's framing (the caller's, so it can read the payload relayed). An
+/// upstream that sends nothing for `idle.after` has the body cut (the request body
+/// went whole with the head, so only the response can stall here).
 async fn relay_body(
     mut conn: Conn,
     buf: &mut Lent,
@@ -802,6 +824,7 @@ async fn relay_body(
     client: &mut TcpStream,
     out: &mut Lent,
     body: &mut Body,
+    mut idle: Idle<'_>,
 ) -> Relayed {
     let mut clean = true;
     let first = &buf[fin.head_len..];
@@ -817,7 +840,21 @@ async fn relay_body(
     }
     while !body.done() {
         buf.clear();
-        let n = match conn.stream.read_buf(&mut **buf).await {
+        // Moving the registered timer later is one atomic, so once per read is cheap;
+        // a body that came whole with its head never gets here.
+        let deadline = tokio::time::Instant::now() + idle.after;
+        idle.timer.as_mut().reset(deadline);
+        let read = tokio::select! {
+            biased;
+            read = conn.stream.read_buf(&mut **buf) => read,
+            () = idle.timer.as_mut() => {
+                return Relayed::UpstreamCut(Box::new(UpstreamError::IdleTimeout {
+                    authority: conn.key().to_string(),
+                    after: idle.after,
+                }));
+            }
+        };
+        let n = match read {
             Ok(n) => n,
             Err(e) => return cut(&conn, &e),
         };

@@ -23,6 +23,16 @@ fn upstream_with_id(
     untrusted_override: Option<&HeaderName>,
     drawn: Option<&crate::request::id::RequestId>,
 ) -> String {
+    upstream_with(raw, untrusted_override, drawn, BaggageRewrite::Keep)
+}
+
+/// The upstream head for `raw` as text, with every policy decision given.
+fn upstream_with(
+    raw: &str,
+    untrusted_override: Option<&HeaderName>,
+    drawn: Option<&crate::request::id::RequestId>,
+    baggage: BaggageRewrite,
+) -> String {
     let mut s = storage();
     let ParsedRequest::Ready(req) = parse_request(raw.as_bytes(), &mut s) else {
         panic!("not a forwardable request: {raw:?}");
@@ -33,6 +43,7 @@ fn upstream_with_id(
         variant: "canary",
         untrusted_override,
         request_id: drawn,
+        baggage,
     };
     write_upstream_request(&req, &fwd, b"192.0.2.7", &mut out);
     String::from_utf8(out).unwrap()
@@ -543,4 +554,26 @@ fn configured_head_limits_refuse_or_hand_over() {
     let big = format!("GET / HTTP/1.1\r\nx-big: {}\r\n\r\n", "b".repeat(9000));
     assert_eq!(parse(&big, few), Err(Some(Malformed::HeadTooLarge)));
     assert_eq!(parse(&big, HeadLimits::DEFAULT), Ok(None));
+}
+
+#[test]
+fn baggage_is_kept_replaced_or_removed_as_the_policy_says() {
+    let raw = "GET / HTTP/1.1\r\nHost: a\r\nbaggage: a=1\r\nBaggage: cohort.x=canary\r\n\r\n";
+    let kept = upstream(raw, None);
+    assert!(
+        kept.contains("baggage: a=1\r\nBaggage: cohort.x=canary\r\n"),
+        "{kept}"
+    );
+    let value = http::HeaderValue::from_static("a=1,cohort.x=stable");
+    let replaced = upstream_with(raw, None, None, BaggageRewrite::Replace(value));
+    assert_eq!(replaced.matches("aggage:").count(), 1, "{replaced}");
+    assert!(
+        replaced.contains("\r\nbaggage: a=1,cohort.x=stable\r\n"),
+        "{replaced}"
+    );
+    let removed = upstream_with(raw, None, None, BaggageRewrite::Remove);
+    assert!(
+        !removed.to_ascii_lowercase().contains("baggage"),
+        "{removed}"
+    );
 }
