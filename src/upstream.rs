@@ -13,7 +13,7 @@ use std::future::Future;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -662,6 +662,9 @@ pub struct Progress {
     awaiting_client: AtomicBool,
     /// The request body was aborted: the client sent nothing for `timeouts.idle`.
     client_stalled: AtomicBool,
+    /// How the client's body failed, if it did: [`BODY_OK`], [`BODY_INVALID`] or
+    /// [`BODY_CLIENT_GONE`].
+    client_body: AtomicU8,
 }
 
 impl Progress {
@@ -673,6 +676,7 @@ impl Progress {
             max_body: AtomicU64::new(u64::MAX),
             awaiting_client: AtomicBool::new(false),
             client_stalled: AtomicBool::new(false),
+            client_body: AtomicU8::new(BODY_OK),
         })
     }
 
@@ -696,6 +700,18 @@ impl Progress {
     /// Whether the request body was aborted for growing past its limit.
     pub fn body_over_limit(&self) -> bool {
         self.body_bytes() > self.max_body.load(Ordering::Relaxed)
+    }
+
+    /// Whether the request failed because the client's body was malformed (a bad
+    /// chunk size or extension), not because of the upstream.
+    pub fn client_body_invalid(&self) -> bool {
+        self.client_body.load(Ordering::Relaxed) == BODY_INVALID
+    }
+
+    /// Whether the request failed because the client hung up in the middle of its
+    /// body: it has left (499), the upstream did nothing wrong.
+    pub fn client_gone_mid_body(&self) -> bool {
+        self.client_body.load(Ordering::Relaxed) == BODY_CLIENT_GONE
     }
 
     /// Request body bytes handed to the upstream connection so far.
@@ -784,6 +800,11 @@ impl Body for SentBody {
         }
         if let Poll::Ready(frame) = &polled {
             progress.mark();
+            if let Some(Err(e)) = frame {
+                progress
+                    .client_body
+                    .store(client_body_failure(e), Ordering::Relaxed);
+            }
             if let Some(data) = frame.as_ref().and_then(|f| f.as_ref().ok()?.data_ref()) {
                 let n = data.len() as u64;
                 let total = progress.body_bytes.fetch_add(n, Ordering::Relaxed) + n;
@@ -802,6 +823,27 @@ impl Body for SentBody {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+/// The client's body has not failed.
+const BODY_OK: u8 = 0;
+/// hyper's HTTP/1 decoder refused the client's body framing.
+const BODY_INVALID: u8 = 1;
+/// The client's connection ended before its body did.
+const BODY_CLIENT_GONE: u8 = 2;
+
+/// What a client body error says about the client: hyper's HTTP/1 decoder refusing the
+/// framing (`InvalidInput`/`InvalidData` under it), or the connection ending before the
+/// body (`UnexpectedEof`). Anything else (an HTTP/2 stream reset) is left as it was.
+fn client_body_failure(e: &hyper::Error) -> u8 {
+    let kind = std::error::Error::source(e)
+        .and_then(|cause| cause.downcast_ref::<io::Error>())
+        .map(io::Error::kind);
+    match kind {
+        Some(io::ErrorKind::InvalidInput | io::ErrorKind::InvalidData) => BODY_INVALID,
+        Some(io::ErrorKind::UnexpectedEof) => BODY_CLIENT_GONE,
+        _ => BODY_OK,
     }
 }
 

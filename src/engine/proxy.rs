@@ -64,16 +64,10 @@ pub async fn handle(
     client: &Peer,
 ) -> Response<ProxyBody> {
     let peer = client.addr;
-    // Two `Host` fields: RFC 9112 §3.2 says a server MUST answer 400, as the own
-    // engine's parser does; hyper's would serve the first.
-    if req
-        .headers()
-        .get_all(http::header::HOST)
-        .iter()
-        .nth(1)
-        .is_some()
-    {
-        let answer = reject::rejected(&ctx.metrics, peer, Malformed::InvalidRequest);
+    // What hyper's parser lets through and the policy refuses (two `Host` fields, a
+    // transfer coding other than `chunked`), answered as the own engine would.
+    if let Some(malformed) = reject::fields(req.version(), req.headers()) {
+        let answer = reject::rejected(&ctx.metrics, peer, malformed);
         return rejection_response(answer, req.version());
     }
     let start = Instant::now();
@@ -169,6 +163,8 @@ pub async fn handle(
     // No await from here on: the request cannot be dropped before it is counted.
     let mut completion = pending.take();
     let over_limit = result.is_err() && progress.body_over_limit();
+    let invalid_body = result.is_err() && progress.client_body_invalid();
+    let client_gone = result.is_err() && progress.client_gone_mid_body();
     let client_stalled = result.is_err() && progress.client_stalled();
     if let Some(log) = completion.log() {
         log.endpoint = reached.cloned();
@@ -199,6 +195,12 @@ pub async fn handle(
         Err(_) if client_stalled => {
             rejection_response(reject::answer(Malformed::BodyStalled), version)
         }
+        // The client's body framing broke (a bad chunk size), or the client hung up
+        // mid-body: its doing, not the upstream's. The policy's 400, counted under the
+        // route and variant (as 499 when nobody is left to read it, below).
+        Err(_) if invalid_body || client_gone => {
+            rejection_response(reject::answer(Malformed::InvalidBody), version)
+        }
         Err(e) => {
             let answer = completion.failed(&e);
             local_response(answer.status, answer.body)
@@ -210,7 +212,12 @@ pub async fn handle(
         forward::variant_header(&snap, variant),
         forward::cohort_cookie(&decision, ctx.scheme),
     );
-    completion.status = response.status().as_u16();
+    // 499: the client left before any response (DESIGN §1.8).
+    completion.status = if client_gone {
+        499
+    } else {
+        response.status().as_u16()
+    };
     if response.status() == StatusCode::SWITCHING_PROTOCOLS {
         // A tunnel has no end the metrics could wait for: count it when the 101 leaves.
         completion.finish();

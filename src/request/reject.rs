@@ -2,6 +2,10 @@
 //! classifies what its parser saw as a [`Malformed`]; [`answer`] gives the status, the
 //! body and whether the connection closes in one exhaustive match (no catch-all arm, so
 //! a new kind cannot go unanswered), and [`rejected`] counts it as unrouted and logs it.
+//! [`fields`] holds the rules on a parsed head that hyper's parser does not enforce
+//! (two `Host` fields, a transfer coding other than `chunked`). A chunked body whose
+//! framing breaks after routing is [`Malformed::InvalidBody`]: the client's 400, counted
+//! under its route and variant, never an upstream error.
 //!
 //! The engines write the bytes. Cohort's own path writes the whole answer. hyper writes
 //! its own before cohort hears of the error (the same status, `connection: close`, an
@@ -19,12 +23,20 @@ use http::StatusCode;
 
 use crate::metrics::Metrics;
 
-/// Why a request head cannot be served, as either engine's parser found it.
+/// Why a request cannot be served, as either engine's parser (or [`fields`]) found it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Malformed {
     /// Not a valid HTTP/1.1 head: a bad request line, field name or value, two `Host`
     /// fields.
     InvalidRequest,
+    /// A `Transfer-Encoding` other than `chunked` alone (`gzip, chunked`, `identity,
+    /// chunked`, `chunked` twice): the one coding cohort decodes is `chunked`, and
+    /// forwarding the rest as if decoded would hand the upstream a body it reads wrong.
+    UnsupportedTransferCoding,
+    /// A request body whose framing breaks part way (a chunk size that is not hex, an
+    /// oversized chunk extension, bare-LF chunk lines): the client's fault, answered
+    /// 400 and never counted as an upstream failure (which a canary's guard judges).
+    InvalidBody,
     /// A head over `listen.max_header_bytes` (64 KiB by default).
     HeadTooLarge,
     /// A head with more than `listen.max_headers` fields (100 by default).
@@ -50,8 +62,10 @@ impl Malformed {
 
 impl Malformed {
     /// Every kind, for tests and for anything that must list them.
-    pub const ALL: [Malformed; 7] = [
+    pub const ALL: [Malformed; 9] = [
         Malformed::InvalidRequest,
+        Malformed::UnsupportedTransferCoding,
+        Malformed::InvalidBody,
         Malformed::HeadTooLarge,
         Malformed::TooManyHeaders,
         Malformed::UriTooLong,
@@ -64,6 +78,8 @@ impl Malformed {
     pub fn as_str(self) -> &'static str {
         match self {
             Malformed::InvalidRequest => "invalid_request",
+            Malformed::UnsupportedTransferCoding => "unsupported_transfer_coding",
+            Malformed::InvalidBody => "invalid_body",
             Malformed::HeadTooLarge => "head_too_large",
             Malformed::TooManyHeaders => "too_many_headers",
             Malformed::UriTooLong => "uri_too_long",
@@ -92,6 +108,20 @@ pub(crate) fn answer(malformed: Malformed) -> Rejection {
         Malformed::InvalidRequest => Rejection {
             status: StatusCode::BAD_REQUEST,
             body: "invalid HTTP/1.1 request\n",
+            close: true,
+        },
+        // 400 rather than RFC 9112's suggested 501: hyper answers a coding list that
+        // does not end in `chunked` 400 itself, before cohort sees the request, and one
+        // status for every refused coding is easier to alert on.
+        Malformed::UnsupportedTransferCoding => Rejection {
+            status: StatusCode::BAD_REQUEST,
+            body: "unsupported transfer coding\n",
+            close: true,
+        },
+        // The rest of the body cannot be told from a next request: close.
+        Malformed::InvalidBody => Rejection {
+            status: StatusCode::BAD_REQUEST,
+            body: "invalid request body framing\n",
             close: true,
         },
         Malformed::HeadTooLarge => Rejection {
@@ -128,6 +158,33 @@ pub(crate) fn answer(malformed: Malformed) -> Rejection {
     }
 }
 
+/// What is wrong with a request head's fields that its engine's parser let through, if
+/// anything: two `Host` fields (RFC 9112 §3.2: a server MUST answer 400), or a
+/// `Transfer-Encoding` other than one `chunked` over all its lines (hyper's parser takes
+/// any list whose last element is `chunked`, and would decode only that). Checked by
+/// hyper's engine before routing; cohort's own path refuses two `Host` fields while
+/// parsing and hands any `Transfer-Encoding` to hyper, so both engines answer alike.
+pub(crate) fn fields(version: http::Version, headers: &http::HeaderMap) -> Option<Malformed> {
+    if headers.get_all(http::header::HOST).iter().nth(1).is_some() {
+        return Some(Malformed::InvalidRequest);
+    }
+    // HTTP/2 has no `Transfer-Encoding`; its layer refuses the field.
+    if version >= http::Version::HTTP_2 {
+        return None;
+    }
+    let mut codings = headers
+        .get_all(http::header::TRANSFER_ENCODING)
+        .iter()
+        .flat_map(|value| value.as_bytes().split(|&b| b == b','))
+        .map(<[u8]>::trim_ascii)
+        .filter(|coding| !coding.is_empty());
+    match (codings.next(), codings.next()) {
+        (None, _) => None,
+        (Some(only), None) if only.eq_ignore_ascii_case(b"chunked") => None,
+        _ => Some(Malformed::UnsupportedTransferCoding),
+    }
+}
+
 /// Whether a request whose `Content-Length` is `length` is over its route's `max_body`
 /// (DESIGN §10): answered [`Malformed::BodyTooLarge`] before anything goes upstream,
 /// and counted under the route and variant (a route was chosen), not as unrouted.
@@ -161,6 +218,16 @@ mod tests {
         let cases = [
             (Malformed::InvalidRequest, 400, "invalid HTTP/1.1 request\n"),
             (
+                Malformed::UnsupportedTransferCoding,
+                400,
+                "unsupported transfer coding\n",
+            ),
+            (
+                Malformed::InvalidBody,
+                400,
+                "invalid request body framing\n",
+            ),
+            (
                 Malformed::HeadTooLarge,
                 431,
                 "request header fields too large\n",
@@ -190,6 +257,39 @@ mod tests {
                 "{malformed:?}: {status} is exported from the start"
             );
         }
+    }
+
+    #[test]
+    fn only_chunked_alone_is_a_transfer_coding_cohort_takes() {
+        let check = |version, values: &[&str]| {
+            let mut headers = http::HeaderMap::new();
+            headers.insert(http::header::HOST, "app.example".parse().expect("value"));
+            for value in values {
+                headers.append(
+                    http::header::TRANSFER_ENCODING,
+                    value.parse().expect("value"),
+                );
+            }
+            fields(version, &headers)
+        };
+        let v11 = http::Version::HTTP_11;
+        let refused = Some(Malformed::UnsupportedTransferCoding);
+        assert_eq!(check(v11, &[]), None);
+        assert_eq!(check(v11, &["chunked"]), None);
+        assert_eq!(check(v11, &["Chunked "]), None);
+        assert_eq!(check(v11, &["identity, chunked"]), refused);
+        assert_eq!(check(v11, &["gzip", "chunked"]), refused);
+        assert_eq!(check(v11, &["chunked", "chunked"]), refused);
+        assert_eq!(
+            check(v11, &["chunked,"]),
+            None,
+            "empty list elements are skipped"
+        );
+        assert_eq!(check(http::Version::HTTP_2, &["gzip, chunked"]), None);
+        let mut two_hosts = http::HeaderMap::new();
+        two_hosts.append(http::header::HOST, "a".parse().expect("value"));
+        two_hosts.append(http::header::HOST, "b".parse().expect("value"));
+        assert_eq!(fields(v11, &two_hosts), Some(Malformed::InvalidRequest));
     }
 
     #[test]

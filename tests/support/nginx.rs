@@ -147,6 +147,16 @@ impl Nginx {
                 std::thread::sleep(Duration::from_millis(10));
             }
         }
+        // A port another process took meanwhile answers the connects above while this
+        // NGINX retries its bind (and then exits): its log says so at once.
+        std::thread::sleep(Duration::from_millis(50));
+        let log = nginx.error_log();
+        if log.contains("bind()") {
+            return Err(format!("a port was taken: {log}"));
+        }
+        if let Ok(Some(status)) = nginx.child.try_wait() {
+            return Err(format!("exited ({status}): {log}"));
+        }
         Ok(nginx)
     }
 
