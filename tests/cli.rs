@@ -328,6 +328,72 @@ fn assign_prints_route_key_bucket_variant_like_the_library() {
 }
 
 #[test]
+fn assign_takes_request_attributes_and_names_the_rule_that_decided() {
+    let dir = tempfile::tempdir().unwrap();
+    write_file(dir.path(), "beta.txt", "# beta customers\nacme\n");
+    let config = Config::new().route(
+        Route::new("web")
+            .salt("web-v1")
+            .trusted(&["10.0.0.0/8"])
+            .segment("header:x-team", &["qa"], "canary")
+            .segment_file("cookie:customer", &dir.path().join("beta.txt"), "canary")
+            .stable_urls(&["http://127.0.0.1:9001"])
+            .canary_urls(&["http://127.0.0.1:9002"]),
+    );
+    let file = write_file(dir.path(), "cohort.toml", &config.to_toml());
+    let bucket = assign("web-v1", b"alice", BasisPoints::ZERO).0;
+    let cases: [(&[&str], String); 4] = [
+        (&[], format!("bucket={bucket} variant=stable\n")),
+        (
+            &["--header", "x-team=qa"],
+            format!("bucket={bucket} variant=canary decided_by=segments[0]\n"),
+        ),
+        (
+            &["--cookie", "customer=acme"],
+            format!("bucket={bucket} variant=canary decided_by=segments[1]\n"),
+        ),
+        (
+            &["--ip", "10.1.1.1", "--header", "x-cohort-variant=canary"],
+            "bucket=- variant=canary decided_by=override\n".to_owned(),
+        ),
+    ];
+    for (extra, want) in cases {
+        let mut args = vec!["assign", "-c", &file, "--route", "web", "--key", "alice"];
+        args.extend_from_slice(extra);
+        let out = run_to_end(&args, QUICK);
+        assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+        assert_eq!(
+            stdout_of(&out),
+            format!("route=web key=alice {want}"),
+            "{extra:?}"
+        );
+    }
+    let out = run_to_end(
+        &[
+            "assign", "-c", &file, "--route", "web", "--key", "a", "--ip", "nope",
+        ],
+        QUICK,
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
+    assert!(
+        stderr_of(&out).contains("not an IP address"),
+        "{}",
+        describe(&out)
+    );
+    // `check` lists the rules.
+    let out = run_to_end(&["check", "-c", &file], QUICK);
+    let text = stdout_of(&out);
+    assert!(
+        text.contains("  segments[0]: header:x-team -> canary (1 value)"),
+        "{text}"
+    );
+    assert!(
+        text.contains("  segments[1]: cookie:customer -> canary (1 value, from "),
+        "{text}"
+    );
+}
+
+#[test]
 fn assign_on_an_unknown_route_or_a_bad_config_exits_1() {
     let dir = tempfile::tempdir().unwrap();
     let file = write_file(dir.path(), "cohort.toml", &two_routes().to_toml());

@@ -73,6 +73,29 @@ pub fn check(path: &std::path::Path) -> ExitCode {
         if let Some(guard) = &route.guard {
             out!("  guard: {}", describe_guard(guard));
         }
+        for (i, segment) in route.segments.iter().enumerate() {
+            let file = segment
+                .values_file
+                .as_ref()
+                .map(|f| format!(", from {}", f.display()))
+                .unwrap_or_default();
+            let count = segment.values_count;
+            let noun = if count == 1 { "value" } else { "values" };
+            out!(
+                "  segments[{i}]: {} -> {} ({count} {noun}{file})",
+                segment.on,
+                segment.variant,
+            );
+        }
+        if let Some(name) = &route.follow {
+            out!("  follows baggage cohort.{name} from override.trusted");
+        }
+        if let Some(name) = &route.propagate {
+            out!("  propagates baggage cohort.{name}");
+        }
+        if let config::Hash::Nginx { nginx_key } = &route.hash {
+            out!("  hash: nginx split_clients over {nginx_key:?}");
+        }
     }
     ExitCode::SUCCESS
 }
