@@ -12,7 +12,7 @@
 //! single Content-Length.
 #![no_main]
 
-use cohort::h1::head::{self, Forwarding, ParsedRequest, Request};
+use cohort::h1::head::{self, BaggageRewrite, Forwarding, ParsedRequest, Request};
 use cohort::request_id::RequestId;
 use http::HeaderName;
 use libfuzzer_sys::fuzz_target;
@@ -191,6 +191,7 @@ fn check_one(buf: &[u8], flags: u8, drawn: &RequestId) -> Option<usize> {
         variant: "canary",
         untrusted_override: (flags & 1 == 1).then_some(&override_name),
         request_id: (flags & 8 == 8).then_some(drawn),
+        baggage: BaggageRewrite::Keep,
     };
     let peer: &[u8] = if flags & 32 == 0 {
         b"192.0.2.7"
