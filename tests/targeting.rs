@@ -231,6 +231,14 @@ async fn assign_takes_the_attributes_segments_read_and_names_the_rule() {
     let segments = &doc["routes"][0]["segments"];
     assert_eq!(segments[0]["match"], "header:x-team");
     assert_eq!(segments[1]["values_count"], 1);
+    // `/config` shows them as written.
+    let config = get(&cohort.admin_url("/config"), &[]).await;
+    let doc: serde_json::Value = serde_json::from_slice(&config.body).expect("json");
+    let route = &doc["routes"][0];
+    assert_eq!(route["segments"][0]["match"], "header:x-team");
+    assert_eq!(route["segments"][0]["values"], serde_json::json!(["qa"]));
+    assert_eq!(route["segments"][1]["variant"], "canary");
+    assert_eq!(route["hash"], "xxh3");
     cohort.shutdown().await;
 }
 
