@@ -723,8 +723,7 @@ async fn streams_over_h2_max_concurrent_streams_are_refused() {
             .expect("an answer on every stream");
         if frame.reset() == Some(h2::REFUSED_STREAM) {
             refused.push(frame.stream);
-        } else if frame.kind == h2::HEADERS && frame.flags & h2::END_STREAM != 0
-            || frame.kind == h2::DATA && frame.flags & h2::END_STREAM != 0
+        } else if matches!(frame.kind, h2::HEADERS | h2::DATA) && frame.flags & h2::END_STREAM != 0
         {
             answered.push(frame.stream);
         }
