@@ -493,6 +493,35 @@ async fn made_you_reset_by_malformed_headers_ends_in_goaway() {
     .await;
 }
 
+/// DATA beyond the flow-control window cohort granted: 2 MiB on one stream, written
+/// without waiting for a WINDOW_UPDATE. The overrun is a connection error (GOAWAY
+/// FLOW_CONTROL_ERROR, in the first batch of frames), so it cannot be repeated on that
+/// connection; cohort buffers no more than the window it granted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn data_beyond_the_flow_control_window_ends_in_goaway() {
+    let target = Target::start(|c| c).await;
+    let measured = under_attack(&target, |proxy| {
+        let chunk = vec![b'x'; 16 * 1024];
+        let frames = std::iter::once(h2::headers(1, 0, &post()))
+            .chain((0..128).map(move |_| h2::data(1, 0, &chunk)));
+        flood(proxy, frames, 8)
+    })
+    .await;
+    let name = "DATA beyond the flow-control window (2 MiB on one stream)";
+    measured.row(name, "GOAWAY FLOW_CONTROL_ERROR at once");
+    measured.assert_bounded(name);
+    assert_eq!(
+        measured
+            .outcome
+            .goaway
+            .map(|(_, code)| h2::error_name(code)),
+        Some("FLOW_CONTROL_ERROR")
+    );
+    assert!(measured.outcome.closed);
+    assert!(measured.attack_hits <= 1, "{}", measured.attack_hits);
+    target.cohort.shutdown().await;
+}
+
 /// Empty DATA frames on one open stream carry nothing and cost no flow control; h2
 /// allows 100 in a connection's life, then GOAWAY ENHANCE_YOUR_CALM. The stream's one
 /// request reached the upstream.
