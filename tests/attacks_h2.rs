@@ -415,7 +415,9 @@ async fn made_you_reset(name: &str, what: &str, ends: Ends, attack: impl Fn(u32)
     match ends {
         Ends::AfterResets => {
             assert_eq!(code, h2::ENHANCE_YOUR_CALM, "{name}");
-            // The GOAWAY names the last stream cohort processed: about 100 streams in.
+            // The GOAWAY names the last stream cohort processed: about 100 streams in
+            // (0 if none was ever opened). Resets not yet written when the limit is hit
+            // are dropped for the GOAWAY, so a fast client sees fewer than 100.
             assert!(last < 2 * 110, "{name}: GOAWAY after stream {last}");
             assert!(measured.outcome.count(h2::RST_STREAM) <= 101, "{name}");
         }
@@ -448,7 +450,7 @@ async fn made_you_reset_by_zero_window_updates_ends_in_goaway() {
 async fn made_you_reset_by_data_beyond_content_length_ends_in_goaway() {
     made_you_reset(
         "MadeYouReset: DATA beyond content-length × 3000",
-        "RST_STREAM PROTOCOL_ERROR × 100, then GOAWAY ENHANCE_YOUR_CALM",
+        "RST_STREAM PROTOCOL_ERROR each (≤ 100), then GOAWAY ENHANCE_YOUR_CALM",
         Ends::AfterResets,
         |id| {
             let mut fields = post();
@@ -482,7 +484,7 @@ async fn made_you_reset_by_data_on_a_half_closed_stream_ends_in_goaway() {
 async fn made_you_reset_by_malformed_headers_ends_in_goaway() {
     made_you_reset(
         "MadeYouReset: pseudo-header after a field × 3000",
-        "RST_STREAM PROTOCOL_ERROR × 100, then GOAWAY ENHANCE_YOUR_CALM",
+        "RST_STREAM PROTOCOL_ERROR each (≤ 100), then GOAWAY ENHANCE_YOUR_CALM",
         Ends::AfterResets,
         |id| {
             let mut fields = vec![("x-first", "1")];
@@ -493,21 +495,34 @@ async fn made_you_reset_by_malformed_headers_ends_in_goaway() {
     .await;
 }
 
-/// DATA beyond the flow-control window cohort granted: 2 MiB on one stream, written
-/// without waiting for a WINDOW_UPDATE. The overrun is a connection error (GOAWAY
-/// FLOW_CONTROL_ERROR, in the first batch of frames), so it cannot be repeated on that
-/// connection; cohort buffers no more than the window it granted.
+/// DATA beyond the flow-control window cohort granted: 16 MiB on one stream, written
+/// without reading a WINDOW_UPDATE, to an upstream that reads nothing for two seconds
+/// (so cohort releases no window meanwhile). The overrun is a connection error (GOAWAY
+/// FLOW_CONTROL_ERROR), so it cannot be repeated on that connection; cohort buffers no
+/// more than the window it granted (1 MiB).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn data_beyond_the_flow_control_window_ends_in_goaway() {
-    let target = Target::start(|c| c).await;
+    let slow = FakeUpstream::start("slow").await;
+    slow.set_delay(Duration::from_secs(2));
+    let target = Target::start(|c| {
+        c.route(
+            Route::new("slow")
+                .path_prefix(ATTACK_PATH)
+                .stable(&slow)
+                .canary(&slow),
+        )
+    })
+    .await;
     let measured = under_attack(&target, |proxy| {
         let chunk = vec![b'x'; 16 * 1024];
         let frames = std::iter::once(h2::headers(1, 0, &post()))
-            .chain((0..128).map(move |_| h2::data(1, 0, &chunk)));
+            .chain((0..1024).map(move |_| h2::data(1, 0, &chunk)));
         flood(proxy, frames, 8)
     })
     .await;
-    let name = "DATA beyond the flow-control window (2 MiB on one stream)";
+    let mut measured = measured;
+    measured.attack_hits = slow.hits();
+    let name = "DATA beyond the flow-control window (16 MiB on one stream)";
     measured.row(name, "GOAWAY FLOW_CONTROL_ERROR at once");
     measured.assert_bounded(name);
     assert_eq!(
@@ -652,4 +667,76 @@ async fn a_ping_flood_from_a_reading_client_is_answered_frame_by_frame() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_ping_flood_from_a_client_not_reading_stalls_then_closes() {
     control_flood_unread("PING flood, client never reads", h2::ping(*b"abcdefgh")).await;
+}
+
+/// A client that grants the largest flow-control windows, asks for large responses on
+/// every stream it may open, and never reads: cohort holds at most `max_send_buf_size`
+/// (64 KiB) per stream, where hyper's default (~400 KB) would be 40 MB a connection at
+/// 100 streams; the rest waits in the upstream connections (kernel socket buffers). The
+/// streams stay in flight, so `idle_timeout` does not apply.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_not_reading_large_responses_holds_a_bounded_send_buffer() {
+    let big = FakeUpstream::start("big").await;
+    big.set_reply(support::Reply::Pattern { len: 64 << 20 });
+    let target = Target::start(|c| {
+        c.route(
+            Route::new("big")
+                .path_prefix(ATTACK_PATH)
+                .stable(&big)
+                .canary(&big),
+        )
+    })
+    .await;
+    let streams = 100;
+    let measured = under_attack(&target, |proxy| async move {
+        let mut conn = H2Conn::handshake(proxy).await;
+        let mut outcome = Outcome::default();
+        // The largest windows a client may grant: flow control holds nothing back, and
+        // only what cohort buffers per stream bounds it.
+        let windows = [
+            h2::settings(&[(h2::SETTINGS_INITIAL_WINDOW_SIZE, (1 << 31) - 1)]),
+            h2::window_update(0, (1 << 31) - 1 - 65_535),
+        ];
+        let opens = windows
+            .into_iter()
+            .chain(stream_ids(streams).map(|id| h2::headers(id, h2::END_STREAM, &get())));
+        let written = conn
+            .flood(opens, 100, false, Duration::from_secs(5), &mut outcome)
+            .await;
+        // Every stream's response is under way and blocked on the client's window.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let held = rss();
+        println!(
+            "   (slow reader: RSS {} MiB with {streams} streams blocked)",
+            held >> 20
+        );
+        (outcome, written)
+    })
+    .await;
+    let name = "100 streams of 64 MiB responses, client never reads";
+    let hits = big.hits();
+    println!(
+        "| {name} | holds ≤ 64 KiB a stream until the client reads | {hits} | {} served, slowest {} ms, 0 failed | +{:.1} MiB |",
+        measured.watch.served,
+        measured.watch.slowest.as_millis(),
+        measured.rss_growth as f64 / (1024.0 * 1024.0)
+    );
+    // The general bound does not fit here: the upstream side of each stream holds
+    // read buffers too (measured: +38 MiB in all at 64 KiB a stream, +129 MiB with
+    // hyper's default send buffer).
+    assert!(
+        measured.watch.failures.is_empty(),
+        "{name}: {:?}",
+        measured.watch.failures
+    );
+    assert!(
+        measured.rss_growth < 64 << 20,
+        "{name}: the resident set grew by {} MiB",
+        measured.rss_growth >> 20
+    );
+    assert_eq!(
+        hits, streams as usize,
+        "every stream is one upstream request"
+    );
+    target.cohort.shutdown().await;
 }
