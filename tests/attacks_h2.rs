@@ -7,7 +7,8 @@
 //! what cohort answered, how many requests reached the upstream, that the bystander
 //! was served within its deadline throughout, and that this process's resident set
 //! stayed bounded; it prints one row of the README's "HTTP/2 abuse" table
-//! (`cargo test --test attacks_h2 -- --nocapture --test-threads 1`).
+//! (`cargo test --test attacks_h2 -- --nocapture --test-threads 1`). Attacks are
+//! measured one at a time, whatever the test threads.
 mod support;
 
 use std::future::Future;
@@ -180,12 +181,18 @@ impl Measured {
     }
 }
 
+/// One attack at a time in this process: the resident set is the whole process's, so
+/// attacks measured side by side would count each other's memory (and the bystander's
+/// deadline, each other's load).
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// Runs `attack` against `target` while a bystander watches.
 async fn under_attack<F, Fut>(target: &Target, attack: F) -> Measured
 where
     F: FnOnce(SocketAddr) -> Fut,
     Fut: Future<Output = (Outcome, usize)>,
 {
+    let _alone = ONE_AT_A_TIME.lock().await;
     let proxy = target.cohort.proxy;
     let bystander = Bystander::start(proxy).await;
     // Warm: the bystander's connections and the upstream pools exist before the baseline.
