@@ -747,3 +747,23 @@ async fn a_client_not_reading_large_responses_holds_a_bounded_send_buffer() {
     );
     target.cohort.shutdown().await;
 }
+
+/// PRIORITY frames for 100,000 streams the client never opens (RFC 9113 deprecates the
+/// scheme, but the frames stay legal): h2 keeps no state for them and answers nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_priority_flood_on_idle_streams_is_ignored() {
+    let target = Target::start(|c| c).await;
+    let count = 100_000u32;
+    let measured = under_attack(&target, |proxy| {
+        let frames = stream_ids(count).map(|id| h2::priority(id, 0));
+        flood(proxy, frames, 500)
+    })
+    .await;
+    let name = "PRIORITY × 100000 on streams never opened";
+    measured.row(name, "ignored: no answer, no GOAWAY");
+    measured.assert_bounded(name);
+    assert_eq!(measured.written, count as usize);
+    assert_eq!(measured.outcome.goaway, None);
+    assert_eq!(measured.attack_hits, 0);
+    target.cohort.shutdown().await;
+}
