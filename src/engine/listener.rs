@@ -197,8 +197,10 @@ const H2_MAX_PENDING_ACCEPT_RESETS: usize = 20;
 /// Streams cohort itself resets for a client's protocol errors over a connection's life
 /// (MadeYouReset, CVE-2025-8671: a zero WINDOW_UPDATE, DATA beyond `content-length` or on
 /// a closed stream, a malformed header block): one more is GOAWAY ENHANCE_YOUR_CALM.
-/// hyper's default is 1024; a well-behaved client makes none, and each can have cost an
-/// upstream request, so cohort allows far fewer.
+/// h2 counts the streams it refuses over `h2_max_concurrent_streams` here too. hyper's
+/// default is 1024; a well-behaved client makes none (it waits for a free stream; only
+/// streams it opened before cohort's SETTINGS arrived can be refused), and each can have
+/// cost an upstream request, so cohort allows far fewer.
 const H2_MAX_LOCAL_ERROR_RESETS: usize = 100;
 
 /// Response bytes hyper buffers per stream for a client that does not read (hyper's
