@@ -767,3 +767,48 @@ async fn a_priority_flood_on_idle_streams_is_ignored() {
     assert_eq!(measured.attack_hits, 0);
     target.cohort.shutdown().await;
 }
+
+/// Streams opened past `h2_max_concurrent_streams` (a client ignoring the advertised
+/// limit): each is refused (RST_STREAM REFUSED_STREAM) and counts with the resets of
+/// MadeYouReset; past 100, GOAWAY ENHANCE_YOUR_CALM. Only the streams within the limit
+/// reach the upstream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_past_the_concurrency_limit_end_in_goaway() {
+    let slow = FakeUpstream::start("slow").await;
+    slow.set_delay(Duration::from_secs(2));
+    let target = Target::start(|c| {
+        c.h2_max_concurrent_streams(2).route(
+            Route::new("slow")
+                .path_prefix(ATTACK_PATH)
+                .stable(&slow)
+                .canary(&slow),
+        )
+    })
+    .await;
+    let mut measured = under_attack(&target, |proxy| async move {
+        let mut conn = H2Conn::handshake(proxy).await;
+        // Let cohort read the ACK of its SETTINGS: the limit is in force from then on.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let mut outcome = Outcome::default();
+        let frames = stream_ids(1000).map(|id| h2::headers(id, h2::END_STREAM, &get()));
+        let stall = Duration::from_secs(5);
+        let written = conn.flood(frames, 10, true, stall, &mut outcome).await;
+        conn.finish(&mut outcome, Duration::from_secs(1)).await;
+        (outcome, written)
+    })
+    .await;
+    measured.attack_hits = slow.hits();
+    let name = "HEADERS past h2_max_concurrent_streams (2) × 1000";
+    measured.row(
+        name,
+        "RST_STREAM REFUSED_STREAM each (≤ 100), then GOAWAY ENHANCE_YOUR_CALM",
+    );
+    measured.assert_bounded(name);
+    assert_eq!(
+        measured.outcome.goaway.map(|(_, code)| code),
+        Some(h2::ENHANCE_YOUR_CALM)
+    );
+    assert!(measured.outcome.count(h2::RST_STREAM) <= 101);
+    assert!(measured.attack_hits <= 2, "{}", measured.attack_hits);
+    target.cohort.shutdown().await;
+}
