@@ -212,7 +212,9 @@ const H2_MAX_SEND_BUF: usize = 64 * 1024;
 /// SETTINGS_MAX_HEADER_LIST_SIZE setting, RFC 9113 §6.5.2): twice `max_header_bytes`.
 /// A list between the two reaches cohort, whose request policy answers 431 and counts it
 /// (`proxy::handle`); h2 answers a larger one 431 itself, unseen and uncounted, and ends
-/// the connection (GOAWAY ENHANCE_YOUR_CALM) for one over four times its own limit.
+/// the connection with a GOAWAY for a header block that keeps growing past it
+/// (COMPRESSION_ERROR once it stops buffering the block, ENHANCE_YOUR_CALM for too many
+/// CONTINUATION frames or a list over four times its limit).
 fn h2_header_list_size(max_header_bytes: usize) -> u32 {
     u32::try_from(max_header_bytes.saturating_mul(2)).unwrap_or(u32::MAX)
 }
