@@ -473,3 +473,336 @@ async fn two_host_fields_get_400_on_both_engines() {
     }
     setup.shutdown().await;
 }
+
+// HTTP/2's side of the limits (DESIGN §10: every limit holds on HTTP/2 too), on raw
+// frames where the wire matters (`support::h2frames`), and hyper's HTTP/1 engine behind
+// TLS.
+
+use support::h2frames::{self as h2, H2Conn};
+
+/// Reads frames until stream `id`'s response ends (a frame with END_STREAM, or a
+/// RST_STREAM); returns them.
+async fn h2_response(conn: &mut H2Conn, id: u32) -> Vec<h2::Frame> {
+    let mut frames = Vec::new();
+    loop {
+        let frame = conn
+            .read_frame(support::PATIENCE)
+            .await
+            .unwrap_or_else(|| panic!("stream {id} ended without an answer: {frames:?}"));
+        let done = frame.stream == id
+            && (frame.kind == h2::RST_STREAM
+                || (matches!(frame.kind, h2::HEADERS | h2::DATA)
+                    && frame.flags & h2::END_STREAM != 0));
+        frames.push(frame);
+        if done {
+            return frames;
+        }
+    }
+}
+
+/// An HTTP/2 connection with no stream in flight is closed after `idle_timeout`: GOAWAY
+/// NO_ERROR, then the close, before its first request and after its last; a stream in
+/// flight longer than `idle_timeout` keeps it open and is answered. While it is open
+/// it counts in `cohort_connections_open`, and not once closed.
+#[tokio::test]
+async fn an_idle_http2_connection_gets_goaway_then_close_after_idle_timeout() {
+    let setup = Setup::start(|c| c.idle_timeout("500ms").header_timeout("5s")).await;
+    let proxy = setup.cohort.proxy;
+    let cohort = &setup.cohort;
+    let open = |n: f64| async move {
+        cohort
+            .series_eventually("cohort_connections_open", &[], n)
+            .await
+    };
+
+    // Before a first request.
+    let mut conn = H2Conn::handshake(proxy).await;
+    assert_eq!(open(1.0).await, 1.0, "counted while open");
+    let started = std::time::Instant::now();
+    let outcome = conn.outcome(Duration::from_secs(5)).await;
+    let waited = started.elapsed();
+    assert_eq!(
+        outcome.goaway.map(|(_, code)| code),
+        Some(h2::NO_ERROR),
+        "{outcome:?}"
+    );
+    assert!(outcome.closed, "closed after the GOAWAY");
+    assert!(
+        waited >= Duration::from_millis(400) && waited < Duration::from_secs(3),
+        "closed after {waited:?}"
+    );
+    assert_eq!(open(0.0).await, 0.0, "not counted once closed");
+
+    // A stream in flight longer than `idle_timeout` keeps the connection; once it is
+    // answered, the connection is idle, and closed `idle_timeout` later.
+    setup.stable.set_delay(Duration::from_millis(1200));
+    setup.canary.set_delay(Duration::from_millis(1200));
+    let mut conn = H2Conn::handshake(proxy).await;
+    conn.write(&h2::headers(
+        1,
+        h2::END_STREAM,
+        &h2::request_fields("GET", "/slow"),
+    ))
+    .await
+    .expect("write");
+    let answer = h2_response(&mut conn, 1).await;
+    assert!(
+        answer
+            .iter()
+            .all(|f| f.kind != h2::GOAWAY && f.kind != h2::RST_STREAM),
+        "the slow stream was answered whole: {answer:?}"
+    );
+    let answered = std::time::Instant::now();
+    let outcome = conn.outcome(Duration::from_secs(5)).await;
+    let waited = answered.elapsed();
+    assert_eq!(outcome.goaway.map(|(_, code)| code), Some(h2::NO_ERROR));
+    assert!(outcome.closed);
+    assert!(
+        waited >= Duration::from_millis(400) && waited < Duration::from_secs(3),
+        "closed {waited:?} after the answer"
+    );
+    assert_eq!(setup.hits(), 1);
+    setup.shutdown().await;
+}
+
+/// A client that sends the HTTP/2 preface and nothing more (not even its SETTINGS)
+/// holds no stream: it is cut after `idle_timeout` and a short grace.
+#[tokio::test]
+async fn an_http2_preface_alone_is_closed_after_idle_timeout() {
+    let setup = Setup::start(|c| c.idle_timeout("300ms")).await;
+    let mut conn = RawConn::connect(setup.cohort.proxy).await;
+    conn.write(h2::PREFACE).await;
+    let started = std::time::Instant::now();
+    conn.read_until_close().await;
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(250) && waited < Duration::from_secs(4),
+        "closed after {waited:?}"
+    );
+    setup.shutdown().await;
+}
+
+/// A GET on a fresh HTTP/2 connection with `fields` besides the pseudo-header fields.
+fn h2_get(fields: &[(String, String)]) -> http::Request<http_body_util::Full<bytes::Bytes>> {
+    let mut request = http::Request::get("http://app.example/h2");
+    for (name, value) in fields {
+        request = request.header(name.as_str(), value.as_str());
+    }
+    request
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .expect("request")
+}
+
+/// More header fields than `max_headers` on HTTP/2: 431 on that stream (the connection
+/// stays usable), counted as an unrouted 431, nothing upstream. Pseudo-header fields do
+/// not count (HTTP/1 counts no request line either).
+#[tokio::test]
+async fn more_fields_than_max_headers_get_431_on_http2() {
+    let setup = Setup::start(|c| c.max_headers(10)).await;
+    let fields = |n: usize| -> Vec<(String, String)> {
+        (0..n).map(|i| (format!("x-f{i}"), i.to_string())).collect()
+    };
+    assert_eq!(
+        h2_request(setup.cohort.proxy, h2_get(&fields(11))).await,
+        Ok(431)
+    );
+    assert_eq!(setup.hits(), 0, "nothing went upstream");
+    assert_eq!(
+        setup
+            .cohort
+            .series_eventually(UNROUTED, &[("status", "431")], 1.0)
+            .await,
+        1.0
+    );
+    assert_eq!(
+        h2_request(setup.cohort.proxy, h2_get(&fields(10))).await,
+        Ok(200)
+    );
+    setup.shutdown().await;
+}
+
+/// HTTP/2 advertises twice `max_header_bytes` as its header list size. A list over
+/// `max_header_bytes` (by RFC 9113's measure: name + value + 32 a field) is answered
+/// 431 by cohort and counted as unrouted; one over the advertised size is answered 431
+/// by the HTTP/2 layer, uncounted (it never becomes a request); a header block that
+/// keeps growing past it ends the connection (here GOAWAY COMPRESSION_ERROR: h2 stops
+/// buffering a block it already refused). Nothing reaches the upstream.
+#[tokio::test]
+async fn http2_header_lists_over_max_header_bytes_get_431_counted() {
+    let setup = Setup::start(|c| c.max_header_bytes(8192)).await;
+    let proxy = setup.cohort.proxy;
+    let first = H2Conn::handshake(proxy).await;
+    assert_eq!(
+        first.server_setting(h2::SETTINGS_MAX_HEADER_LIST_SIZE),
+        Some(16384),
+        "advertised: {:?}",
+        first.server_settings
+    );
+    let big = |len: usize| vec![("x-big".to_owned(), "b".repeat(len))];
+    // Within, by the RFC's measure: the four pseudo-header fields take 32 + name +
+    // value each (~200 bytes here), `x-big` 37 + its value.
+    assert_eq!(h2_request(proxy, h2_get(&big(7_900))).await, Ok(200));
+    assert_eq!(h2_request(proxy, h2_get(&big(8_000))).await, Ok(431));
+    assert_eq!(
+        setup
+            .cohort
+            .series_eventually(UNROUTED, &[("status", "431")], 1.0)
+            .await,
+        1.0,
+        "cohort's 431 is counted"
+    );
+    assert_eq!(h2_request(proxy, h2_get(&big(20_000))).await, Ok(431));
+    assert_eq!(
+        setup.cohort.series(UNROUTED, &[("status", "431")]).await,
+        1.0,
+        "the HTTP/2 layer's own 431 is not (documented)"
+    );
+    let mut conn = H2Conn::handshake(proxy).await;
+    let mut fields = h2::request_fields("GET", "/huge");
+    let huge = "h".repeat(15_000);
+    let names: Vec<String> = (0..5).map(|i| format!("x-huge-{i}")).collect();
+    for name in &names {
+        fields.push((name.as_str(), huge.as_str()));
+    }
+    // 75 KB in one HEADERS frame: over the default 16 KiB frame size, so split.
+    let block = h2::hpack(&fields);
+    let mut frames = Vec::new();
+    for (i, piece) in block.chunks(16_000).enumerate() {
+        let last = (i + 1) * 16_000 >= block.len();
+        let kind = if i == 0 {
+            h2::HEADERS
+        } else {
+            h2::CONTINUATION
+        };
+        let flags =
+            if last { h2::END_HEADERS } else { 0 } | if i == 0 { h2::END_STREAM } else { 0 };
+        frames.extend(h2::frame(kind, flags, 1, piece));
+    }
+    let _ = conn.write(&frames).await;
+    let outcome = conn.outcome(Duration::from_secs(2)).await;
+    assert_eq!(
+        outcome.goaway.map(|(_, code)| code),
+        Some(h2::COMPRESSION_ERROR),
+        "{outcome:?}"
+    );
+    assert_eq!(
+        setup.hits(),
+        1,
+        "only the list within the limit went upstream"
+    );
+    // A raw connection answers no PING: closed here, it does not hold up the drain.
+    drop((conn, first));
+    setup.shutdown().await;
+}
+
+/// `h2_max_concurrent_streams` is advertised, and a stream beyond it is refused
+/// (RST_STREAM REFUSED_STREAM, which a client may retry) while the others are served.
+#[tokio::test]
+async fn streams_over_h2_max_concurrent_streams_are_refused() {
+    let setup = Setup::start(|c| c.h2_max_concurrent_streams(5)).await;
+    setup.stable.set_delay(Duration::from_millis(500));
+    setup.canary.set_delay(Duration::from_millis(500));
+    let mut conn = H2Conn::handshake(setup.cohort.proxy).await;
+    assert_eq!(
+        conn.server_setting(h2::SETTINGS_MAX_CONCURRENT_STREAMS),
+        Some(5)
+    );
+    // The client acknowledged cohort's SETTINGS in the handshake; give the ACK a moment
+    // to be read, so the limit is in force for what follows (RFC 9113 §6.5.3).
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let opens: Vec<u8> = (0..6)
+        .flat_map(|i| h2::headers(1 + 2 * i, h2::END_STREAM, &h2::request_fields("GET", "/c")))
+        .collect();
+    conn.write(&opens).await.expect("write");
+    let mut refused = Vec::new();
+    let mut answered = Vec::new();
+    while refused.len() + answered.len() < 6 {
+        let frame = conn
+            .read_frame(support::PATIENCE)
+            .await
+            .expect("an answer on every stream");
+        if frame.reset() == Some(h2::REFUSED_STREAM) {
+            refused.push(frame.stream);
+        } else if matches!(frame.kind, h2::HEADERS | h2::DATA) && frame.flags & h2::END_STREAM != 0
+        {
+            answered.push(frame.stream);
+        }
+    }
+    assert_eq!(refused, vec![11], "the sixth stream is refused");
+    assert_eq!(answered.len(), 5);
+    assert_eq!(setup.hits(), 5);
+    drop(conn);
+    setup.shutdown().await;
+}
+
+#[path = "support/tls.rs"]
+mod tls_support;
+
+/// hyper's HTTP/1 engine behind a TLS listener (every HTTPS client that does not
+/// choose h2) holds `header_timeout` (a stalled head: 408, close) and `max_header_bytes`
+/// (431, close) as the plain listener does; both counted as unrouted.
+#[tokio::test]
+async fn http1_over_tls_holds_header_timeout_and_max_header_bytes() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let pki = tls_support::Pki::new("limits");
+    let leaf = pki.server_leaf("server", &["localhost"]);
+    let setup = Setup::start(|c| {
+        c.tls(&leaf.cert, &leaf.key)
+            .header_timeout("300ms")
+            .max_header_bytes(8192)
+    })
+    .await;
+    let config = tls_support::client_config(&pki.ca_path(), &[b"http/1.1"], None);
+    let connect = || async {
+        let tcp = tokio::net::TcpStream::connect(setup.cohort.proxy)
+            .await
+            .expect("connect");
+        let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+        tokio_rustls::TlsConnector::from(config.clone())
+            .connect(name, tcp)
+            .await
+            .expect("TLS handshake")
+    };
+    // Everything until the close (a reset, or a missing close_notify, ends it too).
+    let answer = |mut tls: tokio_rustls::client::TlsStream<tokio::net::TcpStream>| async move {
+        let mut bytes = Vec::new();
+        let read = tokio::time::timeout(support::PATIENCE, tls.read_to_end(&mut bytes)).await;
+        assert!(read.is_ok(), "closed within {:?}", support::PATIENCE);
+        String::from_utf8_lossy(&bytes).into_owned()
+    };
+
+    let mut tls = connect().await;
+    tls.write_all(b"GET /slow HTTP/1.1\r\nHost: app.example\r\n")
+        .await
+        .expect("write");
+    let started = std::time::Instant::now();
+    let text = answer(tls).await;
+    assert!(text.starts_with("HTTP/1.1 408 "), "{text:?}");
+    assert!(
+        started.elapsed() >= Duration::from_millis(250),
+        "answered after {:?}",
+        started.elapsed()
+    );
+
+    let mut tls = connect().await;
+    let big = format!(
+        "GET /big HTTP/1.1\r\nHost: app.example\r\nx-big: {}\r\n\r\n",
+        "b".repeat(10_000)
+    );
+    tls.write_all(big.as_bytes()).await.expect("write");
+    let text = answer(tls).await;
+    assert!(text.starts_with("HTTP/1.1 431 "), "{text:?}");
+
+    assert_eq!(setup.hits(), 0, "nothing went upstream");
+    for status in ["408", "431"] {
+        assert_eq!(
+            setup
+                .cohort
+                .series_eventually(UNROUTED, &[("status", status)], 1.0)
+                .await,
+            1.0,
+            "{status}"
+        );
+    }
+    setup.shutdown().await;
+}

@@ -18,7 +18,7 @@ use std::pin::Pin;
 use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use socket2::{Domain, Protocol, Socket, Type};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
@@ -176,12 +176,52 @@ impl Http {
             .max_buf_size(limits.max_header_bytes)
             .max_headers(limits.max_headers);
         let mut h2 = http2::Builder::new(TokioExecutor::new());
+        // What each knob bounds, and what a client sees past it, is measured by
+        // tests/attacks_h2.rs and tabled in the README ("HTTP/2 abuse"). Values are set
+        // here even where they equal h2's or hyper's default, so an upgrade that changes
+        // a default does not change cohort.
         h2.timer(TokioTimer::new())
             .max_concurrent_streams(limits.h2_max_concurrent_streams)
-            .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
+            .max_header_list_size(h2_header_list_size(limits.max_header_bytes))
+            .max_pending_accept_reset_streams(H2_MAX_PENDING_ACCEPT_RESETS)
+            .max_local_error_reset_streams(H2_MAX_LOCAL_ERROR_RESETS)
+            .max_send_buf_size(H2_MAX_SEND_BUF);
         Http { h1, h2 }
     }
 }
+
+/// Streams a client resets before cohort accepted them (rapid reset, CVE-2023-44487):
+/// at this many at once, GOAWAY ENHANCE_YOUR_CALM and close. h2's default, pinned.
+const H2_MAX_PENDING_ACCEPT_RESETS: usize = 20;
+
+/// Streams cohort itself resets for a client's protocol errors over a connection's life
+/// (MadeYouReset, CVE-2025-8671: a zero WINDOW_UPDATE, DATA beyond `content-length` or on
+/// a closed stream, a malformed header block): one more is GOAWAY ENHANCE_YOUR_CALM.
+/// h2 counts the streams it refuses over `h2_max_concurrent_streams` here too. hyper's
+/// default is 1024; a well-behaved client makes none (it waits for a free stream; only
+/// streams it opened before cohort's SETTINGS arrived can be refused), and each can have
+/// cost an upstream request, so cohort allows far fewer.
+const H2_MAX_LOCAL_ERROR_RESETS: usize = 100;
+
+/// Response bytes hyper buffers per stream for a client that does not read (hyper's
+/// default is 400 KB: 40 MB a connection at 100 streams). 64 KiB is four full frames,
+/// and the upstream's own connection holds the rest until the client reads.
+const H2_MAX_SEND_BUF: usize = 64 * 1024;
+
+/// The header list size HTTP/2 advertises and enforces itself (the
+/// SETTINGS_MAX_HEADER_LIST_SIZE setting, RFC 9113 §6.5.2): twice `max_header_bytes`.
+/// A list between the two reaches cohort, whose request policy answers 431 and counts it
+/// (`proxy::handle`); h2 answers a larger one 431 itself, unseen and uncounted, and ends
+/// the connection with a GOAWAY for a header block that keeps growing past it
+/// (COMPRESSION_ERROR once it stops buffering the block, ENHANCE_YOUR_CALM for too many
+/// CONTINUATION frames or a list over four times its limit).
+fn h2_header_list_size(max_header_bytes: usize) -> u32 {
+    u32::try_from(max_header_bytes.saturating_mul(2)).unwrap_or(u32::MAX)
+}
+
+/// How long an idle HTTP/2 connection may take to complete its close (the client's
+/// answer to the GOAWAY's PING, RFC 9113 §6.8) before it is cut.
+const H2_IDLE_CLOSE_GRACE: Duration = Duration::from_secs(2);
 
 /// One accepted client connection and what serving it needs.
 struct Connection {
@@ -286,13 +326,13 @@ impl Connection {
         let peer = self.peer;
         // hyper's path renders the `X-Forwarded-For` element once per connection.
         let client = Arc::new(proxy::Peer::new(peer));
-        let service = hyper::service::service_fn(move |req| {
-            let ctx = ctx.clone();
-            let client = client.clone();
-            async move { Ok::<_, Infallible>(proxy::handle(&ctx, req, &client).await) }
-        });
         let result = match protocol {
             Wire::Http1 => {
+                let service = hyper::service::service_fn(move |req| {
+                    let ctx = ctx.clone();
+                    let client = client.clone();
+                    async move { Ok::<_, Infallible>(proxy::handle(&ctx, req, &client).await) }
+                });
                 let io = HeadWatch::new(io);
                 let watch = io.state.clone();
                 let conn = self.http.h1.serve_connection(TokioIo::new(io), service);
@@ -312,8 +352,24 @@ impl Connection {
                 result
             }
             Wire::Http2 => {
+                let activity = Arc::new(Activity::new());
+                let streams = activity.clone();
+                let service = hyper::service::service_fn(move |req| {
+                    let ctx = ctx.clone();
+                    let client = client.clone();
+                    let stream = InFlight::enter(&streams);
+                    async move {
+                        let response = proxy::handle(&ctx, req, &client).await;
+                        Ok::<_, Infallible>(response.map(|body| InFlightBody {
+                            body,
+                            _stream: stream,
+                        }))
+                    }
+                });
                 let conn = self.http.h2.serve_connection(TokioIo::new(io), service);
-                until_drained(conn, &mut self.drain, |c| c.graceful_shutdown(), |_| {}).await
+                let idle = self.ctx.limits.idle_timeout;
+                let stop = |c: Pin<&mut _>| http2::Connection::graceful_shutdown(c);
+                until_idle_or_drained(conn, &mut self.drain, &activity, idle, stop).await
             }
         };
         if let Err(e) = result {
@@ -415,6 +471,123 @@ where
     };
     ended(&result);
     result
+}
+
+/// Drives an HTTP/2 connection to its end. When shutdown begins, it is asked to finish
+/// what is in flight and close (as [`until_drained`]). Once no stream has been in flight
+/// for `idle` (`listen.idle_timeout`; from the connection's start if it never had one:
+/// a client that sent the preface and nothing else, or a header block that stalled,
+/// holds no stream), it is closed the same way, GOAWAY then close, and cut if the client
+/// has not completed the close within [`H2_IDLE_CLOSE_GRACE`].
+async fn until_idle_or_drained<C>(
+    conn: C,
+    drain: &mut DrainWatch,
+    activity: &Activity,
+    idle: Duration,
+    stop: impl Fn(Pin<&mut C>),
+) -> Result<(), hyper::Error>
+where
+    C: Future<Output = Result<(), hyper::Error>>,
+{
+    let mut conn = std::pin::pin!(conn);
+    loop {
+        // While a stream is in flight, look again one `idle` later: the deadline is then
+        // at least that far off.
+        let wake = activity
+            .idle_deadline(idle)
+            .unwrap_or_else(|| std::time::Instant::now() + idle);
+        tokio::select! {
+            result = conn.as_mut() => return result,
+            () = drain.draining() => {
+                stop(conn.as_mut());
+                return conn.as_mut().await;
+            }
+            () = tokio::time::sleep_until(wake.into()) => {
+                let now = std::time::Instant::now();
+                if activity.idle_deadline(idle).is_some_and(|deadline| deadline <= now) {
+                    stop(conn.as_mut());
+                    let closed = tokio::time::timeout(H2_IDLE_CLOSE_GRACE, conn.as_mut()).await;
+                    return closed.unwrap_or(Ok(()));
+                }
+            }
+        }
+    }
+}
+
+/// The streams in flight on one HTTP/2 connection, and since when none has been: what
+/// `listen.idle_timeout` is judged by. Touched once when a stream starts and once when
+/// its response ends; all on the connection's worker thread.
+struct Activity {
+    started: std::time::Instant,
+    in_flight: AtomicUsize,
+    /// Milliseconds from `started` to when the last stream ended (0: none yet).
+    idle_since_ms: AtomicU64,
+}
+
+impl Activity {
+    fn new() -> Activity {
+        Activity {
+            started: std::time::Instant::now(),
+            in_flight: AtomicUsize::new(0),
+            idle_since_ms: AtomicU64::new(0),
+        }
+    }
+
+    /// When the connection will have been idle for `idle`; `None` while a stream is in
+    /// flight.
+    fn idle_deadline(&self, idle: Duration) -> Option<std::time::Instant> {
+        if self.in_flight.load(Ordering::Acquire) > 0 {
+            return None;
+        }
+        let since = Duration::from_millis(self.idle_since_ms.load(Ordering::Acquire));
+        Some(self.started + since + idle)
+    }
+}
+
+/// One stream in flight, from the request's arrival to the end of its response body.
+struct InFlight(Arc<Activity>);
+
+impl InFlight {
+    fn enter(activity: &Arc<Activity>) -> InFlight {
+        activity.in_flight.fetch_add(1, Ordering::AcqRel);
+        InFlight(activity.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let activity = &self.0;
+        let now = u64::try_from(activity.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        activity.idle_since_ms.store(now, Ordering::Release);
+        activity.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A response body on an HTTP/2 connection; its stream is in flight while it exists
+/// (hyper drops it when the stream ends, is reset, or the connection goes).
+struct InFlightBody {
+    body: proxy::ProxyBody,
+    _stream: InFlight,
+}
+
+impl http_body::Body for InFlightBody {
+    type Data = bytes::Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, hyper::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
 }
 
 /// The IO of a connection hyper serves as HTTP/1, watched for the one answer hyper

@@ -70,6 +70,12 @@ pub async fn handle(
         let answer = reject::rejected(&ctx.metrics, peer, malformed);
         return rejection_response(answer, req.version());
     }
+    if req.version() == Version::HTTP_2 {
+        if let Some(malformed) = h2_head_over_limits(&req, &ctx.limits) {
+            let answer = reject::rejected(&ctx.metrics, peer, malformed);
+            return rejection_response(answer, req.version());
+        }
+    }
     let start = Instant::now();
     let snap = ctx.snapshot.load_full();
     let host = router::request_host(req.uri(), req.headers());
@@ -225,6 +231,41 @@ pub async fn handle(
         response.body_mut().completion = Some(completion);
     }
     response
+}
+
+/// An HTTP/2 request head over the listener's limits, as the policy names it (431 on
+/// that stream, counted as unrouted, like an HTTP/1 head): more header fields than
+/// `max_headers` (pseudo-header fields not counted, as HTTP/1 counts no request line),
+/// or a header list over `max_header_bytes` by HTTP/2's own measure (RFC 9113 §6.5.2:
+/// each field's name and value plus 32, pseudo-header fields included). h2 lets lists
+/// up to twice `max_header_bytes` through to here (`listener::h2_header_list_size`), so
+/// that this answer, and its count, are cohort's.
+fn h2_head_over_limits<B>(req: &Request<B>, limits: &crate::config::Limits) -> Option<Malformed> {
+    let headers = req.headers();
+    if headers.len() > limits.max_headers {
+        return Some(Malformed::TooManyHeaders);
+    }
+    /// RFC 9113 §6.5.2's per-field overhead.
+    const FIELD: usize = 32;
+    let uri = req.uri();
+    let pseudo = [
+        (":method".len(), req.method().as_str().len()),
+        (":scheme".len(), uri.scheme_str().map_or(0, str::len)),
+        (
+            ":authority".len(),
+            uri.authority().map_or(0, |a| a.as_str().len()),
+        ),
+        (
+            ":path".len(),
+            uri.path_and_query().map_or(0, |p| p.as_str().len()),
+        ),
+    ];
+    let size = pseudo.iter().map(|(n, v)| n + v + FIELD).sum::<usize>()
+        + headers
+            .iter()
+            .map(|(name, value)| name.as_str().len() + value.len() + FIELD)
+            .sum::<usize>();
+    (size > limits.max_header_bytes).then_some(Malformed::HeadTooLarge)
 }
 
 /// The policy's answer to a body over `max_body` (413; on HTTP/1 the connection closes,

@@ -4,6 +4,7 @@
 
 mod cohort;
 mod config;
+pub mod h2frames;
 mod http;
 pub mod nginx;
 mod pattern;
