@@ -379,7 +379,8 @@ async fn h2_request(
 
 /// HTTP/2 takes the same `max_body` (413 by `content-length`, counted under the route
 /// and variant) and advertises `max_header_bytes` as its header list size: a larger
-/// header list never reaches the upstream (h2 answers 431 itself, uncounted).
+/// header list never reaches the upstream (431 on that stream; counted up to twice the
+/// limit, beyond which the HTTP/2 layer answers it itself: see `http2_header_lists_over_max_header_bytes_get_431_counted`).
 #[tokio::test]
 async fn http2_takes_max_body_and_max_header_bytes() {
     let setup = Setup::with_route(

@@ -572,12 +572,12 @@ struct InFlightBody {
 
 impl http_body::Body for InFlightBody {
     type Data = bytes::Bytes;
-    type Error = hyper::Error;
+    type Error = <proxy::ProxyBody as http_body::Body>::Error;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, hyper::Error>>> {
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, Self::Error>>> {
         Pin::new(&mut self.body).poll_frame(cx)
     }
 

@@ -203,7 +203,7 @@ pub(crate) fn rejected(metrics: &Metrics, peer: SocketAddr, malformed: Malformed
         %peer,
         status = answer.status.as_u16(),
         reason = malformed.as_str(),
-        "malformed request answered; closing the connection"
+        "malformed request answered (HTTP/1: the connection closes; HTTP/2: the stream ends)"
     );
     answer
 }
