@@ -160,6 +160,18 @@ impl Measured {
         );
     }
 
+    /// The attack ended in GOAWAY `ENHANCE_YOUR_CALM`, bounded: its README row printed
+    /// and [`Measured::assert_bounded`] held.
+    fn calmed(&self, name: &str) {
+        self.row(name, "GOAWAY ENHANCE_YOUR_CALM");
+        self.assert_bounded(name);
+        assert_eq!(
+            self.outcome.goaway.map(|(_, code)| code),
+            Some(h2::ENHANCE_YOUR_CALM),
+            "{name}"
+        );
+    }
+
     /// Prints the README table's row.
     fn row(&self, name: &str, what: &str) {
         println!(
@@ -333,12 +345,7 @@ async fn a_continuation_flood_ends_in_goaway() {
     })
     .await;
     let name = "CONTINUATION flood (small frames, no END_HEADERS)";
-    measured.row(name, "GOAWAY ENHANCE_YOUR_CALM");
-    measured.assert_bounded(name);
-    assert_eq!(
-        measured.outcome.goaway.map(|(_, code)| code),
-        Some(h2::ENHANCE_YOUR_CALM)
-    );
+    measured.calmed(name);
     assert!(measured.written < 1000, "{} frames taken", measured.written);
     assert_eq!(measured.attack_hits, 0);
     target.cohort.shutdown().await;
@@ -357,12 +364,7 @@ async fn an_empty_continuation_flood_ends_in_goaway() {
     })
     .await;
     let name = "CONTINUATION flood (empty frames)";
-    measured.row(name, "GOAWAY ENHANCE_YOUR_CALM");
-    measured.assert_bounded(name);
-    assert_eq!(
-        measured.outcome.goaway.map(|(_, code)| code),
-        Some(h2::ENHANCE_YOUR_CALM)
-    );
+    measured.calmed(name);
     assert!(measured.written < 1000, "{} frames taken", measured.written);
     assert_eq!(measured.attack_hits, 0);
     target.cohort.shutdown().await;
@@ -386,12 +388,7 @@ async fn continuations_totalling_past_max_header_bytes_end_in_goaway() {
     })
     .await;
     let name = "CONTINUATION × 16 KiB (past max_header_bytes)";
-    measured.row(name, "GOAWAY ENHANCE_YOUR_CALM");
-    measured.assert_bounded(name);
-    assert_eq!(
-        measured.outcome.goaway.map(|(_, code)| code),
-        Some(h2::ENHANCE_YOUR_CALM)
-    );
+    measured.calmed(name);
     assert!(measured.written < 100, "{} frames taken", measured.written);
     assert_eq!(measured.attack_hits, 0);
     target.cohort.shutdown().await;
@@ -557,12 +554,7 @@ async fn an_empty_data_flood_ends_in_goaway() {
     })
     .await;
     let name = "empty DATA × 100000 on one stream";
-    measured.row(name, "GOAWAY ENHANCE_YOUR_CALM");
-    measured.assert_bounded(name);
-    assert_eq!(
-        measured.outcome.goaway.map(|(_, code)| code),
-        Some(h2::ENHANCE_YOUR_CALM)
-    );
+    measured.calmed(name);
     // h2 ends it at the 101st empty frame; the client wrote ahead of cohort's reading.
     assert!(
         measured.written < 10_000,

@@ -392,9 +392,9 @@ async fn answer(state: &Arc<UpstreamState>, mut req: Request<Incoming>) -> Respo
             resp
         }
         Reply::CutBody { sent, promised } => {
-            let mut resp = Response::new(boxed(CutBody {
+            let mut resp = Response::new(boxed(BrokenBody {
                 head: Some(PatternBody::new(sent as u64, false)),
-                flush: Box::pin(tokio::time::sleep(Duration::from_millis(50))),
+                then: Then::Cut(Box::pin(tokio::time::sleep(Duration::from_millis(50)))),
             }));
             if let Some(len) = promised {
                 resp.headers_mut().insert(CONTENT_LENGTH, len.into());
@@ -402,8 +402,9 @@ async fn answer(state: &Arc<UpstreamState>, mut req: Request<Incoming>) -> Respo
             resp
         }
         Reply::StallBody { sent, promised } => {
-            let mut resp = Response::new(boxed(StallBody {
+            let mut resp = Response::new(boxed(BrokenBody {
                 head: Some(PatternBody::new(sent as u64, false)),
+                then: Then::Stall,
             }));
             resp.headers_mut().insert(CONTENT_LENGTH, promised.into());
             resp
@@ -449,14 +450,21 @@ async fn echo_upgraded(state: Arc<UpstreamState>, upgrade: hyper::upgrade::OnUpg
     }
 }
 
-/// A body that sends some pattern bytes, waits until hyper has flushed them (and the
-/// response head), then fails, so hyper cuts the connection mid-body.
-struct CutBody {
+/// A body that sends some pattern bytes and then goes wrong its way ([`Then`]).
+struct BrokenBody {
     head: Option<PatternBody>,
-    flush: Pin<Box<tokio::time::Sleep>>,
+    then: Then,
 }
 
-impl Body for CutBody {
+enum Then {
+    /// Wait until hyper has flushed the bytes (and the response head), then fail, so
+    /// hyper cuts the connection mid-body.
+    Cut(Pin<Box<tokio::time::Sleep>>),
+    /// Never go on (nor wake anyone).
+    Stall,
+}
+
+impl Body for BrokenBody {
     type Data = Bytes;
     type Error = std::io::Error;
 
@@ -470,34 +478,16 @@ impl Body for CutBody {
                 _ => self.head = None,
             }
         }
-        std::task::ready!(self.flush.as_mut().poll(cx));
-        Poll::Ready(Some(Err(std::io::Error::new(
-            std::io::ErrorKind::ConnectionReset,
-            "the fake upstream cuts this body",
-        ))))
-    }
-}
-
-/// Some pattern bytes, then a body that never goes on (nor wakes anyone).
-struct StallBody {
-    head: Option<PatternBody>,
-}
-
-impl Body for StallBody {
-    type Data = Bytes;
-    type Error = std::io::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
-        if let Some(head) = &mut self.head {
-            match Pin::new(head).poll_frame(cx) {
-                Poll::Ready(Some(Ok(frame))) => return Poll::Ready(Some(Ok(frame))),
-                _ => self.head = None,
+        match &mut self.then {
+            Then::Stall => Poll::Pending,
+            Then::Cut(flush) => {
+                std::task::ready!(flush.as_mut().poll(cx));
+                Poll::Ready(Some(Err(std::io::Error::new(
+                    std::io::ErrorKind::ConnectionReset,
+                    "the fake upstream cuts this body",
+                ))))
             }
         }
-        Poll::Pending
     }
 }
 
