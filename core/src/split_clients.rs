@@ -84,41 +84,75 @@ pub fn hashed_string(template: &str, key: &[u8], out: &mut Vec<u8>) {
 /// allocates nothing for the usual key.
 const STACK_LIMIT: usize = 256;
 
-/// The NGINX-compatible assignment: (bucket, variant) for `key` under `template`.
-pub fn assign(template: &str, key: &[u8], canary: BasisPoints) -> (u16, Variant) {
-    let hash = hash_of(template, key);
-    let bucket = bucket(hash);
-    let variant = if bucket < canary.get() {
-        Variant::Canary
-    } else {
-        Variant::Stable
-    };
-    (bucket, variant)
+/// A route's `nginx_key`, split once at `${key}` when the config is read, so a
+/// request only copies the pieces and its key together and hashes them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyTemplate {
+    text: String,
+    /// The text between the placeholders: one more piece than placeholders.
+    pieces: Vec<Box<[u8]>>,
 }
 
-/// NGINX's hash of `template` with `${key}` replaced by `key`.
-fn hash_of(template: &str, key: &[u8]) -> u32 {
-    let places = template.matches(KEY_PLACEHOLDER).count();
-    let len = template.len() - places * KEY_PLACEHOLDER.len() + places * key.len();
-    if len > STACK_LIMIT {
-        let mut text = Vec::with_capacity(len);
-        hashed_string(template, key, &mut text);
-        return murmur_hash2(&text);
+impl KeyTemplate {
+    pub fn new(text: String) -> KeyTemplate {
+        let pieces = text
+            .split(KEY_PLACEHOLDER)
+            .map(|piece| Box::from(piece.as_bytes()))
+            .collect();
+        KeyTemplate { text, pieces }
     }
-    let mut buf = [0u8; STACK_LIMIT];
-    let mut at = 0;
-    let mut put = |bytes: &[u8]| {
-        buf[at..at + bytes.len()].copy_from_slice(bytes);
-        at += bytes.len();
-    };
-    let mut rest = template;
-    while let Some(i) = rest.find(KEY_PLACEHOLDER) {
-        put(&rest.as_bytes()[..i]);
-        put(key);
-        rest = &rest[i + KEY_PLACEHOLDER.len()..];
+
+    /// The template as written.
+    pub fn as_str(&self) -> &str {
+        &self.text
     }
-    put(rest.as_bytes());
-    murmur_hash2(&buf[..at])
+
+    /// NGINX's hash of the template with each `${key}` replaced by `key`.
+    #[inline]
+    pub fn hash(&self, key: &[u8]) -> u32 {
+        let literal: usize = self.pieces.iter().map(|p| p.len()).sum();
+        let len = literal + (self.pieces.len() - 1) * key.len();
+        if len > STACK_LIMIT {
+            let mut text = Vec::with_capacity(len);
+            hashed_string(&self.text, key, &mut text);
+            return murmur_hash2(&text);
+        }
+        let mut buf = [0u8; STACK_LIMIT];
+        let mut at = 0;
+        for (i, piece) in self.pieces.iter().enumerate() {
+            if i > 0 {
+                buf[at..at + key.len()].copy_from_slice(key);
+                at += key.len();
+            }
+            buf[at..at + piece.len()].copy_from_slice(piece);
+            at += piece.len();
+        }
+        murmur_hash2(&buf[..at])
+    }
+
+    /// The NGINX-compatible assignment: (bucket, variant) for `key`.
+    #[inline]
+    pub fn assign(&self, key: &[u8], canary: BasisPoints) -> (u16, Variant) {
+        let bucket = bucket(self.hash(key));
+        let variant = if bucket < canary.get() {
+            Variant::Canary
+        } else {
+            Variant::Stable
+        };
+        (bucket, variant)
+    }
+}
+
+impl serde::Serialize for KeyTemplate {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.text)
+    }
+}
+
+impl std::fmt::Display for KeyTemplate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.text)
+    }
 }
 
 /// Whether NGINX itself would pick the canary (its boundary, its ends): for tests
@@ -202,26 +236,36 @@ mod tests {
     }
 
     #[test]
-    fn long_hashed_strings_hash_the_same_as_short_ones_would() {
-        let key = "k".repeat(300);
+    fn a_template_hashes_the_string_it_stands_for_at_any_length() {
         let mut text = Vec::new();
-        hashed_string("${key}AAA", key.as_bytes(), &mut text);
-        assert_eq!(hash_of("${key}AAA", key.as_bytes()), murmur_hash2(&text));
-        hashed_string("a${key}b", b"user-1", &mut text);
-        assert_eq!(hash_of("a${key}b", b"user-1"), murmur_hash2(&text));
+        for (template, key) in [
+            ("${key}AAA", "k".repeat(300)),
+            ("a${key}b${key}", "user-1".to_owned()),
+            ("${key}", String::new()),
+            ("no placeholder", "x".to_owned()),
+        ] {
+            hashed_string(template, key.as_bytes(), &mut text);
+            let compiled = KeyTemplate::new(template.to_owned());
+            assert_eq!(
+                compiled.hash(key.as_bytes()),
+                murmur_hash2(&text),
+                "{template}"
+            );
+        }
     }
 
     #[test]
     fn raising_the_percentage_only_adds_users() {
         let bp = |p| BasisPoints::from_raw(p).unwrap_or_default();
+        let template = KeyTemplate::new("${key}".to_owned());
         for i in 0..5000u32 {
             let key = format!("user-{i}");
-            let (_, low) = assign("${key}", key.as_bytes(), bp(1000));
-            let (_, high) = assign("${key}", key.as_bytes(), bp(2500));
+            let (_, low) = template.assign(key.as_bytes(), bp(1000));
+            let (_, high) = template.assign(key.as_bytes(), bp(2500));
             assert!(low == Variant::Stable || high == Variant::Canary);
-            assert_eq!(assign("${key}", key.as_bytes(), bp(0)).1, Variant::Stable);
+            assert_eq!(template.assign(key.as_bytes(), bp(0)).1, Variant::Stable);
             assert_eq!(
-                assign("${key}", key.as_bytes(), bp(10000)).1,
+                template.assign(key.as_bytes(), bp(10000)).1,
                 Variant::Canary
             );
         }

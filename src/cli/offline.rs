@@ -94,7 +94,7 @@ pub fn check(path: &std::path::Path) -> ExitCode {
             out!("  propagates baggage cohort.{name}");
         }
         if let config::Hash::Nginx { nginx_key } = &route.hash {
-            out!("  hash: nginx split_clients over {nginx_key:?}");
+            out!("  hash: nginx split_clients over {:?}", nginx_key.as_str());
         }
     }
     ExitCode::SUCCESS

@@ -15,6 +15,7 @@ use super::ConfigWarning;
 use crate::cohort::BasisPoints;
 use crate::rollout::{Guard, GuardAction, Rollout};
 use crate::segment::{Segment, ValueSet};
+use crate::split_clients::KeyTemplate;
 
 pub const DEFAULT_CONFIG_PATH: &str = "config/cohort.toml";
 pub const DEFAULT_OVERRIDE_HEADER: &str = "x-cohort-variant";
@@ -255,7 +256,7 @@ pub enum Hash {
     /// XXH3-64 over `salt ‖ 0x00 ‖ key`: cohort's own.
     Xxh3,
     /// NGINX `split_clients` over `nginx_key` with `${key}` replaced.
-    Nginx { nginx_key: String },
+    Nginx { nginx_key: KeyTemplate },
 }
 
 impl Route {
@@ -264,7 +265,7 @@ impl Route {
     pub fn assign(&self, key: &[u8], canary: BasisPoints) -> (u16, crate::cohort::Variant) {
         match &self.hash {
             Hash::Xxh3 => crate::cohort::assign(&self.salt, key, canary),
-            Hash::Nginx { nginx_key } => crate::split_clients::assign(nginx_key, key, canary),
+            Hash::Nginx { nginx_key } => nginx_key.assign(key, canary),
         }
     }
 

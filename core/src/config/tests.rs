@@ -642,7 +642,7 @@ fn segments_propagation_and_hash_are_compiled() {
     assert_eq!(
         nginx.routes[0].hash,
         Hash::Nginx {
-            nginx_key: "${key}".into()
+            nginx_key: crate::split_clients::KeyTemplate::new("${key}".into())
         }
     );
 }

@@ -17,7 +17,7 @@ use crate::baggage;
 use crate::cohort::{BasisPoints, Variant};
 use crate::rollout::{self, Guard, GuardAction, Rollout};
 use crate::segment::{Segment, SegmentMatch, ValueSet};
-use crate::split_clients::KEY_PLACEHOLDER;
+use crate::split_clients::{KeyTemplate, KEY_PLACEHOLDER};
 
 /// Checks every rule on `raw`, read from `file`: the config, or every problem found.
 pub(crate) fn validate(raw: RawConfig, file: &Path) -> Result<Config, ConfigError> {
@@ -468,7 +468,7 @@ impl Validator<'_> {
                 Hash::Xxh3
             }
             ("nginx", None) => Hash::Nginx {
-                nginx_key: KEY_PLACEHOLDER.to_owned(),
+                nginx_key: KeyTemplate::new(KEY_PLACEHOLDER.to_owned()),
             },
             ("nginx", Some(template)) => {
                 if !template.contains(KEY_PLACEHOLDER) {
@@ -478,7 +478,7 @@ impl Validator<'_> {
                     );
                 }
                 Hash::Nginx {
-                    nginx_key: template,
+                    nginx_key: KeyTemplate::new(template),
                 }
             }
             (other, _) => {
