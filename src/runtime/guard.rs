@@ -18,8 +18,10 @@ use crate::admin::history::{Event, Events};
 use crate::cohort::{BasisPoints, Variant};
 use crate::config::{Config, Route};
 use crate::metrics::window::Window;
+use crate::rollout::sequential::{self, Sequential, Tally};
 use crate::rollout::{
-    self, format_rfc3339, verdict, Figures, GuardAction, Reason, UnixMillis, Verdict,
+    self, format_rfc3339, threshold_evidence, verdict, Figures, Guard, GuardAction, Method, Reason,
+    UnixMillis, Verdict,
 };
 use crate::runtime::server::State;
 use crate::runtime::state_dir::{self, Stored};
@@ -71,6 +73,30 @@ struct Remembered {
     holding: Option<usize>,
     /// Steps, rollbacks and resumes for the status page's time axis.
     events: Events,
+    /// A `method = "sequential"` guard's judge since it (re)started on this identity.
+    sequential: Option<SequentialRun>,
+    /// The last judgement, for `/routes/{name}/verdict`, the status page and metrics.
+    judged: Option<Judged>,
+}
+
+/// A sequential judge and the first metrics period it has not folded in yet.
+struct SequentialRun {
+    judge: Sequential,
+    next_period: u64,
+}
+
+/// One evaluation's answer (DESIGN §12): the verdict and its evidence against the
+/// threshold (1 or more fails), per signal.
+#[derive(Debug, Clone)]
+pub(crate) struct Judged {
+    pub method: &'static str,
+    pub verdict: Verdict,
+    pub errors: Option<f64>,
+    pub latency: Option<f64>,
+    pub canary: Figures,
+    pub stable: Figures,
+    /// Sequential only: the counts since the judge (re)started, canary and stable.
+    pub since: Option<(Tally, Tally)>,
 }
 
 /// The guard's outcome windows of one identity.
@@ -224,6 +250,9 @@ impl GuardState {
         }
         memory.rolled_back = None;
         memory.holding = None;
+        // A fresh start for the evidence too: the resumed canary is judged anew.
+        memory.sequential = None;
+        memory.judged = None;
         memory.events.resumed(now);
         if restarts {
             memory.resumed_at = Some(now);
@@ -254,6 +283,81 @@ impl GuardState {
             Variant::Stable => &windows.stable,
             Variant::Canary => &windows.canary,
         })
+    }
+
+    /// The last judgement, with a rollback in force answering `fail` (with the
+    /// rollback's reason) until it is resumed (DESIGN §12).
+    /// Before the first evaluation it is `inconclusive` with no evidence.
+    pub(crate) fn judged(&self, guard: &Guard) -> Judged {
+        let memory = self.lock();
+        let mut judged = memory.judged.clone().unwrap_or(Judged {
+            method: guard.method.as_str(),
+            verdict: Verdict::TooFewRequests,
+            errors: None,
+            latency: None,
+            canary: Figures::default(),
+            stable: Figures::default(),
+            since: None,
+        });
+        if let Some(record) = &memory.rolled_back {
+            judged.verdict = Verdict::Fail(record.reason);
+        }
+        judged
+    }
+
+    fn set_judged(&self, judged: Judged) {
+        self.lock().judged = Some(judged);
+    }
+
+    /// Folds every metrics period that has closed since the last call into the
+    /// sequential judge and judges. A period is read once it is a full period old, so
+    /// a request finishing on the boundary is not missed; the judge restarts when its
+    /// settings change (a reload), and on a resume.
+    fn judge_sequentially(
+        &self,
+        settings: sequential::Settings,
+        min_requests: u64,
+        mono: u64,
+    ) -> (Verdict, Option<f64>, Option<f64>, Tally, Tally) {
+        let mut memory = self.lock();
+        let run = match &mut memory.sequential {
+            Some(run) if run.judge.settings == settings => run,
+            slot => slot.insert(SequentialRun {
+                judge: Sequential::new(settings),
+                next_period: 0,
+            }),
+        };
+        if let Some(windows) = &self.windows {
+            let (current, len) = windows.canary.period_of(mono);
+            let oldest = current.saturating_sub(len.saturating_sub(1));
+            let end = current.saturating_sub(1);
+            let slow_from = settings.latency_over.and_then(|d| {
+                let bound = d.as_secs_f64();
+                crate::metrics::window::DURATION_BUCKETS
+                    .iter()
+                    .position(|b| (b - bound).abs() < 1e-9)
+                    .map(|i| i + 1)
+            });
+            let tally = |counts: crate::metrics::window::Counts| Tally {
+                requests: counts.requests,
+                errors: counts.errors,
+                slow: slow_from.map_or(0, |from| counts.histogram[from..].iter().sum()),
+            };
+            for period in run.next_period.max(oldest)..end {
+                let canary = tally(windows.canary.period_counts(period));
+                let stable = tally(windows.stable.period_counts(period));
+                run.judge.update(&canary, &stable);
+            }
+            run.next_period = run.next_period.max(end);
+        }
+        let judge = &run.judge;
+        (
+            Verdict::from_sequential(judge.judge(min_requests)),
+            Some(judge.errors().ratio()),
+            judge.latency().map(|e| e.ratio()),
+            judge.canary,
+            judge.stable,
+        )
     }
 
     /// The figures of both variants over the guard window at metrics time `mono`
@@ -391,7 +495,13 @@ pub(crate) fn evaluate_once(state: &State, now: UnixMillis) {
             let memory = route_state.memory();
             let (canary, stable) = memory.figures(mono);
             route_state.metrics.guard_figures(&canary, &stable);
-            let judged = verdict(guard, &canary, &stable);
+            let judgement = judge(memory, guard, canary, stable, mono);
+            let judged = judgement.verdict;
+            memory.set_judged(judgement);
+            let shown = memory.judged(guard);
+            route_state
+                .metrics
+                .guard_verdict(shown.verdict.label(), shown.errors, shown.latency);
             match (guard.action, judged) {
                 (GuardAction::Rollback, Verdict::Fail(reason))
                     if memory.roll_back(route, reason, now).is_some() =>
@@ -420,6 +530,43 @@ pub(crate) fn evaluate_once(state: &State, now: UnixMillis) {
             }
         }
         route_state.refresh(route, now);
+    }
+}
+
+/// Judges one route by its guard's method.
+fn judge(
+    memory: &GuardState,
+    guard: &Guard,
+    canary: Figures,
+    stable: Figures,
+    mono: u64,
+) -> Judged {
+    match guard.method {
+        Method::Threshold => {
+            let (errors, latency) = threshold_evidence(guard, &canary, &stable);
+            Judged {
+                method: guard.method.as_str(),
+                verdict: verdict(guard, &canary, &stable),
+                errors,
+                latency,
+                canary,
+                stable,
+                since: None,
+            }
+        }
+        Method::Sequential(settings) => {
+            let (verdict, errors, latency, since_canary, since_stable) =
+                memory.judge_sequentially(settings, guard.min_requests, mono);
+            Judged {
+                method: guard.method.as_str(),
+                verdict,
+                errors,
+                latency,
+                canary,
+                stable,
+                since: Some((since_canary, since_stable)),
+            }
+        }
     }
 }
 
