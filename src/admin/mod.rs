@@ -244,9 +244,11 @@ const MAX_BODY: usize = 64 * 1024;
 /// `GET /routes/{name}/verdict` (DESIGN §12): the guard's judgement, 200 unless it is
 /// `fail` (a rolled-back route answers `fail` until resumed), then 503 with the same
 /// body, so a Flagger `rollout` webhook fails on it; 404 for an unknown route or one
-/// without a guard.
+/// without a guard. POST is answered the same (Flagger's webhooks POST).
 fn verdict(state: &State, name: &str, method: &Method) -> Response<Full<Bytes>> {
-    if method != Method::GET && method != Method::HEAD {
+    // Flagger's webhooks POST their own payload: the verdict only reads, so POST is
+    // answered like GET (the body is ignored, and no token is needed for reading).
+    if method != Method::GET && method != Method::HEAD && method != Method::POST {
         return text(
             StatusCode::METHOD_NOT_ALLOWED,
             "use GET /routes/{name}/verdict\n",

@@ -953,6 +953,36 @@ mod tests {
     }
 
     #[test]
+    fn guarded_routes_show_the_verdict_and_its_evidence() {
+        let mut passing = route("shop", 10.0, "s");
+        passing["verdict"] = serde_json::json!({
+            "verdict": "pass", "method": "threshold", "reason": null,
+            "evidence": {"errors": 0.4, "latency": null, "fails_at": 1.0}
+        });
+        let mut waiting = route("cart", 10.0, "c");
+        waiting["verdict"] = serde_json::json!({
+            "verdict": "inconclusive", "method": "sequential", "reason": null,
+            "evidence": {"errors": null, "latency": null}
+        });
+        let html = render(&doc(vec![passing, waiting, route("plain", 0.0, "p")]));
+        assert!(
+            html.contains("<div class=\"verdict\">verdict: pass (threshold) · evidence errors 0.4 (observed / limit; 1 fails)</div>"),
+            "{html}"
+        );
+        assert!(
+            html.contains(
+                "<div class=\"verdict\">verdict: inconclusive (sequential) · no evidence yet</div>"
+            ),
+            "{html}"
+        );
+        assert_eq!(
+            html.matches("class=\"verdict").count(),
+            2,
+            "none for the plain route"
+        );
+    }
+
+    #[test]
     fn figures_are_formatted_compactly() {
         assert_eq!(rate_text(Some(0.0)), "0");
         assert_eq!(rate_text(Some(0.004)), "<0.01");
