@@ -83,6 +83,9 @@ struct Remembered {
 struct SequentialRun {
     judge: Sequential,
     next_period: u64,
+    /// The guard window the periods belong to: a new length means new slot widths,
+    /// whose period numbers are not comparable, so the run restarts.
+    window: Duration,
 }
 
 /// One evaluation's answer (DESIGN §12): the verdict and its evidence against the
@@ -319,18 +322,25 @@ impl GuardState {
         min_requests: u64,
         mono: u64,
     ) -> (Verdict, Option<f64>, Option<f64>, Tally, Tally) {
+        let (current, len) = self
+            .windows
+            .as_ref()
+            .map_or((0, 1), |w| w.canary.period_of(mono));
+        // Periods before `end` are a full period old: complete.
+        let end = current.saturating_sub(1);
         let mut memory = self.lock();
         let run = match &mut memory.sequential {
-            Some(run) if run.judge.settings == settings => run,
+            Some(run) if run.judge.settings == settings && run.window == self.window_len => run,
+            // A new run judges only what happens from now on: evidence seen before its
+            // settings were chosen must not count towards it.
             slot => slot.insert(SequentialRun {
                 judge: Sequential::new(settings),
-                next_period: 0,
+                next_period: end,
+                window: self.window_len,
             }),
         };
         if let Some(windows) = &self.windows {
-            let (current, len) = windows.canary.period_of(mono);
             let oldest = current.saturating_sub(len.saturating_sub(1));
-            let end = current.saturating_sub(1);
             let slow_from = settings.latency_over.and_then(|d| {
                 let bound = d.as_secs_f64();
                 crate::metrics::window::DURATION_BUCKETS

@@ -30,11 +30,24 @@
 //! `p̂_b` is stable's bad-outcome ratio over the buckets before b (with a prior of one
 //! bad outcome in 100 requests) and `m_j ∈ {1, 2, 4, 8, 16, 32}`, equal weights: the
 //! mixture bets on an absolute increase of `min_effect` or more over stable's ratio.
+//!
+//! A long healthy stretch drives every product towards 0, and a canary that goes bad
+//! later would have to climb out of that hole. So the mixture is also over start
+//! times: a new set of experts starts every [`EPOCH_BUCKETS`] buckets (epoch k, weight
+//! `6 / (π² (k + 1)²)`, the weights summing to 1). Each epoch's products are test
+//! supermartingales (1 until they start), so the weighted sum is one too. Epochs not
+//! started yet and epochs older than the last [`KEPT_EPOCHS`] are left out of the sum:
+//! leaving out non-negative terms only lowers E, so the bound still holds.
 
 use std::time::Duration;
 
 /// Multiples of `min_effect` the mixture's experts bet on, equal weights.
 pub const MULTIPLES: [f64; 6] = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0];
+/// Buckets per epoch: a fresh set of experts starts this often (10 minutes of
+/// one-second buckets).
+pub const EPOCH_BUCKETS: u64 = 600;
+/// Epochs whose experts are kept (the last hour of one-second buckets).
+pub const KEPT_EPOCHS: usize = 6;
 /// Prior of the stable ratio estimate: one bad outcome in this many requests.
 const PRIOR_REQUESTS: f64 = 100.0;
 /// Odds ratios are kept in a range where a single bucket cannot overflow anything.
@@ -75,10 +88,26 @@ impl Tally {
     }
 }
 
-/// One signal's test: the log of each expert's product, and stable's counts so far.
+/// The experts that started at one epoch: the log of each one's product.
+#[derive(Debug, Clone, PartialEq)]
+struct Epoch {
+    index: u64,
+    log_products: [f64; MULTIPLES.len()],
+}
+
+/// `ln` of one expert's weight in epoch `index`: the epoch's `6 / (π² (k + 1)²)`,
+/// shared equally by its experts.
+fn epoch_log_weight(index: u64) -> f64 {
+    let k = index as f64 + 1.0;
+    (6.0 / (std::f64::consts::PI * std::f64::consts::PI * k * k)).ln()
+        - (MULTIPLES.len() as f64).ln()
+}
+
+/// One signal's test: the experts of the kept epochs, and stable's counts so far.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Test {
-    log_products: [f64; MULTIPLES.len()],
+    epochs: Vec<Epoch>,
+    buckets: u64,
     stable_bad: u64,
     stable_requests: u64,
     /// The e-value has reached 1/α: the test has rejected, and stays rejected.
@@ -88,7 +117,8 @@ pub struct Test {
 impl Test {
     fn new() -> Test {
         Test {
-            log_products: [0.0; MULTIPLES.len()],
+            epochs: Vec::new(),
+            buckets: 0,
             stable_bad: 0,
             stable_requests: 0,
             rejected: false,
@@ -102,15 +132,29 @@ impl Test {
         let (stable_bad, stable_requests) = stable;
         let bad = canary_bad + stable_bad;
         let requests = canary_requests + stable_requests;
+        if self.buckets % EPOCH_BUCKETS == 0 {
+            if self.epochs.len() == KEPT_EPOCHS {
+                self.epochs.remove(0);
+            }
+            self.epochs.push(Epoch {
+                index: self.buckets / EPOCH_BUCKETS,
+                log_products: [0.0; MULTIPLES.len()],
+            });
+        }
+        self.buckets += 1;
         // A bucket without bad outcomes, or with one variant absent, carries no
         // information on the share (every factor is 1).
         if bad > 0 && canary_requests > 0 && stable_requests > 0 {
             let pi0 = canary_requests as f64 / requests as f64;
             let base =
                 (self.stable_bad as f64 + 1.0) / (self.stable_requests as f64 + PRIOR_REQUESTS);
-            for (log, multiple) in self.log_products.iter_mut().zip(MULTIPLES) {
+            for (j, multiple) in MULTIPLES.into_iter().enumerate() {
                 let odds = (1.0 + multiple * min_effect / base).clamp(MIN_ODDS, MAX_ODDS);
-                *log += canary_bad as f64 * odds.ln() - bad as f64 * (1.0 - pi0 + odds * pi0).ln();
+                let factor =
+                    canary_bad as f64 * odds.ln() - bad as f64 * (1.0 - pi0 + odds * pi0).ln();
+                for epoch in &mut self.epochs {
+                    epoch.log_products[j] += factor;
+                }
             }
         }
         // The estimate moves only after the bucket is judged: that keeps it predictable.
@@ -118,15 +162,21 @@ impl Test {
         self.stable_requests += stable_requests;
     }
 
-    /// `ln E`: log of the equal-weight mixture of the experts' products.
+    /// `ln E`: log of the weighted mixture of the kept epochs' experts (before any
+    /// bucket, the first epoch's weight alone: `ln(6/π²)`, about −0.5).
     pub fn log_e(&self) -> f64 {
-        let max = self
-            .log_products
-            .iter()
-            .copied()
-            .fold(f64::NEG_INFINITY, f64::max);
-        let sum: f64 = self.log_products.iter().map(|l| (l - max).exp()).sum();
-        max + (sum / MULTIPLES.len() as f64).ln()
+        if self.epochs.is_empty() {
+            return epoch_log_weight(0) + (MULTIPLES.len() as f64).ln();
+        }
+        let terms = || {
+            self.epochs.iter().flat_map(|e| {
+                let weight = epoch_log_weight(e.index);
+                e.log_products.iter().map(move |l| l + weight)
+            })
+        };
+        let max = terms().fold(f64::NEG_INFINITY, f64::max);
+        let sum: f64 = terms().map(|l| (l - max).exp()).sum();
+        max + sum.ln()
     }
 }
 

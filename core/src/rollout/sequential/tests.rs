@@ -104,9 +104,35 @@ fn slow_requests_are_a_signal_of_their_own() {
 #[test]
 fn buckets_without_one_variant_or_without_errors_carry_no_evidence() {
     let mut judge = Sequential::new(settings(0.01));
+    let before = judge.errors().log_e;
+    assert!((before - (6.0 / std::f64::consts::PI.powi(2)).ln()).abs() < 1e-12);
     judge.update(&tally(10, 10), &tally(0, 0));
     judge.update(&tally(10, 0), &tally(90, 0));
-    assert_eq!(judge.errors().log_e, 0.0);
+    assert!((judge.errors().log_e - before).abs() < 1e-12);
+}
+
+/// The mixture over start times: two hours of a healthy canary must not bury a
+/// regression that starts afterwards (a single product sits hundreds of nats deep by then).
+#[test]
+fn a_canary_that_goes_bad_after_hours_of_health_is_still_caught() {
+    let mut rng = Rng(42);
+    let mut judge = Sequential::new(settings(0.01));
+    for _ in 0..7200 {
+        let (e_c, e_s) = (rng.binomial(10, 0.01), rng.binomial(90, 0.01));
+        judge.update(&tally(10, e_c), &tally(90, e_s));
+    }
+    assert_eq!(judge.failed(), None);
+    let mut seconds = 0;
+    while judge.failed().is_none() {
+        let (e_c, e_s) = (rng.binomial(10, 0.06), rng.binomial(90, 0.01));
+        judge.update(&tally(10, e_c), &tally(90, e_s));
+        seconds += 1;
+        // With this seed: 30 s; a single product started at 0 needs 854 s.
+        assert!(
+            seconds < 120,
+            "+5 points not caught 2 min after 2 h of health"
+        );
+    }
 }
 
 // ---------------------------------------------------------------------------------------
