@@ -88,7 +88,10 @@ pub fn verdict_line(route: &Value) -> Option<String> {
     if signals.is_empty() {
         line.push_str(" · no evidence yet");
     } else {
-        let against = if method == "sequential" {
+        let two_signals = evidence.is_some_and(|e| e.get("latency").is_some_and(Value::is_number));
+        let against = if method == "sequential" && two_signals {
+            "ln E / ln(2/alpha)"
+        } else if method == "sequential" {
             "ln E / ln(1/alpha)"
         } else {
             "observed / limit"

@@ -444,7 +444,7 @@ fn describe(r: &PrometheusRecorder) {
     );
     gauge(
         GUARD_EVIDENCE,
-        "The guard's evidence against its threshold by route and signal (errors, latency); 1 or more fails. Sequential: ln E / ln(1/alpha); threshold: observed / limit.",
+        "The guard's evidence against its threshold by route and signal (errors, latency); 1 or more fails. Sequential: ln E / ln(1/alpha), ln(2/alpha) with latency_over; threshold: observed / limit.",
     );
 }
 

@@ -449,6 +449,10 @@ fn sequential_guards_are_compiled_and_checked() {
         }),
         "no limits needed: the evidence is the judge"
     );
+    assert_eq!(
+        crate::rollout::describe_guard(c.routes[0].guard.as_ref().unwrap()),
+        "action rollback, window 30s, min_requests 50, method sequential (alpha 0.01, min_effect 0.01)"
+    );
     let json = serde_json::to_value(&c).unwrap();
     assert_eq!(json["routes"][0]["guard"]["method"], "sequential");
     assert_eq!(json["routes"][0]["guard"]["alpha"], 0.01);

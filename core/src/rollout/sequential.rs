@@ -180,7 +180,8 @@ impl Test {
     }
 }
 
-/// The evidence of one signal against its threshold: `ln E / ln(1/α)`; 1 or more fails.
+/// The evidence of one signal against its threshold: `ln E / ln(1/α)` (`ln(2/α)` with
+/// two signals); 1 or more fails.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Evidence {
     pub log_e: f64,
@@ -225,9 +226,12 @@ impl Sequential {
         }
     }
 
-    /// `ln(1/α)`: the level E must reach.
+    /// The level each signal's E must reach: `1/α`, or `2/α` when latency is judged
+    /// too, so that by a union bound the guard as a whole still errs with probability
+    /// at most α (DESIGN §12 promises α for the guard, not per signal).
     fn log_threshold(&self) -> f64 {
-        (1.0 / self.settings.alpha).ln()
+        let signals = if self.latency.is_some() { 2.0 } else { 1.0 };
+        (signals / self.settings.alpha).ln()
     }
 
     /// Folds in one bucket (both variants' counts over the same span of time) and

@@ -94,6 +94,8 @@ fn slow_requests_are_a_signal_of_their_own() {
         judge.update(&slow(10, 5), &slow(90, 1));
     }
     assert_eq!(judge.judge(50), Judgement::Fail(Signal::Latency));
+    // Two signals share alpha: each must reach 2/α.
+    assert!((judge.errors().log_threshold - (2.0f64 / 0.01).ln()).abs() < 1e-12);
     assert!(
         judge.errors().ratio() <= 0.0,
         "no errors, no error evidence"
