@@ -77,6 +77,9 @@ struct Remembered {
     sequential: Option<SequentialRun>,
     /// The last judgement, for `/routes/{name}/verdict`, the status page and metrics.
     judged: Option<Judged>,
+    /// Resumes so far: an evaluation that began before a resume must not act on the
+    /// evidence the resume discarded.
+    resumes: u64,
 }
 
 /// A sequential judge and the first metrics period it has not folded in yet.
@@ -211,8 +214,20 @@ impl GuardState {
         reason: Reason,
         at: UnixMillis,
     ) -> Option<RollbackRecord> {
+        self.roll_back_unless_resumed(route, reason, at, None)
+    }
+
+    /// [`GuardState::roll_back`] for a guard's verdict: nothing if a resume came after
+    /// `resumes` was read, since the verdict's evidence is gone.
+    fn roll_back_unless_resumed(
+        &self,
+        route: &Route,
+        reason: Reason,
+        at: UnixMillis,
+        resumes: Option<u64>,
+    ) -> Option<RollbackRecord> {
         let mut memory = self.lock();
-        if memory.rolled_back.is_some() {
+        if memory.rolled_back.is_some() || resumes.is_some_and(|r| r != memory.resumes) {
             return None;
         }
         let saved = match &self.state_file {
@@ -256,6 +271,7 @@ impl GuardState {
         // A fresh start for the evidence too: the resumed canary is judged anew.
         memory.sequential = None;
         memory.judged = None;
+        memory.resumes += 1;
         memory.events.resumed(now);
         if restarts {
             memory.resumed_at = Some(now);
@@ -308,8 +324,21 @@ impl GuardState {
         judged
     }
 
-    fn set_judged(&self, judged: Judged) {
-        self.lock().judged = Some(judged);
+    /// How many resumes this memory has seen: taken before judging, and handed to
+    /// [`GuardState::judged_since`], so a resume in between voids the judgement.
+    fn resumes(&self) -> u64 {
+        self.lock().resumes
+    }
+
+    /// Keeps `judged` as the last judgement, unless a resume came after `resumes` was
+    /// read (its evidence is gone): `false` then, and the caller acts on nothing.
+    fn judged_since(&self, resumes: u64, judged: Judged) -> bool {
+        let mut memory = self.lock();
+        if memory.resumes != resumes {
+            return false;
+        }
+        memory.judged = Some(judged);
+        true
     }
 
     /// Folds every metrics period that has closed since the last call into the
@@ -503,18 +532,26 @@ pub(crate) fn evaluate_once(state: &State, now: UnixMillis) {
     for (route, route_state) in snap.config.routes.iter().zip(&snap.routes) {
         if let Some(guard) = &route.guard {
             let memory = route_state.memory();
+            let resumes = memory.resumes();
             let (canary, stable) = memory.figures(mono);
             route_state.metrics.guard_figures(&canary, &stable);
             let judgement = judge(memory, guard, canary, stable, mono);
             let judged = judgement.verdict;
-            memory.set_judged(judgement);
+            if !memory.judged_since(resumes, judgement) {
+                // A resume discarded the evidence this was judged on: judge afresh at
+                // the next tick rather than roll back a route someone just resumed.
+                route_state.refresh(route, now);
+                continue;
+            }
             let shown = memory.judged(guard);
             route_state
                 .metrics
                 .guard_verdict(shown.verdict.label(), shown.errors, shown.latency);
             match (guard.action, judged) {
                 (GuardAction::Rollback, Verdict::Fail(reason))
-                    if memory.roll_back(route, reason, now).is_some() =>
+                    if memory
+                        .roll_back_unless_resumed(route, reason, now, Some(resumes))
+                        .is_some() =>
                 {
                     announce_rollback(route, route_state, reason, now, &canary, &stable);
                 }
@@ -728,4 +765,49 @@ pub fn offline_share(route: &Route, config: &Config, now: UnixMillis) -> BasisPo
         offline_memory(route, config),
     )
     .share
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn route() -> Route {
+        let text = "[[routes]]\nname = \"shop\"\nsalt = \"s\"\ncanary_percent = 50\nstable = { endpoints = [\"http://127.0.0.1:1\"] }\ncanary = { endpoints = [\"http://127.0.0.1:2\"] }\n[routes.guard]\nmethod = \"sequential\"\n";
+        let config = crate::config::parse(text, Path::new("cohort.toml")).expect("config");
+        config.routes[0].clone()
+    }
+
+    /// An evaluation that read the memory before a resume must not roll the route back
+    /// again on the evidence the resume discarded (nor show its stale verdict).
+    #[test]
+    fn a_verdict_judged_before_a_resume_is_void() {
+        let route = route();
+        let memory = GuardState::new(
+            route.rollout_identity(),
+            Some(Duration::from_secs(30)),
+            1,
+            None,
+        );
+        let guard = route.guard.clone().expect("guard");
+        assert!(memory
+            .roll_back(&route, Reason::SequentialErrors, 1)
+            .is_some());
+        let before = memory.resumes();
+        memory.resume(&route, 2).expect("resume");
+        let stale = Judged {
+            verdict: Verdict::Fail(Reason::SequentialErrors),
+            ..memory.judged(&guard)
+        };
+        assert!(!memory.judged_since(before, stale));
+        assert_eq!(memory.judged(&guard).verdict, Verdict::TooFewRequests);
+        assert!(memory
+            .roll_back_unless_resumed(&route, Reason::SequentialErrors, 3, Some(before))
+            .is_none());
+        assert!(memory.rolled_back().is_none());
+        // A verdict judged after the resume acts.
+        let now = memory.resumes();
+        assert!(memory
+            .roll_back_unless_resumed(&route, Reason::SequentialErrors, 4, Some(now))
+            .is_some());
+    }
 }
