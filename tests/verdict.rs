@@ -1,7 +1,8 @@
 //! `GET /routes/{name}/verdict` end to end (DESIGN §12): a sequential guard on a real
 //! cohort answers `pass` (200) for a healthy canary and `fail` (503) once a canary
 //! answering 500 is rolled back, with reason `sequential_errors`, until it is resumed;
-//! a slow canary fails on `sequential_latency`; the metrics say the same; and the
+//! a canary failing no more than stable passes; a slow canary fails on
+//! `sequential_latency`; the metrics say the same; and the
 //! Flagger and Argo Rollouts snippets in the README are valid YAML pointing at it.
 mod support;
 
@@ -220,6 +221,48 @@ async fn a_healthy_canary_passes_and_a_failing_one_fails_until_resumed() {
         verdict_until(&cohort, "not fail", Duration::from_secs(3), |s, _| s == 200).await;
     assert_ne!(body["verdict"], "fail", "{body}");
     assert_eq!(status, 200);
+    cohort.shutdown().await;
+}
+
+/// Both variants failing every request is not the canary's fault: the sequential
+/// judge compares with stable, so it passes (and its evidence falls), where a fixed
+/// `max_error_ratio` would roll the canary back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_canary_no_worse_than_a_failing_stable_passes() {
+    let stable = FakeUpstream::start("stable").await;
+    let canary = FakeUpstream::start("canary").await;
+    stable.set_status(500);
+    canary.set_status(500);
+    let guard = Guard::new().method("sequential").min_requests(20);
+    let cohort = TestCohort::start(Config::new().route(shop(&stable, &canary, guard))).await;
+    let traffic = Traffic::start(&cohort, 2);
+    let (status, body) = verdict_until(&cohort, "pass", Duration::from_secs(10), |_, b| {
+        b["verdict"] == "pass"
+    })
+    .await;
+    // Keep judging a while longer: the evidence only falls.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    traffic.stop().await;
+    assert_eq!(status, 200);
+    let (status, later) = verdict(&cohort, "shop").await;
+    assert_eq!(
+        (status, later["verdict"].as_str()),
+        (200, Some("pass")),
+        "{later}"
+    );
+    let evidence = |b: &Value| b["evidence"]["errors"].as_f64().unwrap_or(f64::NAN);
+    assert!(evidence(&later) < 0.0, "{later}");
+    assert!(evidence(&later) <= evidence(&body), "{body} then {later}");
+    assert!(later["canary"]["error_ratio"] == 1.0, "{later}");
+    assert_eq!(
+        cohort
+            .series(
+                "cohort_rollbacks_total",
+                &[("route", "shop"), ("reason", "sequential_errors")]
+            )
+            .await,
+        0.0
+    );
     cohort.shutdown().await;
 }
 
