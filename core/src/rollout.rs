@@ -9,6 +9,8 @@ use std::time::Duration;
 use crate::cohort::BasisPoints;
 use crate::histogram::{quantile, Counts};
 
+pub mod sequential;
+
 /// Wall-clock time as milliseconds since the Unix epoch (UTC).
 pub type UnixMillis = i64;
 
@@ -100,6 +102,26 @@ pub struct Guard {
     pub max_p99: Option<Duration>,
     pub action: GuardAction,
     pub on_rollback: Option<String>,
+    /// How the canary is judged: fixed limits over the window, or sequentially.
+    pub method: Method,
+}
+
+/// `method` of `[routes.guard]`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Method {
+    /// DESIGN §7's fixed limits over the window.
+    Threshold,
+    /// DESIGN §12's anytime-valid comparison with stable.
+    Sequential(sequential::Settings),
+}
+
+impl Method {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Method::Threshold => "threshold",
+            Method::Sequential(_) => "sequential",
+        }
+    }
 }
 
 /// Why a canary was rolled back: the `reason` label of `cohort_rollbacks_total`.
@@ -109,14 +131,18 @@ pub enum Reason {
     ErrorRatioVsStable,
     P99,
     Manual,
+    SequentialErrors,
+    SequentialLatency,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 4] = [
+    pub const ALL: [Reason; 6] = [
         Reason::ErrorRatio,
         Reason::ErrorRatioVsStable,
         Reason::P99,
         Reason::Manual,
+        Reason::SequentialErrors,
+        Reason::SequentialLatency,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -125,6 +151,8 @@ impl Reason {
             Reason::ErrorRatioVsStable => "error_ratio_vs_stable",
             Reason::P99 => "p99",
             Reason::Manual => "manual",
+            Reason::SequentialErrors => "sequential_errors",
+            Reason::SequentialLatency => "sequential_latency",
         }
     }
 
@@ -167,6 +195,62 @@ pub enum Verdict {
     TooFewRequests,
     Pass,
     Fail(Reason),
+}
+
+impl Verdict {
+    /// The three answers of DESIGN §12: `pass`, `fail`, `inconclusive`.
+    pub const LABELS: [&'static str; 3] = ["pass", "fail", "inconclusive"];
+
+    pub fn label(&self) -> &'static str {
+        match self {
+            Verdict::TooFewRequests => "inconclusive",
+            Verdict::Pass => "pass",
+            Verdict::Fail(_) => "fail",
+        }
+    }
+
+    /// A sequential judge's answer as a guard verdict.
+    pub fn from_sequential(judgement: sequential::Judgement) -> Verdict {
+        match judgement {
+            sequential::Judgement::Pass => Verdict::Pass,
+            sequential::Judgement::Inconclusive => Verdict::TooFewRequests,
+            sequential::Judgement::Fail(sequential::Signal::Errors) => {
+                Verdict::Fail(Reason::SequentialErrors)
+            }
+            sequential::Judgement::Fail(sequential::Signal::Latency) => {
+                Verdict::Fail(Reason::SequentialLatency)
+            }
+        }
+    }
+}
+
+/// Threshold evidence against its limits (DESIGN §12 `cohort_guard_evidence`): errors
+/// is the largest of canary ratio / `max_error_ratio` and (canary − stable) /
+/// `max_error_ratio_vs_stable`, latency is p99 / `max_p99`; 1 or more fails. `None`
+/// where no limit is set or nothing was observed.
+pub fn threshold_evidence(
+    guard: &Guard,
+    canary: &Figures,
+    stable: &Figures,
+) -> (Option<f64>, Option<f64>) {
+    let canary_ratio = canary.error_ratio.unwrap_or(0.0);
+    let stable_ratio = stable.error_ratio.unwrap_or(0.0);
+    // A limit of 0 makes any excess infinitely over it; a large finite figure keeps
+    // the gauge and the JSON body plain numbers.
+    let over = |value: f64, max: f64| value / max.max(1e-9);
+    let absolute = guard.max_error_ratio.map(|max| over(canary_ratio, max));
+    let relative = guard
+        .max_error_ratio_vs_stable
+        .map(|max| over(canary_ratio - stable_ratio, max));
+    let errors = match (absolute, relative) {
+        (Some(a), Some(r)) => Some(a.max(r)),
+        (a, r) => a.or(r),
+    };
+    let latency = match (guard.max_p99, canary.p99_seconds) {
+        (Some(max), Some(p99)) => Some(over(p99, max.as_secs_f64())),
+        _ => None,
+    };
+    (errors, latency)
 }
 
 /// Judges the canary against the guard's thresholds, in a fixed order: error ratio,
@@ -445,6 +529,15 @@ pub fn describe_guard(guard: &Guard) -> String {
     }
     if let Some(max) = guard.max_p99 {
         parts.push(format!("max_p99 {}", humantime_like(max)));
+    }
+    if let Method::Sequential(settings) = guard.method {
+        parts.push(format!(
+            "method sequential (alpha {}, min_effect {})",
+            settings.alpha, settings.min_effect
+        ));
+        if let Some(over) = settings.latency_over {
+            parts.push(format!("latency_over {}", humantime_like(over)));
+        }
     }
     if let Some(url) = &guard.on_rollback {
         parts.push(format!("on_rollback {url}"));

@@ -118,13 +118,19 @@ pub fn routes_json(snap: &Snapshot) -> Value {
     json!({ "generation": snap.generation, "routes": routes })
 }
 
-/// `/routes` with each route's `GET /routes/{name}/history` as `"history"`: what the
-/// status page draws.
+/// `/routes` with each route's `GET /routes/{name}/history` as `"history"` and, for
+/// guarded routes, its `GET /routes/{name}/verdict` as `"verdict"`: what the status
+/// page draws.
 pub fn page_json(state: &State, snap: &Snapshot) -> Value {
     let mut doc = routes_json(snap);
     if let Some(routes) = doc.get_mut("routes").and_then(Value::as_array_mut) {
         for (index, route) in routes.iter_mut().enumerate() {
             route["history"] = history_json(state, snap, index);
+            let (config, route_state) = snap.route(index);
+            if let Some(guard) = &config.guard {
+                let judged = route_state.memory().judged(guard);
+                route["verdict"] = verdict_json(&config.name, guard, &judged);
+            }
         }
     }
     doc
@@ -235,6 +241,81 @@ fn route_json(snap: &Snapshot, index: usize) -> Value {
 /// Largest request body the admin API reads.
 const MAX_BODY: usize = 64 * 1024;
 
+/// `GET /routes/{name}/verdict` (DESIGN §12): the guard's judgement, 200 unless it is
+/// `fail` (a rolled-back route answers `fail` until resumed), then 503 with the same
+/// body, so a Flagger `rollout` webhook fails on it; 404 for an unknown route or one
+/// without a guard. POST is answered the same (Flagger's webhooks POST).
+fn verdict(state: &State, name: &str, method: &Method) -> Response<Full<Bytes>> {
+    // Flagger's webhooks POST their own payload: the verdict only reads, so POST is
+    // answered like GET (the body is ignored, and no token is needed for reading).
+    if method != Method::GET && method != Method::HEAD && method != Method::POST {
+        return text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "use GET /routes/{name}/verdict\n",
+        );
+    }
+    let snap = state.snapshot.load_full();
+    let Some(index) = snap.route_index(name) else {
+        return text_owned(StatusCode::NOT_FOUND, format!("no route named {name:?}\n"));
+    };
+    let (route, route_state) = snap.route(index);
+    let Some(guard) = &route.guard else {
+        return text_owned(
+            StatusCode::NOT_FOUND,
+            format!("route {name:?} has no guard, so no verdict\n"),
+        );
+    };
+    let judged = route_state.memory().judged(guard);
+    let body = verdict_json(&route.name, guard, &judged);
+    let status = match judged.verdict {
+        crate::rollout::Verdict::Fail(_) => StatusCode::SERVICE_UNAVAILABLE,
+        crate::rollout::Verdict::Pass | crate::rollout::Verdict::TooFewRequests => StatusCode::OK,
+    };
+    json_response(status, &body)
+}
+
+/// The body of `GET /routes/{name}/verdict`.
+pub(crate) fn verdict_json(
+    route: &str,
+    guard: &crate::rollout::Guard,
+    judged: &crate::runtime::guard::Judged,
+) -> Value {
+    let figures = |f: &crate::rollout::Figures| {
+        json!({
+            "requests": f.requests,
+            "errors": f.errors,
+            "error_ratio": f.error_ratio,
+            "p99_seconds": f.p99_seconds,
+        })
+    };
+    let mut evidence = json!({
+        "errors": judged.errors,
+        "latency": judged.latency,
+        "fails_at": 1.0,
+    });
+    if let crate::rollout::Method::Sequential(settings) = guard.method {
+        evidence["alpha"] = json!(settings.alpha);
+        evidence["min_effect"] = json!(settings.min_effect);
+        evidence["latency_over_seconds"] = json!(settings.latency_over.map(|d| d.as_secs_f64()));
+        if let Some((canary, stable)) = judged.since {
+            let tally = |t: crate::rollout::sequential::Tally| json!({"requests": t.requests, "errors": t.errors, "slow": t.slow});
+            evidence["since_start"] = json!({"canary": tally(canary), "stable": tally(stable)});
+        }
+    }
+    json!({
+        "route": route,
+        "method": judged.method,
+        "verdict": judged.verdict.label(),
+        "reason": match judged.verdict {
+            crate::rollout::Verdict::Fail(reason) => Some(reason.as_str()),
+            _ => None,
+        },
+        "canary": figures(&judged.canary),
+        "stable": figures(&judged.stable),
+        "evidence": evidence,
+    })
+}
+
 /// `PUT /routes/{name}/canary`, `POST /routes/{name}/rollback` and
 /// `POST /routes/{name}/resume`; and `GET /routes/{name}/history`, which reads.
 async fn change(
@@ -259,6 +340,9 @@ async fn change(
             Some(index) => json_response(StatusCode::OK, &history_json(state, &snap, index)),
             None => text_owned(StatusCode::NOT_FOUND, format!("no route named {name:?}\n")),
         };
+    }
+    if action == "verdict" {
+        return verdict(state, &name, req.method());
     }
     let expected_method = match action {
         "canary" => Method::PUT,

@@ -53,10 +53,55 @@ pub struct RouteView {
     pub rollout: Option<String>,
     /// One line on the route's segments and baggage, when it has any.
     pub targeting: Option<String>,
+    /// One line on the guard's verdict and evidence, for guarded routes.
+    pub verdict: Option<String>,
+    /// That verdict is `fail`.
+    pub verdict_fails: bool,
     /// The route is rolled back (the line above says why).
     pub rolled_back: bool,
     /// The last 15 minutes, when the document carries them.
     pub(crate) history: Option<crate::admin::charts::History>,
+}
+
+/// "verdict: pass (sequential) · evidence errors 0.12, latency 0.03 of the threshold
+/// (1 fails)": the guard's answer and how close each signal is to failing; `None` for
+/// routes without a guard (the document carries no `"verdict"`).
+pub fn verdict_line(route: &Value) -> Option<String> {
+    let verdict = route.get("verdict").filter(|v| v.is_object())?;
+    let answer = verdict.get("verdict").and_then(Value::as_str)?;
+    let method = verdict
+        .get("method")
+        .and_then(Value::as_str)
+        .unwrap_or("threshold");
+    let mut line = format!("verdict: {answer} ({method})");
+    if let Some(reason) = verdict.get("reason").and_then(Value::as_str) {
+        line.push_str(&format!(", reason {reason}"));
+    }
+    let evidence = verdict.get("evidence");
+    let signals: Vec<String> = ["errors", "latency"]
+        .iter()
+        .filter_map(|signal| {
+            let value = evidence?.get(*signal)?.as_f64()?;
+            Some(format!("{signal} {}", trimmed(value, 2)))
+        })
+        .collect();
+    if signals.is_empty() {
+        line.push_str(" · no evidence yet");
+    } else {
+        let two_signals = evidence.is_some_and(|e| e.get("latency").is_some_and(Value::is_number));
+        let against = if method == "sequential" && two_signals {
+            "ln E / ln(2/alpha)"
+        } else if method == "sequential" {
+            "ln E / ln(1/alpha)"
+        } else {
+            "observed / limit"
+        };
+        line.push_str(&format!(
+            " · evidence {} ({against}; 1 fails)",
+            signals.join(", ")
+        ));
+    }
+    Some(line)
 }
 
 /// "segments: header:x-team=… → canary (2 values) · ip → stable (340 values from
@@ -238,6 +283,12 @@ impl RouteView {
             canary: VariantView::from_json(route.get("canary")),
             rollout: rollout_line(route),
             targeting: targeting_line(route),
+            verdict: verdict_line(route),
+            verdict_fails: route
+                .get("verdict")
+                .and_then(|v| v.get("verdict"))
+                .and_then(Value::as_str)
+                == Some("fail"),
             rolled_back: route.get("rolled_back").is_some_and(Value::is_object)
                 || ["rollout", "guard"].iter().any(|k| {
                     route
@@ -399,6 +450,8 @@ h2{font-size:20px;margin:0;word-break:break-all}
 .rollout{margin:-4px 0 12px;font-size:13px;color:var(--ink)}
 .targeting{margin:-4px 0 8px;font-size:13px;color:var(--muted)}
 .rollout.bad{color:#b91c1c;font-weight:600}
+.verdict{margin:-4px 0 8px;font-size:13px;color:var(--ink)}
+.verdict.bad{color:#b91c1c;font-weight:600}
 code{font:13px/1.3 ui-monospace,'DejaVu Sans Mono',Menlo,monospace;color:var(--ink);\
 background:#f3f4f6;border-radius:4px;padding:1px 5px;word-break:break-all}
 .legend{display:flex;justify-content:space-between;font-size:14px;margin-bottom:4px}
@@ -527,6 +580,14 @@ fn route_card(html: &mut String, route: &RouteView) {
     );
     if let Some(line) = &route.targeting {
         let _ = writeln!(html, "<div class=\"targeting\">{}</div>", escape(line));
+    }
+    if let Some(line) = &route.verdict {
+        let class = if route.verdict_fails {
+            "verdict bad"
+        } else {
+            "verdict"
+        };
+        let _ = writeln!(html, "<div class=\"{class}\">{}</div>", escape(line));
     }
     if let Some(line) = &route.rollout {
         let class = if route.rolled_back {
@@ -892,6 +953,36 @@ mod tests {
             "{html}"
         );
         assert_eq!(html.matches("class=\"rollout").count(), 1, "{html}");
+    }
+
+    #[test]
+    fn guarded_routes_show_the_verdict_and_its_evidence() {
+        let mut passing = route("shop", 10.0, "s");
+        passing["verdict"] = serde_json::json!({
+            "verdict": "pass", "method": "threshold", "reason": null,
+            "evidence": {"errors": 0.4, "latency": null, "fails_at": 1.0}
+        });
+        let mut waiting = route("cart", 10.0, "c");
+        waiting["verdict"] = serde_json::json!({
+            "verdict": "inconclusive", "method": "sequential", "reason": null,
+            "evidence": {"errors": null, "latency": null}
+        });
+        let html = render(&doc(vec![passing, waiting, route("plain", 0.0, "p")]));
+        assert!(
+            html.contains("<div class=\"verdict\">verdict: pass (threshold) · evidence errors 0.4 (observed / limit; 1 fails)</div>"),
+            "{html}"
+        );
+        assert!(
+            html.contains(
+                "<div class=\"verdict\">verdict: inconclusive (sequential) · no evidence yet</div>"
+            ),
+            "{html}"
+        );
+        assert_eq!(
+            html.matches("class=\"verdict").count(),
+            2,
+            "none for the plain route"
+        );
     }
 
     #[test]

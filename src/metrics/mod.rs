@@ -22,7 +22,7 @@ use metrics_exporter_prometheus::{
 use crate::cohort::Variant;
 use crate::metrics::window::{HistorySlot, Window, WindowStats, WINDOW_SECONDS};
 use crate::request::log::WarnGate;
-use crate::rollout::{Figures, Reason, RolloutState};
+use crate::rollout::{Figures, Reason, RolloutState, Verdict};
 use crate::router::AssignSource;
 
 mod process;
@@ -43,6 +43,10 @@ pub const ROLLOUT_STEP: &str = "cohort_rollout_step";
 pub const ROLLOUT_STATE: &str = "cohort_rollout_state";
 pub const GUARD_ERROR_RATIO: &str = "cohort_guard_error_ratio";
 pub const GUARD_P99_SECONDS: &str = "cohort_guard_p99_seconds";
+pub const GUARD_VERDICT: &str = "cohort_guard_verdict";
+pub const GUARD_EVIDENCE: &str = "cohort_guard_evidence";
+/// The signals `cohort_guard_evidence` is labelled with (DESIGN §12).
+pub const EVIDENCE_SIGNALS: [&str; 2] = ["errors", "latency"];
 pub const BUILD_INFO: &str = "cohort_build_info";
 pub const CONNECTIONS_OPEN: &str = "cohort_connections_open";
 pub const CONNECTIONS_REJECTED_TOTAL: &str = "cohort_connections_rejected_total";
@@ -341,6 +345,8 @@ impl Metrics {
             error_ratio: Variant::ALL
                 .map(|v| gauge(GUARD_ERROR_RATIO, Some(("variant", v.as_str())))),
             p99: Variant::ALL.map(|v| gauge(GUARD_P99_SECONDS, Some(("variant", v.as_str())))),
+            verdict: Verdict::LABELS.map(|v| gauge(GUARD_VERDICT, Some(("verdict", v)))),
+            evidence: EVIDENCE_SIGNALS.map(|s| gauge(GUARD_EVIDENCE, Some(("signal", s)))),
         }
     }
 }
@@ -414,7 +420,7 @@ fn describe(r: &PrometheusRecorder) {
     );
     counter(
         ROLLBACKS_TOTAL,
-        "Canary rollbacks, by route and reason (error_ratio, error_ratio_vs_stable, p99, manual).",
+        "Canary rollbacks, by route and reason (error_ratio, error_ratio_vs_stable, p99, manual, sequential_errors, sequential_latency).",
     );
     gauge(
         ROLLOUT_STEP,
@@ -431,6 +437,14 @@ fn describe(r: &PrometheusRecorder) {
     gauge(
         GUARD_P99_SECONDS,
         "p99 latency the guard judged over its window, by route and variant (interpolated from the histogram buckets).",
+    );
+    gauge(
+        GUARD_VERDICT,
+        "The guard's verdict by route: 1 for the one in force (pass, fail, inconclusive), 0 for the others; all 0 before the first judgement.",
+    );
+    gauge(
+        GUARD_EVIDENCE,
+        "The guard's evidence against its threshold by route and signal (errors, latency); 1 or more fails. Sequential: ln E / ln(1/alpha), ln(2/alpha) with latency_over; threshold: observed / limit.",
     );
 }
 
@@ -451,6 +465,10 @@ struct GuardedMetrics {
     step: Gauge,
     error_ratio: [Gauge; 2],
     p99: [Gauge; 2],
+    /// One-hot `cohort_guard_verdict`, in `Verdict::LABELS`' order.
+    verdict: [Gauge; 3],
+    /// `cohort_guard_evidence`, in `EVIDENCE_SIGNALS`' order.
+    evidence: [Gauge; 2],
 }
 
 impl RouteMetrics {
@@ -481,6 +499,21 @@ impl RouteMetrics {
             for (v, f) in [(Variant::Stable, stable), (Variant::Canary, canary)] {
                 g.error_ratio[v.index()].set(f.error_ratio.unwrap_or(0.0));
                 g.p99[v.index()].set(f.p99_seconds.unwrap_or(0.0));
+            }
+        }
+    }
+}
+
+impl RouteMetrics {
+    /// The one-hot verdict (`pass`, `fail` or `inconclusive`) and each signal's evidence
+    /// against its threshold (0 for a signal not judged).
+    pub fn guard_verdict(&self, verdict: &str, errors: Option<f64>, latency: Option<f64>) {
+        if let Some(g) = &self.guarded {
+            for (gauge, label) in g.verdict.iter().zip(Verdict::LABELS) {
+                gauge.set(if label == verdict { 1.0 } else { 0.0 });
+            }
+            for (gauge, value) in g.evidence.iter().zip([errors, latency]) {
+                gauge.set(value.filter(|v| v.is_finite()).unwrap_or(0.0));
             }
         }
     }

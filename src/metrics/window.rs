@@ -289,6 +289,30 @@ impl Window {
         counts
     }
 
+    /// The period (slot index in time) that second `now` falls in, and how many past
+    /// periods [`Window::period_counts`] can still read.
+    pub fn period_of(&self, now: u64) -> (u64, u64) {
+        (now / self.width, self.len())
+    }
+
+    /// The counts of one period alone, summed over lanes (zeros once its slots hold a
+    /// later period): what a sequential guard folds in, one period at a time.
+    pub fn period_counts(&self, period: u64) -> Counts {
+        let mut counts = Counts::default();
+        for lane in self.lanes.iter() {
+            let slot = &lane.slots[(period % self.len()) as usize];
+            if slot.second.load(Relaxed) != period + 1 {
+                continue;
+            }
+            counts.requests += slot.requests.load(Relaxed);
+            counts.errors += slot.errors.load(Relaxed);
+            for (sum, bucket) in counts.histogram.iter_mut().zip(&slot.histogram) {
+                *sum += bucket.load(Relaxed);
+            }
+        }
+        counts
+    }
+
     /// Forgets everything, history included (a deliberate resume starts a fresh window).
     pub fn clear(&self) {
         for lane in self.lanes.iter() {
@@ -513,6 +537,7 @@ mod tests {
             max_p99: Some(Duration::from_millis(500)),
             action: GuardAction::Rollback,
             on_rollback: None,
+            method: crate::rollout::Method::Threshold,
         };
         let (canary, stable) = (Window::covering(30), Window::covering(30));
         for s in 0..30u64 {

@@ -18,8 +18,10 @@ use crate::admin::history::{Event, Events};
 use crate::cohort::{BasisPoints, Variant};
 use crate::config::{Config, Route};
 use crate::metrics::window::Window;
+use crate::rollout::sequential::{self, Sequential, Tally};
 use crate::rollout::{
-    self, format_rfc3339, verdict, Figures, GuardAction, Reason, UnixMillis, Verdict,
+    self, format_rfc3339, threshold_evidence, verdict, Figures, Guard, GuardAction, Method, Reason,
+    UnixMillis, Verdict,
 };
 use crate::runtime::server::State;
 use crate::runtime::state_dir::{self, Stored};
@@ -71,6 +73,36 @@ struct Remembered {
     holding: Option<usize>,
     /// Steps, rollbacks and resumes for the status page's time axis.
     events: Events,
+    /// A `method = "sequential"` guard's judge since it (re)started on this identity.
+    sequential: Option<SequentialRun>,
+    /// The last judgement, for `/routes/{name}/verdict`, the status page and metrics.
+    judged: Option<Judged>,
+    /// Resumes so far: an evaluation that began before a resume must not act on the
+    /// evidence the resume discarded.
+    resumes: u64,
+}
+
+/// A sequential judge and the first metrics period it has not folded in yet.
+struct SequentialRun {
+    judge: Sequential,
+    next_period: u64,
+    /// The guard window the periods belong to: a new length means new slot widths,
+    /// whose period numbers are not comparable, so the run restarts.
+    window: Duration,
+}
+
+/// One evaluation's answer (DESIGN §12): the verdict and its evidence against the
+/// threshold (1 or more fails), per signal.
+#[derive(Debug, Clone)]
+pub(crate) struct Judged {
+    pub method: &'static str,
+    pub verdict: Verdict,
+    pub errors: Option<f64>,
+    pub latency: Option<f64>,
+    pub canary: Figures,
+    pub stable: Figures,
+    /// Sequential only: the counts since the judge (re)started, canary and stable.
+    pub since: Option<(Tally, Tally)>,
 }
 
 /// The guard's outcome windows of one identity.
@@ -182,8 +214,20 @@ impl GuardState {
         reason: Reason,
         at: UnixMillis,
     ) -> Option<RollbackRecord> {
+        self.roll_back_unless_resumed(route, reason, at, None)
+    }
+
+    /// [`GuardState::roll_back`] for a guard's verdict: nothing if a resume came after
+    /// `resumes` was read, since the verdict's evidence is gone.
+    fn roll_back_unless_resumed(
+        &self,
+        route: &Route,
+        reason: Reason,
+        at: UnixMillis,
+        resumes: Option<u64>,
+    ) -> Option<RollbackRecord> {
         let mut memory = self.lock();
-        if memory.rolled_back.is_some() {
+        if memory.rolled_back.is_some() || resumes.is_some_and(|r| r != memory.resumes) {
             return None;
         }
         let saved = match &self.state_file {
@@ -224,6 +268,10 @@ impl GuardState {
         }
         memory.rolled_back = None;
         memory.holding = None;
+        // A fresh start for the evidence too: the resumed canary is judged anew.
+        memory.sequential = None;
+        memory.judged = None;
+        memory.resumes += 1;
         memory.events.resumed(now);
         if restarts {
             memory.resumed_at = Some(now);
@@ -254,6 +302,101 @@ impl GuardState {
             Variant::Stable => &windows.stable,
             Variant::Canary => &windows.canary,
         })
+    }
+
+    /// The last judgement, with a rollback in force answering `fail` (with the
+    /// rollback's reason) until it is resumed (DESIGN §12).
+    /// Before the first evaluation it is `inconclusive` with no evidence.
+    pub(crate) fn judged(&self, guard: &Guard) -> Judged {
+        let memory = self.lock();
+        let mut judged = memory.judged.clone().unwrap_or(Judged {
+            method: guard.method.as_str(),
+            verdict: Verdict::TooFewRequests,
+            errors: None,
+            latency: None,
+            canary: Figures::default(),
+            stable: Figures::default(),
+            since: None,
+        });
+        if let Some(record) = &memory.rolled_back {
+            judged.verdict = Verdict::Fail(record.reason);
+        }
+        judged
+    }
+
+    /// How many resumes this memory has seen: taken before judging, and handed to
+    /// [`GuardState::judged_since`], so a resume in between voids the judgement.
+    fn resumes(&self) -> u64 {
+        self.lock().resumes
+    }
+
+    /// Keeps `judged` as the last judgement, unless a resume came after `resumes` was
+    /// read (its evidence is gone): `false` then, and the caller acts on nothing.
+    fn judged_since(&self, resumes: u64, judged: Judged) -> bool {
+        let mut memory = self.lock();
+        if memory.resumes != resumes {
+            return false;
+        }
+        memory.judged = Some(judged);
+        true
+    }
+
+    /// Folds every metrics period that has closed since the last call into the
+    /// sequential judge and judges. A period is read once it is a full period old, so
+    /// a request finishing on the boundary is not missed; the judge restarts when its
+    /// settings change (a reload), and on a resume.
+    fn judge_sequentially(
+        &self,
+        settings: sequential::Settings,
+        min_requests: u64,
+        mono: u64,
+    ) -> (Verdict, Option<f64>, Option<f64>, Tally, Tally) {
+        let (current, len) = self
+            .windows
+            .as_ref()
+            .map_or((0, 1), |w| w.canary.period_of(mono));
+        // Periods before `end` are a full period old: complete.
+        let end = current.saturating_sub(1);
+        let mut memory = self.lock();
+        let run = match &mut memory.sequential {
+            Some(run) if run.judge.settings == settings && run.window == self.window_len => run,
+            // A new run judges only what happens from now on: evidence seen before its
+            // settings were chosen must not count towards it.
+            slot => slot.insert(SequentialRun {
+                judge: Sequential::new(settings),
+                next_period: end,
+                window: self.window_len,
+            }),
+        };
+        if let Some(windows) = &self.windows {
+            let oldest = current.saturating_sub(len.saturating_sub(1));
+            let slow_from = settings.latency_over.and_then(|d| {
+                let bound = d.as_secs_f64();
+                crate::metrics::window::DURATION_BUCKETS
+                    .iter()
+                    .position(|b| (b - bound).abs() < 1e-9)
+                    .map(|i| i + 1)
+            });
+            let tally = |counts: crate::metrics::window::Counts| Tally {
+                requests: counts.requests,
+                errors: counts.errors,
+                slow: slow_from.map_or(0, |from| counts.histogram[from..].iter().sum()),
+            };
+            for period in run.next_period.max(oldest)..end {
+                let canary = tally(windows.canary.period_counts(period));
+                let stable = tally(windows.stable.period_counts(period));
+                run.judge.update(&canary, &stable);
+            }
+            run.next_period = run.next_period.max(end);
+        }
+        let judge = &run.judge;
+        (
+            Verdict::from_sequential(judge.judge(min_requests)),
+            Some(judge.errors().ratio()),
+            judge.latency().map(|e| e.ratio()),
+            judge.canary,
+            judge.stable,
+        )
     }
 
     /// The figures of both variants over the guard window at metrics time `mono`
@@ -389,12 +532,26 @@ pub(crate) fn evaluate_once(state: &State, now: UnixMillis) {
     for (route, route_state) in snap.config.routes.iter().zip(&snap.routes) {
         if let Some(guard) = &route.guard {
             let memory = route_state.memory();
+            let resumes = memory.resumes();
             let (canary, stable) = memory.figures(mono);
             route_state.metrics.guard_figures(&canary, &stable);
-            let judged = verdict(guard, &canary, &stable);
+            let judgement = judge(memory, guard, canary, stable, mono);
+            let judged = judgement.verdict;
+            if !memory.judged_since(resumes, judgement) {
+                // A resume discarded the evidence this was judged on: judge afresh at
+                // the next tick rather than roll back a route someone just resumed.
+                route_state.refresh(route, now);
+                continue;
+            }
+            let shown = memory.judged(guard);
+            route_state
+                .metrics
+                .guard_verdict(shown.verdict.label(), shown.errors, shown.latency);
             match (guard.action, judged) {
                 (GuardAction::Rollback, Verdict::Fail(reason))
-                    if memory.roll_back(route, reason, now).is_some() =>
+                    if memory
+                        .roll_back_unless_resumed(route, reason, now, Some(resumes))
+                        .is_some() =>
                 {
                     announce_rollback(route, route_state, reason, now, &canary, &stable);
                 }
@@ -420,6 +577,43 @@ pub(crate) fn evaluate_once(state: &State, now: UnixMillis) {
             }
         }
         route_state.refresh(route, now);
+    }
+}
+
+/// Judges one route by its guard's method.
+fn judge(
+    memory: &GuardState,
+    guard: &Guard,
+    canary: Figures,
+    stable: Figures,
+    mono: u64,
+) -> Judged {
+    match guard.method {
+        Method::Threshold => {
+            let (errors, latency) = threshold_evidence(guard, &canary, &stable);
+            Judged {
+                method: guard.method.as_str(),
+                verdict: verdict(guard, &canary, &stable),
+                errors,
+                latency,
+                canary,
+                stable,
+                since: None,
+            }
+        }
+        Method::Sequential(settings) => {
+            let (verdict, errors, latency, since_canary, since_stable) =
+                memory.judge_sequentially(settings, guard.min_requests, mono);
+            Judged {
+                method: guard.method.as_str(),
+                verdict,
+                errors,
+                latency,
+                canary,
+                stable,
+                since: Some((since_canary, since_stable)),
+            }
+        }
     }
 }
 
@@ -571,4 +765,49 @@ pub fn offline_share(route: &Route, config: &Config, now: UnixMillis) -> BasisPo
         offline_memory(route, config),
     )
     .share
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn route() -> Route {
+        let text = "[[routes]]\nname = \"shop\"\nsalt = \"s\"\ncanary_percent = 50\nstable = { endpoints = [\"http://127.0.0.1:1\"] }\ncanary = { endpoints = [\"http://127.0.0.1:2\"] }\n[routes.guard]\nmethod = \"sequential\"\n";
+        let config = crate::config::parse(text, Path::new("cohort.toml")).expect("config");
+        config.routes[0].clone()
+    }
+
+    /// An evaluation that read the memory before a resume must not roll the route back
+    /// again on the evidence the resume discarded (nor show its stale verdict).
+    #[test]
+    fn a_verdict_judged_before_a_resume_is_void() {
+        let route = route();
+        let memory = GuardState::new(
+            route.rollout_identity(),
+            Some(Duration::from_secs(30)),
+            1,
+            None,
+        );
+        let guard = route.guard.clone().expect("guard");
+        assert!(memory
+            .roll_back(&route, Reason::SequentialErrors, 1)
+            .is_some());
+        let before = memory.resumes();
+        memory.resume(&route, 2).expect("resume");
+        let stale = Judged {
+            verdict: Verdict::Fail(Reason::SequentialErrors),
+            ..memory.judged(&guard)
+        };
+        assert!(!memory.judged_since(before, stale));
+        assert_eq!(memory.judged(&guard).verdict, Verdict::TooFewRequests);
+        assert!(memory
+            .roll_back_unless_resumed(&route, Reason::SequentialErrors, 3, Some(before))
+            .is_none());
+        assert!(memory.rolled_back().is_none());
+        // A verdict judged after the resume acts.
+        let now = memory.resumes();
+        assert!(memory
+            .roll_back_unless_resumed(&route, Reason::SequentialErrors, 4, Some(now))
+            .is_some());
+    }
 }

@@ -527,6 +527,24 @@ impl Guard {
         self.key("on_rollback", &quoted(url))
     }
 
+    /// `method`: `"threshold"` or `"sequential"`.
+    pub fn method(self, method: &str) -> Guard {
+        self.key("method", &quoted(method))
+    }
+
+    pub fn alpha(self, alpha: f64) -> Guard {
+        self.key("alpha", &format!("{alpha:?}"))
+    }
+
+    pub fn min_effect(self, effect: f64) -> Guard {
+        self.key("min_effect", &format!("{effect:?}"))
+    }
+
+    /// `latency_over`, e.g. `"250ms"`.
+    pub fn latency_over(self, duration: &str) -> Guard {
+        self.key("latency_over", &quoted(duration))
+    }
+
     fn key(mut self, key: &str, value: &str) -> Guard {
         self.lines.push(format!("{key} = {value}"));
         self

@@ -13,7 +13,7 @@ use serde::Serialize;
 
 use super::ConfigWarning;
 use crate::cohort::BasisPoints;
-use crate::rollout::{Guard, GuardAction, Rollout};
+use crate::rollout::{Guard, GuardAction, Method, Rollout};
 use crate::segment::{Segment, ValueSet};
 use crate::split_clients::KeyTemplate;
 
@@ -512,6 +512,13 @@ fn ser_guard<S: serde::Serializer>(g: &Option<Guard>, s: S) -> Result<S::Ok, S::
                 "max_p99": g.max_p99.map(|d| humantime::format_duration(d).to_string()),
                 "action": match g.action { GuardAction::Rollback => "rollback", GuardAction::Hold => "hold" },
                 "on_rollback": g.on_rollback,
+                "method": g.method.as_str(),
+                "alpha": match g.method { Method::Sequential(s) => Some(s.alpha), Method::Threshold => None },
+                "min_effect": match g.method { Method::Sequential(s) => Some(s.min_effect), Method::Threshold => None },
+                "latency_over": match g.method {
+                    Method::Sequential(s) => s.latency_over.map(|d| humantime::format_duration(d).to_string()),
+                    Method::Threshold => None,
+                },
             }),
             s,
         ),

@@ -167,6 +167,10 @@ pub(crate) struct RawGuard {
     pub(crate) max_p99: Option<String>,
     pub(crate) action: Option<String>,
     pub(crate) on_rollback: Option<String>,
+    pub(crate) method: Option<String>,
+    pub(crate) alpha: Option<f64>,
+    pub(crate) min_effect: Option<f64>,
+    pub(crate) latency_over: Option<String>,
 }
 
 fn default_path_prefix() -> String {

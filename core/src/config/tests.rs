@@ -423,6 +423,60 @@ fn bad_rollouts_and_guards_are_rejected() {
 }
 
 #[test]
+fn sequential_guards_are_compiled_and_checked() {
+    use crate::rollout::{sequential, Method};
+    let c = parse_ok(&format!(
+        "{ROLLOUT_ROUTE}[routes.guard]\nmethod = \"sequential\"\nalpha = 0.05\nmin_effect = 0.02\nlatency_over = \"250ms\"\n"
+    ));
+    let guard = c.routes[0].guard.as_ref().unwrap();
+    assert_eq!(
+        guard.method,
+        Method::Sequential(sequential::Settings {
+            alpha: 0.05,
+            min_effect: 0.02,
+            latency_over: Some(Duration::from_millis(250)),
+        })
+    );
+    let c = parse_ok(&format!(
+        "{ROLLOUT_ROUTE}[routes.guard]\nmethod = \"sequential\"\n"
+    ));
+    assert_eq!(
+        c.routes[0].guard.as_ref().unwrap().method,
+        Method::Sequential(sequential::Settings {
+            alpha: sequential::DEFAULT_ALPHA,
+            min_effect: sequential::DEFAULT_MIN_EFFECT,
+            latency_over: None,
+        }),
+        "no limits needed: the evidence is the judge"
+    );
+    assert_eq!(
+        crate::rollout::describe_guard(c.routes[0].guard.as_ref().unwrap()),
+        "action rollback, window 30s, min_requests 50, method sequential (alpha 0.01, min_effect 0.01)"
+    );
+    let json = serde_json::to_value(&c).unwrap();
+    assert_eq!(json["routes"][0]["guard"]["method"], "sequential");
+    assert_eq!(json["routes"][0]["guard"]["alpha"], 0.01);
+    for (extra, expected) in [
+        ("method = \"bayes\"", "routes[0].guard.method: unknown method \"bayes\""),
+        ("method = \"sequential\"\nalpha = 0", "routes[0].guard.alpha: 0 must be above 0 and below 1"),
+        ("method = \"sequential\"\nalpha = 1.0", "routes[0].guard.alpha: 1 must be above 0 and below 1"),
+        ("method = \"sequential\"\nmin_effect = -0.1", "routes[0].guard.min_effect: -0.1 must be"),
+        ("method = \"sequential\"\nlatency_over = \"300ms\"", "routes[0].guard.latency_over: \"300ms\" must be a bound of the duration histogram: one of 0.5ms"),
+        ("method = \"sequential\"\nmax_error_ratio = 0.05", "routes[0].guard: method = \"sequential\" judges by evidence"),
+        ("max_error_ratio = 0.05\nalpha = 0.01", "routes[0].guard.alpha: belongs to method = \"sequential\""),
+    ] {
+        let err = parse_err(&format!("{ROLLOUT_ROUTE}[routes.guard]\n{extra}\n"));
+        assert!(err.contains(expected), "for {extra:?}: missing {expected:?} in:\n{err}");
+    }
+    // A failed sequential test is final, so a hold would never end.
+    let err = parse_err(&format!("{ROLLOUT_ROUTE}[routes.rollout]\nstart = \"2026-12-01T09:00:00Z\"\nsteps = [1, 5]\nstep_every = \"1m\"\n[routes.guard]\nmethod = \"sequential\"\naction = \"hold\"\n"));
+    assert!(
+        err.contains("routes[0].guard.action: method = \"sequential\" fails for good"),
+        "{err}"
+    );
+}
+
+#[test]
 fn named_files_lists_every_file_once_resolved() {
     let c = parse(
         r#"

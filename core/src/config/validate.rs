@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use crate::baggage;
 use crate::cohort::{BasisPoints, Variant};
-use crate::rollout::{self, Guard, GuardAction, Rollout};
+use crate::rollout::{self, sequential, Guard, GuardAction, Method, Rollout};
 use crate::segment::{Segment, SegmentMatch, ValueSet};
 use crate::split_clients::{KeyTemplate, KEY_PLACEHOLDER};
 
@@ -554,12 +554,51 @@ impl Validator<'_> {
         let max_p99 = raw
             .max_p99
             .map(|d| self.positive_duration(&format!("{key}.max_p99"), &d));
-        if max_error_ratio.is_none() && max_error_ratio_vs_stable.is_none() && max_p99.is_none() {
-            self.fail(
-                key,
-                "needs at least one of max_error_ratio, max_error_ratio_vs_stable, max_p99",
-            );
-        }
+        let has_limits =
+            max_error_ratio.is_some() || max_error_ratio_vs_stable.is_some() || max_p99.is_some();
+        let method = match raw.method.as_deref() {
+            None | Some("threshold") => {
+                if !has_limits {
+                    self.fail(
+                        key,
+                        "needs at least one of max_error_ratio, max_error_ratio_vs_stable, max_p99",
+                    );
+                }
+                for (name, set) in [
+                    ("alpha", raw.alpha.is_some()),
+                    ("min_effect", raw.min_effect.is_some()),
+                    ("latency_over", raw.latency_over.is_some()),
+                ] {
+                    if set {
+                        self.fail(
+                            format!("{key}.{name}"),
+                            "belongs to method = \"sequential\"",
+                        );
+                    }
+                }
+                Method::Threshold
+            }
+            Some("sequential") => {
+                if has_limits {
+                    // One judge per guard: fixed limits and evidence would answer
+                    // different questions under one verdict.
+                    self.fail(
+                        key,
+                        "method = \"sequential\" judges by evidence against stable; max_error_ratio, max_error_ratio_vs_stable and max_p99 belong to method = \"threshold\"",
+                    );
+                }
+                let holds = raw.action.as_deref() == Some("hold") && has_rollout;
+                let settings = (raw.alpha, raw.min_effect, raw.latency_over.as_deref());
+                self.sequential(key, settings, holds)
+            }
+            Some(other) => {
+                self.fail(
+                    format!("{key}.method"),
+                    format!("unknown method {other:?} (use \"threshold\" or \"sequential\")"),
+                );
+                Method::Threshold
+            }
+        };
         let action = match raw.action.as_deref() {
             None | Some("rollback") => GuardAction::Rollback,
             Some("hold") if has_rollout => GuardAction::Hold,
@@ -597,6 +636,67 @@ impl Validator<'_> {
             max_p99,
             action,
             on_rollback: raw.on_rollback,
+            method,
+        })
+    }
+
+    /// The settings of `method = "sequential"` (DESIGN §12).
+    fn sequential(
+        &mut self,
+        key: &str,
+        (alpha, min_effect, latency_over): (Option<f64>, Option<f64>, Option<&str>),
+        holds: bool,
+    ) -> Method {
+        let alpha = alpha.unwrap_or(sequential::DEFAULT_ALPHA);
+        if !(alpha > 0.0 && alpha < 1.0) {
+            self.fail(
+                format!("{key}.alpha"),
+                format!("{alpha} must be above 0 and below 1"),
+            );
+        }
+        let min_effect = min_effect.unwrap_or(sequential::DEFAULT_MIN_EFFECT);
+        if !(min_effect > 0.0 && min_effect <= 1.0) {
+            self.fail(
+                format!("{key}.min_effect"),
+                format!("{min_effect} must be an error-ratio increase above 0, at most 1"),
+            );
+        }
+        let latency_over = latency_over.map(|text| {
+            let at = format!("{key}.latency_over");
+            let d = self.positive_duration(&at, text);
+            // Slow requests are counted from the duration histogram, so the limit must
+            // be one of its bucket bounds: anything else would be silently rounded.
+            let seconds = d.as_secs_f64();
+            if !d.is_zero()
+                && !crate::histogram::DURATION_BUCKETS
+                    .iter()
+                    .any(|b| (b - seconds).abs() < 1e-9)
+            {
+                let bounds: Vec<String> = crate::histogram::DURATION_BUCKETS
+                    .iter()
+                    .map(|b| format!("{}ms", b * 1000.0))
+                    .collect();
+                self.fail(
+                    at,
+                    format!(
+                        "{text:?} must be a bound of the duration histogram: one of {}",
+                        bounds.join(", ")
+                    ),
+                );
+            }
+            d
+        });
+        if holds {
+            // A sequential test's fail is final until it restarts; a hold would never end.
+            self.fail(
+                format!("{key}.action"),
+                "method = \"sequential\" fails for good once it has the evidence; use \"rollback\"",
+            );
+        }
+        Method::Sequential(sequential::Settings {
+            alpha,
+            min_effect,
+            latency_over,
         })
     }
 

@@ -103,6 +103,7 @@ fn guard() -> Guard {
         max_p99: Some(Duration::from_millis(500)),
         action: GuardAction::Rollback,
         on_rollback: None,
+        method: crate::rollout::Method::Threshold,
     }
 }
 
@@ -396,6 +397,7 @@ fn check_describes_where_a_rollout_stands() {
         max_p99: Some(Duration::from_millis(1500)),
         action: GuardAction::Rollback,
         on_rollback: None,
+        method: crate::rollout::Method::Threshold,
     };
     assert_eq!(
         describe_guard(&guard),
