@@ -341,6 +341,14 @@ async fn threshold_guards_answer_too_and_routes_without_a_guard_are_404() {
     assert_eq!(status, 503);
     assert_eq!(body["reason"], "error_ratio");
 
+    // `/routes` (what `cohort status` reads) carries the same verdict, and none for a
+    // route without a guard.
+    let routes = get(&cohort.admin_url("/routes"), &[]).await;
+    let doc: Value = serde_json::from_slice(&routes.body).expect("json");
+    assert_eq!(doc["routes"][0]["verdict"]["verdict"], "fail");
+    assert_eq!(doc["routes"][0]["verdict"]["reason"], "error_ratio");
+    assert!(doc["routes"][1]["verdict"].is_null());
+
     for path in ["/routes/plain/verdict", "/routes/nowhere/verdict"] {
         let answer = get(&cohort.admin_url(path), &[]).await;
         assert_eq!(answer.status, 404, "{path}: {}", answer.text());

@@ -126,11 +126,6 @@ pub fn page_json(state: &State, snap: &Snapshot) -> Value {
     if let Some(routes) = doc.get_mut("routes").and_then(Value::as_array_mut) {
         for (index, route) in routes.iter_mut().enumerate() {
             route["history"] = history_json(state, snap, index);
-            let (config, route_state) = snap.route(index);
-            if let Some(guard) = &config.guard {
-                let judged = route_state.memory().judged(guard);
-                route["verdict"] = verdict_json(&config.name, guard, &judged);
-            }
         }
     }
     doc
@@ -229,6 +224,9 @@ fn route_json(snap: &Snapshot, index: usize) -> Value {
             "values_count": segment.values_count,
             "values_file": segment.values_file,
         })).collect::<Vec<_>>(),
+        "verdict": route.guard.as_ref().map(|guard| {
+            verdict_json(&route.name, guard, &state.memory().judged(guard))
+        }),
         "propagate": route.propagate,
         "follow": route.follow,
         "hash": match route.hash {

@@ -90,6 +90,7 @@ pub fn table(routes: &Value) -> String {
             let lines = [
                 cohort::status_page::targeting_line(route),
                 cohort::status_page::rollout_line(route),
+                cohort::status_page::verdict_line(route),
             ];
             for line in lines.into_iter().flatten() {
                 let name = route.get("name").and_then(Value::as_str).unwrap_or("");
@@ -217,6 +218,29 @@ search        0.25  s            canary       0      -      -  -
         assert!(
             text.contains("  \"\"  "),
             "an empty salt is visible: {text}"
+        );
+    }
+
+    #[test]
+    fn segments_and_the_guards_verdict_follow_the_table() {
+        let mut d = doc();
+        d["routes"][0]["segments"] = json!([
+            {"match": "header:x-team", "variant": "canary", "values_count": 2, "values_file": null},
+        ]);
+        d["routes"][0]["verdict"] = json!({
+            "method": "sequential", "verdict": "fail", "reason": "sequential_errors",
+            "evidence": {"errors": 1.2},
+        });
+        let text = table(&d);
+        let extra: Vec<&str> = text.lines().skip(5).collect();
+        assert_eq!(extra.len(), 2, "{text}");
+        assert_eq!(
+            extra[0],
+            "checkout: segments: header:x-team → canary (2 values)"
+        );
+        assert!(
+            extra[1].starts_with("checkout: verdict: fail (sequential), reason sequential_errors"),
+            "{text}"
         );
     }
 
