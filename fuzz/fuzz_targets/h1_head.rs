@@ -62,6 +62,9 @@ fn expected_fields(
         .flat_map(|f| f.value.split(|&b| b == b','))
         .map(|t| lower(t.trim_ascii()))
         .filter(|t| !t.is_empty())
+        // A hop-by-hop name in `Connection` adds nothing: its own rule decides (so
+        // `TE: trailers` named there stays, as on hyper's path).
+        .filter(|t| !HOP_BY_HOP.iter().any(|h| h.as_bytes() == &t[..]))
         .collect();
     let dropped = |name: &[u8], value: &[u8]| {
         let name = lower(name);

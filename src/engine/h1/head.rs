@@ -660,10 +660,13 @@ impl<'h, 'b> ConnectionOptions<'h, 'b> {
                 .iter()
                 .any(|t| t.eq_ignore_ascii_case(name));
         }
+        // The same tokens `add` would have listed: a hop-by-hop name in `Connection`
+        // changes nothing (its own rule decides; `TE: trailers` stays).
         self.fields
             .iter()
             .filter(|f| Field::of(f.name) == Field::Connection)
             .flat_map(|f| tokens(f.value))
+            .filter(|t| !Field::of_bytes(t).is_hop_by_hop())
             .any(|t| t.eq_ignore_ascii_case(name))
     }
 }

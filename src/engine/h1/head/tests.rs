@@ -577,3 +577,18 @@ fn baggage_is_kept_replaced_or_removed_as_the_policy_says() {
         "{removed}"
     );
 }
+
+/// Found by the h1_head fuzz target: with more than eight options in `Connection`
+/// (the overflow path), a hop-by-hop name among them (`te`) removed `TE: trailers`,
+/// which hyper's path and the own path with fewer options keep.
+#[test]
+fn te_trailers_named_among_many_connection_options_is_kept() {
+    let options: Vec<String> = (0..9).map(|i| format!("x-opt-{i}")).collect();
+    let raw = format!(
+        "GET / HTTP/1.1\r\nHost: a\r\nConnection: {}, te\r\nx-opt-3: gone\r\nTE: trailers\r\n\r\n",
+        options.join(", ")
+    );
+    let head = upstream(&raw, None);
+    assert!(head.contains("\r\nTE: trailers\r\n"), "{head}");
+    assert!(!head.contains("x-opt-3"), "{head}");
+}
