@@ -300,6 +300,25 @@ fn trim(bytes: &[u8]) -> &[u8] {
     bytes.trim_ascii()
 }
 
+/// Whether `text` is an RFC 9110 token (§5.6.2): what a cookie name, a `Connection`
+/// option or the NAME of a `cohort.<NAME>` baggage member must be.
+pub fn is_token(text: &str) -> bool {
+    !text.is_empty()
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+/// The elements of a comma-separated field value (RFC 9110 §5.6.1), surrounding
+/// whitespace trimmed, empty ones skipped: `Connection` options, `Transfer-Encoding`
+/// codings, `baggage` members.
+pub fn list_elements(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+    value
+        .split(|&b| b == b',')
+        .map(trim)
+        .filter(|element| !element.is_empty())
+}
+
 /// The variant a trusted request forces through the override header or cookie.
 /// Untrusted peers get `None` whatever they send.
 pub fn forced_variant(ovr: &Override, headers: &impl Fields, peer: IpAddr) -> Option<Variant> {
@@ -338,13 +357,7 @@ pub fn decide(
     draw_key: impl FnOnce() -> String,
 ) -> Decision {
     if let Some((variant, source)) = forced(route, headers, client) {
-        return Decision {
-            variant,
-            source,
-            bucket: None,
-            new_cohort_id: None,
-            segment: None,
-        };
+        return Decision::forced(variant, source);
     }
     match find_key(&route.sticky, headers, client) {
         Some((key, source)) => place(route, canary, headers, Some(client), key.as_bytes(), source),
@@ -411,13 +424,7 @@ impl Described {
     pub fn decide(&self, route: &Route, canary: BasisPoints, key: &[u8]) -> Decision {
         let forced_by = self.client.and_then(|ip| forced(route, &self.headers, ip));
         if let Some((variant, source)) = forced_by {
-            return Decision {
-                variant,
-                source,
-                bucket: None,
-                new_cohort_id: None,
-                segment: None,
-            };
+            return Decision::forced(variant, source);
         }
         place(
             route,
@@ -466,6 +473,17 @@ fn place(
 }
 
 impl Decision {
+    /// A variant forced by a trusted sender: no bucket, no segment, no new key.
+    fn forced(variant: Variant, source: AssignSource) -> Decision {
+        Decision {
+            variant,
+            source,
+            bucket: None,
+            new_cohort_id: None,
+            segment: None,
+        }
+    }
+
     /// Which rule decided, in the words of the config: `override`, `baggage`,
     /// `segments[N]` or `percentage`.
     pub fn decided_by(&self) -> String {

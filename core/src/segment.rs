@@ -17,8 +17,8 @@ use serde::Serialize;
 use xxhash_rust::xxh3::xxh3_64_with_seed;
 
 use crate::cohort::Variant;
-use crate::config::canonical_ip;
-use crate::router::{cookie, Fields};
+use crate::config::{canonical_ip, parse_net};
+use crate::router::{cookie, is_token, Fields};
 
 /// What a segment compares with its values.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,9 +45,7 @@ impl SegmentMatch {
             Some(("header", name)) => HeaderName::from_bytes(name.as_bytes())
                 .map(SegmentMatch::Header)
                 .map_err(|_| format!("{name:?} is not a header name")),
-            Some(("cookie", name)) if !name.is_empty() && !name.contains([';', '=', ' ']) => {
-                Ok(SegmentMatch::Cookie(name.to_owned()))
-            }
+            Some(("cookie", name)) if is_token(name) => Ok(SegmentMatch::Cookie(name.to_owned())),
             Some(("cookie", name)) => Err(format!("{name:?} is not a cookie name")),
             Some(_) => Err(unknown()),
         }
@@ -93,8 +91,8 @@ impl ValueSet {
     }
 
     /// The values as written (one per line or list entry) for `on`: CIDRs (or bare
-    /// addresses) for `ip`, exact strings otherwise. `where_` names each value's place
-    /// in errors (`line 12`, `values[3]`).
+    /// addresses) for `ip`, exact strings otherwise. Each comes with its place, which
+    /// errors name (`line 12`, `values[3]`).
     pub fn parse<'a>(
         on: &SegmentMatch,
         values: impl Iterator<Item = (String, &'a str)>,
@@ -103,7 +101,9 @@ impl ValueSet {
             SegmentMatch::Ip => {
                 let mut nets = Vec::new();
                 for (place, value) in values {
-                    nets.push(parse_net(value).map_err(|e| format!("{place}: {e}"))?);
+                    let net = parse_net(value)
+                        .ok_or_else(|| format!("{place}: {value:?} is not a CIDR or IP address"))?;
+                    nets.push(net);
                 }
                 Ok(ValueSet::Cidrs(CidrSet::new(&nets)))
             }
@@ -167,13 +167,6 @@ impl Hasher for ValueHasher {
     fn finish(&self) -> u64 {
         self.0
     }
-}
-
-/// A CIDR or a bare address (a /32 or /128).
-fn parse_net(text: &str) -> Result<IpNet, String> {
-    text.parse::<IpNet>()
-        .or_else(|_| text.parse::<IpAddr>().map(IpNet::from))
-        .map_err(|_| format!("{text:?} is not a CIDR or IP address"))
 }
 
 /// The lines of a values file: one value per line, surrounding whitespace trimmed,

@@ -229,10 +229,7 @@ fn route_json(snap: &Snapshot, index: usize) -> Value {
         }),
         "propagate": route.propagate,
         "follow": route.follow,
-        "hash": match route.hash {
-            crate::config::Hash::Xxh3 => "xxh3",
-            crate::config::Hash::Nginx { .. } => "nginx",
-        },
+        "hash": route.hash.as_str(),
     })
 }
 

@@ -280,10 +280,7 @@ pub fn is_upgrade_request(headers: &HeaderMap) -> bool {
 
 fn connection_has_token(headers: &HeaderMap, token: &str) -> bool {
     headers.get_all(CONNECTION).iter().any(|value| {
-        value
-            .as_bytes()
-            .split(|&b| b == b',')
-            .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
+        router::list_elements(value.as_bytes()).any(|t| t.eq_ignore_ascii_case(token.as_bytes()))
     })
 }
 
@@ -297,8 +294,8 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
         let named: Vec<HeaderName> = headers
             .get_all(CONNECTION)
             .iter()
-            .flat_map(|v| v.as_bytes().split(|&b| b == b','))
-            .filter_map(|t| HeaderName::from_bytes(t.trim_ascii()).ok())
+            .flat_map(|v| router::list_elements(v.as_bytes()))
+            .filter_map(|t| HeaderName::from_bytes(t).ok())
             .collect();
         for name in named {
             // The fixed list below removes those, with its exceptions: a client that

@@ -22,6 +22,7 @@ use std::net::SocketAddr;
 use http::StatusCode;
 
 use crate::metrics::Metrics;
+use crate::router::list_elements;
 
 /// Why a request cannot be served, as either engine's parser (or [`fields`]) found it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -175,9 +176,7 @@ pub(crate) fn fields(version: http::Version, headers: &http::HeaderMap) -> Optio
     let mut codings = headers
         .get_all(http::header::TRANSFER_ENCODING)
         .iter()
-        .flat_map(|value| value.as_bytes().split(|&b| b == b','))
-        .map(<[u8]>::trim_ascii)
-        .filter(|coding| !coding.is_empty());
+        .flat_map(|value| list_elements(value.as_bytes()));
     match (codings.next(), codings.next()) {
         (None, _) => None,
         (Some(only), None) if only.eq_ignore_ascii_case(b"chunked") => None,

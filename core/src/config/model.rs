@@ -259,6 +259,16 @@ pub enum Hash {
     Nginx { nginx_key: KeyTemplate },
 }
 
+impl Hash {
+    /// The name `hash` takes in the config.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Hash::Xxh3 => "xxh3",
+            Hash::Nginx { .. } => "nginx",
+        }
+    }
+}
+
 impl Route {
     /// The key's bucket and variant at canary share `canary`, by the route's hash.
     #[inline]
@@ -469,6 +479,15 @@ pub fn canonical_ip(ip: IpAddr) -> IpAddr {
             .unwrap_or(IpAddr::V6(v6)),
         v4 => v4,
     }
+}
+
+/// A CIDR (`10.0.0.0/8`) or a single address (a /32 or /128), host bits cleared: what
+/// `override.trusted`, `listen.trusted_proxies` and `ip` segments hold.
+pub fn parse_net(text: &str) -> Option<IpNet> {
+    text.parse::<IpNet>()
+        .or_else(|_| text.parse::<IpAddr>().map(IpNet::from))
+        .ok()
+        .map(|net| net.trunc())
 }
 
 fn ser_duration<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {

@@ -1,7 +1,7 @@
 //! The rules: raw schema in, [`Config`] or every problem found out. Pure: paths are
 //! resolved against the config file's directory but never read.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -13,9 +13,9 @@ use super::schema::*;
 use super::{ConfigError, ConfigIssue, ConfigWarning};
 use std::sync::Arc;
 
-use crate::baggage;
 use crate::cohort::{BasisPoints, Variant};
 use crate::rollout::{self, sequential, Guard, GuardAction, Method, Rollout};
+use crate::router::is_token;
 use crate::segment::{Segment, SegmentMatch, ValueSet};
 use crate::split_clients::{KeyTemplate, KEY_PLACEHOLDER};
 
@@ -411,16 +411,12 @@ impl Validator<'_> {
                 return None;
             }
         };
-        let variant = match raw.variant.as_str() {
-            "stable" => Variant::Stable,
-            "canary" => Variant::Canary,
-            other => {
-                self.fail(
-                    format!("{key}.variant"),
-                    format!("{other:?} is neither \"stable\" nor \"canary\""),
-                );
-                return None;
-            }
+        let Some(variant) = Variant::from_name(raw.variant.as_bytes()) else {
+            self.fail(
+                format!("{key}.variant"),
+                format!("{:?} is neither \"stable\" nor \"canary\"", raw.variant),
+            );
+            return None;
         };
         if raw.values.is_empty() && raw.values_file.is_none() {
             self.fail(key, "needs values or a values_file");
@@ -450,7 +446,7 @@ impl Validator<'_> {
 
     /// The NAME of a `cohort.<NAME>` baggage member: a token.
     fn baggage_name(&mut self, key: &str, name: &str) -> bool {
-        let ok = baggage::valid_name(name);
+        let ok = is_token(name);
         if !ok {
             self.fail(
                 key,
@@ -721,7 +717,7 @@ impl Validator<'_> {
             return self.header_name(key, name).map(StickySource::Header);
         }
         if let Some(name) = source.strip_prefix("cookie:") {
-            if name.is_empty() || !name.bytes().all(is_cookie_name_byte) {
+            if !is_token(name) {
                 self.fail(key, format!("{name:?} is not a valid cookie name"));
                 return None;
             }
@@ -924,7 +920,7 @@ impl Validator<'_> {
         let cookie = raw
             .cookie
             .unwrap_or_else(|| DEFAULT_OVERRIDE_COOKIE.to_owned());
-        if cookie.is_empty() || !cookie.bytes().all(is_cookie_name_byte) {
+        if !is_token(&cookie) {
             self.fail(
                 format!("{key}.cookie"),
                 format!("{cookie:?} is not a valid cookie name"),
@@ -940,26 +936,17 @@ impl Validator<'_> {
 
     /// A list of CIDRs or single addresses (`override.trusted`, `listen.trusted_proxies`).
     fn nets(&mut self, key: &str, list: &[String]) -> Vec<IpNet> {
-        list.iter()
-            .enumerate()
-            .filter_map(|(i, cidr)| {
-                let parsed = cidr
-                    .parse::<IpNet>()
-                    .or_else(|_| cidr.parse::<IpAddr>().map(IpNet::from));
-                match parsed {
-                    Ok(net) => Some(net.trunc()),
-                    Err(_) => {
-                        self.fail(
-                            format!("{key}[{i}]"),
-                            format!(
-                                "{cidr:?} is not a CIDR such as \"10.0.0.0/8\" or an IP address"
-                            ),
-                        );
-                        None
-                    }
-                }
-            })
-            .collect()
+        let mut nets = Vec::with_capacity(list.len());
+        for (i, cidr) in list.iter().enumerate() {
+            match parse_net(cidr) {
+                Some(net) => nets.push(net),
+                None => self.fail(
+                    format!("{key}[{i}]"),
+                    format!("{cidr:?} is not a CIDR such as \"10.0.0.0/8\" or an IP address"),
+                ),
+            }
+        }
+        nets
     }
 
     fn timeouts(&mut self, key: &str, raw: RawTimeouts) -> Timeouts {
@@ -1042,9 +1029,4 @@ pub(crate) fn parse_size(text: &str) -> Option<u64> {
         _ => return None,
     };
     number.checked_mul(unit)
-}
-
-/// RFC 6265 cookie-name characters (an HTTP token).
-fn is_cookie_name_byte(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }

@@ -462,3 +462,16 @@ variant = "stable""#,
     assert!(Described::default().cookie("a=1; b=2").is_err());
     assert!(Described::default().ip("10.0.0.0/8").is_err());
 }
+
+#[test]
+fn tokens_and_list_elements_follow_rfc_9110() {
+    for token in ["checkout-v2", "session", "a.b", "x!#$%&'*+-.^_`|~9"] {
+        assert!(is_token(token), "{token}");
+    }
+    for not in ["", "a b", "a=b", "a,b", "a;b", "é", "a\"b"] {
+        assert!(!is_token(not), "{not:?}");
+    }
+    let elements: Vec<&[u8]> = list_elements(b" keep-alive ,, te,\tx ,").collect();
+    assert_eq!(elements, [&b"keep-alive"[..], b"te", b"x"]);
+    assert_eq!(list_elements(b" , ").count(), 0);
+}

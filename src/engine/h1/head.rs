@@ -15,7 +15,7 @@ use http::{HeaderName, StatusCode};
 use crate::request::forward::{is_trailers_only, Field};
 pub use crate::request::forward::{BaggageRewrite, Forwarding};
 use crate::request::reject::Malformed;
-use crate::router::Fields;
+use crate::router::{list_elements, Fields};
 
 /// Header fields this path parses in place; a head with more (up to
 /// `listen.max_headers`) goes to hyper.
@@ -216,7 +216,7 @@ pub fn parse_request_within<'h, 'b>(
                 host = std::str::from_utf8(field.value).ok();
             }
             Field::Connection => {
-                for token in tokens(field.value) {
+                for token in list_elements(field.value) {
                     if token.eq_ignore_ascii_case(b"close") {
                         close = true;
                     } else if token.eq_ignore_ascii_case(b"upgrade") {
@@ -415,12 +415,12 @@ pub fn parse_response<'h, 'b>(
                 Some(n) if length.map_or(true, |l| l == n) => length = Some(n),
                 _ => return ParsedResponse::Invalid("invalid or conflicting Content-Length"),
             },
-            Field::TransferEncoding => match tokens(field.value).last() {
+            Field::TransferEncoding => match list_elements(field.value).last() {
                 Some(last) if last.eq_ignore_ascii_case(b"chunked") && !chunked => chunked = true,
                 _ => return ParsedResponse::Invalid("unsupported Transfer-Encoding"),
             },
             Field::Connection => {
-                for token in tokens(field.value) {
+                for token in list_elements(field.value) {
                     close |= token.eq_ignore_ascii_case(b"close");
                     keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
                     connection.add(token);
@@ -665,18 +665,10 @@ impl<'h, 'b> ConnectionOptions<'h, 'b> {
         self.fields
             .iter()
             .filter(|f| Field::of(f.name) == Field::Connection)
-            .flat_map(|f| tokens(f.value))
+            .flat_map(|f| list_elements(f.value))
             .filter(|t| !Field::of_bytes(t).is_hop_by_hop())
             .any(|t| t.eq_ignore_ascii_case(name))
     }
-}
-
-/// Comma-separated list elements, trimmed, empty ones skipped.
-fn tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
-    value
-        .split(|&b| b == b',')
-        .map(<[u8]>::trim_ascii)
-        .filter(|t| !t.is_empty())
 }
 
 fn many(fields: &[httparse::Header<'_>], known: Field) -> bool {
