@@ -270,11 +270,14 @@ pub struct Segment {
     pub values: Vec<String>,
     /// Where more values come from; read by the shell with the config.
     pub values_file: Option<std::path::PathBuf>,
-    /// Every value, inline and from the file: what requests are matched against.
-    #[serde(skip)]
+    /// Every value, inline and from the file: what requests are matched against
+    /// (`/config` shows how many).
+    #[serde(rename = "values_count", serialize_with = "set_len")]
     pub set: Arc<ValueSet>,
-    /// How many values the rule holds in all.
-    pub values_count: usize,
+}
+
+fn set_len<S: serde::Serializer>(set: &Arc<ValueSet>, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_u64(set.len() as u64)
 }
 
 fn variant_name<S: serde::Serializer>(variant: &Variant, s: S) -> Result<S::Ok, S::Error> {
@@ -290,6 +293,11 @@ pub struct Attributes<'a, F: Fields> {
 }
 
 impl Segment {
+    /// How many values the rule holds in all.
+    pub fn values_count(&self) -> usize {
+        self.set.len()
+    }
+
     pub fn matches<F: Fields>(&self, request: &Attributes<'_, F>) -> bool {
         match &self.on {
             SegmentMatch::Header(name) => request

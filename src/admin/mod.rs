@@ -221,7 +221,7 @@ fn route_json(snap: &Snapshot, index: usize) -> Value {
         "segments": route.segments.iter().map(|segment| json!({
             "match": segment.on.to_string(),
             "variant": segment.variant.as_str(),
-            "values_count": segment.values_count,
+            "values_count": segment.values_count(),
             "values_file": segment.values_file,
         })).collect::<Vec<_>>(),
         "verdict": route.guard.as_ref().map(|guard| {

@@ -79,7 +79,7 @@ pub fn check(path: &std::path::Path) -> ExitCode {
                 .as_ref()
                 .map(|f| format!(", from {}", f.display()))
                 .unwrap_or_default();
-            let count = segment.values_count;
+            let count = segment.values_count();
             let noun = if count == 1 { "value" } else { "values" };
             out!(
                 "  segments[{i}]: {} -> {} ({count} {noun}{file})",

@@ -103,7 +103,6 @@ impl Config {
                     Ok(values) => {
                         let mut set = ValueSet::clone(&segment.set);
                         set.extend(values);
-                        segment.values_count = set.len();
                         segment.set = std::sync::Arc::new(set);
                     }
                     Err(reason) => issues.push(super::ConfigIssue { key, reason }),

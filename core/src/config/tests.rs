@@ -682,7 +682,7 @@ fn segments_propagation_and_hash_are_compiled() {
     let config = parse_ok(TARGETING);
     let route = &config.routes[0];
     assert_eq!(route.segments.len(), 2);
-    assert_eq!(route.segments[0].values_count, 2);
+    assert_eq!(route.segments[0].values_count(), 2);
     assert_eq!(
         route.segments[1].values_file.as_deref(),
         Some(Path::new("config/offices.txt"))
@@ -710,7 +710,7 @@ fn values_files_are_read_through_the_shell_and_join_the_inline_values() {
             Ok("# offices\n192.0.2.0/24\n".into())
         })
         .expect("good file");
-    assert_eq!(config.routes[0].segments[1].values_count, 2);
+    assert_eq!(config.routes[0].segments[1].values_count(), 2);
     let mut config = parse_ok(TARGETING);
     let err = config
         .load_values_files(|_| Ok("192.0.2.0/24\nnot-an-address\n".into()))

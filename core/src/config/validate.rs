@@ -437,7 +437,6 @@ impl Validator<'_> {
         Some(Segment {
             on,
             variant,
-            values_count: set.len(),
             values: raw.values,
             values_file: raw.values_file.map(|p| self.resolve(&p)),
             set: Arc::new(set),

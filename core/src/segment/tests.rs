@@ -30,7 +30,6 @@ fn segment(on: &str, values: ValueSet, variant: Variant) -> Segment {
         variant,
         values: Vec::new(),
         values_file: None,
-        values_count: values.len(),
         set: Arc::new(values),
     }
 }
