@@ -10,6 +10,20 @@ pub const DURATION_BUCKETS: [f64; 14] = [
 /// One count per finite bucket, plus the `+Inf` overflow.
 pub const HISTOGRAM_LEN: usize = DURATION_BUCKETS.len() + 1;
 
+/// The index of the bucket whose upper bound is `seconds`, if one is: a latency limit
+/// judged from the histogram (`latency_over`) must be a bound, or it would be rounded.
+pub fn bound_index(seconds: f64) -> Option<usize> {
+    DURATION_BUCKETS
+        .iter()
+        .position(|bound| (bound - seconds).abs() < 1e-9)
+}
+
+/// The count of requests slower than the bucket bound at `index` (all the buckets above
+/// it, `+Inf` included).
+pub fn slower_than(index: usize, counts: &[u64; HISTOGRAM_LEN]) -> u64 {
+    counts[index + 1..].iter().sum()
+}
+
 /// Raw sums over a window.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct Counts {
@@ -63,5 +77,17 @@ mod tests {
         slow[HISTOGRAM_LEN - 1] = 5;
         assert_eq!(quantile(0.99, &slow), Some(10.0));
         assert_eq!(quantile(0.99, &[0; HISTOGRAM_LEN]), None);
+    }
+
+    #[test]
+    fn slow_requests_are_counted_above_a_bound() {
+        assert_eq!(bound_index(0.25), Some(8));
+        assert_eq!(bound_index(0.3), None, "not a bound");
+        let mut counts = [0u64; HISTOGRAM_LEN];
+        counts[8] = 7; // 100–250 ms: not slower than 250 ms
+        counts[9] = 2;
+        counts[HISTOGRAM_LEN - 1] = 1;
+        assert_eq!(slower_than(8, &counts), 3);
+        assert_eq!(slower_than(DURATION_BUCKETS.len() - 1, &counts), 1);
     }
 }

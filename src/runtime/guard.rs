@@ -25,6 +25,7 @@ use crate::rollout::{
 };
 use crate::runtime::server::State;
 use crate::runtime::state_dir::{self, Stored};
+use cohort_core::histogram;
 
 /// How often guards are judged and schedules re-read.
 pub(crate) const EVALUATE_EVERY: Duration = Duration::from_millis(250);
@@ -370,17 +371,13 @@ impl GuardState {
         };
         if let Some(windows) = &self.windows {
             let oldest = current.saturating_sub(len.saturating_sub(1));
-            let slow_from = settings.latency_over.and_then(|d| {
-                let bound = d.as_secs_f64();
-                crate::metrics::window::DURATION_BUCKETS
-                    .iter()
-                    .position(|b| (b - bound).abs() < 1e-9)
-                    .map(|i| i + 1)
-            });
+            let bound = settings
+                .latency_over
+                .and_then(|d| histogram::bound_index(d.as_secs_f64()));
             let tally = |counts: crate::metrics::window::Counts| Tally {
                 requests: counts.requests,
                 errors: counts.errors,
-                slow: slow_from.map_or(0, |from| counts.histogram[from..].iter().sum()),
+                slow: bound.map_or(0, |i| histogram::slower_than(i, &counts.histogram)),
             };
             for period in run.next_period.max(oldest)..end {
                 let canary = tally(windows.canary.period_counts(period));

@@ -662,11 +662,7 @@ impl Validator<'_> {
             // Slow requests are counted from the duration histogram, so the limit must
             // be one of its bucket bounds: anything else would be silently rounded.
             let seconds = d.as_secs_f64();
-            if !d.is_zero()
-                && !crate::histogram::DURATION_BUCKETS
-                    .iter()
-                    .any(|b| (b - seconds).abs() < 1e-9)
-            {
+            if !d.is_zero() && crate::histogram::bound_index(seconds).is_none() {
                 let bounds: Vec<String> = crate::histogram::DURATION_BUCKETS
                     .iter()
                     .map(|b| format!("{}ms", b * 1000.0))
