@@ -31,40 +31,107 @@ fn app_route(stable: &FakeUpstream, canary: &FakeUpstream) -> Route {
         .canary(canary)
 }
 
-/// The variant that answered a plain GET with these headers on a connection served by
-/// cohort's own HTTP/1.1 path, by hyper's HTTP/1.1 engine (after a chunked upload) and
-/// by HTTP/2: all three must agree.
-async fn variant_on_every_engine(cohort: &TestCohort, headers: &[(&str, &str)]) -> String {
-    let own = get(&cohort.url("/"), headers).await;
-    let h2 = send(
-        &h2c_client(),
-        "GET",
-        &cohort.url("/"),
-        headers,
-        Bytes::new(),
-    )
-    .await;
-    let mut conn = RawConn::connect(cohort.proxy).await;
-    conn.write(b"POST /up HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n")
-        .await;
-    assert_eq!(conn.read_response(false).await.status, 200, "the upload");
-    let mut head = String::from("GET / HTTP/1.1\r\nHost: a\r\n");
-    for (name, value) in headers {
-        head.push_str(&format!("{name}: {value}\r\n"));
+/// The three paths a request can take through cohort.
+#[derive(Debug, Clone, Copy)]
+enum Engine {
+    /// Cohort's own HTTP/1.1 path.
+    Own,
+    /// Hyper's HTTP/1.1 engine: a connection handed over after a chunked upload.
+    Hyper,
+    /// HTTP/2 (h2c).
+    H2,
+}
+
+const ENGINES: [Engine; 3] = [Engine::Own, Engine::Hyper, Engine::H2];
+
+/// The variant that answered a plain GET with these headers on `engine`.
+async fn variant_on(
+    engine: Engine,
+    cohort: &TestCohort,
+    headers: &[(&str, &str)],
+) -> Option<String> {
+    match engine {
+        Engine::Own => get(&cohort.url("/"), headers)
+            .await
+            .variant()
+            .map(str::to_owned),
+        Engine::H2 => send(
+            &h2c_client(),
+            "GET",
+            &cohort.url("/"),
+            headers,
+            Bytes::new(),
+        )
+        .await
+        .variant()
+        .map(str::to_owned),
+        Engine::Hyper => {
+            let mut conn = RawConn::connect(cohort.proxy).await;
+            conn.write(
+                b"POST /up HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+            )
+            .await;
+            assert_eq!(conn.read_response(false).await.status, 200, "the upload");
+            let mut head = String::from("GET / HTTP/1.1\r\nHost: a\r\n");
+            for (name, value) in headers {
+                head.push_str(&format!("{name}: {value}\r\n"));
+            }
+            head.push_str("\r\n");
+            conn.write(head.as_bytes()).await;
+            let answer = conn.read_response(false).await;
+            answer.header("x-cohort-variant").map(str::to_owned)
+        }
     }
-    head.push_str("\r\n");
-    conn.write(head.as_bytes()).await;
-    let hyper = conn.read_response(false).await;
-    let variants = [
-        own.variant().map(str::to_owned),
-        h2.variant().map(str::to_owned),
-        hyper.header("x-cohort-variant").map(str::to_owned),
-    ];
+}
+
+/// The variant that answered a plain GET with these headers on every engine: all three
+/// must agree.
+async fn variant_on_every_engine(cohort: &TestCohort, headers: &[(&str, &str)]) -> String {
+    let mut variants = Vec::new();
+    for engine in ENGINES {
+        variants.push(variant_on(engine, cohort, headers).await);
+    }
     assert!(
         variants.iter().all(|v| v == &variants[0]),
-        "the engines disagree for {headers:?}: own, h2, hyper = {variants:?}"
+        "the engines disagree for {headers:?}: own, hyper, h2 = {variants:?}"
     );
     variants[0].clone().expect("a variant header")
+}
+
+/// The baggage rewrite is one policy: on every engine a client's own `cohort.*` members
+/// are removed (it is not trusted) and the route's member set to the decided variant,
+/// the other members kept as sent.
+#[tokio::test]
+async fn baggage_is_rewritten_alike_on_every_engine() {
+    let stable = FakeUpstream::start("stable").await;
+    let canary = FakeUpstream::start("canary").await;
+    let route = app_route(&stable, &canary)
+        .canary_percent(50)
+        .propagate("rel")
+        .trusted(&["10.0.0.0/8"]);
+    let cohort = TestCohort::start(route).await;
+    let forged = [
+        ("x-user-id", "alice"),
+        ("baggage", "cohort.rel=canary,tenant=acme"),
+        ("baggage", "COHORT.other=stable;p=1"),
+    ];
+    for engine in ENGINES {
+        let variant = variant_on(engine, &cohort, &forged)
+            .await
+            .expect("a variant");
+        let upstream = if variant == "canary" {
+            &canary
+        } else {
+            &stable
+        };
+        let seen = upstream.last_seen();
+        assert_eq!(
+            seen.all("baggage"),
+            [format!("tenant=acme,cohort.rel={variant}")],
+            "{engine:?}"
+        );
+    }
+    cohort.shutdown().await;
 }
 
 #[tokio::test]
