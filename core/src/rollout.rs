@@ -9,6 +9,7 @@ use std::time::Duration;
 use crate::cohort::BasisPoints;
 use crate::histogram::{quantile, Counts};
 
+pub mod fleet;
 pub mod sequential;
 
 /// Wall-clock time as milliseconds since the Unix epoch (UTC).
@@ -104,6 +105,28 @@ pub struct Guard {
     pub on_rollback: Option<String>,
     /// How the canary is judged: fixed limits over the window, or sequentially.
     pub method: Method,
+    /// Whose counts are judged: this replica's, or the fleet's from Prometheus.
+    pub source: Source,
+}
+
+/// `source` of `[routes.guard]` (DESIGN §12).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Source {
+    /// This replica's own counts.
+    #[default]
+    Local,
+    /// The fleet's counts, read from Prometheus' HTTP API at this base URL (`http://`,
+    /// no trailing slash); this replica's own counts whenever Prometheus cannot answer.
+    Prometheus { url: String },
+}
+
+impl Source {
+    pub fn prometheus(&self) -> Option<&str> {
+        match self {
+            Source::Local => None,
+            Source::Prometheus { url } => Some(url),
+        }
+    }
 }
 
 /// `method` of `[routes.guard]`.
@@ -133,16 +156,19 @@ pub enum Reason {
     Manual,
     SequentialErrors,
     SequentialLatency,
+    /// Another replica of the same rollout rolled back, seen through the fleet source.
+    Adopted,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 6] = [
+    pub const ALL: [Reason; 7] = [
         Reason::ErrorRatio,
         Reason::ErrorRatioVsStable,
         Reason::P99,
         Reason::Manual,
         Reason::SequentialErrors,
         Reason::SequentialLatency,
+        Reason::Adopted,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -153,6 +179,7 @@ impl Reason {
             Reason::Manual => "manual",
             Reason::SequentialErrors => "sequential_errors",
             Reason::SequentialLatency => "sequential_latency",
+            Reason::Adopted => "adopted",
         }
     }
 
@@ -177,6 +204,16 @@ pub struct Figures {
 }
 
 impl Figures {
+    /// Figures of a sequential judge's counts: no histogram, so no p99.
+    pub fn from_tally(tally: &sequential::Tally) -> Figures {
+        Figures {
+            requests: tally.requests,
+            errors: tally.errors,
+            error_ratio: (tally.requests > 0).then(|| tally.errors as f64 / tally.requests as f64),
+            p99_seconds: None,
+        }
+    }
+
     pub fn from_counts(counts: &Counts) -> Figures {
         Figures {
             requests: counts.requests,

@@ -9,6 +9,7 @@ use std::convert::Infallible;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use crate::runtime::guard::Evidence;
 use bytes::Bytes;
 use http::header::CONTENT_TYPE;
 use http::{HeaderValue, Method, Request, Response, StatusCode};
@@ -269,7 +270,9 @@ fn verdict(state: &State, name: &str, method: &Method) -> Response<Full<Bytes>> 
     json_response(status, &body)
 }
 
-/// The body of `GET /routes/{name}/verdict`.
+/// The body of `GET /routes/{name}/verdict`. `source` says whose counts were judged:
+/// `{"kind": "local"}`, or for a fleet guard `{"kind": "prometheus", "url", "judged":
+/// "fleet", "replicas"}`, `"judged": "local"` with the `error` while Prometheus fails.
 pub(crate) fn verdict_json(
     route: &str,
     guard: &crate::rollout::Guard,
@@ -297,9 +300,22 @@ pub(crate) fn verdict_json(
             evidence["since_start"] = json!({"canary": tally(canary), "stable": tally(stable)});
         }
     }
+    let url = guard.source.prometheus();
+    let source = match &judged.evidence {
+        Evidence::Local if url.is_none() => json!({"kind": "local"}),
+        // A fleet guard before its first evaluation.
+        Evidence::Local => json!({"kind": "prometheus", "url": url, "judged": "local"}),
+        Evidence::Fleet { replicas } => {
+            json!({"kind": "prometheus", "url": url, "judged": "fleet", "replicas": replicas})
+        }
+        Evidence::Fallback { error } => {
+            json!({"kind": "prometheus", "url": url, "judged": "local", "error": error})
+        }
+    };
     json!({
         "route": route,
         "method": judged.method,
+        "source": source,
         "verdict": judged.verdict.label(),
         "reason": match judged.verdict {
             crate::rollout::Verdict::Fail(reason) => Some(reason.as_str()),

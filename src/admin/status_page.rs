@@ -101,6 +101,21 @@ pub fn verdict_line(route: &Value) -> Option<String> {
             signals.join(", ")
         ));
     }
+    if let Some(source) = verdict
+        .get("source")
+        .filter(|s| s.get("kind").and_then(Value::as_str) == Some("prometheus"))
+    {
+        let replicas = source.get("replicas").and_then(Value::as_u64);
+        match (source.get("judged").and_then(Value::as_str), replicas) {
+            (Some("fleet"), Some(n)) => line.push_str(&format!(" · fleet of {n} replicas")),
+            _ => match source.get("error").and_then(Value::as_str) {
+                Some(error) => {
+                    line.push_str(&format!(" · local counts: Prometheus failing ({error})"))
+                }
+                None => line.push_str(" · local counts until Prometheus answers"),
+            },
+        }
+    }
     Some(line)
 }
 

@@ -45,6 +45,8 @@ pub const GUARD_ERROR_RATIO: &str = "cohort_guard_error_ratio";
 pub const GUARD_P99_SECONDS: &str = "cohort_guard_p99_seconds";
 pub const GUARD_VERDICT: &str = "cohort_guard_verdict";
 pub const GUARD_EVIDENCE: &str = "cohort_guard_evidence";
+pub use cohort_core::rollout::fleet::{GUARD_DURATION, ROLLOUT_INFO};
+pub const GUARD_SOURCE_ERRORS_TOTAL: &str = "cohort_guard_source_errors_total";
 /// The signals `cohort_guard_evidence` is labelled with (DESIGN §12).
 pub const EVIDENCE_SIGNALS: [&str; 2] = ["errors", "latency"];
 pub const BUILD_INFO: &str = "cohort_build_info";
@@ -123,6 +125,9 @@ pub struct Metrics {
     /// kept across snapshots too, so a reload during an outage neither adds a line nor
     /// loses the count held back.
     warn_gates: Mutex<HashMap<(String, Variant), Arc<WarnGates>>>,
+    /// `cohort_rollout_info` per rollout identity ever run: 1 for those in the config
+    /// in force, 0 for the rest (fleet queries match `== 1`).
+    rollout_info: Mutex<HashMap<[String; 3], Gauge>>,
     /// Lanes of each window: one per proxy worker.
     lanes: usize,
     clock: Clock,
@@ -168,6 +173,12 @@ impl Metrics {
                 Matcher::Full(REQUEST_DURATION.to_owned()),
                 &DURATION_BUCKETS,
             )
+            .and_then(|b| {
+                b.set_buckets_for_metric(
+                    Matcher::Full(GUARD_DURATION.to_owned()),
+                    &DURATION_BUCKETS,
+                )
+            })
             .map(PrometheusBuilder::build_recorder)
             // The bucket list is a non-empty constant, so this branch is never taken;
             // falling back keeps the constructor infallible without an unwrap.
@@ -218,6 +229,7 @@ impl Metrics {
             handle,
             windows: Mutex::new(HashMap::new()),
             warn_gates: Mutex::new(HashMap::new()),
+            rollout_info: Mutex::new(HashMap::new()),
             lanes: workers,
             clock: Clock(Instant::now()),
         }
@@ -279,11 +291,43 @@ impl Metrics {
         self.generation.set(generation as f64);
     }
 
+    /// `cohort_rollout_info{route,salt,start}`: 1 for each identity in `current`
+    /// (route, salt, rollout `start` as written or empty), 0 for every one set before
+    /// and gone now, so a replica that moved to a new rollout stops lending the old one
+    /// its counts at its next scrape.
+    pub fn rollout_identities(&self, current: &[[String; 3]]) {
+        let mut info = self
+            .rollout_info
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        for identity in current {
+            info.entry(identity.clone()).or_insert_with(|| {
+                let [route, salt, start] = identity.clone();
+                self.recorder.register_gauge(
+                    &Key::from_parts(
+                        ROLLOUT_INFO,
+                        vec![
+                            Label::new("route", route),
+                            Label::new("salt", salt),
+                            Label::new("start", start),
+                        ],
+                    ),
+                    &METADATA,
+                )
+            });
+        }
+        for (identity, gauge) in info.iter() {
+            gauge.set(if current.contains(identity) { 1.0 } else { 0.0 });
+        }
+    }
+
     /// Handles for one route; built when a snapshot is built. Every route gets its
     /// rollback counters and its one-hot state (a manual rollback works on any route,
     /// and `cohort_rollout_state{state="rolled_back"}` is what alerts watch); `guarded`
     /// routes (with a rollout or a guard) also get the step and guard series.
-    pub fn route(&self, route: &str, guarded: bool) -> RouteMetrics {
+    /// `fleet` routes (a guard with a Prometheus source) also export what the guard
+    /// judges, for the other replicas to read.
+    pub fn route(&self, route: &str, guarded: bool, fleet: bool) -> RouteMetrics {
         let route_label = || Label::new("route", route.to_owned());
         let variant = |v: Variant| {
             let window = self
@@ -327,6 +371,33 @@ impl Metrics {
                 )
             }),
             guarded: guarded.then(|| self.guarded(route)),
+            fleet: fleet.then(|| self.fleet(route)),
+        }
+    }
+
+    fn fleet(&self, route: &str) -> FleetMetrics {
+        let duration = |variant: Variant, outcome: &'static str| {
+            self.recorder.register_histogram(
+                &Key::from_parts(
+                    GUARD_DURATION,
+                    vec![
+                        Label::new("route", route.to_owned()),
+                        Label::new("variant", variant.as_str()),
+                        Label::new("outcome", outcome),
+                    ],
+                ),
+                &METADATA,
+            )
+        };
+        FleetMetrics {
+            judged: Variant::ALL.map(|v| [duration(v, "ok"), duration(v, "error")]),
+            source_errors: self.recorder.register_counter(
+                &Key::from_parts(
+                    GUARD_SOURCE_ERRORS_TOTAL,
+                    vec![Label::new("route", route.to_owned())],
+                ),
+                &METADATA,
+            ),
         }
     }
 
@@ -420,7 +491,20 @@ fn describe(r: &PrometheusRecorder) {
     );
     counter(
         ROLLBACKS_TOTAL,
-        "Canary rollbacks, by route and reason (error_ratio, error_ratio_vs_stable, p99, manual, sequential_errors, sequential_latency).",
+        "Canary rollbacks, by route and reason (error_ratio, error_ratio_vs_stable, p99, manual, sequential_errors, sequential_latency; adopted = another replica of the same rollout had rolled back).",
+    );
+    gauge(
+        ROLLOUT_INFO,
+        "1 for the rollout identity (route, salt, start; start empty without a rollout) a route runs now, 0 for identities it ran before.",
+    );
+    r.describe_histogram(
+        KeyName::from_const_str(GUARD_DURATION),
+        Some(metrics::Unit::Seconds),
+        "Requests a fleet guard judges (forced ones excluded), by route, variant and outcome (error = 5xx or cut after headers); what every replica reads from Prometheus.".into(),
+    );
+    counter(
+        GUARD_SOURCE_ERRORS_TOTAL,
+        "Fleet guard reads from Prometheus that failed, by route; the guard judged local counts instead.",
     );
     gauge(
         ROLLOUT_STEP,
@@ -458,6 +542,14 @@ pub struct RouteMetrics {
     /// `complete`, or `rolled_back` after a manual rollback.
     states: [Gauge; RolloutState::ALL.len()],
     guarded: Option<GuardedMetrics>,
+    fleet: Option<FleetMetrics>,
+}
+
+/// The series of a guard with a Prometheus source (DESIGN §12).
+struct FleetMetrics {
+    /// `cohort_guard_duration_seconds` by [variant][ok, error].
+    judged: [[Histogram; 2]; 2],
+    source_errors: Counter,
 }
 
 /// Rollout and guard series of one route (DESIGN §7).
@@ -484,6 +576,20 @@ impl RouteMetrics {
         }
         if let Some(g) = &self.guarded {
             g.step.set(step.map_or(-1.0, |s| s as f64));
+        }
+    }
+
+    /// One request the guard judges, for the fleet (routes with a fleet guard only).
+    pub fn judged(&self, variant: Variant, error: bool, seconds: f64) {
+        if let Some(f) = &self.fleet {
+            f.judged[variant.index()][usize::from(error)].record(seconds);
+        }
+    }
+
+    /// A fleet read that failed: the guard judged local counts.
+    pub fn source_error(&self) {
+        if let Some(f) = &self.fleet {
+            f.source_errors.increment(1);
         }
     }
 
@@ -669,12 +775,12 @@ mod tests {
     fn warning_gates_outlive_a_snapshot() {
         let metrics = Metrics::new();
         let kind = UpstreamErrorKind::Connect;
-        let before = metrics.route("r", false);
+        let before = metrics.route("r", false, false);
         let gate = before.variant(Variant::Canary).warn_gate(kind);
         assert_eq!(gate.admit(0), Some(0));
         assert_eq!(gate.admit(10), None);
         // A reload builds the route's handles again: same gate, same count held back.
-        let after = metrics.route("r", false);
+        let after = metrics.route("r", false, false);
         let gate = after.variant(Variant::Canary).warn_gate(kind);
         assert_eq!(gate.admit(20), None);
         assert_eq!(gate.admit(1000), Some(2));
@@ -685,7 +791,7 @@ mod tests {
             .variant(Variant::Canary)
             .warn_gate(UpstreamErrorKind::Timeout);
         assert_eq!(timeout.admit(40), Some(0));
-        let elsewhere = metrics.route("s", false);
+        let elsewhere = metrics.route("s", false, false);
         assert_eq!(
             elsewhere.variant(Variant::Canary).warn_gate(kind).admit(50),
             Some(0)

@@ -538,6 +538,7 @@ mod tests {
             action: GuardAction::Rollback,
             on_rollback: None,
             method: crate::rollout::Method::Threshold,
+            source: crate::rollout::Source::Local,
         };
         let (canary, stable) = (Window::covering(30), Window::covering(30));
         for s in 0..30u64 {

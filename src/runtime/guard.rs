@@ -18,17 +18,21 @@ use crate::admin::history::{Event, Events};
 use crate::cohort::{BasisPoints, Variant};
 use crate::config::{Config, Route};
 use crate::metrics::window::Window;
+use crate::rollout::fleet;
 use crate::rollout::sequential::{self, Sequential, Tally};
 use crate::rollout::{
     self, format_rfc3339, threshold_evidence, verdict, Figures, Guard, GuardAction, Method, Reason,
     UnixMillis, Verdict,
 };
+use crate::runtime::outbound;
 use crate::runtime::server::State;
 use crate::runtime::state_dir::{self, Stored};
 use cohort_core::histogram;
 
 /// How often guards are judged and schedules re-read.
 pub(crate) const EVALUATE_EVERY: Duration = Duration::from_millis(250);
+/// How long one webhook delivery attempt may take, connecting included.
+const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a webhook is retried before it is given up.
 pub(crate) const WEBHOOK_GIVE_UP_AFTER: Duration = Duration::from_secs(120);
 
@@ -81,6 +85,50 @@ struct Remembered {
     /// Resumes so far: an evaluation that began before a resume must not act on the
     /// evidence the resume discarded.
     resumes: u64,
+    /// When this process last resumed the route (any route, unlike `resumed_at`).
+    last_resume: Option<UnixMillis>,
+    /// What a guard with a Prometheus source last read of the fleet.
+    fleet: FleetMemory,
+}
+
+/// A fleet guard's reading of Prometheus (DESIGN §12), written by
+/// `crate::runtime::fleet` and judged here.
+#[derive(Default)]
+struct FleetMemory {
+    /// The last successful read; `None` once a read fails, so the next evaluation
+    /// judges local counts at once.
+    last: Option<FleetReading>,
+    /// A sequential guard's judge on the fleet's increments, and what makes them.
+    run: Option<FleetRun>,
+    /// Why reads fail, while they do.
+    failing: Option<String>,
+}
+
+struct FleetReading {
+    at: tokio::time::Instant,
+    peers: fleet::Peers,
+    /// Threshold guards: the fleet's figures over the window.
+    window: Option<(Figures, Figures)>,
+}
+
+struct FleetRun {
+    judge: Sequential,
+    differ: fleet::Differencer,
+    window: Duration,
+}
+
+/// A fleet read older than this is not judged on (the reader is stuck).
+const FLEET_STALE_AFTER: Duration = Duration::from_secs(5);
+
+/// Whose counts a judgement was made on.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Evidence {
+    /// This replica's (no fleet source).
+    Local,
+    /// The fleet's, read from Prometheus: this many replicas run the rollout.
+    Fleet { replicas: u64 },
+    /// This replica's, because Prometheus could not answer (why).
+    Fallback { error: String },
 }
 
 /// A sequential judge and the first metrics period it has not folded in yet.
@@ -104,6 +152,8 @@ pub(crate) struct Judged {
     pub stable: Figures,
     /// Sequential only: the counts since the judge (re)started, canary and stable.
     pub since: Option<(Tally, Tally)>,
+    /// Whose counts these are.
+    pub evidence: Evidence,
 }
 
 /// The guard's outcome windows of one identity.
@@ -272,7 +322,9 @@ impl GuardState {
         // A fresh start for the evidence too: the resumed canary is judged anew.
         memory.sequential = None;
         memory.judged = None;
+        memory.fleet = FleetMemory::default();
         memory.resumes += 1;
+        memory.last_resume = Some(now);
         memory.events.resumed(now);
         if restarts {
             memory.resumed_at = Some(now);
@@ -318,6 +370,7 @@ impl GuardState {
             canary: Figures::default(),
             stable: Figures::default(),
             since: None,
+            evidence: Evidence::Local,
         });
         if let Some(record) = &memory.rolled_back {
             judged.verdict = Verdict::Fail(record.reason);
@@ -327,7 +380,7 @@ impl GuardState {
 
     /// How many resumes this memory has seen: taken before judging, and handed to
     /// [`GuardState::judged_since`], so a resume in between voids the judgement.
-    fn resumes(&self) -> u64 {
+    pub(crate) fn resumes(&self) -> u64 {
         self.lock().resumes
     }
 
@@ -394,6 +447,119 @@ impl GuardState {
             judge.canary,
             judge.stable,
         )
+    }
+
+    /// When this route was last resumed, in this process or (rollout routes) before a
+    /// restart: a fleet guard does not adopt rollbacks that were already in force then.
+    pub(crate) fn last_resume(&self) -> Option<UnixMillis> {
+        let memory = self.lock();
+        memory.last_resume.or(memory.resumed_at)
+    }
+
+    /// Records a successful fleet read begun before `resumes` resumes (dropped if a
+    /// resume came since: its evidence predates the fresh start).
+    pub(crate) fn fleet_read(
+        &self,
+        resumes: u64,
+        peers: fleet::Peers,
+        window: Option<(Figures, Figures)>,
+    ) -> bool {
+        let mut memory = self.lock();
+        if memory.resumes != resumes {
+            return false;
+        }
+        memory.fleet.last = Some(FleetReading {
+            at: tokio::time::Instant::now(),
+            peers,
+            window,
+        });
+        memory.fleet.failing.take();
+        true
+    }
+
+    /// Folds the fleet's counters (an answer to the counters query) into the fleet's
+    /// sequential judge, which restarts when its settings or window change.
+    pub(crate) fn fleet_counters(
+        &self,
+        resumes: u64,
+        settings: sequential::Settings,
+        samples: &[fleet::Sample],
+    ) -> bool {
+        let mut memory = self.lock();
+        if memory.resumes != resumes {
+            return false;
+        }
+        let run = match &mut memory.fleet.run {
+            Some(run) if run.judge.settings == settings && run.window == self.window_len => run,
+            slot => slot.insert(FleetRun {
+                judge: Sequential::new(settings),
+                differ: fleet::Differencer::new(),
+                window: self.window_len,
+            }),
+        };
+        let slow = settings
+            .latency_over
+            .and_then(|d| histogram::bound_index(d.as_secs_f64()));
+        let (stable, canary) = run.differ.advance(samples, slow);
+        run.judge.update(&canary, &stable);
+        true
+    }
+
+    /// Records a failed fleet read: judged locally from the next evaluation. Returns
+    /// the error it replaces (`None` when reads were fine until now).
+    pub(crate) fn fleet_failed(&self, error: String) -> Option<String> {
+        let mut memory = self.lock();
+        memory.fleet.last = None;
+        memory.fleet.failing.replace(error)
+    }
+
+    /// Whether the last fleet read failed, and why; `Some` when it had failed until now
+    /// and the read just made succeeded (for the recovery line).
+    pub(crate) fn fleet_failing(&self) -> Option<String> {
+        self.lock().fleet.failing.clone()
+    }
+
+    /// The fleet's judgement at `at`, if a fresh read is in: the verdict on the fleet's
+    /// counts, and how many replicas of the rollout are rolled back.
+    fn judge_fleet(&self, guard: &Guard, at: tokio::time::Instant) -> Option<(Judged, u64)> {
+        let memory = self.lock();
+        let reading = memory.fleet.last.as_ref()?;
+        if at.saturating_duration_since(reading.at) > FLEET_STALE_AFTER {
+            return None;
+        }
+        let evidence = Evidence::Fleet {
+            replicas: reading.peers.replicas,
+        };
+        let judged = match (guard.method, &reading.window, &memory.fleet.run) {
+            (Method::Threshold, Some((canary, stable)), _) => {
+                let (errors, latency) = threshold_evidence(guard, canary, stable);
+                Judged {
+                    method: guard.method.as_str(),
+                    verdict: verdict(guard, canary, stable),
+                    errors,
+                    latency,
+                    canary: *canary,
+                    stable: *stable,
+                    since: None,
+                    evidence,
+                }
+            }
+            (Method::Sequential(_), _, Some(run)) => {
+                let judge = &run.judge;
+                Judged {
+                    method: guard.method.as_str(),
+                    verdict: Verdict::from_sequential(judge.judge(guard.min_requests)),
+                    errors: Some(judge.errors().ratio()),
+                    latency: judge.latency().map(|e| e.ratio()),
+                    canary: Figures::from_tally(&judge.canary),
+                    stable: Figures::from_tally(&judge.stable),
+                    since: Some((judge.canary, judge.stable)),
+                    evidence,
+                }
+            }
+            _ => return None,
+        };
+        Some((judged, reading.peers.rolled_back))
     }
 
     /// The figures of both variants over the guard window at metrics time `mono`
@@ -530,9 +696,24 @@ pub(crate) fn evaluate_once(state: &State, now: UnixMillis) {
         if let Some(guard) = &route.guard {
             let memory = route_state.memory();
             let resumes = memory.resumes();
-            let (canary, stable) = memory.figures(mono);
+            let (local_canary, local_stable) = memory.figures(mono);
+            // The local judge runs even while the fleet's is used, so a fallback has
+            // its evidence ready.
+            let local = judge(memory, guard, local_canary, local_stable, mono);
+            let (judgement, peers_rolled_back) = match route.fleet_source() {
+                None => (local, 0),
+                Some(_) => memory
+                    .judge_fleet(guard, tokio::time::Instant::now())
+                    .unwrap_or_else(|| {
+                        let error = memory
+                            .fleet_failing()
+                            .unwrap_or_else(|| "no answer from Prometheus yet".to_owned());
+                        let evidence = Evidence::Fallback { error };
+                        (Judged { evidence, ..local }, 0)
+                    }),
+            };
+            let (canary, stable) = (judgement.canary, judgement.stable);
             route_state.metrics.guard_figures(&canary, &stable);
-            let judgement = judge(memory, guard, canary, stable, mono);
             let judged = judgement.verdict;
             if !memory.judged_since(resumes, judgement) {
                 // A resume discarded the evidence this was judged on: judge afresh at
@@ -544,6 +725,16 @@ pub(crate) fn evaluate_once(state: &State, now: UnixMillis) {
             route_state
                 .metrics
                 .guard_verdict(shown.verdict.label(), shown.errors, shown.latency);
+            // Another replica of this rollout rolled back: so does this one, whatever
+            // its own evidence says (DESIGN §12).
+            if peers_rolled_back > 0
+                && !matches!(judged, Verdict::Fail(_))
+                && memory
+                    .roll_back_unless_resumed(route, Reason::Adopted, now, Some(resumes))
+                    .is_some()
+            {
+                announce_rollback(route, route_state, Reason::Adopted, now, &canary, &stable);
+            }
             match (guard.action, judged) {
                 (GuardAction::Rollback, Verdict::Fail(reason))
                     if memory
@@ -596,6 +787,7 @@ fn judge(
                 canary,
                 stable,
                 since: None,
+                evidence: Evidence::Local,
             }
         }
         Method::Sequential(settings) => {
@@ -609,6 +801,7 @@ fn judge(
                 canary,
                 stable,
                 since: Some((since_canary, since_stable)),
+                evidence: Evidence::Local,
             }
         }
     }
@@ -652,10 +845,15 @@ fn announce_rollback(
             )
         };
     }
-    if reason == Reason::Manual {
-        rollback_line!(warn);
-    } else {
-        rollback_line!(error);
+    match reason {
+        // Someone acted, or another replica did: this replica saw no failure itself.
+        Reason::Manual | Reason::Adopted => rollback_line!(warn),
+        _ => rollback_line!(error),
+    }
+    if reason == Reason::Adopted {
+        // The replica that rolled back first reports it; a fleet would otherwise send
+        // one webhook per replica.
+        return;
     }
     let Some(url) = route.guard.as_ref().and_then(|g| g.on_rollback.clone()) else {
         return;
@@ -712,8 +910,8 @@ pub(crate) async fn deliver_webhook(url: String, body: Value, route: String) {
     let mut delay = Duration::from_millis(500);
     let mut attempt = 1u32;
     loop {
-        let result = crate::runtime::webhook::post_json(&uri, payload.clone()).await;
-        match result {
+        let result = outbound::post(&uri, "application/json", payload.clone(), CALL_TIMEOUT).await;
+        match result.map(|answer| answer.status) {
             Ok(status) if status.is_success() => {
                 tracing::info!(%route, attempt, "on_rollback webhook delivered");
                 return;

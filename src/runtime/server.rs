@@ -14,6 +14,7 @@ use crate::config::Loaded;
 use crate::engine::listener;
 use crate::engine::proxy::ProxyContext;
 use crate::metrics::Metrics;
+use crate::runtime::fleet;
 use crate::runtime::guard::{self, Guards};
 use crate::runtime::reload::{self, Control, ReloadError};
 use crate::runtime::snapshot::{SharedSnapshot, Snapshot};
@@ -154,6 +155,24 @@ pub async fn start_with(config: Loaded, options: StartOptions) -> Result<Running
         guards,
     });
 
+    // A replica that starts while its fleet is rolled back must not send a single
+    // user to the failed canary: the fleet is asked before the first request is taken
+    // (bounded, so a Prometheus that does not answer cannot keep the proxy down).
+    let has_fleet_guard = state
+        .snapshot
+        .load()
+        .config
+        .routes
+        .iter()
+        .any(|r| r.fleet_source().is_some());
+    if has_fleet_guard {
+        let first = tokio::time::timeout(fleet::FIRST_READ_WITHIN, fleet::read_all(&state)).await;
+        if first.is_err() {
+            tracing::warn!("Prometheus did not answer the first fleet read in time: guards judge local counts until it does");
+        }
+        guard::evaluate_once(&state, guard::wall_now());
+    }
+
     // One resolver for every worker, so a name's last good addresses are shared.
     let resolver = options.resolver.map(Resolver::new).unwrap_or_default();
     let (stop, stop_rx) = watch::channel(false);
@@ -190,6 +209,7 @@ pub async fn start_with(config: Loaded, options: StartOptions) -> Result<Running
         control.clone(),
     ))];
     control_tasks.push(tokio::spawn(guard::evaluate_forever(state.clone())));
+    control_tasks.push(tokio::spawn(fleet::read_forever(state.clone())));
     if watchable {
         control_tasks.extend(crate::runtime::watch::spawn(control.clone()));
         control_tasks.extend(reload::on_sighup(control.clone()));

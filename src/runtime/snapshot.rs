@@ -85,6 +85,7 @@ impl Snapshot {
                 let route_metrics = metrics.route(
                     &route.name,
                     route.rollout.is_some() || route.guard.is_some(),
+                    route.fleet_source().is_some(),
                 );
                 let endpoints = |v: Variant| VariantEndpoints {
                     endpoints: variant_upstream(route, v)
@@ -110,6 +111,9 @@ impl Snapshot {
                 state
             })
             .collect();
+        let identities: Vec<[String; 3]> =
+            config.routes.iter().map(Route::identity_labels).collect();
+        metrics.rollout_identities(&identities);
         metrics.set_generation(generation);
         Snapshot {
             table: RouteTable::new(&config.routes),
@@ -210,7 +214,9 @@ impl RouteState {
         if let Some(window) = self.memory.window(variant) {
             if !source.is_forced() {
                 let now = self.metrics.variant(variant).clock_now();
-                window.record(now, cut || status >= 500, elapsed.as_secs_f64());
+                let (error, seconds) = (cut || status >= 500, elapsed.as_secs_f64());
+                window.record(now, error, seconds);
+                self.metrics.judged(variant, error, seconds);
             }
         }
     }

@@ -280,6 +280,23 @@ impl Route {
 
     /// What a guard's rollback belongs to: route name + salt (+ `start` for a rollout),
     /// so a new rollout (new salt or start) starts clean.
+    /// The rollout identity as `cohort_rollout_info` labels it: route, salt, and the
+    /// rollout's `start` as written (empty without a rollout).
+    pub fn identity_labels(&self) -> [String; 3] {
+        [
+            self.name.clone(),
+            self.salt.clone(),
+            self.rollout
+                .as_ref()
+                .map_or_else(String::new, |r| r.start_text.clone()),
+        ]
+    }
+
+    /// Prometheus' base URL when the route's guard judges the fleet's counts.
+    pub fn fleet_source(&self) -> Option<&str> {
+        self.guard.as_ref()?.source.prometheus()
+    }
+
     pub fn rollout_identity(&self) -> String {
         match &self.rollout {
             Some(r) => format!("{}\u{0}{}\u{0}{}", self.name, self.salt, r.start_text),
@@ -537,6 +554,7 @@ fn ser_guard<S: serde::Serializer>(g: &Option<Guard>, s: S) -> Result<S::Ok, S::
                     Method::Sequential(s) => s.latency_over.map(|d| humantime::format_duration(d).to_string()),
                     Method::Threshold => None,
                 },
+                "source": g.source.prometheus().map(|url| serde_json::json!({ "prometheus": url })),
             }),
             s,
         ),

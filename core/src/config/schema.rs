@@ -171,6 +171,14 @@ pub(crate) struct RawGuard {
     pub(crate) alpha: Option<f64>,
     pub(crate) min_effect: Option<f64>,
     pub(crate) latency_over: Option<String>,
+    pub(crate) source: Option<RawSource>,
+}
+
+/// `source = { prometheus = URL }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawSource {
+    pub(crate) prometheus: String,
 }
 
 fn default_path_prefix() -> String {

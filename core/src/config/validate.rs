@@ -14,7 +14,7 @@ use super::{ConfigError, ConfigIssue, ConfigWarning};
 use std::sync::Arc;
 
 use crate::cohort::{BasisPoints, Variant};
-use crate::rollout::{self, sequential, Guard, GuardAction, Method, Rollout};
+use crate::rollout::{self, sequential, Guard, GuardAction, Method, Rollout, Source};
 use crate::router::is_token;
 use crate::segment::{Segment, SegmentMatch, ValueSet};
 use crate::split_clients::{KeyTemplate, KEY_PLACEHOLDER};
@@ -623,7 +623,12 @@ impl Validator<'_> {
                 );
             }
         }
+        let source = match raw.source {
+            None => Source::Local,
+            Some(source) => self.prometheus(&format!("{key}.source.prometheus"), source.prometheus),
+        };
         (self.issues.len() == before).then_some(Guard {
+            source,
             window,
             min_requests: raw.min_requests.unwrap_or(DEFAULT_GUARD_MIN_REQUESTS),
             max_error_ratio,
@@ -633,6 +638,23 @@ impl Validator<'_> {
             on_rollback: raw.on_rollback,
             method,
         })
+    }
+
+    /// `source = { prometheus = URL }`: Prometheus' base URL, `http://` (the guard asks
+    /// its HTTP API under it, so a path prefix such as `/prometheus` is kept).
+    fn prometheus(&mut self, key: &str, url: String) -> Source {
+        let parsed = url.parse::<http::Uri>().ok().filter(|u| {
+            u.scheme_str() == Some("http") && u.authority().is_some() && u.query().is_none()
+        });
+        if parsed.is_none() {
+            self.fail(
+                key,
+                format!("{url:?} must be Prometheus' http:// base URL, such as \"http://prometheus:9090\""),
+            );
+        }
+        Source::Prometheus {
+            url: url.trim_end_matches('/').to_owned(),
+        }
     }
 
     /// The settings of `method = "sequential"` (DESIGN §12).

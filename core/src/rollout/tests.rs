@@ -104,6 +104,7 @@ fn guard() -> Guard {
         action: GuardAction::Rollback,
         on_rollback: None,
         method: crate::rollout::Method::Threshold,
+        source: crate::rollout::Source::Local,
     }
 }
 
@@ -398,6 +399,7 @@ fn check_describes_where_a_rollout_stands() {
         action: GuardAction::Rollback,
         on_rollback: None,
         method: crate::rollout::Method::Threshold,
+        source: crate::rollout::Source::Local,
     };
     assert_eq!(
         describe_guard(&guard),

@@ -223,6 +223,7 @@ fn threshold_guard() -> Guard {
         action: GuardAction::Rollback,
         on_rollback: None,
         method: Method::Threshold,
+        source: crate::rollout::Source::Local,
     }
 }
 
