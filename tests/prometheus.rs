@@ -10,156 +10,32 @@ mod deploy;
 mod process;
 mod support;
 
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use deploy::root;
 use serde_json::Value;
+use support::prometheus::{encode, Prometheus};
 use support::{FakeUpstream, Route, TestCohort};
 
-/// A Prometheus server on a loopback port with its data in a temp dir; killed on drop.
-struct Prometheus {
-    child: Child,
-    base: String,
-    dir: tempfile::TempDir,
-}
-
-impl Drop for Prometheus {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Prometheus {
-    /// Starts Prometheus scraping `target` (a cohort admin listener) every second and
-    /// evaluating the shipped rules every second, each `for:` set to `for_test`.
-    async fn start(target: std::net::SocketAddr, for_test: &str) -> Prometheus {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let rules = std::fs::read_to_string(root().join("config/prometheus/cohort-alerts.yml"))
-            .expect("read the rules");
-        let rewritten: String = rules
-            .lines()
-            .map(|line| match line.trim_start().strip_prefix("for: ") {
-                Some(_) => {
-                    let indent = &line[..line.len() - line.trim_start().len()];
-                    format!("{indent}for: {for_test}\n")
-                }
-                None => format!("{line}\n"),
-            })
-            .collect();
-        assert_ne!(rules, rewritten, "the rules have no `for:` to shorten");
-        std::fs::write(dir.path().join("cohort-alerts.yml"), rewritten).expect("write rules");
-        let config = format!(
-            "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\n\
-             rule_files:\n  - cohort-alerts.yml\n\
-             scrape_configs:\n  - job_name: cohort\n    static_configs:\n      - targets: [\"{target}\"]\n"
-        );
-        std::fs::write(dir.path().join("prometheus.yml"), config).expect("write config");
-        deploy::promtool(dir.path(), &["check", "config", "prometheus.yml"]);
-
-        // A free loopback port: Prometheus does not report the port it bound for `:0`.
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
-        let log = std::fs::File::create(dir.path().join("prometheus.log")).expect("log file");
-        let child = Command::new("prometheus")
-            .current_dir(dir.path())
-            .arg("--config.file=prometheus.yml")
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                dir.path().join("data").display()
-            ))
-            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log file"))
-            .stderr(log)
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!(
-                    "cannot run prometheus ({e}): install the Debian package `prometheus` \
-                     (scripts/test does)"
-                )
-            });
-        let mut prometheus = Prometheus {
-            child,
-            base: format!("http://127.0.0.1:{port}"),
-            dir,
-        };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Ok(Some(status)) = prometheus.child.try_wait() {
-                panic!("prometheus exited ({status}):\n{}", prometheus.log());
+/// Starts Prometheus scraping `target` and evaluating the shipped rules every second,
+/// each `for:` set to `for_test`.
+async fn prometheus_with_shipped_rules(target: std::net::SocketAddr, for_test: &str) -> Prometheus {
+    let rules = std::fs::read_to_string(root().join("config/prometheus/cohort-alerts.yml"))
+        .expect("read the rules");
+    let rewritten: String = rules
+        .lines()
+        .map(|line| match line.trim_start().strip_prefix("for: ") {
+            Some(_) => {
+                let indent = &line[..line.len() - line.trim_start().len()];
+                format!("{indent}for: {for_test}\n")
             }
-            if prometheus.ready().await {
-                return prometheus;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "prometheus not ready within 30 s:\n{}",
-                prometheus.log()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("prometheus.log")).unwrap_or_default()
-    }
-
-    async fn ready(&self) -> bool {
-        let url: http::Uri = match format!("{}/-/ready", self.base).parse() {
-            Ok(url) => url,
-            Err(_) => return false,
-        };
-        let request = http::Request::get(url)
-            .body(http_body_util::Full::new(bytes::Bytes::new()))
-            .expect("request");
-        matches!(support::client().request(request).await, Ok(r) if r.status() == 200)
-    }
-
-    /// `GET /api/v1/...`: the `data` of a successful answer; fails the test otherwise.
-    async fn api(&self, path: &str) -> Value {
-        let answer = support::get(&format!("{}/api/v1/{path}", self.base), &[]).await;
-        let body: Value = serde_json::from_slice(&answer.body)
-            .unwrap_or_else(|e| panic!("{path}: not JSON ({e}): {}", answer.text()));
-        assert_eq!(
-            (answer.status, body["status"].as_str()),
-            (200, Some("success")),
-            "{path}: {body}"
-        );
-        body["data"].clone()
-    }
-
-    /// An instant query's result vector.
-    async fn query(&self, promql: &str) -> Vec<Value> {
-        let data = self.api(&format!("query?query={}", encode(promql))).await;
-        data["result"].as_array().cloned().unwrap_or_default()
-    }
-
-    /// The alerts Prometheus holds now (pending and firing).
-    async fn alerts(&self) -> Vec<Value> {
-        self.api("alerts").await["alerts"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default()
-    }
-}
-
-/// Percent-encodes a query parameter value.
-fn encode(value: &str) -> String {
-    value
-        .bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
+            None => format!("{line}\n"),
         })
-        .collect()
+        .collect();
+    assert_ne!(rules, rewritten, "the rules have no `for:` to shorten");
+    Prometheus::start(&[target], Some(&rewritten)).await
 }
 
 /// Requests to the proxy, a new user each, about 50 per second, until dropped (or 120 s
@@ -247,7 +123,7 @@ async fn a_failing_canary_fires_cohort_canary_error_ratio_high_in_prometheus() {
             .canary_percent(50),
     )
     .await;
-    let prometheus = Prometheus::start(cohort.admin, "2s").await;
+    let prometheus = prometheus_with_shipped_rules(cohort.admin, "2s").await;
     let _traffic = Traffic::start(&cohort);
 
     // Healthy first: Prometheus sees the canary's traffic, and nothing fires.
@@ -317,7 +193,7 @@ async fn every_dashboard_query_returns_data_from_prometheus_scraping_cohort() {
             .canary(&canary)
             .rollout(&start, &[10, 50, 100], "50m");
     let cohort = TestCohort::start(web).await;
-    let prometheus = Prometheus::start(cohort.admin, "2s").await;
+    let prometheus = prometheus_with_shipped_rules(cohort.admin, "2s").await;
     let _traffic = Traffic::start(&cohort);
 
     // The route variable: Grafana's label_values(cohort_requests_total, route).

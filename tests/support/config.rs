@@ -545,6 +545,11 @@ impl Guard {
         self.key("latency_over", &quoted(duration))
     }
 
+    /// `source = { prometheus = URL }`: judge the fleet's counts.
+    pub fn prometheus(self, url: &str) -> Guard {
+        self.key("source", &format!("{{ prometheus = {} }}", quoted(url)))
+    }
+
     fn key(mut self, key: &str, value: &str) -> Guard {
         self.lines.push(format!("{key} = {value}"));
         self

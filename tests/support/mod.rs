@@ -9,6 +9,7 @@ mod http;
 pub mod nginx;
 mod pattern;
 pub mod prom;
+pub mod prometheus;
 mod sys;
 mod upstream;
 mod wire;
