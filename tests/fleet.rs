@@ -217,6 +217,16 @@ async fn three_replicas_roll_back_together_on_fleet_evidence_none_had_alone() {
             assert!(requests >= 30, "fleet canary requests: {body}");
         }
     }
+    // The series the fleet reads pass promtool: HELP, explicit buckets, counters.
+    let text = cohorts[0].metrics().await;
+    support::promtool_check_metrics(&text);
+    for family in [
+        "# TYPE cohort_guard_duration_seconds histogram",
+        "# TYPE cohort_guard_source_errors_total counter",
+        "# TYPE cohort_rollout_info gauge",
+    ] {
+        assert!(text.contains(family), "{family} missing:\n{text}");
+    }
     for cohort in &cohorts {
         let rolled_back = cohort
             .series(

@@ -498,6 +498,9 @@ async fn no_label_ever_carries_request_data() {
         for (name, value) in &s.labels {
             let ok = match name.as_str() {
                 "route" => value == "r",
+                // cohort_rollout_info: the config's salt, and no rollout start.
+                "salt" => value == "r-salt",
+                "start" => value.is_empty(),
                 "variant" => value == "stable" || value == "canary",
                 "status" => value.len() == 3 && value.bytes().all(|b| b.is_ascii_digit()),
                 "kind" => {

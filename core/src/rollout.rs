@@ -579,6 +579,9 @@ pub fn describe_guard(guard: &Guard) -> String {
     if let Some(url) = &guard.on_rollback {
         parts.push(format!("on_rollback {url}"));
     }
+    if let Some(url) = guard.source.prometheus() {
+        parts.push(format!("fleet counts from Prometheus at {url}"));
+    }
     parts.join(", ")
 }
 

@@ -477,6 +477,56 @@ fn sequential_guards_are_compiled_and_checked() {
 }
 
 #[test]
+fn a_prometheus_source_is_a_base_url() {
+    use crate::rollout::Source;
+    for (method, limits) in [
+        ("threshold", "max_error_ratio = 0.05\n"),
+        ("sequential", ""),
+    ] {
+        let c = parse_ok(&format!(
+            "{ROLLOUT_ROUTE}[routes.guard]\nmethod = \"{method}\"\n{limits}source = {{ prometheus = \"http://prometheus.monitoring:9090/prom/\" }}\n"
+        ));
+        let guard = c.routes[0].guard.as_ref().unwrap();
+        assert_eq!(
+            guard.source,
+            Source::Prometheus {
+                url: "http://prometheus.monitoring:9090/prom".into()
+            },
+            "the trailing slash is dropped: the API path is appended"
+        );
+        assert_eq!(
+            c.routes[0].fleet_source(),
+            Some("http://prometheus.monitoring:9090/prom")
+        );
+        assert!(crate::rollout::describe_guard(guard)
+            .ends_with("fleet counts from Prometheus at http://prometheus.monitoring:9090/prom"));
+        let json = serde_json::to_value(&c).unwrap();
+        assert_eq!(
+            json["routes"][0]["guard"]["source"]["prometheus"],
+            "http://prometheus.monitoring:9090/prom"
+        );
+    }
+    let c = parse_ok(&format!(
+        "{ROLLOUT_ROUTE}[routes.guard]\nmax_error_ratio = 0.05\n"
+    ));
+    assert_eq!(c.routes[0].guard.as_ref().unwrap().source, Source::Local);
+    assert_eq!(c.routes[0].fleet_source(), None);
+    for (source, expected) in [
+        ("{ prometheus = \"prometheus:9090\" }", "routes[0].guard.source.prometheus: \"prometheus:9090\" must be Prometheus' http:// base URL"),
+        ("{ prometheus = \"https://prometheus:9090\" }", "routes[0].guard.source.prometheus: \"https://prometheus:9090\" must be"),
+        ("{ prometheus = \"http://prometheus:9090/?x=1\" }", "must be Prometheus' http:// base URL"),
+        ("{ prometheus = \"\" }", "must be Prometheus' http:// base URL"),
+        ("{ graphite = \"http://g:80\" }", "unknown field `graphite`"),
+        ("\"http://prometheus:9090\"", "routes[0].guard.source"),
+    ] {
+        let err = parse_err(&format!(
+            "{ROLLOUT_ROUTE}[routes.guard]\nmax_error_ratio = 0.05\nsource = {source}\n"
+        ));
+        assert!(err.contains(expected), "for {source:?}: missing {expected:?} in:\n{err}");
+    }
+}
+
+#[test]
 fn named_files_lists_every_file_once_resolved() {
     let c = parse(
         r#"
