@@ -982,6 +982,26 @@ mod tests {
             "verdict": "inconclusive", "method": "sequential", "reason": null,
             "evidence": {"errors": null, "latency": null}
         });
+        let mut fleet = route("pay", 10.0, "f");
+        fleet["verdict"] = serde_json::json!({
+            "verdict": "pass", "method": "threshold", "reason": null,
+            "source": {"kind": "prometheus", "url": "http://p:9090", "judged": "fleet", "replicas": 12},
+            "evidence": {"errors": 0.1, "latency": null, "fails_at": 1.0}
+        });
+        let mut fallback = route("ship", 10.0, "g");
+        fallback["verdict"] = serde_json::json!({
+            "verdict": "inconclusive", "method": "threshold", "reason": null,
+            "source": {"kind": "prometheus", "url": "http://p:9090", "judged": "local", "error": "cannot connect to p:9090"},
+            "evidence": {"errors": null, "latency": null}
+        });
+        assert_eq!(
+            verdict_line(&fleet).as_deref(),
+            Some("verdict: pass (threshold) · evidence errors 0.1 (observed / limit; 1 fails) · fleet of 12 replicas")
+        );
+        assert_eq!(
+            verdict_line(&fallback).as_deref(),
+            Some("verdict: inconclusive (threshold) · no evidence yet · local counts: Prometheus failing (cannot connect to p:9090)")
+        );
         let html = render(&doc(vec![passing, waiting, route("plain", 0.0, "p")]));
         assert!(
             html.contains("<div class=\"verdict\">verdict: pass (threshold) · evidence errors 0.4 (observed / limit; 1 fails)</div>"),

@@ -1005,4 +1005,64 @@ mod tests {
             .roll_back_unless_resumed(&route, Reason::SequentialErrors, 4, Some(now))
             .is_some());
     }
+
+    /// A fleet read that began before a resume is dropped (its evidence predates the
+    /// fresh start), a failed read makes the guard judge locally at once, and a resume
+    /// forgets the fleet's reading.
+    #[tokio::test]
+    async fn fleet_reads_respect_resumes_and_failures() {
+        let route = route();
+        let guard = route.guard.clone().expect("guard");
+        let memory = GuardState::new(
+            route.rollout_identity(),
+            Some(Duration::from_secs(30)),
+            1,
+            None,
+        );
+        let peers = fleet::Peers {
+            replicas: 3,
+            rolled_back: 1,
+        };
+        let settings = match guard.method {
+            Method::Sequential(settings) => settings,
+            Method::Threshold => unreachable!("the test route is sequential"),
+        };
+        let now = tokio::time::Instant::now();
+        assert!(
+            memory.judge_fleet(&guard, now).is_none(),
+            "nothing read yet"
+        );
+        let resumes = memory.resumes();
+        assert!(memory.fleet_counters(resumes, settings, &[]));
+        assert!(memory.fleet_read(resumes, peers, None));
+        let (judged, rolled_back) = memory.judge_fleet(&guard, now).expect("a fresh read");
+        assert_eq!(judged.evidence, Evidence::Fleet { replicas: 3 });
+        assert_eq!(rolled_back, 1);
+        assert!(
+            memory
+                .judge_fleet(&guard, now + FLEET_STALE_AFTER * 2)
+                .is_none(),
+            "stale"
+        );
+
+        assert_eq!(
+            memory.fleet_failed("down".into()),
+            None,
+            "the first failure"
+        );
+        assert_eq!(memory.fleet_failed("down".into()), Some("down".into()));
+        assert!(memory.judge_fleet(&guard, now).is_none(), "judged locally");
+        assert_eq!(memory.fleet_failing().as_deref(), Some("down"));
+
+        assert!(memory.roll_back(&route, Reason::Adopted, 1).is_some());
+        let before = memory.resumes();
+        memory.resume(&route, 2).expect("resume");
+        assert_eq!(memory.last_resume(), Some(2));
+        assert!(
+            !memory.fleet_read(before, peers, None),
+            "read began before the resume"
+        );
+        assert!(!memory.fleet_counters(before, settings, &[]));
+        assert!(memory.judge_fleet(&guard, now).is_none());
+    }
 }
