@@ -260,11 +260,16 @@ pub fn peers(samples: &[Sample]) -> Result<Peers, AnswerError> {
 /// so fleet counts come back fractional.
 fn count_of(value: f64) -> u64 {
     if value.is_finite() && value > 0.0 {
-        value.round() as u64
+        // At most 2^50 (10^15) per series, so sums over any answer stay far from
+        // overflowing; no real counter gets near it.
+        value.round().min(MAX_COUNT) as u64
     } else {
         0
     }
 }
+
+/// The largest count one sample is read as.
+const MAX_COUNT: f64 = (1u64 << 50) as f64;
 
 /// The bucket a `le` label names: the index into the histogram's cumulative bounds
 /// (`HISTOGRAM_LEN - 1` for `+Inf`), if it is one of cohort's.
@@ -299,7 +304,8 @@ struct Cumulative {
 
 impl Cumulative {
     fn add(&mut self, variant: usize, error: bool, bucket: usize, count: u64) {
-        self.le[variant][usize::from(error)][bucket] += count;
+        let le = &mut self.le[variant][usize::from(error)][bucket];
+        *le = le.saturating_add(count);
     }
 
     /// Stable's and canary's counts. The cumulative buckets of a fleet sum can be out of
@@ -311,12 +317,12 @@ impl Cumulative {
                 let mut below = 0u64;
                 for (bucket, &le) in self.le[v][outcome].iter().enumerate() {
                     let le = le.max(below);
-                    counts.histogram[bucket] += le - below;
+                    counts.histogram[bucket] = counts.histogram[bucket].saturating_add(le - below);
                     below = le;
                 }
-                counts.requests += below;
+                counts.requests = counts.requests.saturating_add(below);
                 if outcome == 1 {
-                    counts.errors += below;
+                    counts.errors = counts.errors.saturating_add(below);
                 }
             }
             counts
