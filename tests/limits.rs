@@ -807,3 +807,125 @@ async fn http1_over_tls_holds_header_timeout_and_max_header_bytes() {
     }
     setup.shutdown().await;
 }
+
+/// The in-flight requests of route `app`, both variants.
+async fn in_flight(cohort: &TestCohort) -> f64 {
+    let mut total = 0.0;
+    for variant in ["stable", "canary"] {
+        total += cohort
+            .series(
+                "cohort_in_flight_requests",
+                &[("route", "app"), ("variant", variant)],
+            )
+            .await;
+    }
+    total
+}
+
+/// A client that asks for a large response and then stops reading is let go once it
+/// has taken nothing for `idle_timeout` (NGINX's `send_timeout`), on cohort's own
+/// HTTP/1 path, on hyper's, and on HTTP/2: its request ends (counted with the status
+/// sent, not against the upstream), and the upstream's response stops being pulled.
+/// Before, each such client held an upstream connection and its buffers for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_is_let_go_after_idle_timeout_on_every_engine() {
+    let setup = Setup::start(|c| c.idle_timeout("1s").header_timeout("5s")).await;
+    let large = |on: bool| {
+        for upstream in [&setup.stable, &setup.canary] {
+            upstream.set_reply(if on {
+                support::Reply::Pattern { len: 1 << 30 }
+            } else {
+                support::Reply::Name
+            });
+        }
+    };
+    let get = "GET /big HTTP/1.1\r\nHost: app.example\r\n\r\n";
+    for engine in ["own", "hyper", "http2"] {
+        // Kept open, never read: only cohort may end it.
+        let mut _h1 = None;
+        let mut _h2 = None;
+        match engine {
+            "own" | "hyper" => {
+                let which = if engine == "own" {
+                    Engine::Own
+                } else {
+                    Engine::Hyper
+                };
+                let (mut conn, _) = setup.connect(which).await;
+                large(true);
+                conn.write(get.as_bytes()).await;
+                _h1 = Some(conn);
+            }
+            _ => {
+                let mut conn = H2Conn::handshake(setup.cohort.proxy).await;
+                large(true);
+                // The largest windows: flow control holds nothing back, so what stops
+                // the response is the client's socket, full because it does not read.
+                let max = (1 << 31) - 1;
+                conn.write(&h2::settings(&[(h2::SETTINGS_INITIAL_WINDOW_SIZE, max)]))
+                    .await
+                    .expect("write");
+                conn.write(&h2::window_update(0, max - 65_535))
+                    .await
+                    .expect("write");
+                let request = h2::headers(1, h2::END_STREAM, &h2::request_fields("GET", "/big"));
+                conn.write(&request).await.expect("write");
+                _h2 = Some(conn);
+            }
+        }
+        let asked = std::time::Instant::now();
+        // The response starts flowing, then fills every buffer on the way.
+        while in_flight(&setup.cohort).await < 1.0 {
+            assert!(
+                asked.elapsed() < Duration::from_secs(5),
+                "{engine}: never in flight"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        while in_flight(&setup.cohort).await > 0.0 {
+            assert!(
+                asked.elapsed() < Duration::from_secs(8),
+                "{engine}: still in flight after {:?}",
+                asked.elapsed()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let ended = asked.elapsed();
+        assert!(
+            ended >= Duration::from_secs(1),
+            "{engine}: ended after {ended:?}"
+        );
+        println!("{engine}: a client that stopped reading let go after {ended:?}");
+        // Nothing more is pulled from the upstream for it.
+        let sent = setup.stable.body_bytes_sent() + setup.canary.body_bytes_sent();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let later = setup.stable.body_bytes_sent() + setup.canary.body_bytes_sent();
+        assert_eq!(sent, later, "{engine}: the upstream is still being read");
+        assert!(later < 1 << 30, "{engine}: the whole response went");
+        large(false);
+    }
+    // Each request counted once, with the status sent; no upstream was blamed.
+    let exp = setup.cohort.metrics().await;
+    let ok: f64 = ["stable", "canary"]
+        .iter()
+        .map(|v| {
+            support::series_value(
+                &exp,
+                "cohort_requests_total",
+                &[("route", "app"), ("variant", v), ("status", "200")],
+            )
+        })
+        .sum();
+    assert_eq!(ok, 4.0, "the upload and three large responses:\n{exp}");
+    for kind in ["connect", "timeout", "reset", "tls", "protocol"] {
+        for variant in ["stable", "canary"] {
+            let errors = support::series_value(
+                &exp,
+                "cohort_upstream_errors_total",
+                &[("route", "app"), ("variant", variant), ("kind", kind)],
+            );
+            assert_eq!(errors, 0.0, "{variant} blamed ({kind})");
+        }
+    }
+    setup.shutdown().await;
+}

@@ -28,6 +28,7 @@ use crate::config::Limits;
 use crate::engine::drain::{Drain, DrainWatch};
 use crate::engine::h1::{self, rewind::Rewind, server::Served};
 use crate::engine::proxy::{self, ProxyContext};
+use crate::engine::write_stall::WriteStall;
 use crate::request::reject::{self, Malformed};
 use crate::tls::HANDSHAKE_TIMEOUT;
 
@@ -324,6 +325,7 @@ impl Connection {
     {
         let ctx = self.ctx.clone();
         let peer = self.peer;
+        let io = WriteStall::new(io, self.ctx.limits.idle_timeout);
         // hyper's path renders the `X-Forwarded-For` element once per connection.
         let client = Arc::new(proxy::Peer::new(peer));
         let result = match protocol {

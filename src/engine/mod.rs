@@ -8,3 +8,4 @@ pub(crate) mod drain;
 pub mod h1;
 pub(crate) mod listener;
 pub(crate) mod proxy;
+pub(crate) mod write_stall;

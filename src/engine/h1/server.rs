@@ -163,7 +163,10 @@ pub fn serve<'a>(
                     }
                     Ready::Local { .. } => {
                         let client = &mut *client;
-                        Box::pin(async move { client.write_all(&out).await.is_ok() && !close })
+                        let (timer, after) = (timer.as_mut(), ctx.limits.idle_timeout);
+                        Box::pin(async move {
+                            write_or_stall(client, &out, timer, after).await && !close
+                        })
                     }
                 }
             };
@@ -480,7 +483,8 @@ impl Forward {
                 let ErrorAnswer { status, body, .. } = completion.failed(&e);
                 let mut out = Lent::take();
                 head::write_local_response(status, body, &deco, &mut out);
-                let written = client.write_all(&out).await.is_ok();
+                let written =
+                    write_or_stall(client, &out, timer.as_mut(), ctx.limits.idle_timeout).await;
                 if let Some(log) = completion.log() {
                     log.endpoint = e.authority().map(Arc::from);
                     if e.nothing_sent() {
@@ -504,6 +508,7 @@ impl Forward {
         let idle = Idle {
             timer,
             after: route.timeouts.idle,
+            write_after: ctx.limits.idle_timeout,
         };
         let relay = relay_body(
             conn,
@@ -810,6 +815,9 @@ enum Relayed {
 struct Idle<'a> {
     timer: Pin<&'a mut Sleep>,
     after: Duration,
+    /// `listen.idle_timeout`: how long a write may wait for a client that stopped
+    /// reading (see [`write_or_stall`]).
+    write_after: Duration,
 }
 
 /// Streams the response: the head in `out` with the body bytes already in `buf`
@@ -835,7 +843,7 @@ async fn relay_body(
         }
         Err(e) => return cut(&conn, &e),
     }
-    if client.write_all(out).await.is_err() {
+    if !write_or_stall(client, out, idle.timer.as_mut(), idle.write_after).await {
         return Relayed::ClientGone;
     }
     while !body.done() {
@@ -869,12 +877,56 @@ async fn relay_body(
             Err(e) => return cut(&conn, &e),
         };
         clean &= taken == n;
-        if client.write_all(&buf[..taken]).await.is_err() {
+        if !write_or_stall(client, &buf[..taken], idle.timer.as_mut(), idle.write_after).await {
             return Relayed::ClientGone;
         }
     }
     // Bytes past the end of the body: the upstream is confused; do not reuse it.
     Relayed::Complete(clean.then_some(conn))
+}
+
+/// Writes all of `bytes` to the client: `false` when the client is gone, or has taken
+/// none of them for `after` (`listen.idle_timeout`: a client that stops reading must
+/// not hold its upstream connection, and its own, for ever; NGINX's `send_timeout`;
+/// hyper's connections get the same from `crate::engine::write_stall`). `timer` is
+/// moved only when a write has to wait, so a response the socket takes at once costs
+/// no clock read; any progress starts the wait afresh.
+async fn write_or_stall(
+    client: &mut TcpStream,
+    bytes: &[u8],
+    mut timer: Pin<&mut Sleep>,
+    after: Duration,
+) -> bool {
+    use std::task::Poll;
+    use tokio::io::AsyncWrite;
+    let mut written = 0;
+    let mut armed = false;
+    std::future::poll_fn(|cx| {
+        while written < bytes.len() {
+            match Pin::new(&mut *client).poll_write(cx, &bytes[written..]) {
+                Poll::Ready(Ok(0) | Err(_)) => return Poll::Ready(false),
+                Poll::Ready(Ok(n)) => {
+                    written += n;
+                    armed = false;
+                }
+                Poll::Pending => {
+                    if !armed {
+                        timer.as_mut().reset(tokio::time::Instant::now() + after);
+                        armed = true;
+                    }
+                    return match timer.as_mut().poll(cx) {
+                        Poll::Ready(()) => {
+                            tracing::debug!(after = ?after, "the client took no response bytes for listen.idle_timeout: closing");
+                            Poll::Ready(false)
+                        }
+                        Poll::Pending => Poll::Pending,
+                    };
+                }
+            }
+        }
+        Poll::Ready(true)
+    })
+    .await
 }
 
 /// The upstream broke the response body off, for `why`.
