@@ -18,6 +18,7 @@ use support::{
 
 const REQUESTS: &str = "cohort_requests_total";
 const ERRORS: &str = "cohort_upstream_errors_total";
+const RETRIES: &str = "cohort_upstream_retries_total";
 
 fn requests<'a>(variant: &'a str, status: &'a str) -> [(&'a str, &'a str); 3] {
     [("route", "app"), ("variant", variant), ("status", status)]
@@ -315,6 +316,20 @@ async fn a_refusing_endpoint_is_retried_on_its_sibling_never_on_the_other_varian
             .await,
         10.0
     );
+    // The refusals the retry took over are counted apart: half the stable requests
+    // (their clients got 200s), and each canary request's first attempt.
+    assert_eq!(
+        cohort.series(RETRIES, &errors("stable", "connect")).await,
+        5.0
+    );
+    assert_eq!(
+        cohort.series(RETRIES, &errors("canary", "connect")).await,
+        4.0
+    );
+    assert_eq!(
+        cohort.series(ERRORS, &errors("stable", "connect")).await,
+        0.0
+    );
     cohort.shutdown().await;
 }
 
@@ -393,6 +408,14 @@ async fn over_http2_a_refusing_endpoint_is_retried_on_its_sibling_never_on_the_o
     assert_eq!(
         cohort.series(ERRORS, &errors("canary", "connect")).await,
         0.0
+    );
+    assert_eq!(
+        cohort.series(RETRIES, &errors("canary", "connect")).await,
+        5.0
+    );
+    assert_eq!(
+        cohort.series(RETRIES, &errors("stable", "connect")).await,
+        4.0
     );
     cohort.shutdown().await;
 }

@@ -153,6 +153,7 @@ pub async fn handle(
                         retry::another_endpoint(&first_error, &target.endpoint, &mut endpoints);
                     match (again, req) {
                         (Some(target), Some(req)) => {
+                            pending.attempt_failed(&first_error);
                             reached = Some(&target.authority);
                             ctx.pool
                                 .send(target, req, timeouts, &progress)

@@ -31,6 +31,7 @@ pub(crate) mod window;
 pub const REQUESTS_TOTAL: &str = "cohort_requests_total";
 pub const REQUEST_DURATION: &str = "cohort_request_duration_seconds";
 pub const UPSTREAM_ERRORS_TOTAL: &str = "cohort_upstream_errors_total";
+pub const UPSTREAM_RETRIES_TOTAL: &str = "cohort_upstream_retries_total";
 pub const UNROUTED_REQUESTS_TOTAL: &str = "cohort_unrouted_requests_total";
 pub const IN_FLIGHT_REQUESTS: &str = "cohort_in_flight_requests";
 pub const CANARY_WEIGHT_RATIO: &str = "cohort_canary_weight_ratio";
@@ -450,6 +451,10 @@ fn describe(r: &PrometheusRecorder) {
         "Failures talking to an upstream, by route, variant and kind (connect, timeout, reset, tls, protocol).",
     );
     counter(
+        UPSTREAM_RETRIES_TOTAL,
+        "Failed upstream attempts retried on another endpoint of the same variant, by route, variant and the failure's kind; the request itself may have succeeded.",
+    );
+    counter(
         UNROUTED_REQUESTS_TOTAL,
         "Requests answered without a route, by status code (404 no route; 400, 408, 413, 414, 431 for a request that could not be read or was refused before routing).",
     );
@@ -633,6 +638,8 @@ pub struct VariantMetrics {
     requests: StatusCounters,
     duration: Histogram,
     upstream_errors: [Counter; 5],
+    /// `cohort_upstream_retries_total`, by upstream error kind.
+    retries: [Counter; 5],
     /// One per upstream error kind: at most one warning a second each.
     warn_gates: Arc<WarnGates>,
     in_flight: Gauge,
@@ -669,6 +676,8 @@ impl VariantMetrics {
                 .register_histogram(&Key::from_parts(REQUEST_DURATION, labels(None)), &METADATA),
             upstream_errors: UpstreamErrorKind::ALL
                 .map(|kind| counter(UPSTREAM_ERRORS_TOTAL, ("kind", kind.as_str()))),
+            retries: UpstreamErrorKind::ALL
+                .map(|kind| counter(UPSTREAM_RETRIES_TOTAL, ("kind", kind.as_str()))),
             warn_gates,
             in_flight: recorder.register_gauge(
                 &Key::from_parts(IN_FLIGHT_REQUESTS, labels(None)),
@@ -713,6 +722,11 @@ impl VariantMetrics {
     /// The last 15 minutes in 15-second slots, oldest first, ending at clock time `now`.
     pub fn history(&self, now: u64) -> Vec<HistorySlot> {
         self.window.history(now)
+    }
+
+    /// A failed attempt the retry on another endpoint took over.
+    pub fn retried(&self, kind: UpstreamErrorKind) {
+        self.retries[kind.index()].increment(1);
     }
 
     pub fn upstream_error(&self, kind: UpstreamErrorKind) {

@@ -71,12 +71,23 @@ impl Completion {
         self.upstream_failed(error);
     }
 
+    /// Counts the failure of an attempt the policy's retry on another endpoint takes
+    /// over: `cohort_upstream_retries_total` and the warning, so a dead endpoint shows
+    /// while its siblings answer for it. Not an upstream error of the request
+    /// (`cohort_upstream_errors_total` counts the cause of a response cohort could not
+    /// get, DESIGN §1.8); the request's status and log line are the retry's.
+    pub(crate) fn attempt_failed(&self, error: &UpstreamError) {
+        let (route, state) = self.snap.route(self.route);
+        let metrics = state.metrics.variant(self.variant);
+        upstream_failed(&route.name, self.variant, metrics, error, true);
+    }
+
     /// Counts an upstream failure (metrics, the rate-limited warning) and keeps its
     /// kind for the access log.
     fn upstream_failed(&mut self, error: &UpstreamError) {
         let (route, state) = self.snap.route(self.route);
         let metrics = state.metrics.variant(self.variant);
-        upstream_failed(&route.name, self.variant, metrics, error);
+        upstream_failed(&route.name, self.variant, metrics, error, false);
         if let Some(log) = self.log() {
             log.error = Some(error.kind());
         }
@@ -101,6 +112,13 @@ pub(crate) struct Pending(Option<Completion>);
 impl Pending {
     pub(crate) fn new(completion: Completion) -> Pending {
         Pending(Some(completion))
+    }
+
+    /// See [`Completion::attempt_failed`].
+    pub(crate) fn attempt_failed(&self, error: &UpstreamError) {
+        if let Some(completion) = &self.0 {
+            completion.attempt_failed(error);
+        }
     }
 
     pub(crate) fn take(&mut self) -> Completion {
@@ -131,11 +149,26 @@ pub(crate) const UPSTREAM_WARNING_TARGET: &str = "cohort::request_log";
 /// dead upstream under load costs one line a second, not one per request.
 ///
 /// [`WarnGate::INTERVAL_MS`]: crate::request::log::WarnGate::INTERVAL_MS
-fn upstream_failed(route: &str, variant: Variant, metrics: &VariantMetrics, error: &UpstreamError) {
+fn upstream_failed(
+    route: &str,
+    variant: Variant,
+    metrics: &VariantMetrics,
+    error: &UpstreamError,
+    retried: bool,
+) {
     let kind = error.kind();
-    metrics.upstream_error(kind);
+    if retried {
+        metrics.retried(kind);
+    } else {
+        metrics.upstream_error(kind);
+    }
     let Some(suppressed) = metrics.warn_gate(kind).admit(metrics.clock_millis()) else {
         return;
+    };
+    let message = if retried {
+        "upstream attempt failed; retried on another endpoint of the variant"
+    } else {
+        "upstream request failed"
     };
     // Text through `Display` (`%`): the text format writes `kind=connect`, not
     // `kind="connect"`; JSON gets strings either way. The target is the one the README
@@ -148,6 +181,6 @@ fn upstream_failed(route: &str, variant: Variant, metrics: &VariantMetrics, erro
         kind = %kind.as_str(),
         suppressed = (suppressed > 0).then_some(suppressed),
         error = %Causes(error),
-        "upstream request failed"
+        "{message}"
     );
 }

@@ -560,7 +560,16 @@ impl Forward {
         let mut target = first;
         let mut conn = match ctx.h1_pool.checkout(&first.authority) {
             Some(conn) => conn,
-            None => connect_or_sibling(ctx, &mut target, &mut endpoints, timeouts.connect).await?,
+            None => {
+                connect_or_sibling(
+                    ctx,
+                    &mut target,
+                    &mut endpoints,
+                    timeouts.connect,
+                    &self.pending,
+                )
+                .await?
+            }
         };
         loop {
             let head_request = self.head_request;
@@ -583,8 +592,14 @@ impl Forward {
                     tracing::trace!(%error, "pooled upstream connection was closed; retrying");
                     // The endpoint may be gone with its connections: then the policy's
                     // retry applies as to any refused connect.
-                    conn = connect_or_sibling(ctx, &mut target, &mut endpoints, timeouts.connect)
-                        .await?;
+                    conn = connect_or_sibling(
+                        ctx,
+                        &mut target,
+                        &mut endpoints,
+                        timeouts.connect,
+                        &self.pending,
+                    )
+                    .await?;
                 }
                 Err(Attempt::Stale { error, .. }) => {
                     return Err(UpstreamError::Reset {
@@ -601,18 +616,20 @@ impl Forward {
 
 /// A new connection to `target`, or, when that fails with nothing sent, the policy's one
 /// retry: another endpoint of the same variant (`target` becomes it), on one of its
-/// pooled connections when it has one. (A new connection each time would grow the pool
+/// pooled connections when it has one; the failure is counted (`pending`) either way. (A new connection each time would grow the pool
 /// by one per retry while an endpoint is down.)
 async fn connect_or_sibling<'a>(
     ctx: &ProxyContext,
     target: &mut &'a Target,
     endpoints: &mut impl Iterator<Item = &'a Target>,
     timeout: Duration,
+    pending: &Pending,
 ) -> Result<Conn, UpstreamError> {
     match connect(ctx, target, timeout).await {
         Ok(conn) => Ok(conn),
         Err(e) => match retry::another_endpoint(&e, &target.endpoint, endpoints) {
             Some(other) => {
+                pending.attempt_failed(&e);
                 *target = other;
                 match ctx.h1_pool.checkout(&other.authority) {
                     Some(conn) => Ok(conn),
