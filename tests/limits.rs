@@ -824,8 +824,9 @@ async fn in_flight(cohort: &TestCohort) -> f64 {
 
 /// A client that asks for a large response and then stops reading is let go once it
 /// has taken nothing for `idle_timeout` (NGINX's `send_timeout`), on cohort's own
-/// HTTP/1 path, on hyper's, and on HTTP/2: its request ends (counted with the status
-/// sent, not against the upstream), and the upstream's response stops being pulled.
+/// HTTP/1 path, on hyper's, and on HTTP/2 (a socket left unread, and a flow-control
+/// window never opened): its request ends (counted with the status sent, not against
+/// the upstream), and the upstream's response stops being pulled.
 /// Before, each such client held an upstream connection and its buffers for ever.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_stops_reading_is_let_go_after_idle_timeout_on_every_engine() {
@@ -840,7 +841,7 @@ async fn a_client_that_stops_reading_is_let_go_after_idle_timeout_on_every_engin
         }
     };
     let get = "GET /big HTTP/1.1\r\nHost: app.example\r\n\r\n";
-    for engine in ["own", "hyper", "http2"] {
+    for engine in ["own", "hyper", "http2", "http2 window"] {
         // Kept open, never read: only cohort may end it.
         let mut _h1 = None;
         let mut _h2 = None;
@@ -855,6 +856,15 @@ async fn a_client_that_stops_reading_is_let_go_after_idle_timeout_on_every_engin
                 large(true);
                 conn.write(get.as_bytes()).await;
                 _h1 = Some(conn);
+            }
+            "http2 window" => {
+                // The default windows (64 KiB), never opened further: flow control stops
+                // the response, and the socket stays free (the client could read it).
+                let mut conn = H2Conn::handshake(setup.cohort.proxy).await;
+                large(true);
+                let request = h2::headers(1, h2::END_STREAM, &h2::request_fields("GET", "/big"));
+                conn.write(&request).await.expect("write");
+                _h2 = Some(conn);
             }
             _ => {
                 let mut conn = H2Conn::handshake(setup.cohort.proxy).await;
@@ -916,7 +926,7 @@ async fn a_client_that_stops_reading_is_let_go_after_idle_timeout_on_every_engin
             )
         })
         .sum();
-    assert_eq!(ok, 4.0, "the upload and three large responses:\n{exp}");
+    assert_eq!(ok, 5.0, "the upload and four large responses:\n{exp}");
     for kind in ["connect", "timeout", "reset", "tls", "protocol"] {
         for variant in ["stable", "canary"] {
             let errors = support::series_value(

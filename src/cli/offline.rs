@@ -14,8 +14,9 @@ pub fn check(path: &std::path::Path) -> ExitCode {
     let Some(config) = load_or_report(path) else {
         return ExitCode::from(1);
     };
-    // `run` and a reload read it too, and refuse the config without it.
-    if let Err(e) = cohort::reload::read_token(&config) {
+    // What `run` and a reload build from the files the config names (the admin token,
+    // the listener's TLS): a config they would refuse is refused here too.
+    if let Err(e) = cohort::reload::credentials(&config) {
         eprintln!("{e}");
         return ExitCode::from(1);
     }

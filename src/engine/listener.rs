@@ -364,7 +364,8 @@ impl Connection {
                         let response = proxy::handle(&ctx, req, &client).await;
                         Ok::<_, Infallible>(response.map(|body| InFlightBody {
                             body,
-                            _stream: stream,
+                            stream,
+                            holding: false,
                         }))
                     }
                 });
@@ -492,6 +493,7 @@ where
     C: Future<Output = Result<(), hyper::Error>>,
 {
     let mut conn = std::pin::pin!(conn);
+    let mut polls_then = activity.body_polls.load(Ordering::Relaxed);
     loop {
         // While a stream is in flight, look again one `idle` later: the deadline is then
         // at least that far off.
@@ -506,7 +508,19 @@ where
             }
             () = tokio::time::sleep_until(wake.into()) => {
                 let now = std::time::Instant::now();
-                if activity.idle_deadline(idle).is_some_and(|deadline| deadline <= now) {
+                let polls = std::mem::replace(
+                    &mut polls_then,
+                    activity.body_polls.load(Ordering::Relaxed),
+                );
+                // A response waits for the client's flow-control window, and no
+                // response body on the connection moved for a whole `idle`: the client
+                // has taken nothing (its socket may still move: PINGs, WINDOW_UPDATEs
+                // of 0). The same rule as a write that waits `idle` (`WriteStall`).
+                let stalled = activity.holding.load(Ordering::Relaxed) > 0 && polls == polls_then;
+                if stalled {
+                    tracing::debug!(after = ?idle, "HTTP/2 client took no response bytes for listen.idle_timeout: closing");
+                }
+                if stalled || activity.idle_deadline(idle).is_some_and(|deadline| deadline <= now) {
                     stop(conn.as_mut());
                     let closed = tokio::time::timeout(H2_IDLE_CLOSE_GRACE, conn.as_mut()).await;
                     return closed.unwrap_or(Ok(()));
@@ -524,6 +538,12 @@ struct Activity {
     in_flight: AtomicUsize,
     /// Milliseconds from `started` to when the last stream ended (0: none yet).
     idle_since_ms: AtomicU64,
+    /// Polls of the connection's response bodies so far: hyper polls a body only when
+    /// the client has room for more, so a count that stands still while a body holds
+    /// data is a client taking nothing.
+    body_polls: AtomicU64,
+    /// Response bodies whose last poll handed hyper data: they wait for the client.
+    holding: AtomicUsize,
 }
 
 impl Activity {
@@ -532,6 +552,8 @@ impl Activity {
             started: std::time::Instant::now(),
             in_flight: AtomicUsize::new(0),
             idle_since_ms: AtomicU64::new(0),
+            body_polls: AtomicU64::new(0),
+            holding: AtomicUsize::new(0),
         }
     }
 
@@ -569,7 +591,9 @@ impl Drop for InFlight {
 /// (hyper drops it when the stream ends, is reset, or the connection goes).
 struct InFlightBody {
     body: proxy::ProxyBody,
-    _stream: InFlight,
+    stream: InFlight,
+    /// The last poll handed hyper a data frame: counted in `Activity::holding`.
+    holding: bool,
 }
 
 impl http_body::Body for InFlightBody {
@@ -580,7 +604,20 @@ impl http_body::Body for InFlightBody {
         mut self: Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, Self::Error>>> {
-        Pin::new(&mut self.body).poll_frame(cx)
+        let this = &mut *self;
+        let activity = &this.stream.0;
+        activity.body_polls.fetch_add(1, Ordering::Relaxed);
+        let polled = Pin::new(&mut this.body).poll_frame(cx);
+        let holds = matches!(&polled, std::task::Poll::Ready(Some(Ok(frame))) if frame.is_data());
+        if holds != this.holding {
+            this.holding = holds;
+            if holds {
+                activity.holding.fetch_add(1, Ordering::Relaxed);
+            } else {
+                activity.holding.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {
@@ -589,6 +626,14 @@ impl http_body::Body for InFlightBody {
 
     fn size_hint(&self) -> http_body::SizeHint {
         self.body.size_hint()
+    }
+}
+
+impl Drop for InFlightBody {
+    fn drop(&mut self) {
+        if self.holding {
+            self.stream.0.holding.fetch_sub(1, Ordering::Relaxed);
+        }
     }
 }
 

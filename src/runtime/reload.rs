@@ -452,7 +452,7 @@ pub fn read_token(config: &Config) -> Result<Option<String>, ReloadError> {
 
 /// What the listener and the admin API take from the files `config` names: its TLS
 /// server config (certificates read when it was loaded) and the admin token.
-pub(crate) fn credentials(config: &Loaded) -> Result<Credentials, ReloadError> {
+pub fn credentials(config: &Loaded) -> Result<Credentials, ReloadError> {
     let admin_token = read_token(config)?.map(Arc::new);
     let server_tls = crate::tls::server_config(config).map_err(|source| ReloadError::Tls {
         file: config.source.clone(),
