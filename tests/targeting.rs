@@ -220,6 +220,52 @@ async fn a_values_file_change_applies_within_two_seconds_and_a_bad_one_keeps_the
 }
 
 /// Writes `text` to a temporary file beside `path` and renames it over `path`.
+/// A directory of named files that is deleted (its watch goes with it) and made
+/// again is watched again: its new files apply within the watcher's retry interval
+/// (5 s) without a SIGHUP. Before, its changes waited for a SIGHUP or another reload.
+#[tokio::test]
+async fn a_values_directory_deleted_and_made_again_is_watched_again() {
+    let stable = FakeUpstream::start("stable").await;
+    let canary = FakeUpstream::start("canary").await;
+    let lists = tempfile::tempdir().expect("tempdir");
+    let dir = lists.path().join("lists");
+    std::fs::create_dir(&dir).expect("values dir");
+    let file = dir.join("beta-customers.txt");
+    std::fs::write(&file, "acme\n").expect("values file");
+    let route = app_route(&stable, &canary).segment_file("header:x-customer", &file, "canary");
+    let cohort = TestCohort::start(route).await;
+    let globex = [("x-customer", "globex")];
+    assert_eq!(
+        get(&cohort.url("/"), &globex).await.variant(),
+        Some("stable")
+    );
+
+    std::fs::remove_dir_all(&dir).expect("delete the directory");
+    // The reload its deletion triggers is rejected (the file is gone): the old list
+    // keeps serving.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        get(&cohort.url("/"), &globex).await.variant(),
+        Some("stable")
+    );
+    std::fs::create_dir(&dir).expect("the directory again");
+    std::fs::write(&file, "acme\nglobex\n").expect("values file");
+    let made = std::time::Instant::now();
+    let applied = until(Duration::from_secs(8), || async {
+        get(&cohort.url("/"), &globex).await.variant() == Some("canary")
+    })
+    .await;
+    assert!(
+        applied,
+        "the new list never applied (the directory was not watched again)"
+    );
+    println!(
+        "applied {:?} after the directory was made again",
+        made.elapsed()
+    );
+    cohort.shutdown().await;
+}
+
 fn replace(path: &Path, text: &str) {
     let temp = path.with_extension("tmp");
     std::fs::write(&temp, text).expect("temp file");

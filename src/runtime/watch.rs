@@ -20,8 +20,9 @@ const DEBOUNCE_QUIET: Duration = Duration::from_millis(100);
 /// ...and never later than this after its first.
 const DEBOUNCE_MAX: Duration = Duration::from_millis(500);
 
-/// Starts watching; `None` when the config file cannot be watched (the platform has no
-/// watcher, or its directory is gone), after a warning saying how to reload instead.
+/// Starts watching; `None` when the platform has no watcher, after a warning saying how
+/// to reload instead. A directory that cannot be watched (yet) is tried again every
+/// [`RETRY_EVERY`] (see [`Dirs::follow`]).
 pub(crate) fn spawn(control: Arc<Control>) -> Option<tokio::task::JoinHandle<()>> {
     let (tx, events) = mpsc::unbounded_channel::<()>();
     let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
@@ -31,28 +32,26 @@ pub(crate) fn spawn(control: Arc<Control>) -> Option<tokio::task::JoinHandle<()>
             }
         }
     });
-    let mut watcher = match watcher {
+    let watcher = match watcher {
         Ok(w) => w,
         Err(e) => {
             tracing::warn!(error = %e, "cannot watch the config file; use SIGHUP or the admin API to reload");
             return None;
         }
     };
-    let config_dir = dir_of(control.path());
-    if let Err(e) = watcher.watch(&config_dir, RecursiveMode::NonRecursive) {
-        tracing::warn!(dir = %config_dir.display(), error = %e, "cannot watch the config directory; use SIGHUP or the admin API to reload");
-        return None;
-    }
     let mut dirs = Dirs {
         watcher,
-        config_dir,
+        config_dir: dir_of(control.path()),
         named: BTreeSet::new(),
+        missing: BTreeSet::new(),
     };
     dirs.follow(&control);
     Some(tokio::spawn(run(dirs, events, control)))
 }
 
 async fn run(mut dirs: Dirs, mut events: mpsc::UnboundedReceiver<()>, control: Arc<Control>) {
+    let mut retry = tokio::time::interval(RETRY_EVERY);
+    retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             event = events.recv() => {
@@ -64,6 +63,13 @@ async fn run(mut dirs: Dirs, mut events: mpsc::UnboundedReceiver<()>, control: A
                 let _ = control.reload(Trigger::File).await;
             }
             () = control.applied() => {}
+            _ = retry.tick(), if !dirs.missing.is_empty() => {
+                if dirs.follow(&control) {
+                    // Whatever changed there while it was not watched applies now.
+                    let _ = control.reload(Trigger::File).await;
+                }
+                continue;
+            }
         }
         dirs.follow(&control);
     }
@@ -86,34 +92,64 @@ async fn debounce(events: &mut mpsc::UnboundedReceiver<()>) {
     }
 }
 
+/// How often a directory that could not be watched is tried again.
+const RETRY_EVERY: Duration = Duration::from_secs(5);
+
 /// The watched directories: the config file's, always, and those of the files the
 /// config in force names.
 struct Dirs {
     watcher: RecommendedWatcher,
     config_dir: PathBuf,
     named: BTreeSet<PathBuf>,
+    /// Wanted directories without a watch now (it failed: the directory is gone, or
+    /// the system's watch limit is reached), tried again every [`RETRY_EVERY`].
+    missing: BTreeSet<PathBuf>,
 }
 
 impl Dirs {
-    /// Watches the directories of the files the config in force names, and no others.
-    fn follow(&mut self, control: &Control) {
+    /// Watches the config file's directory and those of the files the config in force
+    /// names, and no others. Every wanted directory is (re)watched each time: a
+    /// directory deleted and made again has lost its watch with the old one, and
+    /// watching a watched directory again is a no-op. Returns whether a directory that
+    /// had no watch has one again.
+    fn follow(&mut self, control: &Control) -> bool {
         let snapshot = control.snapshot();
-        let wanted: BTreeSet<PathBuf> = snapshot
+        let named: BTreeSet<PathBuf> = snapshot
             .config
             .named_files()
             .into_iter()
             .map(dir_of)
             .filter(|dir| *dir != self.config_dir)
             .collect();
-        for dir in self.named.difference(&wanted) {
+        for dir in self.named.difference(&named) {
             let _ = self.watcher.unwatch(dir);
         }
-        for dir in wanted.difference(&self.named) {
-            if let Err(e) = self.watcher.watch(dir, RecursiveMode::NonRecursive) {
-                tracing::warn!(dir = %dir.display(), error = %e, "cannot watch a directory of files the config names; changes in it apply on SIGHUP or the next reload");
+        self.named = named;
+        let mut recovered = false;
+        let wanted = std::iter::once(self.config_dir.clone()).chain(self.named.iter().cloned());
+        let mut missing = BTreeSet::new();
+        for dir in wanted {
+            match self.watcher.watch(&dir, RecursiveMode::NonRecursive) {
+                Ok(()) if self.missing.contains(&dir) => {
+                    tracing::info!(dir = %dir.display(), "watching the directory again; its changes apply at once");
+                    recovered = true;
+                }
+                Ok(()) => {}
+                Err(e) => {
+                    if !self.missing.contains(&dir) {
+                        let what = if dir == self.config_dir {
+                            "cannot watch the config directory"
+                        } else {
+                            "cannot watch a directory of files the config names"
+                        };
+                        tracing::warn!(dir = %dir.display(), error = %e, "{what}; trying again every {}s (SIGHUP or the admin API reload meanwhile)", RETRY_EVERY.as_secs());
+                    }
+                    missing.insert(dir);
+                }
             }
         }
-        self.named = wanted;
+        self.missing = missing;
+        recovered
     }
 }
 
