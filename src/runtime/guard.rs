@@ -18,7 +18,6 @@ use crate::admin::history::{Event, Events};
 use crate::cohort::{BasisPoints, Variant};
 use crate::config::{Config, Route};
 use crate::metrics::window::Window;
-use crate::rollout::fleet;
 use crate::rollout::sequential::{self, Sequential, Tally};
 use crate::rollout::{
     self, format_rfc3339, threshold_evidence, verdict, Figures, Guard, GuardAction, Method, Reason,
@@ -28,6 +27,10 @@ use crate::runtime::outbound;
 use crate::runtime::server::State;
 use crate::runtime::state_dir::{self, Stored};
 use cohort_core::histogram;
+
+mod fleet_memory;
+pub(crate) use fleet_memory::Evidence;
+use fleet_memory::FleetMemory;
 
 /// How often guards are judged and schedules re-read.
 pub(crate) const EVALUATE_EVERY: Duration = Duration::from_millis(250);
@@ -89,46 +92,6 @@ struct Remembered {
     last_resume: Option<UnixMillis>,
     /// What a guard with a Prometheus source last read of the fleet.
     fleet: FleetMemory,
-}
-
-/// A fleet guard's reading of Prometheus (DESIGN §12), written by
-/// `crate::runtime::fleet` and judged here.
-#[derive(Default)]
-struct FleetMemory {
-    /// The last successful read; `None` once a read fails, so the next evaluation
-    /// judges local counts at once.
-    last: Option<FleetReading>,
-    /// A sequential guard's judge on the fleet's increments, and what makes them.
-    run: Option<FleetRun>,
-    /// Why reads fail, while they do.
-    failing: Option<String>,
-}
-
-struct FleetReading {
-    at: tokio::time::Instant,
-    peers: fleet::Peers,
-    /// Threshold guards: the fleet's figures over the window.
-    window: Option<(Figures, Figures)>,
-}
-
-struct FleetRun {
-    judge: Sequential,
-    differ: fleet::Differencer,
-    window: Duration,
-}
-
-/// A fleet read older than this is not judged on (the reader is stuck).
-const FLEET_STALE_AFTER: Duration = Duration::from_secs(5);
-
-/// Whose counts a judgement was made on.
-#[derive(Debug, Clone, PartialEq)]
-pub(crate) enum Evidence {
-    /// This replica's (no fleet source).
-    Local,
-    /// The fleet's, read from Prometheus: this many replicas run the rollout.
-    Fleet { replicas: u64 },
-    /// This replica's, because Prometheus could not answer (why).
-    Fallback { error: String },
 }
 
 /// A sequential judge and the first metrics period it has not folded in yet.
@@ -447,119 +410,6 @@ impl GuardState {
             judge.canary,
             judge.stable,
         )
-    }
-
-    /// When this route was last resumed, in this process or (rollout routes) before a
-    /// restart: a fleet guard does not adopt rollbacks that were already in force then.
-    pub(crate) fn last_resume(&self) -> Option<UnixMillis> {
-        let memory = self.lock();
-        memory.last_resume.or(memory.resumed_at)
-    }
-
-    /// Records a successful fleet read begun before `resumes` resumes (dropped if a
-    /// resume came since: its evidence predates the fresh start).
-    pub(crate) fn fleet_read(
-        &self,
-        resumes: u64,
-        peers: fleet::Peers,
-        window: Option<(Figures, Figures)>,
-    ) -> bool {
-        let mut memory = self.lock();
-        if memory.resumes != resumes {
-            return false;
-        }
-        memory.fleet.last = Some(FleetReading {
-            at: tokio::time::Instant::now(),
-            peers,
-            window,
-        });
-        memory.fleet.failing.take();
-        true
-    }
-
-    /// Folds the fleet's counters (an answer to the counters query) into the fleet's
-    /// sequential judge, which restarts when its settings or window change.
-    pub(crate) fn fleet_counters(
-        &self,
-        resumes: u64,
-        settings: sequential::Settings,
-        samples: &[fleet::Sample],
-    ) -> bool {
-        let mut memory = self.lock();
-        if memory.resumes != resumes {
-            return false;
-        }
-        let run = match &mut memory.fleet.run {
-            Some(run) if run.judge.settings == settings && run.window == self.window_len => run,
-            slot => slot.insert(FleetRun {
-                judge: Sequential::new(settings),
-                differ: fleet::Differencer::new(),
-                window: self.window_len,
-            }),
-        };
-        let slow = settings
-            .latency_over
-            .and_then(|d| histogram::bound_index(d.as_secs_f64()));
-        let (stable, canary) = run.differ.advance(samples, slow);
-        run.judge.update(&canary, &stable);
-        true
-    }
-
-    /// Records a failed fleet read: judged locally from the next evaluation. Returns
-    /// the error it replaces (`None` when reads were fine until now).
-    pub(crate) fn fleet_failed(&self, error: String) -> Option<String> {
-        let mut memory = self.lock();
-        memory.fleet.last = None;
-        memory.fleet.failing.replace(error)
-    }
-
-    /// Whether the last fleet read failed, and why; `Some` when it had failed until now
-    /// and the read just made succeeded (for the recovery line).
-    pub(crate) fn fleet_failing(&self) -> Option<String> {
-        self.lock().fleet.failing.clone()
-    }
-
-    /// The fleet's judgement at `at`, if a fresh read is in: the verdict on the fleet's
-    /// counts, and how many replicas of the rollout are rolled back.
-    fn judge_fleet(&self, guard: &Guard, at: tokio::time::Instant) -> Option<(Judged, u64)> {
-        let memory = self.lock();
-        let reading = memory.fleet.last.as_ref()?;
-        if at.saturating_duration_since(reading.at) > FLEET_STALE_AFTER {
-            return None;
-        }
-        let evidence = Evidence::Fleet {
-            replicas: reading.peers.replicas,
-        };
-        let judged = match (guard.method, &reading.window, &memory.fleet.run) {
-            (Method::Threshold, Some((canary, stable)), _) => {
-                let (errors, latency) = threshold_evidence(guard, canary, stable);
-                Judged {
-                    method: guard.method.as_str(),
-                    verdict: verdict(guard, canary, stable),
-                    errors,
-                    latency,
-                    canary: *canary,
-                    stable: *stable,
-                    since: None,
-                    evidence,
-                }
-            }
-            (Method::Sequential(_), _, Some(run)) => {
-                let judge = &run.judge;
-                Judged {
-                    method: guard.method.as_str(),
-                    verdict: Verdict::from_sequential(judge.judge(guard.min_requests)),
-                    errors: Some(judge.errors().ratio()),
-                    latency: judge.latency().map(|e| e.ratio()),
-                    canary: Figures::from_tally(&judge.canary),
-                    stable: Figures::from_tally(&judge.stable),
-                    since: Some((judge.canary, judge.stable)),
-                    evidence,
-                }
-            }
-            _ => return None,
-        };
-        Some((judged, reading.peers.rolled_back))
     }
 
     /// The figures of both variants over the guard window at metrics time `mono`
@@ -964,7 +814,9 @@ pub fn offline_share(route: &Route, config: &Config, now: UnixMillis) -> BasisPo
 
 #[cfg(test)]
 mod tests {
+    use super::fleet_memory::FLEET_STALE_AFTER;
     use super::*;
+    use crate::rollout::fleet;
 
     fn route() -> Route {
         let text = "[[routes]]\nname = \"shop\"\nsalt = \"s\"\ncanary_percent = 50\nstable = { endpoints = [\"http://127.0.0.1:1\"] }\ncanary = { endpoints = [\"http://127.0.0.1:2\"] }\n[routes.guard]\nmethod = \"sequential\"\n";
