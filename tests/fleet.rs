@@ -338,9 +338,11 @@ async fn a_sequential_guard_judges_the_fleets_increments() {
     let stable = FakeUpstream::start("stable").await;
     let canary = FakeUpstream::start("canary").await;
     let port = free_port();
+    // With latency_over, the fleet query also asks for that bucket (a regex on `le`).
     let guard = Guard::new()
         .method("sequential")
         .min_requests(10)
+        .latency_over("250ms")
         .prometheus(&format!("http://127.0.0.1:{port}"));
     let mut cohorts = Vec::new();
     for _ in 0..3 {

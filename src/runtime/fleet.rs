@@ -126,7 +126,10 @@ async fn read(route: &Route, memory: &GuardState, url: &str) -> Result<(), ReadE
             memory.fleet_read(resumes, peers, Some(window));
         }
         Method::Sequential(settings) => {
-            let answer = query(&endpoint, &identity.counters_query()).await?;
+            let slow_over = settings
+                .latency_over
+                .and_then(|d| cohort_core::histogram::bound_index(d.as_secs_f64()));
+            let answer = query(&endpoint, &identity.counters_query(slow_over)).await?;
             if memory.fleet_counters(resumes, settings, &answer) {
                 memory.fleet_read(resumes, peers, None);
             }

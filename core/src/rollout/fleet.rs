@@ -82,11 +82,28 @@ impl Identity<'_> {
 
     /// The raw cumulative counters of every replica of this identity, one series per
     /// (replica, variant, outcome, le): a [`Differencer`] turns successive answers into
-    /// increments, resets and replicas coming and going included.
-    pub fn counters_query(&self) -> String {
+    /// increments, resets and replicas coming and going included. Only the buckets a
+    /// sequential judge reads are asked for: `+Inf` (requests) and, with `slow_over`
+    /// (a bucket index), that bucket's bound, written both ways Prometheus may store it
+    /// (`1` as exposed, `1.0` as Prometheus 3 normalises it), so a large fleet's answer
+    /// stays small.
+    pub fn counters_query(&self, slow_over: Option<usize>) -> String {
+        let mut le = String::from("\\\\+Inf");
+        if let Some(bound) = slow_over.and_then(|i| DURATION_BUCKETS.get(i)) {
+            let (exposed, normalised) = (format!("{bound}"), format!("{bound:?}"));
+            for form in [
+                Some(&exposed),
+                (normalised != exposed).then_some(&normalised),
+            ]
+            .into_iter()
+            .flatten()
+            {
+                let _ = write!(le, "|{}", form.replace('.', "\\\\."));
+            }
+        }
         format!(
-            "{GUARD_DURATION}_bucket{} and ignoring(variant, outcome, le, salt, start) {}",
-            self.route_selector(),
+            "{GUARD_DURATION}_bucket{{route={},le=~\"{le}\"}} and ignoring(variant, outcome, le, salt, start) {}",
+            quoted(self.route),
             self.replicas()
         )
     }

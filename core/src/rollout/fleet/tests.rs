@@ -61,9 +61,21 @@ fn queries_select_the_identity_and_escape_its_labels() {
         "sum by (variant, outcome, le) (increase(cohort_guard_duration_seconds_bucket{route=\"checkout\"}[30s]) \
          and ignoring(variant, outcome, le, salt, start) (cohort_rollout_info{route=\"checkout\",salt=\"s\\\"1\",start=\"2026-12-01T09:00:00Z\"} == 1))"
     );
-    let counters = identity().counters_query();
-    assert!(counters
-        .starts_with("cohort_guard_duration_seconds_bucket{route=\"checkout\"} and ignoring("));
+    // PromQL strings escape the regex's backslashes: `\\+Inf` is the regex `\+Inf`.
+    let counters = identity().counters_query(None);
+    assert!(
+        counters.starts_with(
+            r#"cohort_guard_duration_seconds_bucket{route="checkout",le=~"\\+Inf"} and ignoring("#
+        ),
+        "{counters}"
+    );
+    let one_second = identity().counters_query(crate::histogram::bound_index(1.0));
+    assert!(
+        one_second.contains(r#"le=~"\\+Inf|1|1\\.0"}"#),
+        "both ways Prometheus may write the bound: {one_second}"
+    );
+    let quarter = identity().counters_query(crate::histogram::bound_index(0.25));
+    assert!(quarter.contains(r#"le=~"\\+Inf|0\\.25"}"#), "{quarter}");
     let peers = identity().peers_query(None);
     assert!(peers.contains("count((cohort_rollout_state{route=\"checkout\",state=\"rolled_back\"} == 1) and ignoring(state, salt, start)"));
     let resumed = identity().peers_query(Some(90));
