@@ -228,7 +228,7 @@ fn prometheus_config_passes_promtool_loads_the_rules_and_scrapes_cohort() {
         &["check", "config", prom_config.to_str().expect("utf-8")],
     );
     // Rule files are checked with the config: the alert rules are loaded.
-    assert!(checked.contains("4 rules found"), "{checked}");
+    assert!(checked.contains("5 rules found"), "{checked}");
 
     let prom: Value =
         serde_yaml::from_str(&std::fs::read_to_string(&prom_config).expect("read")).expect("yaml");

@@ -143,18 +143,19 @@ fn demo_upstream_on_a_taken_port_fails_with_the_reason() {
 // Prometheus alert rules
 // ---------------------------------------------------------------------------------------
 
-const ALERTS: [&str; 4] = [
+const ALERTS: [&str; 5] = [
     "CohortCanaryErrorRatioHigh",
     "CohortCanaryLatencyHigh",
     "CohortRolledBack",
     "CohortConfigReloadFailed",
+    "CohortGuardSourceFailing",
 ];
 
 #[test]
 fn alert_rules_pass_promtool_check_rules() {
     let dir = root().join("config/prometheus");
     let out = promtool(&dir, &["check", "rules", "cohort-alerts.yml"]);
-    assert!(out.contains("SUCCESS: 4 rules found"), "{out}");
+    assert!(out.contains("SUCCESS: 5 rules found"), "{out}");
     let rules: serde_yaml::Value = serde_yaml::from_str(
         &std::fs::read_to_string(dir.join("cohort-alerts.yml")).expect("read rules"),
     )
@@ -232,7 +233,18 @@ async fn exported_metric_names() -> BTreeSet<String> {
                 .min_requests(50)
                 .max_error_ratio(0.5),
         );
-    let cohort = support::TestCohort::start(web).await;
+    // A fleet guard too (its Prometheus need not answer): the series only it exports.
+    let fleet = support::Route::new("fleet")
+        .path_prefix("/fleet")
+        .stable(&stable)
+        .canary(&canary)
+        .guard(
+            support::Guard::new()
+                .max_error_ratio(0.5)
+                .prometheus(&format!("http://{}", support::refused_addr())),
+        );
+    let cohort =
+        support::TestCohort::start(support::Config::new().route(web).route(fleet)).await;
     for user in 0..20 {
         let user = format!("user-{user}");
         support::get(&cohort.url("/"), &[("x-user-id", &user)]).await;
