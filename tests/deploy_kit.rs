@@ -243,8 +243,7 @@ async fn exported_metric_names() -> BTreeSet<String> {
                 .max_error_ratio(0.5)
                 .prometheus(&format!("http://{}", support::refused_addr())),
         );
-    let cohort =
-        support::TestCohort::start(support::Config::new().route(web).route(fleet)).await;
+    let cohort = support::TestCohort::start(support::Config::new().route(web).route(fleet)).await;
     for user in 0..20 {
         let user = format!("user-{user}");
         support::get(&cohort.url("/"), &[("x-user-id", &user)]).await;
