@@ -63,11 +63,11 @@ pub(crate) async fn read_all(state: &State) {
             let url = route.fleet_source()?;
             Some(read_route(route, route_state, url))
         });
-    futures_join_all(reads).await;
+    join_all(reads).await;
 }
 
 /// Runs `futures` concurrently to completion (the few fleet guards of one config).
-async fn futures_join_all<F: std::future::Future<Output = ()>>(futures: impl Iterator<Item = F>) {
+async fn join_all<F: std::future::Future<Output = ()>>(futures: impl Iterator<Item = F>) {
     let mut pinned: Vec<std::pin::Pin<Box<F>>> = futures.map(Box::pin).collect();
     std::future::poll_fn(|cx| {
         pinned.retain_mut(|f| f.as_mut().poll(cx).is_pending());
@@ -126,10 +126,8 @@ async fn read(route: &Route, memory: &GuardState, url: &str) -> Result<(), ReadE
             memory.fleet_read(resumes, peers, Some(window));
         }
         Method::Sequential(settings) => {
-            let slow_over = settings
-                .latency_over
-                .and_then(|d| cohort_core::histogram::bound_index(d.as_secs_f64()));
-            let answer = query(&endpoint, &identity.counters_query(slow_over)).await?;
+            let query_text = identity.counters_query(settings.slow_bucket());
+            let answer = query(&endpoint, &query_text).await?;
             if memory.fleet_counters(resumes, settings, &answer) {
                 memory.fleet_read(resumes, peers, None);
             }
@@ -143,7 +141,7 @@ async fn read(route: &Route, memory: &GuardState, url: &str) -> Result<(), ReadE
 
 /// One instant query.
 async fn query(endpoint: &http::Uri, promql: &str) -> Result<Vec<Sample>, ReadError> {
-    let body = Bytes::from(fleet::form_body(promql, None));
+    let body = Bytes::from(fleet::form_body(promql));
     let answer = outbound::post(
         endpoint,
         "application/x-www-form-urlencoded",

@@ -26,7 +26,6 @@ use crate::rollout::{
 use crate::runtime::outbound;
 use crate::runtime::server::State;
 use crate::runtime::state_dir::{self, Stored};
-use cohort_core::histogram;
 
 mod fleet_memory;
 pub(crate) use fleet_memory::Evidence;
@@ -117,6 +116,43 @@ pub(crate) struct Judged {
     pub since: Option<(Tally, Tally)>,
     /// Whose counts these are.
     pub evidence: Evidence,
+}
+
+impl Judged {
+    /// A threshold guard's judgement of `canary` and `stable` over its window.
+    fn by_threshold(guard: &Guard, canary: Figures, stable: Figures, evidence: Evidence) -> Judged {
+        let (errors, latency) = threshold_evidence(guard, &canary, &stable);
+        Judged {
+            method: guard.method.as_str(),
+            verdict: verdict(guard, &canary, &stable),
+            errors,
+            latency,
+            canary,
+            stable,
+            since: None,
+            evidence,
+        }
+    }
+
+    /// A sequential judge's answer, shown with the figures `canary` and `stable`.
+    fn by_sequential(
+        guard: &Guard,
+        judge: &Sequential,
+        canary: Figures,
+        stable: Figures,
+        evidence: Evidence,
+    ) -> Judged {
+        Judged {
+            method: guard.method.as_str(),
+            verdict: Verdict::from_sequential(judge.judge(guard.min_requests)),
+            errors: Some(judge.errors().ratio()),
+            latency: judge.latency().map(|e| e.ratio()),
+            canary,
+            stable,
+            since: Some((judge.canary, judge.stable)),
+            evidence,
+        }
+    }
 }
 
 /// The guard's outcome windows of one identity.
@@ -364,10 +400,11 @@ impl GuardState {
     /// settings change (a reload), and on a resume.
     fn judge_sequentially(
         &self,
+        guard: &Guard,
         settings: sequential::Settings,
-        min_requests: u64,
+        (canary, stable): (Figures, Figures),
         mono: u64,
-    ) -> (Verdict, Option<f64>, Option<f64>, Tally, Tally) {
+    ) -> Judged {
         let (current, len) = self
             .windows
             .as_ref()
@@ -387,29 +424,15 @@ impl GuardState {
         };
         if let Some(windows) = &self.windows {
             let oldest = current.saturating_sub(len.saturating_sub(1));
-            let bound = settings
-                .latency_over
-                .and_then(|d| histogram::bound_index(d.as_secs_f64()));
-            let tally = |counts: crate::metrics::window::Counts| Tally {
-                requests: counts.requests,
-                errors: counts.errors,
-                slow: bound.map_or(0, |i| histogram::slower_than(i, &counts.histogram)),
-            };
+            let slow = settings.slow_bucket();
             for period in run.next_period.max(oldest)..end {
-                let canary = tally(windows.canary.period_counts(period));
-                let stable = tally(windows.stable.period_counts(period));
+                let canary = Tally::from_counts(&windows.canary.period_counts(period), slow);
+                let stable = Tally::from_counts(&windows.stable.period_counts(period), slow);
                 run.judge.update(&canary, &stable);
             }
             run.next_period = run.next_period.max(end);
         }
-        let judge = &run.judge;
-        (
-            Verdict::from_sequential(judge.judge(min_requests)),
-            Some(judge.errors().ratio()),
-            judge.latency().map(|e| e.ratio()),
-            judge.canary,
-            judge.stable,
-        )
+        Judged::by_sequential(guard, &run.judge, canary, stable, Evidence::Local)
     }
 
     /// The figures of both variants over the guard window at metrics time `mono`
@@ -627,32 +650,9 @@ fn judge(
     mono: u64,
 ) -> Judged {
     match guard.method {
-        Method::Threshold => {
-            let (errors, latency) = threshold_evidence(guard, &canary, &stable);
-            Judged {
-                method: guard.method.as_str(),
-                verdict: verdict(guard, &canary, &stable),
-                errors,
-                latency,
-                canary,
-                stable,
-                since: None,
-                evidence: Evidence::Local,
-            }
-        }
+        Method::Threshold => Judged::by_threshold(guard, canary, stable, Evidence::Local),
         Method::Sequential(settings) => {
-            let (verdict, errors, latency, since_canary, since_stable) =
-                memory.judge_sequentially(settings, guard.min_requests, mono);
-            Judged {
-                method: guard.method.as_str(),
-                verdict,
-                errors,
-                latency,
-                canary,
-                stable,
-                since: Some((since_canary, since_stable)),
-                evidence: Evidence::Local,
-            }
+            memory.judge_sequentially(guard, settings, (canary, stable), mono)
         }
     }
 }

@@ -17,7 +17,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::histogram::{Counts, DURATION_BUCKETS, HISTOGRAM_LEN};
+use crate::cohort::Variant;
+use crate::histogram::{bound_index, Counts, DURATION_BUCKETS, HISTOGRAM_LEN};
 use crate::rollout::sequential::Tally;
 
 /// The histogram of the requests a guard judges, by route, variant and outcome.
@@ -134,8 +135,9 @@ impl Identity<'_> {
     }
 }
 
-/// A query as an `application/x-www-form-urlencoded` body for `POST /api/v1/query`.
-pub fn form_body(query: &str, time: Option<f64>) -> String {
+/// A query as an `application/x-www-form-urlencoded` body for `POST /api/v1/query`
+/// (evaluated at Prometheus' now).
+pub fn form_body(query: &str) -> String {
     let mut body = String::from("query=");
     for byte in query.bytes() {
         match byte {
@@ -147,9 +149,6 @@ pub fn form_body(query: &str, time: Option<f64>) -> String {
                 let _ = write!(body, "%{other:02X}");
             }
         }
-    }
-    if let Some(t) = time {
-        let _ = write!(body, "&time={t:.3}");
     }
     body
 }
@@ -294,22 +293,15 @@ fn bucket_of(le: &str) -> Option<usize> {
     if le == "+Inf" {
         return Some(HISTOGRAM_LEN - 1);
     }
-    let bound: f64 = le.parse().ok()?;
-    DURATION_BUCKETS
-        .iter()
-        .position(|b| (b - bound).abs() < 1e-9)
+    bound_index(le.parse().ok()?)
 }
 
-/// Which variant and outcome a sample belongs to, and its bucket.
+/// Which variant (its index) and outcome a sample belongs to, and its bucket.
 fn place(sample: &Sample) -> Option<(usize, bool, usize)> {
-    let variant = match sample.labels.get("variant")?.as_str() {
-        "stable" => 0,
-        "canary" => 1,
-        _ => return None,
-    };
+    let variant = Variant::from_name(sample.labels.get("variant")?.as_bytes())?;
     let error = sample.labels.get("outcome")? == "error";
     let bucket = bucket_of(sample.labels.get("le")?)?;
-    Some((variant, error, bucket))
+    Some((variant.index(), error, bucket))
 }
 
 /// Cumulative bucket counts (`le`) per variant and outcome, made into [`Counts`].
@@ -398,12 +390,10 @@ impl Differencer {
         self.last = next;
         self.started = true;
         let (stable, canary) = cumulative.counts();
-        let tally = |counts: Counts| Tally {
-            requests: counts.requests,
-            errors: counts.errors,
-            slow: slow_over.map_or(0, |i| crate::histogram::slower_than(i, &counts.histogram)),
-        };
-        (tally(stable), tally(canary))
+        (
+            Tally::from_counts(&stable, slow_over),
+            Tally::from_counts(&canary, slow_over),
+        )
     }
 }
 

@@ -66,6 +66,16 @@ pub struct Settings {
     pub latency_over: Option<Duration>,
 }
 
+impl Settings {
+    /// The duration-histogram bucket whose bound is `latency_over`: requests in the
+    /// buckets above it are slow. `None` leaves latency unjudged (validation makes any
+    /// `latency_over` a bound).
+    pub fn slow_bucket(&self) -> Option<usize> {
+        self.latency_over
+            .and_then(|d| crate::histogram::bound_index(d.as_secs_f64()))
+    }
+}
+
 /// `alpha` unless configured.
 pub const DEFAULT_ALPHA: f64 = 0.01;
 /// `min_effect` unless configured.
@@ -81,6 +91,16 @@ pub struct Tally {
 }
 
 impl Tally {
+    /// The tally of histogram counts: slow are those above `slow_bucket`
+    /// ([`Settings::slow_bucket`]), none without one.
+    pub fn from_counts(counts: &crate::histogram::Counts, slow_bucket: Option<usize>) -> Tally {
+        Tally {
+            requests: counts.requests,
+            errors: counts.errors,
+            slow: slow_bucket.map_or(0, |i| crate::histogram::slower_than(i, &counts.histogram)),
+        }
+    }
+
     fn add(&mut self, other: &Tally) {
         self.requests += other.requests;
         self.errors += other.errors;

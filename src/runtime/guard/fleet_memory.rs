@@ -7,8 +7,7 @@ use std::time::Duration;
 use super::{GuardState, Judged};
 use crate::rollout::fleet;
 use crate::rollout::sequential::{self, Sequential};
-use crate::rollout::{threshold_evidence, verdict, Figures, Guard, Method, UnixMillis, Verdict};
-use cohort_core::histogram;
+use crate::rollout::{Figures, Guard, Method, UnixMillis};
 
 /// A fleet guard's reading of Prometheus (DESIGN §12), written by
 /// `crate::runtime::fleet` and judged here.
@@ -99,10 +98,7 @@ impl GuardState {
                 window: self.window_len,
             }),
         };
-        let slow = settings
-            .latency_over
-            .and_then(|d| histogram::bound_index(d.as_secs_f64()));
-        let (stable, canary) = run.differ.advance(samples, slow);
+        let (stable, canary) = run.differ.advance(samples, settings.slow_bucket());
         run.judge.update(&canary, &stable);
         true
     }
@@ -115,8 +111,7 @@ impl GuardState {
         memory.fleet.failing.replace(error)
     }
 
-    /// Whether the last fleet read failed, and why; `Some` when it had failed until now
-    /// and the read just made succeeded (for the recovery line).
+    /// Why the last fleet read failed, while reads fail (`None` once one succeeds).
     pub(crate) fn fleet_failing(&self) -> Option<String> {
         self.lock().fleet.failing.clone()
     }
@@ -138,30 +133,12 @@ impl GuardState {
         };
         let judged = match (guard.method, &reading.window, &memory.fleet.run) {
             (Method::Threshold, Some((canary, stable)), _) => {
-                let (errors, latency) = threshold_evidence(guard, canary, stable);
-                Judged {
-                    method: guard.method.as_str(),
-                    verdict: verdict(guard, canary, stable),
-                    errors,
-                    latency,
-                    canary: *canary,
-                    stable: *stable,
-                    since: None,
-                    evidence,
-                }
+                Judged::by_threshold(guard, *canary, *stable, evidence)
             }
             (Method::Sequential(_), _, Some(run)) => {
-                let judge = &run.judge;
-                Judged {
-                    method: guard.method.as_str(),
-                    verdict: Verdict::from_sequential(judge.judge(guard.min_requests)),
-                    errors: Some(judge.errors().ratio()),
-                    latency: judge.latency().map(|e| e.ratio()),
-                    canary: Figures::from_tally(&judge.canary),
-                    stable: Figures::from_tally(&judge.stable),
-                    since: Some((judge.canary, judge.stable)),
-                    evidence,
-                }
+                let (canary, stable) = (&run.judge.canary, &run.judge.stable);
+                let (canary, stable) = (Figures::from_tally(canary), Figures::from_tally(stable));
+                Judged::by_sequential(guard, &run.judge, canary, stable, evidence)
             }
             _ => return None,
         };

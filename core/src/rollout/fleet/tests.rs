@@ -85,10 +85,10 @@ fn queries_select_the_identity_and_escape_its_labels() {
 #[test]
 fn form_bodies_are_percent_encoded() {
     assert_eq!(
-        form_body("sum by (a) (x{b=\"c\"}[1s])", Some(12.5)),
-        "query=sum+by+%28a%29+%28x%7Bb%3D%22c%22%7D%5B1s%5D%29&time=12.500"
+        form_body("sum by (a) (x{b=\"c\"}[1s])"),
+        "query=sum+by+%28a%29+%28x%7Bb%3D%22c%22%7D%5B1s%5D%29"
     );
-    assert_eq!(form_body("a+b&c", None), "query=a%2Bb%26c");
+    assert_eq!(form_body("a+b&c"), "query=a%2Bb%26c");
 }
 
 #[test]
