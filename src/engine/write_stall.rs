@@ -38,21 +38,17 @@ impl<I> WriteStall<I> {
     /// What a write that made no progress answers: still waiting, or, past the
     /// deadline, the error that ends the connection.
     fn stalled<T>(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<T>> {
-        let deadline = tokio::time::Instant::now() + self.after;
+        let after = self.after;
         let timer = self
             .timer
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
-        if !self.waiting {
-            timer.as_mut().reset(deadline);
-            self.waiting = true;
-        }
-        match timer.as_mut().poll(cx) {
-            Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(after)));
+        if waited_too_long(timer.as_mut(), &mut self.waiting, after, cx) {
+            return Poll::Ready(Err(io::Error::new(
                 io::ErrorKind::TimedOut,
                 "the client took no bytes for listen.idle_timeout",
-            ))),
-            Poll::Pending => Poll::Pending,
+            )));
         }
+        Poll::Pending
     }
 
     fn moved<T>(
@@ -68,6 +64,24 @@ impl<I> WriteStall<I> {
             }
         }
     }
+}
+
+/// The rule both engines apply to a write that made no progress (hyper's through
+/// [`WriteStall`], cohort's own path with its connection's one timer): the wait starts
+/// (`timer` moved to `after` from now) unless one is already `waiting`; `true` once it
+/// has lasted `after`, else `cx` is woken when it might have. Any progress in between
+/// is the caller's to note by clearing `waiting`.
+pub(crate) fn waited_too_long(
+    mut timer: Pin<&mut Sleep>,
+    waiting: &mut bool,
+    after: Duration,
+    cx: &mut Context<'_>,
+) -> bool {
+    if !*waiting {
+        timer.as_mut().reset(tokio::time::Instant::now() + after);
+        *waiting = true;
+    }
+    timer.poll(cx).is_ready()
 }
 
 impl<I: AsyncRead + Unpin> AsyncRead for WriteStall<I> {

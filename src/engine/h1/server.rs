@@ -29,6 +29,7 @@ use crate::cohort::Variant;
 use crate::config::Route;
 use crate::engine::drain::DrainWatch;
 use crate::engine::proxy::ProxyContext;
+use crate::engine::write_stall::waited_too_long;
 use crate::request::errors::ErrorAnswer;
 use crate::request::forward::{self, Forwarding};
 use crate::request::id::RequestId;
@@ -917,27 +918,21 @@ async fn write_or_stall(
     use std::task::Poll;
     use tokio::io::AsyncWrite;
     let mut written = 0;
-    let mut armed = false;
+    let mut waiting = false;
     std::future::poll_fn(|cx| {
         while written < bytes.len() {
             match Pin::new(&mut *client).poll_write(cx, &bytes[written..]) {
                 Poll::Ready(Ok(0) | Err(_)) => return Poll::Ready(false),
                 Poll::Ready(Ok(n)) => {
                     written += n;
-                    armed = false;
+                    waiting = false;
                 }
                 Poll::Pending => {
-                    if !armed {
-                        timer.as_mut().reset(tokio::time::Instant::now() + after);
-                        armed = true;
+                    if waited_too_long(timer.as_mut(), &mut waiting, after, cx) {
+                        tracing::debug!(after = ?after, "the client took no response bytes for listen.idle_timeout: closing");
+                        return Poll::Ready(false);
                     }
-                    return match timer.as_mut().poll(cx) {
-                        Poll::Ready(()) => {
-                            tracing::debug!(after = ?after, "the client took no response bytes for listen.idle_timeout: closing");
-                            Poll::Ready(false)
-                        }
-                        Poll::Pending => Poll::Pending,
-                    };
+                    return Poll::Pending;
                 }
             }
         }
