@@ -86,7 +86,7 @@ async fn verdict(cohort: &TestCohort) -> (u16, Value) {
 /// Polls every instance's verdict every 50 ms until each answers `fail`; returns
 /// when each first did (from `since`) and the body it answered then.
 async fn until_all_fail(
-    cohorts: &[&TestCohort],
+    cohorts: &[TestCohort],
     since: Instant,
     bound: Duration,
 ) -> Vec<(Duration, Value)> {
@@ -128,10 +128,26 @@ async fn own_canary_requests(cohort: &TestCohort) -> f64 {
         .await
 }
 
-/// The spread of the instants in `timings`.
-fn spread(timings: &[(Duration, Value)]) -> Duration {
+/// Waits (within 60 s of `since`) until every instance has rolled back, prints when
+/// each did (`what`: after what), and asserts they did within one scrape plus one
+/// evaluation interval of each other. Returns each instance's time and verdict body.
+async fn roll_back_together(
+    cohorts: &[TestCohort],
+    since: Instant,
+    what: &str,
+) -> Vec<(Duration, Value)> {
+    let timings = until_all_fail(cohorts, since, Duration::from_secs(60)).await;
     let times = timings.iter().map(|(t, _)| *t);
-    times.clone().max().unwrap_or_default() - times.min().unwrap_or_default()
+    let spread = times.clone().max().unwrap_or_default() - times.clone().min().unwrap_or_default();
+    println!(
+        "fleet rollback {what}: {:?}; spread {spread:?}",
+        times.collect::<Vec<_>>()
+    );
+    assert!(
+        spread <= SCRAPE_PLUS_EVALUATION + MARGIN,
+        "rolled back {spread:?} apart: {timings:?}"
+    );
+    timings
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -191,17 +207,7 @@ async fn three_replicas_roll_back_together_on_fleet_evidence_none_had_alone() {
     let targets: Vec<_> = cohorts.iter().map(|c| c.admin).collect();
     let started = Instant::now();
     let mut prometheus = Prometheus::start_on(port, &targets, None).await;
-    let refs: Vec<&TestCohort> = cohorts.iter().collect();
-    let timings = until_all_fail(&refs, started, Duration::from_secs(60)).await;
-    let spread = spread(&timings);
-    println!(
-        "fleet rollback after Prometheus started: {:?}; spread {spread:?}",
-        timings.iter().map(|(t, _)| *t).collect::<Vec<_>>()
-    );
-    assert!(
-        spread <= SCRAPE_PLUS_EVALUATION + MARGIN,
-        "rolled back {spread:?} apart: {timings:?}"
-    );
+    let timings = roll_back_together(&cohorts, started, "after Prometheus started").await;
     let judged_on_fleet = timings
         .iter()
         .filter(|(_, body)| body["reason"] == "error_ratio")
@@ -396,13 +402,8 @@ async fn a_sequential_guard_judges_the_fleets_increments() {
 
     canary.set_status(500);
     let failing = Instant::now();
-    let refs: Vec<&TestCohort> = cohorts.iter().collect();
-    let timings = until_all_fail(&refs, failing, Duration::from_secs(60)).await;
-    let spread = spread(&timings);
-    println!(
-        "sequential fleet rollback after the canary failed: {:?}; spread {spread:?}",
-        timings.iter().map(|(t, _)| *t).collect::<Vec<_>>()
-    );
+    let timings =
+        roll_back_together(&cohorts, failing, "(sequential) after the canary failed").await;
     for (_, body) in &timings {
         let reason = body["reason"].as_str().unwrap_or("");
         assert!(
@@ -410,10 +411,6 @@ async fn a_sequential_guard_judges_the_fleets_increments() {
             "{body}"
         );
     }
-    assert!(
-        spread <= SCRAPE_PLUS_EVALUATION + MARGIN,
-        "rolled back {spread:?} apart: {timings:?}"
-    );
 
     for paced in traffic {
         paced.stop().await;

@@ -41,12 +41,11 @@ pub const CONFIG_GENERATION: &str = "cohort_config_generation";
 pub const TLS_HANDSHAKE_ERRORS_TOTAL: &str = "cohort_tls_handshake_errors_total";
 pub const ROLLBACKS_TOTAL: &str = "cohort_rollbacks_total";
 pub const ROLLOUT_STEP: &str = "cohort_rollout_step";
-pub const ROLLOUT_STATE: &str = "cohort_rollout_state";
 pub const GUARD_ERROR_RATIO: &str = "cohort_guard_error_ratio";
 pub const GUARD_P99_SECONDS: &str = "cohort_guard_p99_seconds";
 pub const GUARD_VERDICT: &str = "cohort_guard_verdict";
 pub const GUARD_EVIDENCE: &str = "cohort_guard_evidence";
-pub use cohort_core::rollout::fleet::{GUARD_DURATION, ROLLOUT_INFO};
+pub use cohort_core::rollout::fleet::{GUARD_DURATION, ROLLOUT_INFO, ROLLOUT_STATE};
 pub const GUARD_SOURCE_ERRORS_TOTAL: &str = "cohort_guard_source_errors_total";
 /// The signals `cohort_guard_evidence` is labelled with (DESIGN §12).
 pub const EVIDENCE_SIGNALS: [&str; 2] = ["errors", "latency"];

@@ -278,8 +278,6 @@ impl Route {
         }
     }
 
-    /// What a guard's rollback belongs to: route name + salt (+ `start` for a rollout),
-    /// so a new rollout (new salt or start) starts clean.
     /// The rollout identity as `cohort_rollout_info` labels it: route, salt, and the
     /// rollout's `start` as written (empty without a rollout).
     pub fn identity_labels(&self) -> [String; 3] {
@@ -297,6 +295,8 @@ impl Route {
         self.guard.as_ref()?.source.prometheus()
     }
 
+    /// What a guard's rollback belongs to: route name + salt (+ `start` for a rollout),
+    /// so a new rollout (new salt or start) starts clean.
     pub fn rollout_identity(&self) -> String {
         match &self.rollout {
             Some(r) => format!("{}\u{0}{}\u{0}{}", self.name, self.salt, r.start_text),
